@@ -1,0 +1,72 @@
+// The mask rule, in one place on the CUDA side (its Rust twin is src/mask.rs).
+//
+// Every mask of the contract leaves each row one contiguous run of valid keys: key
+// padding keeps kv_len keys at one end, the causal diagonal and the sliding window cut
+// that run at both ends. So a row's mask is the half-open column range [start, end),
+// empty for a padded query row. Kernels ask for it once per row and never read x outside.
+#pragma once
+#include <stdint.h>
+
+// Flags of MaskParams::flags.
+#define MASK_LEFT_PADDING 1
+#define MASK_CAUSAL 2
+
+// Kernel parameters shared by every kernel. Must match `KernelParams` in src/cuda.rs
+// field for field (all 8-byte fields first, so no padding differs between compilers).
+struct MaskParams {
+    const int32_t* kv_lens;  // valid keys per batch entry, or null for all k_len
+    const int32_t* q_lens;   // valid queries per batch entry, or null for all q_len
+    int64_t rows;            // batch * heads * q_len
+    int64_t heads;
+    int64_t q_len;
+    int64_t k_len;
+    int64_t row_stride;      // elements between row starts, >= k_len
+    int64_t window;          // sliding window in keys; 0 = unlimited (causal only)
+    float scale;             // applied to every valid score before the softmax
+    int32_t flags;           // MASK_LEFT_PADDING | MASK_CAUSAL
+};
+
+struct RowWindow {
+    int64_t start;
+    int64_t end;
+};
+
+// Device lengths are clamped into [0, max] (the contract: out-of-range device lengths are
+// clamped, host lengths are rejected before launch).
+__device__ __forceinline__ int64_t clamped_length(const int32_t* lens, int64_t b, int64_t max) {
+    if (lens == nullptr) return max;
+    const int64_t v = lens[b];
+    return v < 0 ? 0 : (v > max ? max : v);
+}
+
+// The valid key columns of row `row` (counted over [batch, heads, q_len]).
+__device__ __forceinline__ RowWindow row_window(const MaskParams& p, int64_t row) {
+    const RowWindow empty = {0, 0};
+    const int64_t b = row / (p.heads * p.q_len);
+    const int64_t i = row % p.q_len;
+    const int64_t kv = clamped_length(p.kv_lens, b, p.k_len);
+    const int64_t qv = clamped_length(p.q_lens, b, p.q_len);
+
+    // Position of the query among the valid queries, and column of the first valid key.
+    int64_t q_pos, key_start;
+    if (p.flags & MASK_LEFT_PADDING) {
+        const int64_t first_valid_row = p.q_len - qv;
+        if (i < first_valid_row) return empty;
+        q_pos = i - first_valid_row;
+        key_start = p.k_len - kv;
+    } else {
+        if (i >= qv) return empty;
+        q_pos = i;
+        key_start = 0;
+    }
+
+    // Valid key positions lo..hi among the kv valid keys.
+    int64_t lo = 0, hi = kv;
+    if (p.flags & MASK_CAUSAL) {
+        const int64_t diagonal = q_pos + kv - qv;  // last visible key position
+        hi = min(hi, diagonal + 1);
+        if (p.window > 0) lo = max(lo, diagonal - p.window + 1);
+    }
+    if (lo >= hi) return empty;
+    return RowWindow{key_start + lo, key_start + hi};
+}
