@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Builds the self-contained GPU bundle in target/gpu-bundle: the release test binaries and
+# the demo (kernels embedded as PTX; libcuda is loaded at run time, so they need no Rust
+# and no CUDA toolkit where they run), the PTX and ptxas reports, and run.sh, which runs
+# them all, optionally under compute-sanitizer, and writes logs to a directory it is given.
+#
+#   scripts/build-gpu-bundle.sh                 # then, on the GPU machine:
+#   target/gpu-bundle/run.sh OUT_DIR            # tests + demo
+#   target/gpu-bundle/run.sh --sanitize OUT_DIR # also memcheck, racecheck, initcheck, synccheck
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+bundle="$root/target/gpu-bundle"
+
+command -v nvcc >/dev/null || scripts/install-cuda-toolchain.sh >/dev/null
+export MASKED_SOFTMAX_REQUIRE_KERNELS=1
+
+rm -rf "$bundle"
+mkdir -p "$bundle/bin" "$bundle/ptx" "$bundle/ptxas"
+# Every test target and example, release profile; cargo prints each executable's path.
+cargo build --release --tests --examples --message-format=json-render-diagnostics |
+    python3 -c '
+import json, os, shutil, sys
+dest = sys.argv[1]
+for line in sys.stdin:
+    msg = json.loads(line)
+    exe = msg.get("executable") if msg.get("reason") == "compiler-artifact" else None
+    if not exe:
+        continue
+    target = msg["target"]
+    kind = target["kind"][0]
+    name = target["name"].replace("-", "_")
+    if msg["profile"]["test"]:
+        name = "test-" + name
+    elif kind != "example":
+        continue
+    shutil.copy2(exe, os.path.join(dest, name))
+    print("bundled", name)
+' "$bundle/bin"
+cp target/release/build/masked-softmax-*/out/*.ptx "$bundle/ptx/" 2>/dev/null || true
+scripts/check-ptxas.sh "$bundle/ptxas" >"$bundle/ptxas/summary.txt" 2>&1 || {
+    cat "$bundle/ptxas/summary.txt"
+    exit 1
+}
+rm -f "$bundle"/ptxas/*.cubin
+cp scripts/gpu-bundle-run.sh "$bundle/run.sh"
+chmod +x "$bundle/run.sh"
+git rev-parse HEAD >"$bundle/COMMIT" 2>/dev/null || echo "uncommitted" >"$bundle/COMMIT"
+git status --short >>"$bundle/COMMIT" 2>/dev/null || true
+du -sh "$bundle"

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Compiles every kernels/*.cu to SASS for sm_80 and sm_90 with ptxas's report and fails
+# if any kernel spills registers or uses a local-memory stack frame (our kernels keep
+# their rows in registers or shared memory; a spill is a performance bug). Costs no GPU.
+#
+#   scripts/check-ptxas.sh [report-dir]      # report-dir defaults to target/ptxas
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+out="${1:-$root/target/ptxas}"
+mkdir -p "$out"
+nvcc="$(command -v nvcc || true)"
+[[ -n "$nvcc" ]] || nvcc="$("$root/scripts/install-cuda-toolchain.sh" --print | tail -n 1)"
+
+status=0
+for cu in "$root"/kernels/*.cu; do
+    name="$(basename "$cu" .cu)"
+    for arch in sm_80 sm_90; do
+        report="$out/$name.$arch.txt"
+        "$nvcc" -cubin -arch="$arch" --std=c++17 -Xptxas -v -I"$root/kernels" \
+            "$cu" -o "$out/$name.$arch.cubin" 2>"$report"
+        # ptxas prints the function name, then its stack/spill line, then its registers.
+        awk -v arch="$arch" '
+            /Compiling entry function/ { fn = $0; sub(/.*function .\047?/, "", fn); sub(/\047.*/, "", fn) }
+            /bytes stack frame/ {
+                stack = $1 + 0; stores = $5 + 0; loads = $9 + 0
+                if (stack || stores || loads) { printf "SPILL %s %s: %s\n", arch, fn, $0; bad = 1 }
+            }
+            /Used [0-9]+ registers/ { match($0, /Used [0-9]+ registers/); printf "%-6s %-40s %s\n", arch, fn, substr($0, RSTART, RLENGTH) }
+            END { exit bad }
+        ' "$report" || status=1
+    done
+done
+if [[ $status -ne 0 ]]; then
+    echo "error: a kernel spills or uses a stack frame (reports in $out)" >&2
+fi
+exit $status
