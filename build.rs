@@ -12,8 +12,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Where `scripts/install-cuda-toolchain.sh` puts the pip-installed CUDA 13.0 toolchain.
-const LOCAL_TOOLCHAIN: &str = ".cuda-toolchain/nvidia/cu13";
+// Finds nvcc and the CUDA headers; shared with emu/build.rs.
+include!("build_support/toolkit.rs");
+
 const DEFAULT_COMPUTE_CAP: usize = 80;
 
 fn main() {
@@ -80,44 +81,6 @@ fn main() {
         "cargo:rustc-env=MASKED_SOFTMAX_PTX_TARGET=sm_{compute_cap} (nvcc {})",
         toolkit.nvcc.display()
     );
-}
-
-struct Toolkit {
-    nvcc: PathBuf,
-    bin: PathBuf,
-    /// Holds `include/cuda.h`.
-    root: PathBuf,
-}
-
-fn find_toolkit(manifest_dir: &Path) -> Option<Toolkit> {
-    let on_path = env::var_os("PATH")
-        .map(|p| env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default();
-    let roots = ["CUDA_PATH", "CUDA_HOME"]
-        .into_iter()
-        .filter_map(|v| env::var_os(v).map(PathBuf::from))
-        .chain([
-            PathBuf::from("/usr/local/cuda"),
-            manifest_dir.join(LOCAL_TOOLCHAIN),
-        ])
-        .map(|root| root.join("bin"));
-    on_path.into_iter().chain(roots).find_map(|bin| {
-        let nvcc = bin.join("nvcc");
-        if !nvcc.is_file() {
-            return None;
-        }
-        let nvcc = fs::canonicalize(&nvcc).unwrap_or(nvcc);
-        let bin = nvcc.parent()?.to_path_buf();
-        let root = bin.parent()?.to_path_buf();
-        if !root.join("include/cuda.h").is_file() {
-            println!(
-                "cargo:warning=masked-softmax: skipping {}: no include/cuda.h beside it",
-                nvcc.display()
-            );
-            return None;
-        }
-        Some(Toolkit { nvcc, bin, root })
-    })
 }
 
 fn compute_cap() -> usize {

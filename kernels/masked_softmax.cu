@@ -5,6 +5,7 @@
 // the row's valid scores once and keeps a running (max, sum) per lane, merged with warp
 // shuffles; pass 2 reads them again and writes exp(s - max) / sum, zeros elsewhere. Works
 // for every k_len; x may alias y (each element is read and then written by one lane).
+#include "emulation.cuh"
 #include "mask.cuh"
 #include "numeric.cuh"
 
@@ -42,7 +43,8 @@ __device__ __forceinline__ void warp_forward(const T* x, T* y, const MaskParams&
 #define DEFINE_FORWARD(SUFFIX, T)                                                                  \
     extern "C" __global__ void masked_softmax_fwd_warp_##SUFFIX(const T* x, T* y, MaskParams p) { \
         warp_forward<T>(x, y, p);                                                                  \
-    }
+    }                                                                                              \
+    REGISTER_KERNEL(masked_softmax_fwd_warp_##SUFFIX)
 
 DEFINE_FORWARD(f32, float)
 DEFINE_FORWARD(f16, __half)

@@ -30,10 +30,12 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::Ptx;
 
-use crate::contract::{Causal, Padding, Spec, check_buffer};
+use std::collections::HashMap;
+
+use crate::contract::{Spec, check_buffer};
 use crate::dtype::{DType, Element};
 use crate::error::{Error, LengthKind, Result};
-use crate::plan::{DeviceLimits, KernelKind, plan_forward};
+use crate::plan::{DeviceLimits, KernelKind, KernelParams, plan_forward};
 
 /// The PTX built from `kernels/*.cu` (`None` when the crate was built without nvcc).
 mod ptx {
@@ -99,65 +101,15 @@ impl<'a> DeviceLengths<'a> {
     }
 }
 
-/// Kernel parameters; must match `MaskParams` in `kernels/mask.cuh` field for field.
-#[repr(C)]
-#[derive(Debug, Clone, Copy)]
-struct KernelParams {
-    kv_lens: u64,
-    q_lens: u64,
-    rows: i64,
-    heads: i64,
-    q_len: i64,
-    k_len: i64,
-    row_stride: i64,
-    window: i64,
-    scale: f32,
-    flags: i32,
-}
-
-const _: () = assert!(std::mem::size_of::<KernelParams>() == 72);
-
-// SAFETY: plain old data with the C layout the kernels expect.
+// SAFETY: plain old data with the C layout the kernels expect (`MaskParams`).
 unsafe impl DeviceRepr for KernelParams {}
-
-const MASK_LEFT_PADDING: i32 = 1;
-const MASK_CAUSAL: i32 = 2;
-
-impl KernelParams {
-    /// From a validated spec (every size fits in i64 because it fits in isize bytes).
-    fn new(spec: &Spec, rows: usize, kv_lens: u64, q_lens: u64) -> Self {
-        let shape = &spec.shape;
-        let mut flags = 0;
-        if spec.padding == Padding::Left {
-            flags |= MASK_LEFT_PADDING;
-        }
-        let mut window = 0;
-        if let Some(Causal { window: w }) = spec.causal {
-            flags |= MASK_CAUSAL;
-            // A window of k_len keys or more cuts nothing: pass it as unlimited (0).
-            window = w.filter(|&w| w < shape.k_len).unwrap_or(0) as i64;
-        }
-        KernelParams {
-            kv_lens,
-            q_lens,
-            rows: rows as i64,
-            heads: shape.heads as i64,
-            q_len: shape.q_len as i64,
-            k_len: shape.k_len as i64,
-            row_stride: shape.row_stride as i64,
-            window,
-            scale: spec.scale,
-            flags,
-        }
-    }
-}
 
 /// The kernels of one CUDA context, loaded once; launches on any stream of that context.
 #[derive(Debug)]
 pub struct CudaSoftmax {
     ctx: Arc<CudaContext>,
     limits: DeviceLimits,
-    forward_warp: [CudaFunction; 3],
+    forward: HashMap<(KernelKind, DType), CudaFunction>,
 }
 
 impl CudaSoftmax {
@@ -170,13 +122,13 @@ impl CudaSoftmax {
             return Err(Error::UnsupportedDevice { major, minor });
         }
         let module = ctx.load_module(Ptx::from_src(ptx))?;
-        let load = |dtype: DType| {
-            module.load_function(&format!(
-                "{}_{}",
-                KernelKind::WarpPerRow.forward_name_stem(),
-                dtype.kernel_suffix()
-            ))
-        };
+        let mut forward = HashMap::new();
+        for kind in KernelKind::ALL {
+            for dtype in DType::ALL {
+                let function = module.load_function(&kind.forward_name(dtype))?;
+                forward.insert((kind, dtype), function);
+            }
+        }
         let limits = DeviceLimits {
             sm_count: ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?
                 as u32,
@@ -187,7 +139,7 @@ impl CudaSoftmax {
         Ok(CudaSoftmax {
             ctx: ctx.clone(),
             limits,
-            forward_warp: [load(DType::F32)?, load(DType::F16)?, load(DType::BF16)?],
+            forward,
         })
     }
 
@@ -250,21 +202,23 @@ impl CudaSoftmax {
         x_ptr: u64,
         y_ptr: u64,
     ) -> Result<()> {
-        let rows = spec.shape.rows()?;
         let (kv_ptr, _kv_guard) = lengths.kv.map(|l| l.device_ptr(stream)).unzip();
         let (q_ptr, _q_guard) = lengths.q.map(|l| l.device_ptr(stream)).unzip();
-        let params = KernelParams::new(spec, rows, kv_ptr.unwrap_or(0), q_ptr.unwrap_or(0));
-        let plan = plan_forward(spec, self.limits)?;
-        let function = match (plan.kernel, T::DTYPE) {
-            (KernelKind::WarpPerRow, dtype) => &self.forward_warp[dtype_index(dtype)],
-        };
+        let plan = plan_forward(
+            spec,
+            T::DTYPE,
+            self.limits,
+            kv_ptr.unwrap_or(0),
+            q_ptr.unwrap_or(0),
+        )?;
+        let function = &self.forward[&(plan.kernel, plan.dtype)];
         let config = LaunchConfig {
             grid_dim: (plan.grid, 1, 1),
             block_dim: (plan.block, 1, 1),
-            shared_mem_bytes: 0,
+            shared_mem_bytes: plan.shared_bytes,
         };
         let mut launch = stream.launch_builder(function);
-        launch.arg(&x_ptr).arg(&y_ptr).arg(&params);
+        launch.arg(&x_ptr).arg(&y_ptr).arg(&plan.params);
         // SAFETY: the kernel's signature is (const T*, T*, MaskParams); the buffers hold
         // `required_len` elements of T (checked) and the lengths `batch` i32 (checked).
         unsafe { launch.launch(config) }?;
@@ -305,14 +259,6 @@ impl CudaSoftmax {
     }
 }
 
-fn dtype_index(dtype: DType) -> usize {
-    match dtype {
-        DType::F32 => 0,
-        DType::F16 => 1,
-        DType::BF16 => 2,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -330,39 +276,15 @@ mod tests {
             return;
         };
         assert!(PTX_TARGET.is_some());
-        for dtype in DType::ALL {
-            let name = format!(
-                "{}_{}",
-                KernelKind::WarpPerRow.forward_name_stem(),
-                dtype.kernel_suffix()
-            );
+        for (kind, dtype) in KernelKind::ALL
+            .iter()
+            .flat_map(|k| DType::ALL.map(|d| (*k, d)))
+        {
+            let name = kind.forward_name(dtype);
             assert!(
                 ptx.contains(&format!(".entry {name}(")),
                 "PTX lacks kernel {name}"
             );
         }
-    }
-
-    #[test]
-    fn params_encode_the_mask_options() {
-        let spec = Spec::new(crate::Shape::new(2, 3, 4, 10).with_row_stride(12))
-            .padding(Padding::Left)
-            .sliding_window(4)
-            .scale(0.5);
-        let p = KernelParams::new(&spec, 24, 0x1000, 0);
-        assert_eq!(p.flags, MASK_LEFT_PADDING | MASK_CAUSAL);
-        assert_eq!(
-            (p.rows, p.heads, p.q_len, p.k_len, p.row_stride),
-            (24, 3, 4, 10, 12)
-        );
-        assert_eq!(
-            (p.window, p.scale, p.kv_lens, p.q_lens),
-            (4, 0.5, 0x1000, 0)
-        );
-        // A window as wide as the row cuts nothing and is passed as unlimited.
-        let p = KernelParams::new(&spec.sliding_window(10), 24, 0, 0);
-        assert_eq!(p.window, 0);
-        let p = KernelParams::new(&Spec::new(crate::Shape::matrix(1, 5)), 1, 0, 0);
-        assert_eq!((p.flags, p.window), (0, 0));
     }
 }

@@ -68,3 +68,182 @@ pub fn scores_with_nan_pads(spec: &Spec, lengths: Lengths, seed: u64) -> Vec<f64
     }
     x
 }
+
+use masked_softmax::{Causal, Element, Shape, compare};
+
+/// A mask mode of the contract.
+#[derive(Clone, Copy, Debug)]
+pub struct Mode {
+    pub name: &'static str,
+    pub padding: Padding,
+    pub query_lengths: bool,
+    pub causal: Option<Causal>,
+}
+
+/// Every mask mode the kernels must honour.
+pub const MODES: [Mode; 7] = [
+    Mode {
+        name: "right",
+        padding: Padding::Right,
+        query_lengths: false,
+        causal: None,
+    },
+    Mode {
+        name: "left",
+        padding: Padding::Left,
+        query_lengths: false,
+        causal: None,
+    },
+    Mode {
+        name: "right_q",
+        padding: Padding::Right,
+        query_lengths: true,
+        causal: None,
+    },
+    Mode {
+        name: "left_q",
+        padding: Padding::Left,
+        query_lengths: true,
+        causal: None,
+    },
+    Mode {
+        name: "causal",
+        padding: Padding::Right,
+        query_lengths: false,
+        causal: Some(Causal { window: None }),
+    },
+    Mode {
+        name: "causal_left_q",
+        padding: Padding::Left,
+        query_lengths: true,
+        causal: Some(Causal { window: None }),
+    },
+    Mode {
+        name: "window_q",
+        padding: Padding::Right,
+        query_lengths: true,
+        causal: Some(Causal { window: Some(5) }),
+    },
+];
+
+/// Row lengths on both sides of every warp and vector boundary, and long rows.
+pub const K_LENS: &[usize] = &[
+    1, 2, 3, 7, 8, 31, 32, 33, 63, 64, 65, 100, 255, 256, 1000, 1024, 1025, 4097, 20000,
+];
+
+/// One random problem: spec, lengths (full and empty ones always among them), seed.
+#[derive(Clone, Debug)]
+pub struct Case {
+    pub spec: Spec,
+    pub kv: Vec<i32>,
+    pub q: Option<Vec<i32>>,
+    pub seed: u64,
+}
+
+impl Case {
+    /// A case of `mode` with rows of `k_len` and at most about `max_elements` scores.
+    pub fn new(mode: Mode, k_len: usize, max_elements: usize) -> Case {
+        let seed = k_len as u64 * 7919 + mode.name.len() as u64;
+        let mut rng = Lcg(seed);
+        let (batch, heads) = (4, 2);
+        let q_len = (max_elements / (batch * heads * k_len)).clamp(1, 9);
+        // Odd rows get an odd stride, which breaks 16-byte alignment of every other row.
+        let row_stride = if k_len % 2 == 1 { k_len + 3 } else { k_len };
+        let shape = Shape::new(batch, heads, q_len, k_len).with_row_stride(row_stride);
+        let k = k_len as i64;
+        let kv = vec![k as i32, 0, rng.range(0, k) as i32, rng.range(1, k) as i32];
+        let q = mode.query_lengths.then(|| {
+            let q = q_len as i64;
+            vec![
+                rng.range(0, q) as i32,
+                q as i32,
+                (q - 1) as i32,
+                rng.range(0, q) as i32,
+            ]
+        });
+        let spec = Spec {
+            shape,
+            padding: mode.padding,
+            causal: mode.causal,
+            scale: 0.7,
+        };
+        Case { spec, kv, q, seed }
+    }
+
+    pub fn lengths(&self) -> Lengths<'_> {
+        Lengths {
+            kv: Some(&self.kv),
+            q: self.q.as_deref(),
+        }
+    }
+
+    /// The scores in storage type `T`, NaN in every pad and gap.
+    pub fn scores<T: Element>(&self) -> Vec<T> {
+        scores_with_nan_pads(&self.spec, self.lengths(), self.seed)
+            .into_iter()
+            .map(T::from_f64)
+            .collect()
+    }
+}
+
+/// Every (name, mode, k_len) of the random forward matrix.
+pub fn forward_matrix() -> Vec<(String, Mode, usize)> {
+    MODES
+        .iter()
+        .flat_map(|&mode| {
+            K_LENS
+                .iter()
+                .map(move |&k| (format!("{}_k{k}", mode.name), mode, k))
+        })
+        .collect()
+}
+
+pub fn bytes_of<T: Copy>(v: &[T]) -> &[u8] {
+    // SAFETY: any initialised Copy slice can be read as bytes.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), std::mem::size_of_val(v)) }
+}
+
+/// What a forward implementation produced for one problem: out of place into an output
+/// poisoned with NaN (`y`), the same again (`y_again`), and in place (`xy`).
+pub struct ForwardRuns<T> {
+    pub y: Vec<T>,
+    pub y_again: Vec<T>,
+    pub xy: Vec<T>,
+}
+
+/// Checks forward results against the contract: the reference within tolerance, masked
+/// positions exactly +0.0, the gaps between rows untouched (still NaN), a rerun
+/// bit-identical, and the in-place result bit-identical to the out-of-place one.
+pub fn check_forward_runs<T: Element>(
+    spec: &Spec,
+    lengths: Lengths,
+    x: &[T],
+    runs: &ForwardRuns<T>,
+) -> Result<(), String> {
+    compare::forward(spec, lengths, x, &runs.y)
+        .and_then(|r| r.into_result())
+        .map_err(|e| e.to_string())?;
+    let shape = spec.shape;
+    let rows = shape.rows().unwrap();
+    for row in 0..rows {
+        let gap =
+            row * shape.row_stride + shape.k_len..((row + 1) * shape.row_stride).min(runs.y.len());
+        if runs.y[gap.clone()].iter().any(|v| !v.to_f64().is_nan()) {
+            return Err(format!(
+                "row {row}: the gap {gap:?} between rows was written"
+            ));
+        }
+    }
+    if bytes_of(&runs.y_again) != bytes_of(&runs.y) {
+        return Err("a second run is not bit-identical to the first".into());
+    }
+    for row in 0..rows {
+        let r = row * shape.row_stride..row * shape.row_stride + shape.k_len;
+        if bytes_of(&runs.xy[r.clone()]) != bytes_of(&runs.y[r]) {
+            return Err(format!(
+                "row {row}: the in-place result differs from out-of-place"
+            ));
+        }
+    }
+    Ok(())
+}

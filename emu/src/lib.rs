@@ -1,0 +1,189 @@
+//! Runs the crate's CUDA kernel sources on the CPU, so that machines without a GPU (CI)
+//! check the kernels themselves against the reference, not only the Rust around them.
+//!
+//! `build.rs` compiles every `kernels/*.cu` as C++ with `src/cuda_emu.h` force-included:
+//! each CUDA thread becomes a fiber, blocks run one after another, warp shuffles and
+//! barriers are exact rendezvous (a shuffle or barrier that some required thread never
+//! reaches is reported as a deadlock), and vector accesses check their alignment.
+//! [`GuardedBuffer`] puts guard pages around test buffers, so an out-of-bounds access
+//! faults as it would under compute-sanitizer. Timing, inter-block races and hardware
+//! limits are out of its reach: the GPU suite remains the judge of those.
+
+use std::ffi::{CString, c_char, c_void};
+use std::sync::Mutex;
+
+#[cfg(emu_kernels)]
+unsafe extern "C" {
+    fn emu_launch(
+        name: *const c_char,
+        grid: *const u32,
+        block: *const u32,
+        shared_bytes: u32,
+        params: *mut *mut c_void,
+        error: *mut c_char,
+        error_len: usize,
+    ) -> i32;
+    fn emu_kernel_names(out: *mut c_char, out_len: usize) -> usize;
+}
+
+/// True if this build carries the kernels (the CUDA headers were found at build time).
+pub fn available() -> bool {
+    cfg!(emu_kernels)
+}
+
+/// Names of the kernels the emulator can run.
+pub fn kernel_names() -> Vec<String> {
+    #[cfg(emu_kernels)]
+    {
+        let mut buf = vec![0u8; 1 << 16];
+        // SAFETY: the buffer is writable for its whole length.
+        unsafe { emu_kernel_names(buf.as_mut_ptr().cast(), buf.len()) };
+        let text = std::ffi::CStr::from_bytes_until_nul(&buf)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        text.lines().map(str::to_owned).collect()
+    }
+    #[cfg(not(emu_kernels))]
+    Vec::new()
+}
+
+/// Grid, block and dynamic shared memory of a launch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dims {
+    /// Blocks per grid dimension.
+    pub grid: [u32; 3],
+    /// Threads per block dimension.
+    pub block: [u32; 3],
+    /// Dynamic shared memory per block, bytes.
+    pub shared_bytes: u32,
+}
+
+/// Launches are serialised: the emulator runs one at a time on the calling thread.
+static LAUNCH: Mutex<()> = Mutex::new(());
+
+/// Runs kernel `name` like `cuLaunchKernel`: `params[i]` points at the i-th argument.
+///
+/// # Safety
+/// The arguments must match the kernel's signature in number, order and type, and every
+/// pointer among them must be valid for what the kernel does with it.
+pub unsafe fn launch(name: &str, dims: Dims, params: &mut [*mut c_void]) -> Result<(), String> {
+    #[cfg(emu_kernels)]
+    {
+        let name_c = CString::new(name).map_err(|e| e.to_string())?;
+        let mut error = vec![0u8; 1024];
+        let _guard = LAUNCH.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: the caller vouches for the arguments; the rest are valid buffers.
+        let rc = unsafe {
+            emu_launch(
+                name_c.as_ptr(),
+                dims.grid.as_ptr(),
+                dims.block.as_ptr(),
+                dims.shared_bytes,
+                params.as_mut_ptr(),
+                error.as_mut_ptr().cast(),
+                error.len(),
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::ffi::CStr::from_bytes_until_nul(&error)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned())
+        }
+    }
+    #[cfg(not(emu_kernels))]
+    {
+        let _ = (name, dims, params, &LAUNCH, CString::default);
+        Err("the emulator was built without the CUDA headers, so it has no kernels".into())
+    }
+}
+
+/// Where a [`GuardedBuffer`]'s elements sit between its guard pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// First element at the start of a page (aligned like a `cudaMalloc`): any read before
+    /// the buffer faults.
+    Start,
+    /// Last element at the end of a page (aligned to the element only): any read past the
+    /// buffer faults.
+    End,
+}
+
+/// Host memory of `len` elements of `T` between two inaccessible guard pages.
+pub struct GuardedBuffer<T: Copy> {
+    base: *mut u8,
+    map_len: usize,
+    data: *mut T,
+    len: usize,
+}
+
+// SAFETY: owns its mapping like a Box<[T]>.
+unsafe impl<T: Copy + Send> Send for GuardedBuffer<T> {}
+
+impl<T: Copy> GuardedBuffer<T> {
+    /// A buffer holding a copy of `values`.
+    pub fn from_slice(values: &[T], placement: Placement) -> Self {
+        let page = page_size();
+        let bytes = std::mem::size_of_val(values);
+        let data_pages = bytes.div_ceil(page).max(1);
+        let map_len = (data_pages + 2) * page;
+        // SAFETY: anonymous private mapping; checked below.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert!(base != libc::MAP_FAILED, "mmap of {map_len} bytes failed");
+        let base = base.cast::<u8>();
+        // SAFETY: both guard pages lie inside the mapping.
+        unsafe {
+            libc::mprotect(base.cast(), page, libc::PROT_NONE);
+            libc::mprotect(base.add(map_len - page).cast(), page, libc::PROT_NONE);
+        }
+        let offset = match placement {
+            Placement::Start => page,
+            Placement::End => map_len - page - bytes,
+        };
+        // SAFETY: `offset .. offset + bytes` lies between the guard pages.
+        let data = unsafe { base.add(offset) }.cast::<T>();
+        assert!(data.is_aligned(), "element alignment");
+        unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), data, values.len()) };
+        GuardedBuffer {
+            base,
+            map_len,
+            data,
+            len: values.len(),
+        }
+    }
+
+    /// The device-style address of the first element.
+    pub fn addr(&self) -> u64 {
+        self.data as u64
+    }
+
+    /// The elements.
+    pub fn as_slice(&self) -> &[T] {
+        // SAFETY: `len` initialised elements at `data`.
+        unsafe { std::slice::from_raw_parts(self.data, self.len) }
+    }
+}
+
+impl<T: Copy> Drop for GuardedBuffer<T> {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `from_slice`.
+        unsafe { libc::munmap(self.base.cast(), self.map_len) };
+    }
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_PAGESIZE) as usize }
+}

@@ -1,0 +1,41 @@
+// Kernels that test the emulator itself (tests/selftest.rs): shuffles, barriers with
+// shared memory, and the faults it must report instead of hiding.
+#include <cstdint>
+
+// Each lane writes what __shfl_xor_sync / __shfl_down_sync / __shfl_sync bring it.
+extern "C" __global__ void selftest_shuffles(int32_t* out, int width) {
+    const int t = threadIdx.x;
+    const int lane = t % 32;
+    out[4 * t + 0] = __shfl_xor_sync(0xffffffffu, lane * 10, 1, width);
+    out[4 * t + 1] = __shfl_down_sync(0xffffffffu, lane * 10, 3, width);
+    out[4 * t + 2] = __shfl_up_sync(0xffffffffu, lane * 10, 2, width);
+    out[4 * t + 3] = __shfl_sync(0xffffffffu, lane * 10, 5, width);
+}
+EMU_REGISTER_KERNEL(selftest_shuffles)
+
+// Block sum through static shared memory and __syncthreads; one output per block.
+extern "C" __global__ void selftest_block_sum(const int32_t* in, int32_t* out) {
+    __shared__ int32_t partial[1024];
+    partial[threadIdx.x] = in[blockIdx.x * blockDim.x + threadIdx.x];
+    __syncthreads();
+    for (unsigned stride = blockDim.x / 2; stride > 0; stride /= 2) {
+        if (threadIdx.x < stride) partial[threadIdx.x] += partial[threadIdx.x + stride];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) out[blockIdx.x] = partial[0];
+}
+EMU_REGISTER_KERNEL(selftest_block_sum)
+
+// Lanes 0..15 return early; the rest shuffle with a full mask: undefined on a GPU.
+extern "C" __global__ void selftest_divergent_shuffle(int32_t* out) {
+    if (threadIdx.x % 32 < 16) return;
+    out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, int(threadIdx.x), 1);
+}
+EMU_REGISTER_KERNEL(selftest_divergent_shuffle)
+
+// A 16-byte vector load from an address that is only 4-byte aligned.
+extern "C" __global__ void selftest_misaligned(const float* in, float* out) {
+    emu_check_aligned(in + 1, 16);
+    out[0] = in[1];
+}
+EMU_REGISTER_KERNEL(selftest_misaligned)

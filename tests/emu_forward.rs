@@ -1,0 +1,147 @@
+//! The forward kernels' CUDA sources run on the CPU emulator (emu/) against the reference:
+//! the same matrix as the GPU suite (every mask mode and type, `k_len` across every warp
+//! and vector boundary, NaN pads, poisoned outputs, in place, reruns), smaller problems,
+//! buffers between guard pages at both alignments. This is what CI can say about the
+//! kernels without a GPU; the GPU suite (tests/gpu_forward.rs) remains the judge.
+
+mod common;
+
+use std::ffi::c_void;
+
+use common::{Case, ForwardRuns, check_forward_runs, forward_matrix, scores_with_nan_pads};
+use libtest_mimic::{Arguments, Completion, Trial};
+use masked_softmax::plan::{DeviceLimits, plan_forward};
+use masked_softmax::{DType, Element, Lengths, Padding, Shape, Spec, bf16, f16, seed};
+use masked_softmax_emu::{Dims, GuardedBuffer, Placement};
+
+/// A small GPU, so grid-stride loops wrap many times.
+const LIMITS: DeviceLimits = DeviceLimits {
+    sm_count: 2,
+    max_threads_per_sm: 1024,
+};
+const MAX_ELEMENTS: usize = 1 << 15;
+
+/// Runs the planned forward kernel on the emulator; `in_place` passes `x` as `y`.
+fn emulate<T: Element>(
+    spec: &Spec,
+    lengths: Lengths,
+    x: &[T],
+    placement: Placement,
+    in_place: bool,
+) -> Result<Vec<T>, String> {
+    let guarded = |v: &[i32]| GuardedBuffer::from_slice(v, placement);
+    let kv = lengths.kv.map(guarded);
+    let q = lengths.q.map(guarded);
+    let x_buf = GuardedBuffer::from_slice(x, placement);
+    let y_buf = GuardedBuffer::from_slice(&vec![T::from_f64(f64::NAN); x.len()], placement);
+    let addr = |b: &Option<GuardedBuffer<i32>>| b.as_ref().map_or(0, |b| b.addr());
+    let mut plan =
+        plan_forward(spec, T::DTYPE, LIMITS, addr(&kv), addr(&q)).map_err(|e| e.to_string())?;
+    let (mut x_addr, mut y_addr) = (
+        x_buf.addr(),
+        if in_place { x_buf.addr() } else { y_buf.addr() },
+    );
+    let dims = Dims {
+        grid: [plan.grid, 1, 1],
+        block: [plan.block, 1, 1],
+        shared_bytes: plan.shared_bytes,
+    };
+    let mut params: [*mut c_void; 3] = [
+        (&raw mut x_addr).cast(),
+        (&raw mut y_addr).cast(),
+        (&raw mut plan.params).cast(),
+    ];
+    // SAFETY: (const T*, T*, MaskParams) is the signature of every forward kernel; the
+    // buffers hold the shape's elements and `batch` lengths.
+    unsafe { masked_softmax_emu::launch(&plan.kernel_name(), dims, &mut params) }?;
+    Ok(if in_place { x_buf } else { y_buf }.as_slice().to_vec())
+}
+
+fn check<T: Element>(
+    spec: &Spec,
+    lengths: Lengths,
+    x: &[T],
+    placement: Placement,
+) -> Result<(), String> {
+    let runs = ForwardRuns {
+        y: emulate(spec, lengths, x, placement, false)?,
+        y_again: emulate(spec, lengths, x, placement, false)?,
+        xy: emulate(spec, lengths, x, placement, true)?,
+    };
+    check_forward_runs(spec, lengths, x, &runs)
+}
+
+fn random_case<T: Element>(case: &Case, placement: Placement) -> Result<(), String> {
+    check(&case.spec, case.lengths(), &case.scores::<T>(), placement)
+}
+
+fn seed_example<T: Element>() -> Result<(), String> {
+    let spec = Spec::new(Shape::matrix(seed::ROWS, seed::COLS));
+    check(
+        &spec,
+        Lengths::keys(&seed::LENGTHS),
+        &seed::scores::<T>(),
+        Placement::Start,
+    )
+}
+
+fn many_rows<T: Element>() -> Result<(), String> {
+    let spec = Spec::new(Shape::new(300, 3, 10, 3)).padding(Padding::Left);
+    let kv: Vec<i32> = (0..300).map(|b| b % 4).collect();
+    let x: Vec<T> = scores_with_nan_pads(&spec, Lengths::keys(&kv), 12)
+        .into_iter()
+        .map(T::from_f64)
+        .collect();
+    check(&spec, Lengths::keys(&kv), &x, Placement::End)
+}
+
+macro_rules! dispatch {
+    ($dtype:expr, $f:ident $(, $arg:expr)*) => {
+        match $dtype {
+            DType::F32 => $f::<f32>($($arg),*),
+            DType::F16 => $f::<f16>($($arg),*),
+            DType::BF16 => $f::<bf16>($($arg),*),
+        }
+    };
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let available = masked_softmax_emu::available();
+    if !available {
+        println!("emu_forward: SKIPPING: the emulator was built without the CUDA headers");
+    }
+    let mut trials = Vec::new();
+    let mut add = |name: String, test: Box<dyn FnOnce() -> Result<(), String> + Send>| {
+        trials.push(Trial::ignorable_test(name, move || {
+            if !available {
+                return Ok(Completion::ignored_with(
+                    "emulator built without CUDA headers",
+                ));
+            }
+            test().map(|()| Completion::Completed).map_err(Into::into)
+        }));
+    };
+    for dtype in DType::ALL {
+        let t = dtype.kernel_suffix();
+        add(
+            format!("seed_example_{t}"),
+            Box::new(move || dispatch!(dtype, seed_example)),
+        );
+        add(
+            format!("grid_stride_over_many_rows_{t}"),
+            Box::new(move || dispatch!(dtype, many_rows)),
+        );
+        for (name, mode, k_len) in forward_matrix() {
+            let case = Case::new(mode, k_len, MAX_ELEMENTS);
+            for (placement, p) in [(Placement::Start, "start"), (Placement::End, "end")] {
+                let case = case.clone();
+                add(
+                    format!("random_{name}_{t}_{p}"),
+                    Box::new(move || dispatch!(dtype, random_case, &case, placement)),
+                );
+            }
+        }
+    }
+    libtest_mimic::run(&args, trials).exit();
+}
