@@ -1,51 +1,233 @@
-// Length-masked softmax forward: the mask is built from the lengths inside the kernel,
-// masked positions are never read, and every output element is written.
+// Length-masked softmax forward, one family of kernels, picked by src/plan.rs:
 //
-// masked_softmax_fwd_warp_<dtype>: one warp per row, grid-stride over rows. Pass 1 reads
-// the row's valid scores once and keeps a running (max, sum) per lane, merged with warp
-// shuffles; pass 2 reads them again and writes exp(s - max) / sum, zeros elsewhere. Works
-// for every k_len; x may alias y (each element is read and then written by one lane).
+//   masked_softmax_fwd_rows_g<G>_p<P>x<N>_<dtype>   GROUP = G lanes per row (G rows per
+//       warp for G < 32), each lane holding N packs of P elements in registers: one read
+//       of the valid scores, one write of the row. For rows up to G * P * N columns.
+//   masked_softmax_fwd_block_cached_p<P>_<dtype>    one block per row, keys cached in
+//       dynamic shared memory: one read, one write. For rows that fit on chip.
+//   masked_softmax_fwd_block_stream_p<P>_<dtype>    one block per row, any length: an
+//       online (max, sum) pass, then a second read of the valid scores to write.
+//
+// All of them: the mask from mask.cuh (masked positions never read, written as +0.0), the
+// numerics from numeric.cuh, grid-stride loops over rows (any row count), 64-bit offsets,
+// and x may alias y: each element is read, then written, by the same thread.
 #include "emulation.cuh"
+#include "io.cuh"
 #include "mask.cuh"
 #include "numeric.cuh"
+#include "reduce.cuh"
 
-constexpr int WARP = 32;
+// ---------------------------------------------------------------- rows in registers
 
-template <typename T>
-__device__ __forceinline__ void warp_row_forward(const T* x, T* y, const MaskParams& p, int64_t row,
-                                                 int lane) {
-    const RowWindow w = row_window(p, row);
-    const T* x_row = x + row * p.row_stride;
-    T* y_row = y + row * p.row_stride;
+template <typename T, int PACK, int PACKS, int GROUP>
+__device__ __forceinline__ void rows_forward(const T* x, T* y, const MaskParams& p) {
+    constexpr int ROWS_PER_WARP = WARP / GROUP;
+    const ScaleMap sm = ScaleMap::of(p.scale);
+    const int lane = threadIdx.x % WARP;
+    const int member = lane % GROUP;
+    const int64_t warps_per_block = blockDim.x / WARP;
+    const int64_t first_warp = int64_t(blockIdx.x) * warps_per_block + threadIdx.x / WARP;
+    const int64_t warp_step = int64_t(gridDim.x) * warps_per_block;
 
-    SoftmaxStats st = stats_empty();
-    for (int64_t j = w.start + lane; j < w.end; j += WARP) stats_add(st, to_f32(x_row[j]) * p.scale);
-    st = warp_merge(st);
+    // Warp-uniform loop: every lane runs every shuffle; lanes past the last row idle along.
+    for (int64_t base = first_warp * ROWS_PER_WARP; base < p.rows; base += warp_step * ROWS_PER_WARP) {
+        const int64_t row = base + lane / GROUP;
+        const bool active = row < p.rows;
+        const RowWindow w = active ? row_window(p, row) : RowWindow{0, 0};
+        const int64_t offset = (active ? row : 0) * p.row_stride;
 
-    // sum == 0: no valid key, or all -inf: the row is all zeros.
-    const bool zero_row = st.sum == 0.f;
-    for (int64_t j = lane; j < p.k_len; j += WARP) {
-        float v = 0.f;
-        if (!zero_row && j >= w.start && j < w.end) v = expf(to_f32(x_row[j]) * p.scale - st.max) / st.sum;
-        y_row[j] = from_f32<T>(v);
+        float keys[PACKS][PACK];
+        float max_key = -CUDART_INF_F;
+#pragma unroll
+        for (int i = 0; i < PACKS; ++i) {
+            load_keys<T, PACK>(x + offset, (int64_t(i) * GROUP + member) * PACK, w.start, w.end, sm, keys[i]);
+#pragma unroll
+            for (int j = 0; j < PACK; ++j) max_key = max_nan(max_key, keys[i][j]);
+        }
+        max_key = group_max<GROUP>(max_key);
+        const bool zero_row = max_key == -CUDART_INF_F;
+
+        float sum = 0.f;
+#pragma unroll
+        for (int i = 0; i < PACKS; ++i)
+#pragma unroll
+            for (int j = 0; j < PACK; ++j) {
+                keys[i][j] = zero_row ? 0.f : sm.weight(keys[i][j], max_key);
+                sum += keys[i][j];
+            }
+        sum = group_sum<GROUP>(sum);
+
+        if (!active) continue;
+#pragma unroll
+        for (int i = 0; i < PACKS; ++i) {
+            const int64_t col = (int64_t(i) * GROUP + member) * PACK;
+            if (col >= p.k_len) break;
+            float out[PACK];
+#pragma unroll
+            for (int j = 0; j < PACK; ++j) {
+                const int64_t c = col + j;
+                out[j] = (!zero_row && c >= w.start && c < w.end) ? keys[i][j] / sum : 0.f;
+            }
+            store_values<T, PACK>(y + offset, col, p.k_len, out);
+        }
     }
 }
 
-template <typename T>
-__device__ __forceinline__ void warp_forward(const T* x, T* y, const MaskParams& p) {
-    const int lane = threadIdx.x % WARP;
-    const int64_t warps_per_block = blockDim.x / WARP;
-    const int64_t first_row = int64_t(blockIdx.x) * warps_per_block + threadIdx.x / WARP;
-    const int64_t row_step = int64_t(gridDim.x) * warps_per_block;
-    for (int64_t row = first_row; row < p.rows; row += row_step) warp_row_forward(x, y, p, row, lane);
+// ---------------------------------------------------------------- one block per row
+
+template <int PACK>
+__device__ __forceinline__ int64_t packs_in(int64_t k_len) {
+    return (k_len + PACK - 1) / PACK;
 }
 
-#define DEFINE_FORWARD(SUFFIX, T)                                                                  \
-    extern "C" __global__ void masked_softmax_fwd_warp_##SUFFIX(const T* x, T* y, MaskParams p) { \
-        warp_forward<T>(x, y, p);                                                                  \
-    }                                                                                              \
-    REGISTER_KERNEL(masked_softmax_fwd_warp_##SUFFIX)
+// Dynamic shared memory: the block's keys, then per-warp reduction scratch.
+template <typename T>
+__device__ __forceinline__ T* dynamic_shared() {
+#ifdef MASKED_SOFTMAX_EMULATION
+    return static_cast<T*>(emu::dynamic_shared_memory());
+#else
+    extern __shared__ __align__(16) unsigned char shared_bytes[];
+    return reinterpret_cast<T*>(shared_bytes);
+#endif
+}
 
-DEFINE_FORWARD(f32, float)
-DEFINE_FORWARD(f16, __half)
-DEFINE_FORWARD(bf16, __nv_bfloat16)
+// The first pack at or after `first` that thread `t` owns when thread t owns packs
+// t, t + step, t + 2 step, ...
+__device__ __forceinline__ int64_t first_owned(int64_t first, int64_t t, int64_t step) {
+    return first + ((t - first) % step + step) % step;
+}
+
+// Keys cached in shared memory: thread t owns packs t, t + blockDim, ... in every phase
+// and is the only one to touch their slots, so only the reductions need barriers.
+template <typename T, int PACK>
+__device__ __forceinline__ void block_cached_forward(const T* x, T* y, const MaskParams& p) {
+    const ScaleMap sm = ScaleMap::of(p.scale);
+    float* cache = dynamic_shared<float>();
+    float* scratch = cache + packs_in<PACK>(p.k_len) * PACK;
+    for (int64_t row = blockIdx.x; row < p.rows; row += gridDim.x) {
+        const RowWindow w = row_window(p, row);
+        const int64_t offset = row * p.row_stride;
+        const int64_t first_pack = w.start / PACK, end_pack = (w.end + PACK - 1) / PACK;
+
+        const int64_t mine = first_owned(first_pack, threadIdx.x, blockDim.x);
+
+        float max_key = -CUDART_INF_F;
+        for (int64_t i = mine; i < end_pack; i += blockDim.x) {
+            float keys[PACK];
+            load_keys<T, PACK>(x + offset, i * PACK, w.start, w.end, sm, keys);
+#pragma unroll
+            for (int j = 0; j < PACK; ++j) {
+                max_key = max_nan(max_key, keys[j]);
+                cache[i * PACK + j] = keys[j];
+            }
+        }
+        max_key = block_max(max_key, scratch);
+        const bool zero_row = max_key == -CUDART_INF_F;
+
+        float sum = 0.f;
+        for (int64_t i = mine; i < end_pack && !zero_row; i += blockDim.x)
+#pragma unroll
+            for (int j = 0; j < PACK; ++j) {
+                const float weight = sm.weight(cache[i * PACK + j], max_key);
+                cache[i * PACK + j] = weight;
+                sum += weight;
+            }
+        sum = block_sum(sum, scratch);
+
+        for (int64_t i = threadIdx.x; i < packs_in<PACK>(p.k_len); i += blockDim.x) {
+            float out[PACK];
+#pragma unroll
+            for (int j = 0; j < PACK; ++j) {
+                const int64_t c = i * PACK + j;
+                out[j] = (!zero_row && c >= w.start && c < w.end) ? cache[c] / sum : 0.f;
+            }
+            store_values<T, PACK>(y + offset, i * PACK, p.k_len, out);
+        }
+    }
+}
+
+// Any row length: online statistics over the valid scores, then a second read to write.
+template <typename T, int PACK>
+__device__ __forceinline__ void block_stream_forward(const T* x, T* y, const MaskParams& p) {
+    const ScaleMap sm = ScaleMap::of(p.scale);
+    float2* scratch = dynamic_shared<float2>();
+    for (int64_t row = blockIdx.x; row < p.rows; row += gridDim.x) {
+        const RowWindow w = row_window(p, row);
+        const int64_t offset = row * p.row_stride;
+        const int64_t first_pack = w.start / PACK, end_pack = (w.end + PACK - 1) / PACK;
+
+        SoftmaxStats st = stats_empty();
+        for (int64_t i = first_pack + threadIdx.x; i < end_pack; i += blockDim.x) {
+            float keys[PACK];
+            load_keys<T, PACK>(x + offset, i * PACK, w.start, w.end, sm, keys);
+#pragma unroll
+            for (int j = 0; j < PACK; ++j) stats_add(st, keys[j], sm);
+        }
+        st = block_stats_merge(st, scratch, sm);
+
+        for (int64_t i = threadIdx.x; i < packs_in<PACK>(p.k_len); i += blockDim.x) {
+            float keys[PACK], out[PACK];
+            load_keys<T, PACK>(x + offset, i * PACK, w.start, w.end, sm, keys);
+#pragma unroll
+            for (int j = 0; j < PACK; ++j) {
+                const int64_t c = i * PACK + j;
+                out[j] = (c >= w.start && c < w.end) ? stats_probability(st, keys[j], sm) : 0.f;
+            }
+            store_values<T, PACK>(y + offset, i * PACK, p.k_len, out);
+        }
+    }
+}
+
+// ---------------------------------------------------------------- instantiations
+// The Rust planner (src/plan.rs, KernelKind::all) lists exactly these names.
+
+#define ROWS_KERNEL(SUFFIX, T, G, P, N)                                                              \
+    extern "C" __global__ void masked_softmax_fwd_rows_g##G##_p##P##x##N##_##SUFFIX(const T* x, T* y, \
+                                                                                    MaskParams p) { \
+        rows_forward<T, P, N, G>(x, y, p);                                                          \
+    }                                                                                               \
+    REGISTER_KERNEL(masked_softmax_fwd_rows_g##G##_p##P##x##N##_##SUFFIX)
+
+#define BLOCK_KERNELS(SUFFIX, T, P)                                                                      \
+    extern "C" __global__ void masked_softmax_fwd_block_cached_p##P##_##SUFFIX(const T* x, T* y,         \
+                                                                               MaskParams p) {          \
+        block_cached_forward<T, P>(x, y, p);                                                            \
+    }                                                                                                   \
+    REGISTER_KERNEL(masked_softmax_fwd_block_cached_p##P##_##SUFFIX)                                    \
+    extern "C" __global__ void masked_softmax_fwd_block_stream_p##P##_##SUFFIX(const T* x, T* y,         \
+                                                                               MaskParams p) {          \
+        block_stream_forward<T, P>(x, y, p);                                                            \
+    }                                                                                                   \
+    REGISTER_KERNEL(masked_softmax_fwd_block_stream_p##P##_##SUFFIX)
+
+// Short rows: G lanes per row, one pack each.
+#define GROUP_LADDER(SUFFIX, T, P) \
+    ROWS_KERNEL(SUFFIX, T, 1, P, 1) \
+    ROWS_KERNEL(SUFFIX, T, 2, P, 1) \
+    ROWS_KERNEL(SUFFIX, T, 4, P, 1) \
+    ROWS_KERNEL(SUFFIX, T, 8, P, 1) \
+    ROWS_KERNEL(SUFFIX, T, 16, P, 1) \
+    ROWS_KERNEL(SUFFIX, T, 32, P, 1)
+
+// Medium rows: a whole warp per row, N packs per lane.
+#define WARP_LADDER_8(SUFFIX, T, P) \
+    ROWS_KERNEL(SUFFIX, T, 32, P, 2) \
+    ROWS_KERNEL(SUFFIX, T, 32, P, 4) \
+    ROWS_KERNEL(SUFFIX, T, 32, P, 8)
+#define WARP_LADDER_32(SUFFIX, T, P) \
+    WARP_LADDER_8(SUFFIX, T, P)      \
+    ROWS_KERNEL(SUFFIX, T, 32, P, 16) \
+    ROWS_KERNEL(SUFFIX, T, 32, P, 32)
+
+// Per type: 16-byte packs (P = 16 / sizeof(T)) where aligned, single elements otherwise.
+#define TYPE_KERNELS(SUFFIX, T, VP)    \
+    GROUP_LADDER(SUFFIX, T, VP)        \
+    WARP_LADDER_8(SUFFIX, T, VP)       \
+    BLOCK_KERNELS(SUFFIX, T, VP)       \
+    GROUP_LADDER(SUFFIX, T, 1)         \
+    WARP_LADDER_32(SUFFIX, T, 1)       \
+    BLOCK_KERNELS(SUFFIX, T, 1)
+
+TYPE_KERNELS(f32, float, 4)
+TYPE_KERNELS(f16, __half, 8)
+TYPE_KERNELS(bf16, __nv_bfloat16, 8)

@@ -1,6 +1,13 @@
-// Loads and stores in the storage type, arithmetic in f32, and the running (max, sum)
-// pair of a softmax with the contract's special values: no valid score or all -inf gives
-// sum 0 (a zero row); NaN and +inf in a valid position poison the sum, as IEEE says.
+// Loads and stores in the storage type with arithmetic in f32, and the softmax numerics
+// every kernel shares.
+//
+// The scaled score is s = scale * x, but kernels never form it: they compare "keys"
+// k = x * sign(scale) (exact; 0 * x for scale 0) and compute exp(s - s_max) as
+// exp((k - k_max) * |scale|), whose argument is <= 0. So no finite score can overflow, at
+// any scale, and the result is the f64 reference's up to f32 rounding. The contract's
+// special values fall out of three rules: the max is NaN-propagating (a NaN score makes
+// the row NaN), a key of -inf weighs exactly 0, and a row whose max key is -inf (no valid
+// key, or only -inf) is all zeros.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -17,43 +24,62 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(flo
     return __float2bfloat16_rn(v);
 }
 
-// Softmax statistics of a set of scaled scores: m = their max (NaN ignored), d = the sum
-// of exp(s - m). d == 0 exactly when the set is empty or all -inf; a NaN score, or two
-// +inf, make d NaN, which then reaches every output of the row.
+// max(a, b), NaN if either is NaN (fmaxf would drop the NaN).
+__device__ __forceinline__ float max_nan(float a, float b) {
+#ifdef MASKED_SOFTMAX_EMULATION
+    return (a != a || b != b) ? a + b : fmaxf(a, b);
+#else
+    float r;
+    asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+    return r;
+#endif
+}
+
+// The scale, split into the sign that orders keys and the magnitude that weighs them.
+struct ScaleMap {
+    float key_sign;   // +1, -1, or 0 for scale 0 (then keys are 0, or NaN for +-inf and NaN)
+    float scale_abs;  // |scale|
+
+    __device__ __forceinline__ static ScaleMap of(float scale) {
+        return ScaleMap{scale > 0.f ? 1.f : (scale < 0.f ? -1.f : 0.f), fabsf(scale)};
+    }
+    __device__ __forceinline__ float key(float x) const { return x * key_sign; }
+    // exp(s - s_max) for a key `k` and the row's max key `max_key`. A -inf key (a masked
+    // slot, or a -inf score) weighs exactly 0, at scale 0 too, where -inf * 0 would be NaN.
+    __device__ __forceinline__ float weight(float k, float max_key) const {
+        return k == -CUDART_INF_F ? 0.f : expf((k - max_key) * scale_abs);
+    }
+};
+
+// Softmax statistics of a set of keys: their max (NaN-propagating) and the sum of their
+// weights. An empty set, or one of only -inf keys, has max -inf and sum 0.
 struct SoftmaxStats {
-    float max;
+    float max_key;
     float sum;
 };
 
 __device__ __forceinline__ SoftmaxStats stats_empty() { return SoftmaxStats{-CUDART_INF_F, 0.f}; }
 
-__device__ __forceinline__ void stats_add(SoftmaxStats& st, float s) {
-    if (s > st.max) {
-        st.sum = st.sum * expf(st.max - s) + 1.f;
-        st.max = s;
-    } else if (s != -CUDART_INF_F) {
-        st.sum += expf(s - st.max);  // NaN s (or +inf twice) makes the sum NaN
-    }
+// Adds one key (online softmax).
+__device__ __forceinline__ void stats_add(SoftmaxStats& st, float k, const ScaleMap& sm) {
+    if (k == -CUDART_INF_F) return;  // weighs 0
+    const float max_key = max_nan(st.max_key, k);
+    const float kept = st.max_key == -CUDART_INF_F ? 0.f : st.sum * sm.weight(st.max_key, max_key);
+    st.sum = kept + sm.weight(k, max_key);
+    st.max_key = max_key;
 }
 
-// A part whose max is -inf contributes its sum unchanged: 0, or NaN if it saw a NaN.
-__device__ __forceinline__ float stats_rescaled_sum(SoftmaxStats st, float max) {
-    return st.max == -CUDART_INF_F ? st.sum : st.sum * expf(st.max - max);
+// The sum of a part, rescaled to a larger max.
+__device__ __forceinline__ float stats_rescaled(SoftmaxStats st, float max_key, const ScaleMap& sm) {
+    return st.max_key == -CUDART_INF_F ? 0.f : st.sum * sm.weight(st.max_key, max_key);
 }
 
-__device__ __forceinline__ SoftmaxStats stats_merge(SoftmaxStats a, SoftmaxStats b) {
-    const float max = fmaxf(a.max, b.max);
-    return SoftmaxStats{max, stats_rescaled_sum(a, max) + stats_rescaled_sum(b, max)};
+__device__ __forceinline__ SoftmaxStats stats_merge(SoftmaxStats a, SoftmaxStats b, const ScaleMap& sm) {
+    const float max_key = max_nan(a.max_key, b.max_key);
+    return SoftmaxStats{max_key, stats_rescaled(a, max_key, sm) + stats_rescaled(b, max_key, sm)};
 }
 
-// Merge across the 32 lanes of a warp; every lane gets the row's stats.
-__device__ __forceinline__ SoftmaxStats warp_merge(SoftmaxStats st) {
-#pragma unroll
-    for (int offset = 16; offset > 0; offset >>= 1) {
-        SoftmaxStats other;
-        other.max = __shfl_xor_sync(0xffffffffu, st.max, offset);
-        other.sum = __shfl_xor_sync(0xffffffffu, st.sum, offset);
-        st = stats_merge(st, other);
-    }
-    return st;
+// The probability of key `k` in a row with statistics `st` (0 for a zero row).
+__device__ __forceinline__ float stats_probability(SoftmaxStats st, float k, const ScaleMap& sm) {
+    return st.max_key == -CUDART_INF_F ? 0.f : sm.weight(k, st.max_key) / st.sum;
 }

@@ -136,7 +136,8 @@ pub struct Spec {
     pub padding: Padding,
     /// Causal masking, if any.
     pub causal: Option<Causal>,
-    /// Multiplier applied to every valid score before the softmax.
+    /// Multiplier applied to every valid score before the softmax: any finite value
+    /// (negative flips the order, 0 gives the uniform distribution over the valid keys).
     pub scale: f32,
 }
 
@@ -182,6 +183,9 @@ impl Spec {
         self.shape.validate(elem_bytes)?;
         if let Some(Causal { window: Some(0) }) = self.causal {
             return Err(Error::ZeroWindow);
+        }
+        if !self.scale.is_finite() {
+            return Err(Error::InvalidScale(self.scale));
         }
         Ok(())
     }
@@ -318,6 +322,20 @@ mod tests {
     fn zero_window_is_an_error() {
         let spec = Spec::new(Shape::matrix(1, 4)).sliding_window(0);
         assert!(matches!(spec.validate(4), Err(Error::ZeroWindow)));
+    }
+
+    #[test]
+    fn scale_must_be_finite() {
+        let spec = Spec::new(Shape::matrix(1, 4));
+        for scale in [0.0, -3.5, f32::MAX, f32::MIN_POSITIVE / 8.0] {
+            assert!(spec.scale(scale).validate(4).is_ok(), "{scale}");
+        }
+        for scale in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            assert!(matches!(
+                spec.scale(scale).validate(4),
+                Err(Error::InvalidScale(_))
+            ));
+        }
     }
 
     #[test]

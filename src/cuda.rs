@@ -1,9 +1,13 @@
 //! The cudarc launchers: a handle that loads the kernels once per CUDA context and launches
 //! them on the caller's stream.
 //!
+//! Lengths come from the host ([`Lengths`], checked, then staged in a device buffer the
+//! handle keeps) or from the device ([`DeviceLengths`], clamped into range by the kernel;
+//! the form to use inside CUDA graphs).
+//!
 //! ```no_run
 //! use masked_softmax::cuda::{open_device, CudaSoftmax, DeviceLengths};
-//! use masked_softmax::{Shape, Spec};
+//! use masked_softmax::{Lengths, Shape, Spec};
 //!
 //! # fn main() -> masked_softmax::Result<()> {
 //! let ctx = open_device(0)?; // a typed error, not a panic, without a GPU
@@ -12,30 +16,32 @@
 //!
 //! let spec = Spec::new(Shape::matrix(4, 6));
 //! let x = stream.clone_htod(&[0.5f32; 24])?;
-//! let lengths = stream.clone_htod(&[4i32, 1, 6, 3])?;
 //! let mut y = stream.alloc_zeros::<f32>(24)?;
+//! softmax.forward(&stream, &spec, Lengths::keys(&[4, 1, 6, 3]), &x, &mut y)?;
+//! assert_eq!(stream.clone_dtoh(&y)?[6], 1.0); // row 1 has one valid key
+//!
+//! // The same with the lengths already on the device.
+//! let lengths = stream.clone_htod(&[4i32, 1, 6, 3])?;
 //! softmax.forward(&stream, &spec, DeviceLengths::keys(&lengths), &x, &mut y)?;
-//! let y = stream.clone_dtoh(&y)?;
-//! assert_eq!(y[6], 1.0); // row 1 has one valid key
 //! # Ok(())
 //! # }
 //! ```
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use cudarc::driver::sys::CUdevice_attribute;
+use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig,
-    PushKernelArg,
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr,
+    LaunchConfig, PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
 
 use std::collections::HashMap;
 
-use crate::contract::{Spec, check_buffer};
+use crate::contract::{Lengths, Spec, check_buffer};
 use crate::dtype::{DType, Element};
 use crate::error::{Error, LengthKind, Result};
-use crate::plan::{DeviceLimits, KernelKind, KernelParams, plan_forward};
+use crate::plan::{Buffers, DeviceLimits, KernelKind, KernelParams, plan_forward};
 
 /// The PTX built from `kernels/*.cu` (`None` when the crate was built without nvcc).
 mod ptx {
@@ -101,6 +107,28 @@ impl<'a> DeviceLengths<'a> {
     }
 }
 
+/// Where a call's lengths are: [`Lengths`] on the host or [`DeviceLengths`] on the device.
+/// Entry points take `impl Into<LengthsArg>`, so either can be passed directly.
+#[derive(Clone, Copy)]
+pub enum LengthsArg<'a> {
+    /// Host lengths: validated (out of range is an error), then copied to the device.
+    Host(Lengths<'a>),
+    /// Device lengths: used in place, clamped into range by the kernel.
+    Device(DeviceLengths<'a>),
+}
+
+impl<'a> From<Lengths<'a>> for LengthsArg<'a> {
+    fn from(lengths: Lengths<'a>) -> Self {
+        LengthsArg::Host(lengths)
+    }
+}
+
+impl<'a> From<DeviceLengths<'a>> for LengthsArg<'a> {
+    fn from(lengths: DeviceLengths<'a>) -> Self {
+        LengthsArg::Device(lengths)
+    }
+}
+
 // SAFETY: plain old data with the C layout the kernels expect (`MaskParams`).
 unsafe impl DeviceRepr for KernelParams {}
 
@@ -110,6 +138,8 @@ pub struct CudaSoftmax {
     ctx: Arc<CudaContext>,
     limits: DeviceLimits,
     forward: HashMap<(KernelKind, DType), CudaFunction>,
+    /// Device copy of host lengths (keys, then queries); grows, never shrinks.
+    staging: Mutex<Option<CudaSlice<i32>>>,
 }
 
 impl CudaSoftmax {
@@ -122,24 +152,38 @@ impl CudaSoftmax {
             return Err(Error::UnsupportedDevice { major, minor });
         }
         let module = ctx.load_module(Ptx::from_src(ptx))?;
+        let attribute = |a| ctx.attribute(a).map(|v| v.max(0) as u32);
+        let limits = DeviceLimits {
+            sm_count: attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?,
+            max_threads_per_sm: attribute(
+                CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_MULTIPROCESSOR,
+            )?,
+            max_shared_per_block: attribute(
+                CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+            )?,
+            shared_per_sm: attribute(
+                CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR,
+            )?,
+        };
         let mut forward = HashMap::new();
-        for kind in KernelKind::ALL {
-            for dtype in DType::ALL {
+        for dtype in DType::ALL {
+            for kind in KernelKind::all(dtype) {
                 let function = module.load_function(&kind.forward_name(dtype))?;
+                if let KernelKind::BlockCached { .. } = kind {
+                    // Above 48 KiB a block's dynamic shared memory needs an explicit opt-in.
+                    function.set_attribute(
+                        CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                        limits.max_shared_per_block as i32,
+                    )?;
+                }
                 forward.insert((kind, dtype), function);
             }
         }
-        let limits = DeviceLimits {
-            sm_count: ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?
-                as u32,
-            max_threads_per_sm: ctx
-                .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_MULTIPROCESSOR)?
-                as u32,
-        };
         Ok(CudaSoftmax {
             ctx: ctx.clone(),
             limits,
             forward,
+            staging: Mutex::new(None),
         })
     }
 
@@ -154,49 +198,105 @@ impl CudaSoftmax {
     }
 
     /// `y = softmax(scale * x)` over each row's valid keys and exact zeros elsewhere,
-    /// enqueued on `stream`. `x` and `y` must not overlap (see
-    /// [`forward_in_place`](Self::forward_in_place)). Every misuse is an error before
-    /// anything is launched; nothing is allocated and nothing waits for the GPU.
-    pub fn forward<T: Element>(
+    /// enqueued on `stream`; `lengths` is a [`Lengths`] or a [`DeviceLengths`]. `x` and `y`
+    /// must not overlap (see [`forward_in_place`](Self::forward_in_place)). Every misuse is
+    /// an error before anything is launched, and nothing waits for the GPU. With device
+    /// lengths nothing is allocated, so the call can be captured in a CUDA graph; host
+    /// lengths are copied into a buffer the handle keeps (allocated on first use, grown
+    /// when a larger batch comes).
+    pub fn forward<'a, T: Element>(
         &self,
-        stream: &CudaStream,
+        stream: &Arc<CudaStream>,
         spec: &Spec,
-        lengths: DeviceLengths<'_>,
+        lengths: impl Into<LengthsArg<'a>>,
         x: &impl DevicePtr<T>,
         y: &mut impl DevicePtrMut<T>,
     ) -> Result<()> {
-        self.check::<T>(stream, spec, &lengths)?;
+        self.check::<T>(stream, spec)?;
         check_buffer("x", x.len(), &spec.shape)?;
         check_buffer("y", y.len(), &spec.shape)?;
         self.check_context("x", x.stream())?;
         self.check_context("y", y.stream())?;
-        let (x_bytes, y_bytes) = (x.num_bytes() as u64, y.num_bytes() as u64);
-        let (x_ptr, _x_guard) = x.device_ptr(stream);
-        let (y_ptr, _y_guard) = y.device_ptr_mut(stream);
-        if x_ptr < y_ptr + y_bytes && y_ptr < x_ptr + x_bytes {
-            return Err(Error::Aliasing { a: "x", b: "y" });
-        }
-        self.launch_forward::<T>(stream, spec, lengths, x_ptr, y_ptr)
+        self.with_device_lengths(stream, spec, lengths.into(), |lengths| {
+            let (x_bytes, y_bytes) = (x.num_bytes() as u64, y.num_bytes() as u64);
+            let (x_ptr, _x_guard) = x.device_ptr(stream);
+            let (y_ptr, _y_guard) = y.device_ptr_mut(stream);
+            if x_ptr < y_ptr + y_bytes && y_ptr < x_ptr + x_bytes {
+                return Err(Error::Aliasing { a: "x", b: "y" });
+            }
+            self.launch_forward::<T>(stream, spec, lengths, x_ptr, y_ptr)
+        })
     }
 
     /// [`forward`](Self::forward) with the probabilities written over the scores.
-    pub fn forward_in_place<T: Element>(
+    pub fn forward_in_place<'a, T: Element>(
         &self,
-        stream: &CudaStream,
+        stream: &Arc<CudaStream>,
         spec: &Spec,
-        lengths: DeviceLengths<'_>,
+        lengths: impl Into<LengthsArg<'a>>,
         xy: &mut impl DevicePtrMut<T>,
     ) -> Result<()> {
-        self.check::<T>(stream, spec, &lengths)?;
+        self.check::<T>(stream, spec)?;
         check_buffer("xy", xy.len(), &spec.shape)?;
         self.check_context("xy", xy.stream())?;
-        let (ptr, _guard) = xy.device_ptr_mut(stream);
-        self.launch_forward::<T>(stream, spec, lengths, ptr, ptr)
+        self.with_device_lengths(stream, spec, lengths.into(), |lengths| {
+            let (ptr, _guard) = xy.device_ptr_mut(stream);
+            self.launch_forward::<T>(stream, spec, lengths, ptr, ptr)
+        })
+    }
+
+    /// Runs `f` with the lengths on the device: device lengths after their checks, host
+    /// lengths after validation and a copy into the staging buffer (held locked meanwhile).
+    fn with_device_lengths<R>(
+        &self,
+        stream: &Arc<CudaStream>,
+        spec: &Spec,
+        lengths: LengthsArg<'_>,
+        f: impl FnOnce(DeviceLengths<'_>) -> Result<R>,
+    ) -> Result<R> {
+        let batch = spec.shape.batch;
+        let host = match lengths {
+            LengthsArg::Device(device) => {
+                for (kind, l) in [(LengthKind::Key, device.kv), (LengthKind::Query, device.q)] {
+                    let Some(l) = l else { continue };
+                    if l.len() != batch {
+                        return Err(Error::LengthsSize {
+                            kind,
+                            len: l.len(),
+                            batch,
+                        });
+                    }
+                    self.check_context("lengths", l.stream())?;
+                }
+                return f(device);
+            }
+            LengthsArg::Host(host) => host,
+        };
+        host.validate(&spec.shape)?;
+        if host.kv.is_none() && host.q.is_none() {
+            return f(DeviceLengths::none());
+        }
+        let mut staging = self.staging.lock().unwrap_or_else(|e| e.into_inner());
+        if staging.as_ref().is_none_or(|s| s.len() < 2 * batch) {
+            *staging = Some(stream.alloc_zeros::<i32>((2 * batch).next_power_of_two().max(256))?);
+        }
+        let staging = staging.as_mut().expect("allocated above");
+        if let Some(kv) = host.kv {
+            stream.memcpy_htod(kv, &mut staging.slice_mut(0..batch))?;
+        }
+        if let Some(q) = host.q {
+            stream.memcpy_htod(q, &mut staging.slice_mut(batch..2 * batch))?;
+        }
+        let (kv, q) = (staging.slice(0..batch), staging.slice(batch..2 * batch));
+        f(DeviceLengths {
+            kv: host.kv.map(|_| &kv as &dyn DevicePtr<i32>),
+            q: host.q.map(|_| &q as &dyn DevicePtr<i32>),
+        })
     }
 
     fn launch_forward<T: Element>(
         &self,
-        stream: &CudaStream,
+        stream: &Arc<CudaStream>,
         spec: &Spec,
         lengths: DeviceLengths<'_>,
         x_ptr: u64,
@@ -204,13 +304,13 @@ impl CudaSoftmax {
     ) -> Result<()> {
         let (kv_ptr, _kv_guard) = lengths.kv.map(|l| l.device_ptr(stream)).unzip();
         let (q_ptr, _q_guard) = lengths.q.map(|l| l.device_ptr(stream)).unzip();
-        let plan = plan_forward(
-            spec,
-            T::DTYPE,
-            self.limits,
-            kv_ptr.unwrap_or(0),
-            q_ptr.unwrap_or(0),
-        )?;
+        let buffers = Buffers {
+            x: x_ptr,
+            y: y_ptr,
+            kv_lens: kv_ptr.unwrap_or(0),
+            q_lens: q_ptr.unwrap_or(0),
+        };
+        let plan = plan_forward(spec, T::DTYPE, self.limits, buffers)?;
         let function = &self.forward[&(plan.kernel, plan.dtype)];
         let config = LaunchConfig {
             grid_dim: (plan.grid, 1, 1),
@@ -225,30 +325,10 @@ impl CudaSoftmax {
         Ok(())
     }
 
-    /// Checks shared by every entry point: spec, stream context, device lengths.
-    fn check<T: Element>(
-        &self,
-        stream: &CudaStream,
-        spec: &Spec,
-        lengths: &DeviceLengths<'_>,
-    ) -> Result<()> {
+    /// Checks shared by every entry point: spec and stream.
+    fn check<T: Element>(&self, stream: &CudaStream, spec: &Spec) -> Result<()> {
         spec.validate(std::mem::size_of::<T>())?;
-        self.check_context("stream", stream)?;
-        for (kind, l) in [
-            (LengthKind::Key, lengths.kv),
-            (LengthKind::Query, lengths.q),
-        ] {
-            let Some(l) = l else { continue };
-            if l.len() != spec.shape.batch {
-                return Err(Error::LengthsSize {
-                    kind,
-                    len: l.len(),
-                    batch: spec.shape.batch,
-                });
-            }
-            self.check_context("lengths", l.stream())?;
-        }
-        Ok(())
+        self.check_context("stream", stream)
     }
 
     fn check_context(&self, buffer: &'static str, stream: &CudaStream) -> Result<()> {
@@ -276,9 +356,9 @@ mod tests {
             return;
         };
         assert!(PTX_TARGET.is_some());
-        for (kind, dtype) in KernelKind::ALL
+        for (kind, dtype) in DType::ALL
             .iter()
-            .flat_map(|k| DType::ALL.map(|d| (*k, d)))
+            .flat_map(|&d| KernelKind::all(d).into_iter().map(move |k| (k, d)))
         {
             let name = kind.forward_name(dtype);
             assert!(

@@ -54,6 +54,10 @@ pub enum Error {
     #[error("sliding window must be at least 1 key (got 0)")]
     ZeroWindow,
 
+    /// The scale is NaN or infinite.
+    #[error("scale must be finite (got {0})")]
+    InvalidScale(f32),
+
     /// A lengths slice does not hold one entry per batch entry.
     #[error("{kind} slice has {len} entries but batch is {batch}")]
     LengthsSize {

@@ -1,10 +1,17 @@
-//! Launch planning: which kernel runs a problem, with what grid, block and parameters.
-//! Pure Rust, so it is unit-tested without a GPU and drives both the CUDA launcher
-//! ([`crate::cuda`]) and the CPU emulator the tests run the kernels on.
+//! Launch planning: which kernel runs a problem, with what grid, block, shared memory and
+//! parameters. Pure Rust, so it is unit-tested without a GPU, and it drives both the CUDA
+//! launcher ([`crate::cuda`]) and the CPU emulator the tests run the kernels on.
 //!
-//! Today there is one kernel, one warp per row with a grid-stride loop over rows, so any
-//! row count and any `k_len` are covered; the dispatch ladder (sub-warp rows, register-
-//! resident rows, block and split rows) grows here.
+//! The forward ladder, by row length `k_len` (P = elements per pack: 16 bytes' worth when
+//! both buffers and the row stride keep packs aligned, else 1):
+//!
+//! 1. `k_len <= 32 P`: [`KernelKind::Rows`] with `group` lanes per row, several rows per
+//!    warp, one pack per lane, so short rows are neither launch- nor shuffle-bound.
+//! 2. `k_len <= 32 P N_max`: `Rows` with a whole warp per row and `packs` packs per lane
+//!    in registers.
+//! 3. Rows whose keys fit in shared memory: [`KernelKind::BlockCached`], a block per row.
+//! 4. Anything longer: [`KernelKind::BlockStream`], a block per row reading the valid
+//!    scores twice.
 
 use crate::contract::{Causal, Padding, Spec};
 use crate::dtype::DType;
@@ -20,26 +27,110 @@ pub struct DeviceLimits {
     pub sm_count: u32,
     /// Resident threads per multiprocessor.
     pub max_threads_per_sm: u32,
+    /// Dynamic shared memory one block may use (after opting in), bytes.
+    pub max_shared_per_block: u32,
+    /// Shared memory per multiprocessor, bytes.
+    pub shared_per_sm: u32,
 }
 
-/// The kernels the planner can choose.
+/// The forward kernels. Each is instantiated for f32, f16 and bf16; see
+/// `kernels/masked_softmax.cu` for what they do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum KernelKind {
-    /// One warp per row, two passes over the row's valid scores.
-    WarpPerRow,
+    /// `group` lanes per row (a power of two up to 32), `packs` packs of `pack` elements
+    /// per lane, held in registers: rows up to `group * pack * packs` columns.
+    Rows {
+        /// Lanes per row.
+        group: u32,
+        /// Elements per pack.
+        pack: u32,
+        /// Packs per lane.
+        packs: u32,
+    },
+    /// A block per row, keys cached in dynamic shared memory.
+    BlockCached {
+        /// Elements per pack.
+        pack: u32,
+    },
+    /// A block per row, any length: statistics pass, then a second read to write.
+    BlockStream {
+        /// Elements per pack.
+        pack: u32,
+    },
+}
+
+/// Elements in a 16-byte pack of `dtype`.
+pub fn vector_pack(dtype: DType) -> u32 {
+    16 / dtype.size_in_bytes() as u32
+}
+
+/// Most packs per lane of a warp-per-row kernel: 8 vector packs (32 f32 or 64 16-bit
+/// values per lane), or 32 single elements.
+fn max_packs(pack: u32) -> u32 {
+    if pack == 1 { 32 } else { 8 }
 }
 
 impl KernelKind {
-    /// Every kernel kind (the launcher loads them all).
-    pub const ALL: [KernelKind; 1] = [KernelKind::WarpPerRow];
-
-    /// The forward kernel's name for `dtype`: `masked_softmax_fwd_<kind>_<dtype>`.
-    pub fn forward_name(self, dtype: DType) -> String {
-        let kind = match self {
-            KernelKind::WarpPerRow => "warp",
-        };
-        format!("masked_softmax_fwd_{kind}_{}", dtype.kernel_suffix())
+    /// Every kernel compiled for `dtype`, in the order `kernels/masked_softmax.cu` lists them.
+    pub fn all(dtype: DType) -> Vec<KernelKind> {
+        let mut kinds = Vec::new();
+        for pack in [vector_pack(dtype), 1] {
+            let groups = [1, 2, 4, 8, 16, 32].map(|group| KernelKind::Rows {
+                group,
+                pack,
+                packs: 1,
+            });
+            let warps = (1..=max_packs(pack).ilog2()).map(|e| KernelKind::Rows {
+                group: 32,
+                pack,
+                packs: 1 << e,
+            });
+            kinds.extend(groups.into_iter().chain(warps));
+            kinds.extend([
+                KernelKind::BlockCached { pack },
+                KernelKind::BlockStream { pack },
+            ]);
+        }
+        kinds
     }
+
+    /// The kernel's name for `dtype` in the PTX.
+    pub fn forward_name(self, dtype: DType) -> String {
+        let t = dtype.kernel_suffix();
+        match self {
+            KernelKind::Rows { group, pack, packs } => {
+                format!("masked_softmax_fwd_rows_g{group}_p{pack}x{packs}_{t}")
+            }
+            KernelKind::BlockCached { pack } => {
+                format!("masked_softmax_fwd_block_cached_p{pack}_{t}")
+            }
+            KernelKind::BlockStream { pack } => {
+                format!("masked_softmax_fwd_block_stream_p{pack}_{t}")
+            }
+        }
+    }
+
+    /// Elements per pack.
+    pub fn pack(self) -> u32 {
+        match self {
+            KernelKind::Rows { pack, .. }
+            | KernelKind::BlockCached { pack }
+            | KernelKind::BlockStream { pack } => pack,
+        }
+    }
+}
+
+/// Device addresses of the buffers of one call (lengths 0 where absent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Buffers {
+    /// Scores.
+    pub x: u64,
+    /// Output (may equal `x`).
+    pub y: u64,
+    /// Key lengths, or 0.
+    pub kv_lens: u64,
+    /// Query lengths, or 0.
+    pub q_lens: u64,
 }
 
 /// Kernel parameters; must match `MaskParams` in `kernels/mask.cuh` field for field.
@@ -105,8 +196,8 @@ impl KernelParams {
     }
 }
 
-/// A launch: kernel, grid, block and parameters. The kernel's arguments are
-/// `(x, y, params)`.
+/// A launch: kernel, grid, block, shared memory and parameters. The kernel's arguments
+/// are `(x, y, params)`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LaunchPlan {
     /// Which kernel.
@@ -130,34 +221,80 @@ impl LaunchPlan {
     }
 }
 
-/// Threads per block of the warp-per-row kernel.
-const WARP_KERNEL_BLOCK: u32 = 256;
+/// Threads per block of the [`KernelKind::Rows`] kernels.
+const ROWS_BLOCK: u32 = 256;
+/// Per-warp reduction scratch at the end of a block kernel's shared memory (32 float2).
+const BLOCK_SCRATCH_BYTES: u64 = 32 * 8;
 
-/// Plans the forward launch of a validated `spec` whose lengths live at the device
-/// addresses `kv_lens` and `q_lens` (0 where absent).
+/// Plans the forward launch of a validated `spec` on the buffers at `buffers`.
 pub fn plan_forward(
     spec: &Spec,
     dtype: DType,
     limits: DeviceLimits,
-    kv_lens: u64,
-    q_lens: u64,
+    buffers: Buffers,
 ) -> Result<LaunchPlan> {
-    let params = KernelParams::new(spec, kv_lens, q_lens)?;
-    let rows = spec.shape.rows()?;
-    let warps_per_block = (WARP_KERNEL_BLOCK / WARP_SIZE) as usize;
-    let blocks_needed = rows.div_ceil(warps_per_block);
-    // Enough blocks to fill every multiprocessor; the grid-stride loop covers the rest.
-    let resident_blocks = (limits.sm_count.max(1) as usize)
-        * (limits.max_threads_per_sm / WARP_KERNEL_BLOCK).max(1) as usize;
-    let grid = blocks_needed.clamp(1, resident_blocks) as u32;
-    Ok(LaunchPlan {
-        kernel: KernelKind::WarpPerRow,
+    let params = KernelParams::new(spec, buffers.kv_lens, buffers.q_lens)?;
+    let shape = &spec.shape;
+    let rows = shape.rows()? as u64;
+    let k_len = shape.k_len as u64;
+    let elem = dtype.size_in_bytes() as u64;
+
+    // 16-byte packs only if every pack of every row of x and y is 16-byte aligned.
+    let aligned =
+        buffers.x % 16 == 0 && buffers.y % 16 == 0 && (shape.row_stride as u64 * elem) % 16 == 0;
+    let pack = if aligned { vector_pack(dtype) } else { 1 };
+    let p = pack as u64;
+
+    let plan = |kernel, grid: u64, block: u32, shared_bytes: u64| LaunchPlan {
+        kernel,
         dtype,
-        grid,
-        block: WARP_KERNEL_BLOCK,
-        shared_bytes: 0,
+        grid: grid.clamp(1, i32::MAX as u64) as u32,
+        block,
+        shared_bytes: shared_bytes as u32,
         params,
-    })
+    };
+    let sms = limits.sm_count.max(1) as u64;
+    let threads_per_sm = limits.max_threads_per_sm.max(WARP_SIZE) as u64;
+
+    if k_len <= 32 * p * max_packs(pack) as u64 {
+        let (group, packs) = if k_len <= 32 * p {
+            (k_len.div_ceil(p).next_power_of_two() as u32, 1)
+        } else {
+            (32, k_len.div_ceil(32 * p).next_power_of_two() as u32)
+        };
+        let rows_per_block = (ROWS_BLOCK / WARP_SIZE * (WARP_SIZE / group)) as u64;
+        let resident = sms * (threads_per_sm / ROWS_BLOCK as u64).max(1);
+        let grid = rows.div_ceil(rows_per_block).min(resident);
+        return Ok(plan(
+            KernelKind::Rows { group, pack, packs },
+            grid,
+            ROWS_BLOCK,
+            0,
+        ));
+    }
+
+    // A block per row: about 8 packs per thread, 128 to 1024 threads.
+    let row_packs = k_len.div_ceil(p);
+    let block = row_packs.div_ceil(8).next_power_of_two().clamp(128, 1024) as u32;
+    let blocks_by_threads = (threads_per_sm / block as u64).max(1);
+    let cached_bytes = row_packs * p * 4 + BLOCK_SCRATCH_BYTES;
+    if cached_bytes <= limits.max_shared_per_block as u64 {
+        let blocks_by_shared = (limits.shared_per_sm as u64 / cached_bytes).max(1);
+        let grid = rows.min(sms * blocks_by_threads.min(blocks_by_shared));
+        return Ok(plan(
+            KernelKind::BlockCached { pack },
+            grid,
+            block,
+            cached_bytes,
+        ));
+    }
+    let grid = rows.min(sms * blocks_by_threads);
+    Ok(plan(
+        KernelKind::BlockStream { pack },
+        grid,
+        block,
+        BLOCK_SCRATCH_BYTES,
+    ))
 }
 
 #[cfg(test)]
@@ -168,27 +305,160 @@ mod tests {
     const H100: DeviceLimits = DeviceLimits {
         sm_count: 132,
         max_threads_per_sm: 2048,
+        max_shared_per_block: 227 * 1024,
+        shared_per_sm: 228 * 1024,
+    };
+    const ALIGNED: Buffers = Buffers {
+        x: 0x1000,
+        y: 0x2000,
+        kv_lens: 0,
+        q_lens: 0,
     };
 
-    fn plan(spec: &Spec, limits: DeviceLimits) -> LaunchPlan {
-        plan_forward(spec, DType::F32, limits, 0, 0).unwrap()
+    fn plan(spec: &Spec, dtype: DType, buffers: Buffers) -> LaunchPlan {
+        plan_forward(spec, dtype, H100, buffers).unwrap()
+    }
+
+    fn capacity(kind: KernelKind) -> Option<u64> {
+        match kind {
+            KernelKind::Rows { group, pack, packs } => Some((group * pack * packs) as u64),
+            _ => None,
+        }
     }
 
     #[test]
-    fn small_problems_get_one_warp_per_row() {
-        let p = plan(&Spec::new(Shape::matrix(4, 6)), H100);
-        assert_eq!(p.kernel, KernelKind::WarpPerRow);
-        assert_eq!(p.kernel_name(), "masked_softmax_fwd_warp_f32");
+    fn every_row_length_gets_a_compiled_kernel_that_holds_it() {
+        for dtype in DType::ALL {
+            let compiled = KernelKind::all(dtype);
+            for k_len in (1..=3000).chain([4095, 4096, 16384, 65536, 1 << 20, 3 << 20]) {
+                for buffers in [
+                    ALIGNED,
+                    Buffers {
+                        x: 0x1002,
+                        ..ALIGNED
+                    },
+                ] {
+                    let spec = Spec::new(Shape::matrix(10, k_len));
+                    let p = plan(&spec, dtype, buffers);
+                    assert!(
+                        compiled.contains(&p.kernel),
+                        "{dtype:?} k={k_len}: {:?} not compiled",
+                        p.kernel
+                    );
+                    if let Some(cap) = capacity(p.kernel) {
+                        assert!(cap >= k_len as u64, "{:?} holds {cap} < {k_len}", p.kernel);
+                        // The smallest kernel that holds the row: half its capacity would not.
+                        if let KernelKind::Rows { group, packs, .. } = p.kernel {
+                            assert!(
+                                group * packs == 1 || cap / 2 < k_len as u64,
+                                "{:?} for {k_len}",
+                                p.kernel
+                            );
+                        }
+                    }
+                    assert!(p.grid >= 1 && p.block % WARP_SIZE == 0 && p.block <= 1024);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_ladder_by_row_length() {
+        let kind =
+            |k: usize, dtype| plan(&Spec::new(Shape::matrix(1000, k)), dtype, ALIGNED).kernel;
+        assert_eq!(
+            kind(4, DType::F32),
+            KernelKind::Rows {
+                group: 1,
+                pack: 4,
+                packs: 1
+            }
+        );
+        assert_eq!(
+            kind(64, DType::F32),
+            KernelKind::Rows {
+                group: 16,
+                pack: 4,
+                packs: 1
+            }
+        );
+        assert_eq!(
+            kind(128, DType::F32),
+            KernelKind::Rows {
+                group: 32,
+                pack: 4,
+                packs: 1
+            }
+        );
+        assert_eq!(
+            kind(1000, DType::F32),
+            KernelKind::Rows {
+                group: 32,
+                pack: 4,
+                packs: 8
+            }
+        );
+        assert_eq!(
+            kind(2048, DType::F16),
+            KernelKind::Rows {
+                group: 32,
+                pack: 8,
+                packs: 8
+            }
+        );
+        assert_eq!(kind(4096, DType::F32), KernelKind::BlockCached { pack: 4 });
+        assert_eq!(
+            kind(50_000, DType::F32),
+            KernelKind::BlockCached { pack: 4 }
+        );
+        assert_eq!(
+            kind(1 << 20, DType::BF16),
+            KernelKind::BlockStream { pack: 8 }
+        );
+    }
+
+    #[test]
+    fn misalignment_falls_back_to_single_elements() {
+        let spec = Spec::new(Shape::matrix(8, 1000));
+        assert_eq!(plan(&spec, DType::F32, ALIGNED).kernel.pack(), 4);
+        for buffers in [
+            Buffers {
+                x: 0x1004,
+                ..ALIGNED
+            },
+            Buffers {
+                y: 0x2008,
+                ..ALIGNED
+            },
+        ] {
+            assert_eq!(plan(&spec, DType::F32, buffers).kernel.pack(), 1);
+        }
+        // A row stride that is not a whole number of packs misaligns every other row.
+        let odd = Spec::new(Shape::matrix(8, 1000).with_row_stride(1002));
+        assert_eq!(plan(&odd, DType::F16, ALIGNED).kernel.pack(), 1);
+        let even = Spec::new(Shape::matrix(8, 1000).with_row_stride(1008));
+        assert_eq!(plan(&even, DType::F16, ALIGNED).kernel.pack(), 8);
+    }
+
+    #[test]
+    fn grids_fill_the_gpu_and_no_more() {
+        let p = plan(&Spec::new(Shape::matrix(4, 6)), DType::F32, ALIGNED);
         assert_eq!(p.grid, 1);
-        assert_eq!(p.block % WARP_SIZE, 0);
-        let p = plan(&Spec::new(Shape::matrix(17, 6)), H100);
-        assert_eq!(p.grid as usize * (p.block / WARP_SIZE) as usize, 24);
-    }
-
-    #[test]
-    fn huge_row_counts_are_capped_at_a_full_gpu() {
-        let p = plan(&Spec::new(Shape::new(1 << 20, 64, 64, 1)), H100);
+        let p = plan(
+            &Spec::new(Shape::new(1 << 20, 64, 64, 1)),
+            DType::F32,
+            ALIGNED,
+        );
         assert_eq!(p.grid, 132 * 8);
+        let p = plan(&Spec::new(Shape::matrix(3, 1 << 20)), DType::F32, ALIGNED);
+        assert_eq!((p.grid, p.block), (3, 1024));
+        let p = plan(
+            &Spec::new(Shape::matrix(100_000, 8192)),
+            DType::F32,
+            ALIGNED,
+        );
+        assert!(p.kernel == KernelKind::BlockCached { pack: 4 });
+        assert!(p.shared_bytes as u64 * (p.grid as u64 / 132) <= H100.shared_per_sm as u64);
     }
 
     #[test]
@@ -196,8 +466,37 @@ mod tests {
         let limits = DeviceLimits {
             sm_count: 0,
             max_threads_per_sm: 0,
+            max_shared_per_block: 0,
+            shared_per_sm: 0,
         };
-        assert!(plan(&Spec::new(Shape::matrix(1000, 3)), limits).grid >= 1);
+        for k in [3, 5000, 1 << 20] {
+            let p = plan_forward(
+                &Spec::new(Shape::matrix(1000, k)),
+                DType::F32,
+                limits,
+                ALIGNED,
+            )
+            .unwrap();
+            assert!(p.grid >= 1, "k={k}: {p:?}");
+        }
+    }
+
+    #[test]
+    fn names_follow_the_cuda_instantiations() {
+        assert_eq!(
+            KernelKind::Rows {
+                group: 8,
+                pack: 4,
+                packs: 1
+            }
+            .forward_name(DType::F32),
+            "masked_softmax_fwd_rows_g8_p4x1_f32"
+        );
+        assert_eq!(
+            KernelKind::BlockStream { pack: 8 }.forward_name(DType::BF16),
+            "masked_softmax_fwd_block_stream_p8_bf16"
+        );
+        assert_eq!(KernelKind::all(DType::F32).len(), 24);
     }
 
     #[test]

@@ -6,20 +6,31 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::ffi::c_void;
+use std::sync::Mutex;
 
-use common::{Case, ForwardRuns, check_forward_runs, forward_matrix, scores_with_nan_pads};
+use common::{
+    Case, ForwardRuns, SPECIAL_SCALES, check_forward_runs, forward_matrix, scores_with_nan_pads,
+    special_scores,
+};
 use libtest_mimic::{Arguments, Completion, Trial};
-use masked_softmax::plan::{DeviceLimits, plan_forward};
+use masked_softmax::plan::{Buffers, DeviceLimits, KernelKind, plan_forward};
 use masked_softmax::{DType, Element, Lengths, Padding, Shape, Spec, bf16, f16, seed};
 use masked_softmax_emu::{Dims, GuardedBuffer, Placement};
 
-/// A small GPU, so grid-stride loops wrap many times.
+/// A small GPU, so grid-stride loops wrap many times, with little shared memory, so the
+/// streaming block kernel gets rows the emulator can afford.
 const LIMITS: DeviceLimits = DeviceLimits {
     sm_count: 2,
     max_threads_per_sm: 1024,
+    max_shared_per_block: 16 << 10,
+    shared_per_sm: 32 << 10,
 };
 const MAX_ELEMENTS: usize = 1 << 15;
+
+/// Every kernel some case launched: the whole matrix must reach every compiled kernel.
+static LAUNCHED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 
 /// Runs the planned forward kernel on the emulator; `in_place` passes `x` as `y`.
 fn emulate<T: Element>(
@@ -35,12 +46,17 @@ fn emulate<T: Element>(
     let x_buf = GuardedBuffer::from_slice(x, placement);
     let y_buf = GuardedBuffer::from_slice(&vec![T::from_f64(f64::NAN); x.len()], placement);
     let addr = |b: &Option<GuardedBuffer<i32>>| b.as_ref().map_or(0, |b| b.addr());
-    let mut plan =
-        plan_forward(spec, T::DTYPE, LIMITS, addr(&kv), addr(&q)).map_err(|e| e.to_string())?;
     let (mut x_addr, mut y_addr) = (
         x_buf.addr(),
         if in_place { x_buf.addr() } else { y_buf.addr() },
     );
+    let buffers = Buffers {
+        x: x_addr,
+        y: y_addr,
+        kv_lens: addr(&kv),
+        q_lens: addr(&q),
+    };
+    let mut plan = plan_forward(spec, T::DTYPE, LIMITS, buffers).map_err(|e| e.to_string())?;
     let dims = Dims {
         grid: [plan.grid, 1, 1],
         block: [plan.block, 1, 1],
@@ -51,6 +67,7 @@ fn emulate<T: Element>(
         (&raw mut y_addr).cast(),
         (&raw mut plan.params).cast(),
     ];
+    LAUNCHED.lock().unwrap().insert(plan.kernel_name());
     // SAFETY: (const T*, T*, MaskParams) is the signature of every forward kernel; the
     // buffers hold the shape's elements and `batch` lengths.
     unsafe { masked_softmax_emu::launch(&plan.kernel_name(), dims, &mut params) }?;
@@ -73,6 +90,17 @@ fn check<T: Element>(
 
 fn random_case<T: Element>(case: &Case, placement: Placement) -> Result<(), String> {
     check(&case.spec, case.lengths(), &case.scores::<T>(), placement)
+}
+
+fn special_values<T: Element>(k_len: usize, scale: f32) -> Result<(), String> {
+    let spec = Spec::new(Shape::new(4, 1, 4, k_len).with_row_stride(k_len + 1)).scale(scale);
+    let kv = [k_len as i32, 1, (k_len as i32 + 1) / 2, k_len as i32];
+    let lengths = Lengths::keys(&kv);
+    let x: Vec<T> = special_scores(&spec, lengths, 13)
+        .into_iter()
+        .map(T::from_f64)
+        .collect();
+    check(&spec, lengths, &x, Placement::Start)
 }
 
 fn seed_example<T: Element>() -> Result<(), String> {
@@ -132,6 +160,14 @@ fn main() {
             format!("grid_stride_over_many_rows_{t}"),
             Box::new(move || dispatch!(dtype, many_rows)),
         );
+        for k_len in [5, 100, 1000, 3000, 20000] {
+            for scale in SPECIAL_SCALES {
+                add(
+                    format!("special_values_{t}_k{k_len}_scale{scale:e}"),
+                    Box::new(move || dispatch!(dtype, special_values, k_len, scale)),
+                );
+            }
+        }
         for (name, mode, k_len) in forward_matrix() {
             let case = Case::new(mode, k_len, MAX_ELEMENTS);
             for (placement, p) in [(Placement::Start, "start"), (Placement::End, "end")] {
@@ -143,5 +179,27 @@ fn main() {
             }
         }
     }
-    libtest_mimic::run(&args, trials).exit();
+    let whole_matrix = args.filter.is_none() && args.skip.is_empty() && !args.list;
+    let conclusion = libtest_mimic::run(&args, trials);
+    if available && whole_matrix {
+        let launched = LAUNCHED.lock().unwrap();
+        let missed: Vec<String> = DType::ALL
+            .iter()
+            .flat_map(|&d| {
+                KernelKind::all(d)
+                    .into_iter()
+                    .map(move |k| k.forward_name(d))
+            })
+            .filter(|name| !launched.contains(name))
+            .collect();
+        if !missed.is_empty() {
+            println!("emu_forward: the case matrix never launched {missed:?}");
+            std::process::exit(1);
+        }
+        println!(
+            "emu_forward: every one of the {} compiled forward kernels ran",
+            launched.len()
+        );
+    }
+    conclusion.exit();
 }

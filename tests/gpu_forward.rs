@@ -10,7 +10,10 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{Case, ForwardRuns, check_forward_runs, forward_matrix, scores_with_nan_pads};
+use common::{
+    Case, ForwardRuns, SPECIAL_SCALES, check_forward_runs, forward_matrix, scores_with_nan_pads,
+    special_scores,
+};
 use cudarc::driver::{CudaContext, DeviceRepr};
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
 use masked_softmax::cuda::{CudaSoftmax, DeviceLengths, open_device};
@@ -80,6 +83,17 @@ fn random_case<T: Element + DeviceRepr>(g: &Gpu, case: &Case) -> TestResult {
     )
 }
 
+fn special_values<T: Element + DeviceRepr>(g: &Gpu, k_len: usize, scale: f32) -> TestResult {
+    let spec = Spec::new(Shape::new(4, 1, 4, k_len).with_row_stride(k_len + 1)).scale(scale);
+    let kv = [k_len as i32, 1, (k_len as i32 + 1) / 2, k_len as i32];
+    let lengths = Lengths::keys(&kv);
+    let x: Vec<T> = special_scores(&spec, lengths, 13)
+        .into_iter()
+        .map(T::from_f64)
+        .collect();
+    check(g, &spec, lengths, (Some(&kv), None), &x)
+}
+
 fn seed_example<T: Element + DeviceRepr>(g: &Gpu) -> TestResult {
     let spec = Spec::new(Shape::matrix(seed::ROWS, seed::COLS));
     let x = seed::scores::<T>();
@@ -139,6 +153,41 @@ fn many_rows<T: Element + DeviceRepr>(g: &Gpu) -> TestResult {
     check(g, &spec, Lengths::keys(&kv), (Some(&kv), None), &x)
 }
 
+/// The forward captured once in a CUDA graph and replayed on new scores and lengths
+/// written into the same buffers: each replay must match the reference for its inputs.
+fn graph_replay(g: &Gpu) -> TestResult {
+    use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+    let stream = g.ctx.new_stream()?;
+    let spec = Spec::new(Shape::new(4, 2, 8, 300)).causal().scale(0.5);
+    let n = spec.shape.required_len()?;
+    let x = stream.clone_htod(&vec![0f32; n])?;
+    let kv = stream.clone_htod(&[0i32; 4])?;
+    let mut y = stream.clone_htod(&vec![f32::NAN; n])?;
+    stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
+    let captured = g
+        .softmax
+        .forward(&stream, &spec, DeviceLengths::keys(&kv), &x, &mut y);
+    let graph = stream.end_capture(CUgraphInstantiate_flags(0))?;
+    captured?;
+    let graph = graph.ok_or("capture produced no graph")?;
+    let (mut x, mut kv) = (x, kv);
+    for round in 0..3u64 {
+        let lengths = [300, 7 + round as i32, 150, round as i32];
+        let x_host: Vec<f32> = scores_with_nan_pads(&spec, Lengths::keys(&lengths), 100 + round)
+            .into_iter()
+            .map(|v| v as f32)
+            .collect();
+        stream.memcpy_htod(&x_host, &mut x)?;
+        stream.memcpy_htod(&lengths, &mut kv)?;
+        graph.launch()?;
+        let y_host = stream.clone_dtoh(&y)?;
+        masked_softmax::compare::forward(&spec, Lengths::keys(&lengths), &x_host, &y_host)?
+            .into_result()
+            .map_err(|e| format!("replay {round}: {e}"))?;
+    }
+    Ok(())
+}
+
 fn misuse(g: &Gpu) -> TestResult {
     let stream = g.ctx.new_stream()?;
     let spec = Spec::new(Shape::matrix(4, 6));
@@ -193,6 +242,22 @@ fn misuse(g: &Gpu) -> TestResult {
         ),
         "k_len 0",
         |e| matches!(e, Error::ZeroDimension { name: "k_len" }),
+    )?;
+    expect(
+        g.softmax
+            .forward(&stream, &spec, Lengths::keys(&[1, 2, 3, 7]), &x, &mut y),
+        "host length 7 > k_len 6",
+        |e| {
+            matches!(
+                e,
+                Error::LengthOutOfRange {
+                    batch_index: 3,
+                    value: 7,
+                    max: 6,
+                    ..
+                }
+            )
+        },
     )?;
     expect(
         g.softmax.forward(
@@ -254,6 +319,14 @@ fn main() {
             format!("grid_stride_over_many_rows_{t}"),
             Box::new(move |g| dispatch!(dtype, many_rows, g)),
         );
+        for k_len in [5, 100, 1000, 3000, 20000, 300_000] {
+            for scale in SPECIAL_SCALES {
+                add(
+                    format!("special_values_{t}_k{k_len}_scale{scale:e}"),
+                    Box::new(move |g| dispatch!(dtype, special_values, g, k_len, scale)),
+                );
+            }
+        }
         for (name, mode, k_len) in forward_matrix() {
             let case = Case::new(mode, k_len, MAX_ELEMENTS);
             add(
@@ -262,6 +335,19 @@ fn main() {
             );
         }
     }
+    for dtype in DType::ALL {
+        let t = dtype.kernel_suffix();
+        for k_len in [65_536, 1 << 18, 1 << 20, (1 << 20) + 1] {
+            for mode in [common::MODES[0], common::MODES[5]] {
+                let case = Case::new(mode, k_len, MAX_ELEMENTS);
+                add(
+                    format!("long_rows_{}_{t}_k{k_len}", mode.name),
+                    Box::new(move |g| dispatch!(dtype, random_case, g, &case)),
+                );
+            }
+        }
+    }
+    add("graph_capture_and_replay".into(), Box::new(graph_replay));
     add("misuse_is_an_error_before_launch".into(), Box::new(misuse));
     libtest_mimic::run(&args, trials).exit();
 }

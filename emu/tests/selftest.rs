@@ -32,8 +32,8 @@ fn registers_every_kernel() {
     let names = kernel_names();
     for name in [
         "selftest_shuffles",
-        "masked_softmax_fwd_warp_f32",
-        "masked_softmax_fwd_warp_bf16",
+        "masked_softmax_fwd_rows_g32_p4x8_f32",
+        "masked_softmax_fwd_block_stream_p1_bf16",
     ] {
         assert!(
             names.iter().any(|n| n == name),

@@ -127,8 +127,11 @@ pub const MODES: [Mode; 7] = [
 ];
 
 /// Row lengths on both sides of every warp and vector boundary, and long rows.
+/// With odd lengths (odd strides: single-element packs) and even ones (16-byte packs)
+/// in every step of the planner's ladder.
 pub const K_LENS: &[usize] = &[
-    1, 2, 3, 7, 8, 31, 32, 33, 63, 64, 65, 100, 255, 256, 1000, 1024, 1025, 4097, 20000,
+    1, 2, 3, 4, 7, 8, 15, 16, 31, 32, 33, 63, 64, 65, 100, 128, 255, 256, 500, 501, 1000, 1023,
+    1024, 1025, 2000, 3000, 4097, 20000,
 ];
 
 /// One random problem: spec, lengths (full and empty ones always among them), seed.
@@ -247,3 +250,40 @@ pub fn check_forward_runs<T: Element>(
     }
     Ok(())
 }
+
+/// Scores whose rows cycle through the contract's special cases (NaN in every pad and gap):
+/// all valid scores -inf; one NaN; one +inf; some -inf among finite ones; huge scores of
+/// both signs (+-3e38: no finite score may overflow, whatever the scale); equal scores;
+/// and one plain random row.
+pub fn special_scores(spec: &Spec, lengths: Lengths, seed: u64) -> Vec<f64> {
+    let mut x = scores_with_nan_pads(spec, lengths, seed);
+    let shape = spec.shape;
+    for row in 0..shape.rows().unwrap() {
+        let r = &mut x[row * shape.row_stride..row * shape.row_stride + shape.k_len];
+        let valid: Vec<usize> = (0..r.len()).filter(|&j| !r[j].is_nan()).collect();
+        let Some(&first) = valid.first() else {
+            continue;
+        };
+        let last = *valid.last().unwrap();
+        match row % 8 {
+            0 => valid.iter().for_each(|&j| r[j] = f64::NEG_INFINITY),
+            1 => r[last] = f64::NAN,
+            2 => r[first] = f64::INFINITY,
+            3 => valid
+                .iter()
+                .step_by(2)
+                .for_each(|&j| r[j] = f64::NEG_INFINITY),
+            4 => valid
+                .iter()
+                .enumerate()
+                .for_each(|(n, &j)| r[j] = if n % 2 == 0 { 3e38 } else { -3e38 }),
+            5 => valid.iter().for_each(|&j| r[j] = 1.5),
+            6 => r[first] = 3e38,
+            _ => {}
+        }
+    }
+    x
+}
+
+/// Scales that exercise the key mapping: negative, zero, tiny and huge.
+pub const SPECIAL_SCALES: [f32; 5] = [1.0, -0.7, 0.0, 1e-30, 1e30];
