@@ -132,5 +132,16 @@ fn write_bindings(path: &Path, kernels: &[PathBuf], ptx_dir: Option<&Path>) {
             stem.to_uppercase()
         );
     }
+    let modules: Vec<String> = kernels
+        .iter()
+        .map(|k| {
+            let stem = k.file_stem().unwrap().to_string_lossy();
+            format!("({stem:?}, {})", stem.to_uppercase())
+        })
+        .collect();
+    text += &format!(
+        "/// Every kernel file's stem and PTX.\npub const MODULES: &[(&str, Option<&str>)] = &[{}];\n",
+        modules.join(", ")
+    );
     fs::write(path, text).expect("write kernel bindings");
 }

@@ -9,6 +9,8 @@
 // the row NaN), a key of -inf weighs exactly 0, and a row whose max key is -inf (no valid
 // key, or only -inf) is all zeros.
 #pragma once
+#include <stdint.h>
+
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <math_constants.h>

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Builds the self-contained GPU bundle in target/gpu-bundle: the release test binaries and
-# the demo (kernels embedded as PTX; libcuda is loaded at run time, so they need no Rust
-# and no CUDA toolkit where they run), the PTX and ptxas reports, and run.sh, which runs
-# them all, optionally under compute-sanitizer, and writes logs to a directory it is given.
+# Builds the self-contained GPU bundle in target/gpu-bundle: the release test binaries, the
+# benchmark and the demo (kernels embedded as PTX; libcuda is loaded at run time, so they
+# need no Rust and no CUDA toolkit where they run), the PTX and ptxas reports, and run.sh,
+# which runs them, optionally under compute-sanitizer, and writes logs to a directory.
 #
-#   scripts/build-gpu-bundle.sh                 # then, on the GPU machine:
-#   target/gpu-bundle/run.sh OUT_DIR            # tests + demo
-#   target/gpu-bundle/run.sh --sanitize OUT_DIR # also memcheck, racecheck, initcheck, synccheck
+#   scripts/build-gpu-bundle.sh                         # then, on the GPU machine:
+#   target/gpu-bundle/run.sh OUT_DIR                    # tests + demo
+#   target/gpu-bundle/run.sh --sanitize --bench OUT_DIR # + 4 sanitizer tools + benchmark
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -18,7 +18,7 @@ export MASKED_SOFTMAX_REQUIRE_KERNELS=1
 rm -rf "$bundle"
 mkdir -p "$bundle/bin" "$bundle/ptx" "$bundle/ptxas"
 # Every test target and example, release profile; cargo prints each executable's path.
-cargo build --release --tests --examples --message-format=json-render-diagnostics |
+cargo build --release --tests --examples --benches --message-format=json-render-diagnostics |
     python3 -c '
 import json, os, shutil, sys
 dest = sys.argv[1]
@@ -30,9 +30,11 @@ for line in sys.stdin:
     target = msg["target"]
     kind = target["kind"][0]
     name = target["name"].replace("-", "_")
-    if msg["profile"]["test"]:
+    if kind == "bench":
+        name = "bench-" + name
+    elif msg["profile"]["test"]:
         if name.startswith("emu"):
-            continue  # the CPU emulator's tests need no GPU: CI runs them
+            continue  # the CPU emulator tests need no GPU: CI runs them
         name = "test-" + name
     elif kind != "example":
         continue

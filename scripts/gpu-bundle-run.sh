@@ -1,21 +1,28 @@
 #!/usr/bin/env bash
 # Runs the GPU bundle (built by scripts/build-gpu-bundle.sh) on a machine with a GPU.
 #
-#   run.sh [--sanitize] OUT_DIR
+#   run.sh [--sanitize] [--bench] OUT_DIR
 #
-# Writes to OUT_DIR: summary.txt (GPU, commit, one line per step with its exit status),
-# tests.log (every test binary; GPU tests must run, not skip: MASKED_SOFTMAX_REQUIRE_GPU=1),
-# demo.log, and with --sanitize one sanitize-<tool>.log per compute-sanitizer tool.
-# SANITIZE_FILTER (a test-name filter, default: all) limits the tests run under the
-# sanitizer. Exits non-zero if any step failed. At most 8 files, for the device tool.
+# Writes to OUT_DIR: summary.txt (GPU, commit, one line per step with its exit status and
+# seconds), tests.log (every test binary; GPU tests must run, not skip:
+# MASKED_SOFTMAX_REQUIRE_GPU=1), demo.log; with --sanitize one sanitize-<tool>.log per
+# compute-sanitizer tool (memcheck, racecheck, initcheck, synccheck) over the GPU tests'
+# sanitizer subset (MASKED_SOFTMAX_GPU_SUBSET=sanitize: every kernel class and type, fewer
+# sizes); with --bench bench.log and bench/ (results.json, results.csv, bandwidth.svg;
+# BENCH_ARGS are passed on, e.g. "--quick"). Exits non-zero if any step failed.
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 sanitize=0
-if [[ "${1:-}" == "--sanitize" ]]; then
-    sanitize=1
+bench=0
+while [[ "${1:-}" == --* ]]; do
+    case "$1" in
+    --sanitize) sanitize=1 ;;
+    --bench) bench=1 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+    esac
     shift
-fi
-out="${1:?usage: run.sh [--sanitize] OUT_DIR}"
+done
+out="${1:?usage: run.sh [--sanitize] [--bench] OUT_DIR}"
 mkdir -p "$out"
 export MASKED_SOFTMAX_REQUIRE_GPU=1
 summary="$out/summary.txt"
@@ -40,7 +47,7 @@ for test in "$here"/bin/test-*; do
     step "$(basename "$test")" "$out/tests.log" "$test"
 done
 for example in "$here"/bin/*; do
-    [[ "$(basename "$example")" == test-* ]] && continue
+    case "$(basename "$example")" in test-* | bench-*) continue ;; esac
     step "$(basename "$example")" "$out/demo.log" "$example"
 done
 
@@ -52,13 +59,19 @@ if [[ $sanitize -eq 1 ]]; then
     else
         for tool in memcheck racecheck initcheck synccheck; do
             for test in "$here"/bin/test-gpu_*; do
-                # shellcheck disable=SC2086
                 step "sanitize-$tool $(basename "$test")" "$out/sanitize-$tool.log" \
-                    "$sanitizer" --tool "$tool" --error-exitcode 99 "$test" --test-threads 1 ${SANITIZE_FILTER:-}
+                    env MASKED_SOFTMAX_GPU_SUBSET=sanitize \
+                    "$sanitizer" --tool "$tool" --error-exitcode 99 "$test" --test-threads 1
             done
             grep -h "ERROR SUMMARY" "$out/sanitize-$tool.log" | sort | uniq -c | sed "s/^/  $tool: /" >>"$summary"
         done
     fi
+fi
+if [[ $bench -eq 1 ]]; then
+    for b in "$here"/bin/bench-*; do
+        # shellcheck disable=SC2086
+        step "$(basename "$b")" "$out/bench.log" "$b" --out "$out/bench" ${BENCH_ARGS:-}
+    done
 fi
 echo "overall: $([[ $status -eq 0 ]] && echo PASS || echo FAIL)" | tee -a "$summary"
 exit $status

@@ -56,6 +56,16 @@ pub fn kernels_built() -> bool {
     ptx::MASKED_SOFTMAX.is_some()
 }
 
+/// The embedded PTX of `kernels/<name>.cu` (e.g. `"masked_softmax"`, or `"baseline"`, the
+/// unfused mask-fill-softmax kernels the benchmark compares against), for loading with
+/// cudarc yourself. `None` if there is no such file or the build has no kernels.
+pub fn module_ptx(name: &str) -> Option<&'static str> {
+    ptx::MODULES
+        .iter()
+        .find(|(stem, _)| *stem == name)
+        .and_then(|(_, ptx)| *ptx)
+}
+
 /// Opens device `ordinal` with typed errors where cudarc would panic: no driver library,
 /// no device.
 pub fn open_device(ordinal: usize) -> Result<Arc<CudaContext>> {
@@ -345,6 +355,13 @@ mod tests {
 
     /// CI sets MASKED_SOFTMAX_REQUIRE_KERNELS=1: there the PTX must be embedded and hold
     /// every kernel the launcher loads.
+    #[test]
+    fn modules_are_found_by_name() {
+        assert_eq!(module_ptx("masked_softmax"), ptx::MASKED_SOFTMAX);
+        assert_eq!(module_ptx("baseline"), ptx::BASELINE);
+        assert_eq!(module_ptx("no_such_file"), None);
+    }
+
     #[test]
     fn kernels_are_embedded_where_required() {
         let required = std::env::var("MASKED_SOFTMAX_REQUIRE_KERNELS").is_ok_and(|v| v == "1");

@@ -1,0 +1,691 @@
+//! Forward throughput against the memory-bandwidth floor, in one process:
+//!
+//! - the floor of a case is `bytes / B`, with `bytes` = valid scores read once + the whole
+//!   output written once + the lengths, and `B` the bandwidth of a large device-to-device
+//!   copy (bytes read + written) measured first in the same run; decode-sized cases also
+//!   get one empty-kernel launch added to their floor;
+//! - each case times our forward and the unfused path a cudarc user would otherwise write
+//!   (build a mask from the lengths, fill the pads with -inf, plain softmax:
+//!   `kernels/baseline.cu`), with CUDA events, after warm-up, as the median over repeats,
+//!   rotating several input sets when one would fit in L2.
+//!
+//! Prints a table and writes `results.json`, `results.csv` and `bandwidth.svg` (effective
+//! bandwidth against k_len per type, with the copy roofline) to `--out`.
+//!
+//!     cargo bench --bench forward -- --out bench-results
+//!     cargo bench --bench forward -- --types f16 --cases sweep --quick
+
+use std::collections::BTreeMap;
+use std::error::Error;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::Parser;
+use cudarc::driver::sys::CUevent_flags;
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg,
+};
+use cudarc::nvrtc::Ptx;
+use masked_softmax::cuda::{CudaSoftmax, DeviceLengths, module_ptx, open_device};
+use masked_softmax::plan::{Buffers, plan_forward};
+use masked_softmax::{DType, Element, Lengths, Shape, Spec, bf16, f16, mask};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+type Result<T, E = Box<dyn Error>> = std::result::Result<T, E>;
+
+#[derive(Parser, Debug)]
+#[command(about = "masked-softmax forward throughput against the copy-bandwidth floor")]
+struct Args {
+    /// Storage types to run.
+    #[arg(long, value_delimiter = ',', default_value = "f32,f16,bf16")]
+    types: Vec<String>,
+    /// Case groups: sweep (k_len 1..2^20), prefill, decode, rows (row-count sweep).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "sweep,prefill,decode,rows"
+    )]
+    cases: Vec<String>,
+    /// Where results.json, results.csv and bandwidth.svg go.
+    #[arg(long, default_value = "bench-results")]
+    out: PathBuf,
+    /// MiB of scores per sweep case.
+    #[arg(long, default_value_t = 256)]
+    mib: usize,
+    /// Timed repeats per measurement (the median is reported).
+    #[arg(long, default_value_t = 15)]
+    repeats: usize,
+    /// Fewer k_len values and repeats: a smoke run.
+    #[arg(long)]
+    quick: bool,
+    /// Skip the unfused baseline (it needs 2.25x the scores' memory more).
+    #[arg(long)]
+    no_baseline: bool,
+    /// Redraw results.csv and bandwidth.svg in `--out` from this results.json; no GPU needed.
+    #[arg(long)]
+    replot: Option<PathBuf>,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+/// One benchmark problem.
+#[derive(Clone, Debug)]
+struct Case {
+    group: &'static str,
+    name: String,
+    spec: Spec,
+    /// Key lengths (and query lengths for prefill) per batch entry.
+    kv: Vec<i32>,
+    q: Option<Vec<i32>>,
+    /// Decode-sized: the floor includes one launch.
+    latency_bound: bool,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct Row {
+    group: String,
+    case: String,
+    dtype: String,
+    kernel: String,
+    rows: usize,
+    k_len: usize,
+    bytes: f64,
+    time_us: f64,
+    floor_us: f64,
+    over_floor: f64,
+    effective_gbps: f64,
+    unfused_us: Option<f64>,
+    speedup_over_unfused: Option<f64>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Report {
+    gpu: String,
+    compute_capability: String,
+    date_utc: String,
+    copy_gbps: f64,
+    empty_launch_us: f64,
+    ptx_target: Option<String>,
+    rows: Vec<Row>,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if let Some(json) = &args.replot {
+        let report: Report = serde_json::from_str(&std::fs::read_to_string(json)?)?;
+        std::fs::create_dir_all(&args.out)?;
+        return write_outputs(&args.out, &report);
+    }
+    let ctx = match open_device(0) {
+        Ok(ctx) => ctx,
+        Err(e) => {
+            println!("forward bench: no GPU ({e}); nothing to measure");
+            if std::env::var("MASKED_SOFTMAX_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+                std::process::exit(1);
+            }
+            return Ok(());
+        }
+    };
+    let stream = ctx.new_stream()?;
+    let softmax = CudaSoftmax::new(&ctx)?;
+    let baseline = Baseline::load(&ctx)?;
+    let timer = Timer {
+        ctx: ctx.clone(),
+        stream: stream.clone(),
+        repeats: if args.quick { 5 } else { args.repeats.max(3) },
+    };
+    let (major, minor) = ctx.compute_capability()?;
+    let gpu = ctx.name()?;
+
+    let copy_gbps = copy_bandwidth(&timer)?;
+    let empty_launch_us = timer.per_launch_us(|| baseline.empty(&stream))?;
+    println!(
+        "{gpu} (sm_{major}{minor}): device-to-device copy {copy_gbps:.0} GB/s (read + write), empty launch {empty_launch_us:.2} us"
+    );
+    std::fs::create_dir_all(&args.out)?;
+
+    let mut rows = Vec::new();
+    for case in cases(&args) {
+        for t in &args.types {
+            let dtype = match t.as_str() {
+                "f32" => DType::F32,
+                "f16" => DType::F16,
+                "bf16" => DType::BF16,
+                other => return Err(format!("unknown type {other:?}").into()),
+            };
+            let env = Env {
+                timer: &timer,
+                softmax: &softmax,
+                baseline: (!args.no_baseline).then_some(&baseline),
+                copy_gbps,
+                empty_launch_us,
+            };
+            let row = match dtype {
+                DType::F32 => run_case::<f32>(&env, &case)?,
+                DType::F16 => run_case::<f16>(&env, &case)?,
+                DType::BF16 => run_case::<bf16>(&env, &case)?,
+            };
+            print_row(&row, rows.is_empty());
+            rows.push(row);
+        }
+    }
+
+    let report = Report {
+        gpu,
+        compute_capability: format!("{major}.{minor}"),
+        date_utc: utc_now(),
+        copy_gbps,
+        empty_launch_us,
+        ptx_target: masked_softmax::cuda::PTX_TARGET.map(String::from),
+        rows,
+    };
+    write_outputs(&args.out, &report)?;
+    println!(
+        "wrote {}/results.json, results.csv, bandwidth.svg",
+        args.out.display()
+    );
+    Ok(())
+}
+
+/// Everything a case needs from the run.
+struct Env<'a> {
+    timer: &'a Timer,
+    softmax: &'a CudaSoftmax,
+    baseline: Option<&'a Baseline>,
+    copy_gbps: f64,
+    empty_launch_us: f64,
+}
+
+fn cases(args: &Args) -> Vec<Case> {
+    let mut rng = SmallRng::seed_from_u64(42);
+    let mut lengths = |n: usize, max: usize| -> Vec<i32> {
+        (0..n).map(|_| rng.random_range(1..=max as i32)).collect()
+    };
+    let mut cases = Vec::new();
+    let want = |g: &str| args.cases.iter().any(|c| c == g);
+    if want("sweep") {
+        let k_lens: &[usize] = if args.quick {
+            &[1, 64, 1024, 8192, 1 << 20]
+        } else {
+            &[
+                1,
+                7,
+                32,
+                64,
+                128,
+                256,
+                512,
+                1000,
+                1024,
+                2048,
+                4096,
+                8192,
+                16384,
+                65536,
+                1 << 18,
+                1 << 20,
+            ]
+        };
+        for &k in k_lens {
+            // Sized for f32; 16-bit types get the same row count (half the bytes).
+            let rows = (args.mib << 20) / (4 * k);
+            cases.push(Case {
+                group: "sweep",
+                name: format!("k{k}"),
+                spec: Spec::new(Shape::matrix(rows, k)),
+                kv: lengths(rows, k),
+                q: None,
+                latency_bound: false,
+            });
+        }
+    }
+    if want("prefill") {
+        let (batch, heads, n) = (8, 32, 2048);
+        let kv = lengths(batch, n);
+        cases.push(Case {
+            group: "prefill",
+            name: "b8h32q2048k2048_causal_padded".into(),
+            spec: Spec::new(Shape::new(batch, heads, n, n))
+                .causal()
+                .scale(0.125),
+            q: Some(kv.clone()),
+            kv,
+            latency_bound: false,
+        });
+    }
+    if want("decode") {
+        for batch in [1, 8, 64] {
+            for k in [4096, 32768, 131072] {
+                cases.push(Case {
+                    group: "decode",
+                    name: format!("b{batch}h32q1k{k}"),
+                    spec: Spec::new(Shape::new(batch, 32, 1, k)).scale(0.125),
+                    kv: lengths(batch, k),
+                    q: None,
+                    latency_bound: true,
+                });
+            }
+        }
+    }
+    if want("rows") {
+        let k = 1024;
+        let exps: Vec<u32> = if args.quick {
+            vec![6, 12, 18]
+        } else {
+            (6..=18).step_by(2).collect()
+        };
+        for e in exps {
+            let rows = 1usize << e;
+            cases.push(Case {
+                group: "rows",
+                name: format!("rows{rows}_k{k}"),
+                spec: Spec::new(Shape::matrix(rows, k)),
+                kv: lengths(rows, k),
+                q: None,
+                latency_bound: rows * k * 4 < (64 << 20),
+            });
+        }
+    }
+    cases
+}
+
+/// Input sets so that the sets together exceed the L2 cache (at least 128 MiB).
+fn input_sets(bytes: usize) -> usize {
+    (128usize << 20).div_ceil(bytes.max(1)).clamp(1, 64)
+}
+
+fn run_case<T: Element + DeviceRepr>(env: &Env, case: &Case) -> Result<Row> {
+    let stream = &env.timer.stream;
+    let spec = &case.spec;
+    let n = spec.shape.required_len()?;
+    let size = std::mem::size_of::<T>();
+    let host_lengths = Lengths {
+        kv: Some(&case.kv),
+        q: case.q.as_deref(),
+    };
+    let valid = mask::valid_elements(spec, &host_lengths)? as f64;
+    let lengths_bytes = 4.0 * (case.kv.len() + case.q.as_ref().map_or(0, Vec::len)) as f64;
+    let bytes = valid * size as f64 + (n * size) as f64 + lengths_bytes;
+
+    let sets = input_sets(2 * n * size);
+    let mut rng = SmallRng::seed_from_u64(7);
+    let host: Vec<T> = (0..n)
+        .map(|_| T::from_f64(rng.random_range(-4.0..4.0)))
+        .collect();
+    let mut xs: Vec<CudaSlice<T>> = Vec::new();
+    let mut ys: Vec<CudaSlice<T>> = Vec::new();
+    for _ in 0..sets {
+        xs.push(stream.clone_htod(&host)?);
+        ys.push(stream.clone_htod(&host)?);
+    }
+    let kv = stream.clone_htod(&case.kv)?;
+    let q = case.q.as_ref().map(|q| stream.clone_htod(q)).transpose()?;
+    let lengths = DeviceLengths {
+        kv: Some(&kv),
+        q: q.as_ref().map(|q| q as _),
+    };
+
+    let mut set = 0;
+    let time_us = env.timer.per_launch_us(|| {
+        set = (set + 1) % sets;
+        let (x, y) = (&xs[set], &mut ys[set]);
+        env.softmax.forward(stream, spec, lengths, x, y)?;
+        Ok(())
+    })?;
+
+    let kernel = {
+        let buffers = Buffers {
+            x: 0,
+            y: 0,
+            kv_lens: 0,
+            q_lens: 0,
+        };
+        plan_forward(spec, T::DTYPE, env.softmax.limits(), buffers)?.kernel_name()
+    };
+
+    let unfused_us = match env.baseline {
+        Some(b) if case.q.is_none() && spec.causal.is_none() => {
+            let mut mask_buf = stream.alloc_zeros::<u8>(n)?;
+            let mut tmp = stream.clone_htod(&host)?;
+            let mut set = 0;
+            Some(env.timer.per_launch_us(|| {
+                set = (set + 1) % sets;
+                b.unfused::<T>(
+                    stream,
+                    case,
+                    &kv,
+                    &xs[set],
+                    &mut mask_buf,
+                    &mut tmp,
+                    &mut ys[set],
+                )
+            })?)
+        }
+        _ => None,
+    };
+
+    let mut floor_us = bytes / (env.copy_gbps * 1e3);
+    if case.latency_bound {
+        floor_us += env.empty_launch_us;
+    }
+    Ok(Row {
+        group: case.group.into(),
+        case: case.name.clone(),
+        dtype: T::DTYPE.kernel_suffix().into(),
+        kernel,
+        rows: spec.shape.rows()?,
+        k_len: spec.shape.k_len,
+        bytes,
+        time_us,
+        floor_us,
+        over_floor: time_us / floor_us,
+        effective_gbps: bytes / (time_us * 1e3),
+        unfused_us,
+        speedup_over_unfused: unfused_us.map(|u| u / time_us),
+    })
+}
+
+/// CUDA-event timing on one stream.
+struct Timer {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    repeats: usize,
+}
+
+impl Timer {
+    /// Median over `repeats` of the mean time of a batch of back-to-back launches of `f`,
+    /// batches sized to about 20 ms, after warm-up: microseconds per launch.
+    fn per_launch_us(&self, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+        for _ in 0..3 {
+            f()?;
+        }
+        let once = self.time_ms(1, &mut f)?;
+        let batch = ((20.0 / once.max(1e-4)) as usize).clamp(1, 2000);
+        let mut samples: Vec<f64> = (0..self.repeats)
+            .map(|_| {
+                self.time_ms(batch, &mut f)
+                    .map(|ms| ms * 1e3 / batch as f64)
+            })
+            .collect::<Result<_>>()?;
+        samples.sort_by(f64::total_cmp);
+        Ok(samples[samples.len() / 2])
+    }
+
+    fn time_ms(&self, launches: usize, f: &mut impl FnMut() -> Result<()>) -> Result<f64> {
+        let start = self.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+        let end = self.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+        start.record(&self.stream)?;
+        for _ in 0..launches {
+            f()?;
+        }
+        end.record(&self.stream)?;
+        Ok(start.elapsed_ms(&end)? as f64)
+    }
+}
+
+/// Bandwidth of a 1 GiB device-to-device copy, counting bytes read and written, in GB/s.
+fn copy_bandwidth(timer: &Timer) -> Result<f64> {
+    let n = 1usize << 28; // f32 elements: 1 GiB
+    let src = timer.stream.alloc_zeros::<f32>(n)?;
+    let mut dst = timer.stream.alloc_zeros::<f32>(n)?;
+    let us = timer.per_launch_us(|| Ok(timer.stream.memcpy_dtod(&src, &mut dst)?))?;
+    Ok(2.0 * (n * 4) as f64 / (us * 1e3))
+}
+
+/// The unfused path (kernels/baseline.cu) and an empty kernel.
+struct Baseline {
+    functions: BTreeMap<String, CudaFunction>,
+}
+
+impl Baseline {
+    fn load(ctx: &Arc<CudaContext>) -> Result<Self> {
+        let ptx = module_ptx("baseline").ok_or("this build has no baseline kernels")?;
+        let module = ctx.load_module(Ptx::from_src(ptx))?;
+        let mut functions = BTreeMap::new();
+        for name in ["baseline_build_mask", "baseline_empty"]
+            .into_iter()
+            .map(String::from)
+            .chain(DType::ALL.iter().flat_map(|d| {
+                let t = d.kernel_suffix();
+                [
+                    format!("baseline_masked_fill_{t}"),
+                    format!("baseline_softmax_{t}"),
+                ]
+            }))
+        {
+            functions.insert(name.clone(), module.load_function(&name)?);
+        }
+        Ok(Baseline { functions })
+    }
+
+    fn empty(&self, stream: &Arc<CudaStream>) -> Result<()> {
+        let config = LaunchConfig {
+            grid_dim: (1, 1, 1),
+            block_dim: (32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the empty kernel takes no arguments.
+        unsafe {
+            stream
+                .launch_builder(&self.functions["baseline_empty"])
+                .launch(config)
+        }?;
+        Ok(())
+    }
+
+    /// Mask from lengths, fill pads with -inf, plain softmax: three launches.
+    #[allow(clippy::too_many_arguments)]
+    fn unfused<T: Element + DeviceRepr>(
+        &self,
+        stream: &Arc<CudaStream>,
+        case: &Case,
+        kv: &CudaSlice<i32>,
+        x: &CudaSlice<T>,
+        mask: &mut CudaSlice<u8>,
+        tmp: &mut CudaSlice<T>,
+        y: &mut CudaSlice<T>,
+    ) -> Result<()> {
+        let shape = case.spec.shape;
+        let (rows, k_len) = (shape.rows()? as i64, shape.k_len as i64);
+        let (n, per_batch) = (rows * k_len, (shape.heads * shape.q_len) as i64);
+        let t = T::DTYPE.kernel_suffix();
+        let elementwise = LaunchConfig {
+            grid_dim: (((n + 255) / 256).min(1 << 20) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let per_row = LaunchConfig {
+            grid_dim: (rows.min(1 << 20) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let scale = case.spec.scale;
+        // SAFETY: argument lists match kernels/baseline.cu; buffers hold n elements.
+        unsafe {
+            stream
+                .launch_builder(&self.functions["baseline_build_mask"])
+                .arg(kv)
+                .arg(&mut *mask)
+                .arg(&rows)
+                .arg(&k_len)
+                .arg(&per_batch)
+                .launch(elementwise)?;
+            stream
+                .launch_builder(&self.functions[&format!("baseline_masked_fill_{t}")])
+                .arg(x)
+                .arg(&*mask)
+                .arg(&mut *tmp)
+                .arg(&n)
+                .launch(elementwise)?;
+            stream
+                .launch_builder(&self.functions[&format!("baseline_softmax_{t}")])
+                .arg(&*tmp)
+                .arg(y)
+                .arg(&rows)
+                .arg(&k_len)
+                .arg(&scale)
+                .launch(per_row)?;
+        }
+        Ok(())
+    }
+}
+
+fn print_row(row: &Row, header: bool) {
+    if header {
+        println!(
+            "{:<8} {:<30} {:<5} {:<38} {:>11} {:>10} {:>8} {:>9} {:>9}",
+            "group",
+            "case",
+            "type",
+            "kernel",
+            "time us",
+            "floor us",
+            "x floor",
+            "GB/s",
+            "vs unfused"
+        );
+    }
+    println!(
+        "{:<8} {:<30} {:<5} {:<38} {:>11.2} {:>10.2} {:>8.3} {:>9.0} {:>9}",
+        row.group,
+        row.case,
+        row.dtype,
+        row.kernel.trim_start_matches("masked_softmax_fwd_"),
+        row.time_us,
+        row.floor_us,
+        row.over_floor,
+        row.effective_gbps,
+        row.speedup_over_unfused
+            .map_or("-".into(), |s| format!("{s:.2}x")),
+    );
+}
+
+fn write_outputs(dir: &Path, report: &Report) -> Result<()> {
+    std::fs::write(
+        dir.join("results.json"),
+        serde_json::to_string_pretty(report)?,
+    )?;
+    let mut csv = String::from(
+        "group,case,dtype,kernel,rows,k_len,bytes,time_us,floor_us,over_floor,effective_gbps,unfused_us,speedup_over_unfused\n",
+    );
+    for r in &report.rows {
+        let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.4}"));
+        csv += &format!(
+            "{},{},{},{},{},{},{:.0},{:.3},{:.3},{:.4},{:.1},{},{}\n",
+            r.group,
+            r.case,
+            r.dtype,
+            r.kernel,
+            r.rows,
+            r.k_len,
+            r.bytes,
+            r.time_us,
+            r.floor_us,
+            r.over_floor,
+            r.effective_gbps,
+            opt(r.unfused_us),
+            opt(r.speedup_over_unfused)
+        );
+    }
+    std::fs::write(dir.join("results.csv"), csv)?;
+    plot(&dir.join("bandwidth.svg"), report)
+}
+
+/// Effective bandwidth against k_len, one line per type, with the copy roofline.
+fn plot(path: &Path, report: &Report) -> Result<()> {
+    use plotters::prelude::*;
+    let sweep: Vec<&Row> = report.rows.iter().filter(|r| r.group == "sweep").collect();
+    if sweep.is_empty() {
+        return Ok(());
+    }
+    let max_k = sweep.iter().map(|r| r.k_len).max().unwrap_or(2) as f64;
+    let top = report.copy_gbps * 1.15;
+    let root = SVGBackend::new(path, (960, 600)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!(
+                "masked-softmax forward on {} ({})",
+                report.gpu, report.date_utc
+            ),
+            ("sans-serif", 22),
+        )
+        .margin(16)
+        .x_label_area_size(48)
+        .y_label_area_size(64)
+        .build_cartesian_2d((1f64..max_k * 1.5).log_scale(), 0f64..top)?;
+    chart
+        .configure_mesh()
+        .x_desc("k_len (columns per row; lengths uniform in [1, k_len])")
+        .y_desc("effective bandwidth, GB/s")
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(&|v| format!("{v:.0}"))
+        .draw()?;
+    chart
+        .draw_series(LineSeries::new(
+            [(1.0, report.copy_gbps), (max_k * 1.5, report.copy_gbps)],
+            BLACK.stroke_width(2),
+        ))?
+        .label(format!(
+            "device-to-device copy: {:.0} GB/s",
+            report.copy_gbps
+        ))
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK.stroke_width(2)));
+    let colors = [
+        RGBColor(200, 30, 45),
+        RGBColor(30, 90, 200),
+        RGBColor(20, 140, 60),
+    ];
+    for (dtype, color) in ["f32", "f16", "bf16"].iter().zip(colors) {
+        let points: Vec<(f64, f64)> = sweep
+            .iter()
+            .filter(|r| r.dtype == *dtype)
+            .map(|r| (r.k_len as f64, r.effective_gbps))
+            .collect();
+        if points.is_empty() {
+            continue;
+        }
+        chart
+            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
+            .label(*dtype)
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
+        chart.draw_series(
+            points
+                .into_iter()
+                .map(|p| Circle::new(p, 3, color.filled())),
+        )?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+fn utc_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let (days, rem) = ((secs / 86400) as i64, secs % 86400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60
+    )
+}

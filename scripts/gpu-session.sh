@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# One device call's worth of GPU checks, for the `device` tool's machines: runs the bundle
+# that scripts/build-gpu-bundle.sh built (carry target/gpu-bundle) and leaves at most a few
+# files in OUT_DIR (the tool brings back 8): summary.txt and results.tgz with every log and
+# the benchmark's results.
+#
+#   scripts/gpu-session.sh [run.sh options: --sanitize --bench] OUT_DIR
+#
+# Example device command: scripts/gpu-session.sh --sanitize --bench "$OUT"
+set -uo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+args=("$@")
+out="${args[-1]}"
+unset 'args[-1]'
+work="$(mktemp -d)"
+"$root/target/gpu-bundle/run.sh" "${args[@]}" "$work"
+status=$?
+cp "$work/summary.txt" "$out/" 2>/dev/null
+[[ -f "$work/bench/results.json" ]] && cp "$work/bench/results.json" "$out/"
+tar czf "$out/results.tgz" -C "$work" .
+exit $status
