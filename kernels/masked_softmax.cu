@@ -7,10 +7,14 @@
 //       dynamic shared memory: one read, one write. For rows that fit on chip.
 //   masked_softmax_fwd_block_stream_p<P>_<dtype>    one block per row, any length: an
 //       online (max, sum) pass, then a second read of the valid scores to write.
+//   masked_softmax_fwd_cluster_{cached,stream}_p<P>_<dtype>   (sm_90+) few long rows: a
+//       thread-block cluster per row, each block a chunk of it (cached in shared memory
+//       when it fits); the blocks merge their statistics through distributed shared memory.
 //
 // All of them: the mask from mask.cuh (masked positions never read, written as +0.0), the
 // numerics from numeric.cuh, grid-stride loops over rows (any row count), 64-bit offsets,
 // and x may alias y: each element is read, then written, by the same thread.
+#include "cluster.cuh"
 #include "emulation.cuh"
 #include "io.cuh"
 #include "mask.cuh"
@@ -178,6 +182,73 @@ __device__ __forceinline__ void block_stream_forward(const T* x, T* y, const Mas
     }
 }
 
+// ---------------------------------------------------------------- a cluster per row
+
+#if MASKED_SOFTMAX_HAS_CLUSTERS
+// Block `rank` of a cluster of `csize` owns packs [rank * chunk, (rank + 1) * chunk) of
+// every row its cluster handles. Pass 1 gathers the chunk's statistics (caching its keys in
+// shared memory if CACHED); the blocks publish them in shared memory, sync the cluster, and
+// every block merges all of them in the same order, so all agree; a second cluster sync
+// keeps the published statistics alive until every block has read them. Pass 2 writes the
+// chunk. Dynamic shared memory: [published float2][32 float2 scratch][cache].
+template <typename T, int PACK, bool CACHED>
+__device__ __forceinline__ void cluster_forward(const T* x, T* y, const MaskParams& p) {
+    const ScaleMap sm = ScaleMap::of(p.scale);
+    const unsigned rank = cluster_rank(), csize = cluster_size();
+    const int64_t clusters = gridDim.x / csize;
+    const int64_t row_packs = packs_in<PACK>(p.k_len);
+    const int64_t chunk = (row_packs + csize - 1) / csize;
+    const int64_t chunk_begin = min(row_packs, int64_t(rank) * chunk);
+    const int64_t chunk_end = min(row_packs, chunk_begin + chunk);
+    float2* published = dynamic_shared<float2>();
+    float2* scratch = published + 1;
+    float* cache = reinterpret_cast<float*>(scratch + WARP);
+
+    for (int64_t row = blockIdx.x / csize; row < p.rows; row += clusters) {
+        const RowWindow w = row_window(p, row);
+        const int64_t offset = row * p.row_stride;
+        const int64_t first = max(chunk_begin, w.start / PACK);
+        const int64_t last = min(chunk_end, (w.end + PACK - 1) / PACK);
+
+        SoftmaxStats st = stats_empty();
+        for (int64_t i = first_owned(first, chunk_begin + threadIdx.x, blockDim.x); i < last; i += blockDim.x) {
+            float keys[PACK];
+            load_keys<T, PACK>(x + offset, i * PACK, w.start, w.end, sm, keys);
+#pragma unroll
+            for (int j = 0; j < PACK; ++j) {
+                stats_add(st, keys[j], sm);
+                if (CACHED) cache[(i - chunk_begin) * PACK + j] = keys[j];
+            }
+        }
+        st = block_stats_merge(st, scratch, sm);
+        if (threadIdx.x == 0) *published = make_float2(st.max_key, st.sum);
+        cluster_sync();
+        SoftmaxStats row_stats = stats_empty();
+        for (unsigned r = 0; r < csize; ++r) {
+            const float2 part = *cluster_map(published, r);
+            row_stats = stats_merge(row_stats, SoftmaxStats{part.x, part.y}, sm);
+        }
+        cluster_sync();
+
+        for (int64_t i = chunk_begin + threadIdx.x; i < chunk_end; i += blockDim.x) {
+            float keys[PACK], out[PACK];
+            if (CACHED) {
+#pragma unroll
+                for (int j = 0; j < PACK; ++j) keys[j] = cache[(i - chunk_begin) * PACK + j];
+            } else {
+                load_keys<T, PACK>(x + offset, i * PACK, w.start, w.end, sm, keys);
+            }
+#pragma unroll
+            for (int j = 0; j < PACK; ++j) {
+                const int64_t c = i * PACK + j;
+                out[j] = (c >= w.start && c < w.end) ? stats_probability(row_stats, keys[j], sm) : 0.f;
+            }
+            store_values<T, PACK>(y + offset, i * PACK, p.k_len, out);
+        }
+    }
+}
+#endif
+
 // ---------------------------------------------------------------- instantiations
 // The Rust planner (src/plan.rs, KernelKind::all) lists exactly these names.
 
@@ -219,14 +290,30 @@ __device__ __forceinline__ void block_stream_forward(const T* x, T* y, const Mas
     ROWS_KERNEL(SUFFIX, T, 32, P, 16) \
     ROWS_KERNEL(SUFFIX, T, 32, P, 32)
 
+#if MASKED_SOFTMAX_HAS_CLUSTERS
+#define CLUSTER_KERNEL(SUFFIX, T, P, MODE, CACHED)                                                       \
+    extern "C" __global__ void masked_softmax_fwd_cluster_##MODE##_p##P##_##SUFFIX(const T* x, T* y,       \
+                                                                                 MaskParams p) {        \
+        cluster_forward<T, P, CACHED>(x, y, p);                                                         \
+    }                                                                                                   \
+    REGISTER_KERNEL(masked_softmax_fwd_cluster_##MODE##_p##P##_##SUFFIX)
+#define CLUSTER_KERNELS(SUFFIX, T, P)             \
+    CLUSTER_KERNEL(SUFFIX, T, P, cached, true)    \
+    CLUSTER_KERNEL(SUFFIX, T, P, stream, false)
+#else
+#define CLUSTER_KERNELS(SUFFIX, T, P)
+#endif
+
 // Per type: 16-byte packs (P = 16 / sizeof(T)) where aligned, single elements otherwise.
 #define TYPE_KERNELS(SUFFIX, T, VP)    \
     GROUP_LADDER(SUFFIX, T, VP)        \
     WARP_LADDER_8(SUFFIX, T, VP)       \
     BLOCK_KERNELS(SUFFIX, T, VP)       \
+    CLUSTER_KERNELS(SUFFIX, T, VP)     \
     GROUP_LADDER(SUFFIX, T, 1)         \
     WARP_LADDER_32(SUFFIX, T, 1)       \
-    BLOCK_KERNELS(SUFFIX, T, 1)
+    BLOCK_KERNELS(SUFFIX, T, 1)        \
+    CLUSTER_KERNELS(SUFFIX, T, 1)
 
 TYPE_KERNELS(f32, float, 4)
 TYPE_KERNELS(f16, __half, 8)

@@ -27,12 +27,12 @@
 //! # }
 //! ```
 
+use std::ffi::c_void;
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr,
-    LaunchConfig, PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
 
@@ -41,7 +41,7 @@ use std::collections::HashMap;
 use crate::contract::{Lengths, Spec, check_buffer};
 use crate::dtype::{DType, Element};
 use crate::error::{Error, LengthKind, Result};
-use crate::plan::{Buffers, DeviceLimits, KernelKind, KernelParams, plan_forward};
+use crate::plan::{Buffers, DeviceLimits, KernelKind, KernelParams, LaunchPlan, plan_forward};
 
 /// The PTX built from `kernels/*.cu` (`None` when the crate was built without nvcc).
 mod ptx {
@@ -53,17 +53,31 @@ pub const PTX_TARGET: Option<&str> = option_env!("MASKED_SOFTMAX_PTX_TARGET");
 
 /// True if this build carries the CUDA kernels.
 pub fn kernels_built() -> bool {
-    ptx::MASKED_SOFTMAX.is_some()
+    module_ptx("masked_softmax").is_some()
 }
 
 /// The embedded PTX of `kernels/<name>.cu` (e.g. `"masked_softmax"`, or `"baseline"`, the
-/// unfused mask-fill-softmax kernels the benchmark compares against), for loading with
-/// cudarc yourself. `None` if there is no such file or the build has no kernels.
+/// unfused mask-fill-softmax kernels the benchmark compares against) for the base target,
+/// which every supported GPU can load, for loading with cudarc yourself. `None` if there
+/// is no such file or the build has no kernels.
 pub fn module_ptx(name: &str) -> Option<&'static str> {
     ptx::MODULES
         .iter()
-        .find(|(stem, _)| *stem == name)
-        .and_then(|(_, ptx)| *ptx)
+        .filter(|(stem, _, _)| *stem == name)
+        .min_by_key(|(_, cap, _)| *cap)
+        .map(|(_, _, ptx)| *ptx)
+}
+
+/// The PTX of `kernels/<name>.cu` best suited to a device of compute capability
+/// `major.minor`: the highest target it can run. Hopper's (9.0) also holds the
+/// thread-block-cluster kernels.
+pub fn module_ptx_for(name: &str, major: i32, minor: i32) -> Option<(u32, &'static str)> {
+    let device = (major.max(0) * 10 + minor.max(0)) as u32;
+    ptx::MODULES
+        .iter()
+        .filter(|(stem, cap, _)| *stem == name && *cap <= device)
+        .max_by_key(|(_, cap, _)| *cap)
+        .map(|(_, cap, ptx)| (*cap, *ptx))
 }
 
 /// Opens device `ordinal` with typed errors where cudarc would panic: no driver library,
@@ -156,11 +170,13 @@ impl CudaSoftmax {
     /// Loads the kernels into `ctx`. Fails with [`Error::KernelsNotBuilt`] if this build has
     /// no kernels and [`Error::UnsupportedDevice`] below compute capability 8.0.
     pub fn new(ctx: &Arc<CudaContext>) -> Result<Self> {
-        let ptx = ptx::MASKED_SOFTMAX.ok_or(Error::KernelsNotBuilt)?;
-        let (major, minor) = ctx.compute_capability()?;
-        if major < 8 {
-            return Err(Error::UnsupportedDevice { major, minor });
+        if !kernels_built() {
+            return Err(Error::KernelsNotBuilt);
         }
+        let (major, minor) = ctx.compute_capability()?;
+        let (target, ptx) = module_ptx_for("masked_softmax", major, minor)
+            .filter(|_| major >= 8)
+            .ok_or(Error::UnsupportedDevice { major, minor })?;
         let module = ctx.load_module(Ptx::from_src(ptx))?;
         let attribute = |a| ctx.attribute(a).map(|v| v.max(0) as u32);
         let limits = DeviceLimits {
@@ -174,12 +190,13 @@ impl CudaSoftmax {
             shared_per_sm: attribute(
                 CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR,
             )?,
+            clusters: target >= 90,
         };
         let mut forward = HashMap::new();
         for dtype in DType::ALL {
-            for kind in KernelKind::all(dtype) {
+            for kind in KernelKind::all(dtype, limits.clusters) {
                 let function = module.load_function(&kind.forward_name(dtype))?;
-                if let KernelKind::BlockCached { .. } = kind {
+                if let KernelKind::BlockCached { .. } | KernelKind::Cluster { .. } = kind {
                     // Above 48 KiB a block's dynamic shared memory needs an explicit opt-in.
                     function.set_attribute(
                         CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
@@ -322,17 +339,7 @@ impl CudaSoftmax {
         };
         let plan = plan_forward(spec, T::DTYPE, self.limits, buffers)?;
         let function = &self.forward[&(plan.kernel, plan.dtype)];
-        let config = LaunchConfig {
-            grid_dim: (plan.grid, 1, 1),
-            block_dim: (plan.block, 1, 1),
-            shared_mem_bytes: plan.shared_bytes,
-        };
-        let mut launch = stream.launch_builder(function);
-        launch.arg(&x_ptr).arg(&y_ptr).arg(&plan.params);
-        // SAFETY: the kernel's signature is (const T*, T*, MaskParams); the buffers hold
-        // `required_len` elements of T (checked) and the lengths `batch` i32 (checked).
-        unsafe { launch.launch(config) }?;
-        Ok(())
+        launch(stream, function, &plan, x_ptr, y_ptr)
     }
 
     /// Checks shared by every entry point: spec and stream.
@@ -349,6 +356,63 @@ impl CudaSoftmax {
     }
 }
 
+/// Launches a planned forward kernel with `cuLaunchKernelEx`, with the cluster dimension
+/// attribute when the plan has clusters. Allocates nothing.
+fn launch(
+    stream: &CudaStream,
+    function: &CudaFunction,
+    plan: &LaunchPlan,
+    x_ptr: u64,
+    y_ptr: u64,
+) -> Result<()> {
+    use cudarc::driver::sys;
+    stream.context().bind_to_thread()?;
+    // SAFETY: zero is a valid bit pattern for this plain C union.
+    let mut value: sys::CUlaunchAttributeValue = unsafe { std::mem::zeroed() };
+    value.clusterDim = sys::CUlaunchAttributeValue_union__bindgen_ty_1 {
+        x: plan.cluster,
+        y: 1,
+        z: 1,
+    };
+    let mut cluster = sys::CUlaunchAttribute {
+        id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,
+        pad: [0; 4],
+        value,
+    };
+    let config = sys::CUlaunchConfig {
+        gridDimX: plan.grid,
+        gridDimY: 1,
+        gridDimZ: 1,
+        blockDimX: plan.block,
+        blockDimY: 1,
+        blockDimZ: 1,
+        sharedMemBytes: plan.shared_bytes,
+        hStream: stream.cu_stream(),
+        attrs: &mut cluster,
+        numAttrs: u32::from(plan.cluster > 1),
+    };
+    let mut params = plan.params;
+    let (mut x, mut y) = (x_ptr, y_ptr);
+    let mut args: [*mut c_void; 3] = [
+        (&raw mut x).cast(),
+        (&raw mut y).cast(),
+        (&raw mut params).cast(),
+    ];
+    // SAFETY: every forward kernel's signature is (const T*, T*, MaskParams); the buffers
+    // hold `required_len` elements of T and the lengths `batch` i32 (checked by callers);
+    // `config`, `cluster` and `args` outlive the call, which copies them.
+    unsafe {
+        sys::cuLaunchKernelEx(
+            &config,
+            function.cu_function(),
+            args.as_mut_ptr(),
+            std::ptr::null_mut(),
+        )
+    }
+    .result()?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -356,31 +420,55 @@ mod tests {
     /// CI sets MASKED_SOFTMAX_REQUIRE_KERNELS=1: there the PTX must be embedded and hold
     /// every kernel the launcher loads.
     #[test]
-    fn modules_are_found_by_name() {
-        assert_eq!(module_ptx("masked_softmax"), ptx::MASKED_SOFTMAX);
-        assert_eq!(module_ptx("baseline"), ptx::BASELINE);
+    fn modules_are_found_by_name_and_target() {
         assert_eq!(module_ptx("no_such_file"), None);
+        if kernels_built() {
+            assert!(module_ptx("baseline").is_some_and(|p| p.contains(".entry baseline_empty")));
+            assert_eq!(
+                module_ptx_for("masked_softmax", 8, 6).map(|m| m.0),
+                Some(80)
+            );
+            assert_eq!(
+                module_ptx_for("masked_softmax", 9, 0).map(|m| m.0),
+                Some(90)
+            );
+            assert_eq!(
+                module_ptx_for("masked_softmax", 12, 0).map(|m| m.0),
+                Some(90)
+            );
+            assert_eq!(module_ptx_for("masked_softmax", 7, 5), None);
+        }
     }
 
     #[test]
     fn kernels_are_embedded_where_required() {
         let required = std::env::var("MASKED_SOFTMAX_REQUIRE_KERNELS").is_ok_and(|v| v == "1");
-        let Some(ptx) = ptx::MASKED_SOFTMAX else {
+        if !kernels_built() {
             assert!(
                 !required,
                 "MASKED_SOFTMAX_REQUIRE_KERNELS=1 but no PTX is embedded"
             );
             return;
-        };
+        }
         assert!(PTX_TARGET.is_some());
-        for (kind, dtype) in DType::ALL
-            .iter()
-            .flat_map(|&d| KernelKind::all(d).into_iter().map(move |k| (k, d)))
-        {
-            let name = kind.forward_name(dtype);
-            assert!(
-                ptx.contains(&format!(".entry {name}(")),
-                "PTX lacks kernel {name}"
+        // Every target's PTX holds every kernel the launcher loads there, and no more
+        // forward kernels than that.
+        for &(_, target, ptx) in ptx::MODULES.iter().filter(|m| m.0 == "masked_softmax") {
+            let mut expected = 0;
+            for dtype in DType::ALL {
+                for kind in KernelKind::all(dtype, target >= 90) {
+                    let name = kind.forward_name(dtype);
+                    assert!(
+                        ptx.contains(&format!(".entry {name}(")),
+                        "sm_{target} PTX lacks kernel {name}"
+                    );
+                    expected += 1;
+                }
+            }
+            let entries = ptx.matches(".entry masked_softmax_fwd_").count();
+            assert_eq!(
+                entries, expected,
+                "sm_{target}: kernels the planner does not know"
             );
         }
     }

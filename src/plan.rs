@@ -12,6 +12,10 @@
 //! 3. Rows whose keys fit in shared memory: [`KernelKind::BlockCached`], a block per row.
 //! 4. Anything longer: [`KernelKind::BlockStream`], a block per row reading the valid
 //!    scores twice.
+//!
+//! Rows for steps 3 and 4 that are too few to give every multiprocessor a block go, on
+//! GPUs with thread-block clusters (9.0+), to [`KernelKind::Cluster`]: a cluster of 2 to 8
+//! blocks per row, each with a chunk of it (cached in shared memory when it fits).
 
 use crate::contract::{Causal, Padding, Spec};
 use crate::dtype::DType;
@@ -31,6 +35,8 @@ pub struct DeviceLimits {
     pub max_shared_per_block: u32,
     /// Shared memory per multiprocessor, bytes.
     pub shared_per_sm: u32,
+    /// Thread-block clusters available (compute capability 9.0+, with its PTX loaded).
+    pub clusters: bool,
 }
 
 /// The forward kernels. Each is instantiated for f32, f16 and bf16; see
@@ -57,6 +63,13 @@ pub enum KernelKind {
         /// Elements per pack.
         pack: u32,
     },
+    /// A thread-block cluster per row (9.0+), each block a chunk of the row.
+    Cluster {
+        /// Elements per pack.
+        pack: u32,
+        /// Chunks cached in shared memory (else read twice).
+        cached: bool,
+    },
 }
 
 /// Elements in a 16-byte pack of `dtype`.
@@ -71,8 +84,9 @@ fn max_packs(pack: u32) -> u32 {
 }
 
 impl KernelKind {
-    /// Every kernel compiled for `dtype`, in the order `kernels/masked_softmax.cu` lists them.
-    pub fn all(dtype: DType) -> Vec<KernelKind> {
+    /// Every kernel compiled for `dtype`, the cluster kernels only if `clusters` (they are
+    /// in the 9.0 PTX alone).
+    pub fn all(dtype: DType, clusters: bool) -> Vec<KernelKind> {
         let mut kinds = Vec::new();
         for pack in [vector_pack(dtype), 1] {
             let groups = [1, 2, 4, 8, 16, 32].map(|group| KernelKind::Rows {
@@ -90,6 +104,9 @@ impl KernelKind {
                 KernelKind::BlockCached { pack },
                 KernelKind::BlockStream { pack },
             ]);
+            if clusters {
+                kinds.extend([true, false].map(|cached| KernelKind::Cluster { pack, cached }));
+            }
         }
         kinds
     }
@@ -107,6 +124,10 @@ impl KernelKind {
             KernelKind::BlockStream { pack } => {
                 format!("masked_softmax_fwd_block_stream_p{pack}_{t}")
             }
+            KernelKind::Cluster { pack, cached } => {
+                let mode = if cached { "cached" } else { "stream" };
+                format!("masked_softmax_fwd_cluster_{mode}_p{pack}_{t}")
+            }
         }
     }
 
@@ -115,7 +136,8 @@ impl KernelKind {
         match self {
             KernelKind::Rows { pack, .. }
             | KernelKind::BlockCached { pack }
-            | KernelKind::BlockStream { pack } => pack,
+            | KernelKind::BlockStream { pack }
+            | KernelKind::Cluster { pack, .. } => pack,
         }
     }
 }
@@ -208,6 +230,8 @@ pub struct LaunchPlan {
     pub grid: u32,
     /// Threads per block, a multiple of 32.
     pub block: u32,
+    /// Blocks per thread-block cluster (1: launched without clusters); divides `grid`.
+    pub cluster: u32,
     /// Dynamic shared memory per block, bytes.
     pub shared_bytes: u32,
     /// The parameter block passed by value.
@@ -225,6 +249,14 @@ impl LaunchPlan {
 const ROWS_BLOCK: u32 = 256;
 /// Per-warp reduction scratch at the end of a block kernel's shared memory (32 float2).
 const BLOCK_SCRATCH_BYTES: u64 = 32 * 8;
+/// A cluster kernel's shared memory before its cache: published statistics + scratch.
+const CLUSTER_HEADER_BYTES: u64 = 8 + BLOCK_SCRATCH_BYTES;
+/// The largest portable cluster.
+const MAX_CLUSTER: u64 = 8;
+
+fn prev_power_of_two(n: u64) -> u64 {
+    if n == 0 { 0 } else { 1 << n.ilog2() }
+}
 
 /// Plans the forward launch of a validated `spec` on the buffers at `buffers`.
 pub fn plan_forward(
@@ -250,6 +282,7 @@ pub fn plan_forward(
         dtype,
         grid: grid.clamp(1, i32::MAX as u64) as u32,
         block,
+        cluster: 1,
         shared_bytes: shared_bytes as u32,
         params,
     };
@@ -273,8 +306,31 @@ pub fn plan_forward(
         ));
     }
 
-    // A block per row: about 8 packs per thread, 128 to 1024 threads.
     let row_packs = k_len.div_ceil(p);
+
+    // Too few rows to give each multiprocessor a block: a cluster per row.
+    if limits.clusters && rows < sms {
+        let cluster = prev_power_of_two(sms / rows).clamp(2, MAX_CLUSTER);
+        let chunk_packs = row_packs.div_ceil(cluster);
+        let block = chunk_packs.div_ceil(8).next_power_of_two().clamp(128, 1024) as u32;
+        let cached_bytes = CLUSTER_HEADER_BYTES + chunk_packs * p * 4;
+        let cached = cached_bytes <= limits.max_shared_per_block as u64;
+        let shared = if cached {
+            cached_bytes
+        } else {
+            CLUSTER_HEADER_BYTES
+        };
+        let mut launch = plan(
+            KernelKind::Cluster { pack, cached },
+            rows * cluster,
+            block,
+            shared,
+        );
+        launch.cluster = cluster as u32;
+        return Ok(launch);
+    }
+
+    // A block per row: about 8 packs per thread, 128 to 1024 threads.
     let block = row_packs.div_ceil(8).next_power_of_two().clamp(128, 1024) as u32;
     let blocks_by_threads = (threads_per_sm / block as u64).max(1);
     let cached_bytes = row_packs * p * 4 + BLOCK_SCRATCH_BYTES;
@@ -307,6 +363,11 @@ mod tests {
         max_threads_per_sm: 2048,
         max_shared_per_block: 227 * 1024,
         shared_per_sm: 228 * 1024,
+        clusters: false,
+    };
+    const H100_CLUSTERS: DeviceLimits = DeviceLimits {
+        clusters: true,
+        ..H100
     };
     const ALIGNED: Buffers = Buffers {
         x: 0x1000,
@@ -328,8 +389,11 @@ mod tests {
 
     #[test]
     fn every_row_length_gets_a_compiled_kernel_that_holds_it() {
-        for dtype in DType::ALL {
-            let compiled = KernelKind::all(dtype);
+        let cases = DType::ALL
+            .iter()
+            .flat_map(|&d| [(d, H100), (d, H100_CLUSTERS)]);
+        for (dtype, limits) in cases {
+            let compiled = KernelKind::all(dtype, limits.clusters);
             for k_len in (1..=3000).chain([4095, 4096, 16384, 65536, 1 << 20, 3 << 20]) {
                 for buffers in [
                     ALIGNED,
@@ -339,7 +403,7 @@ mod tests {
                     },
                 ] {
                     let spec = Spec::new(Shape::matrix(10, k_len));
-                    let p = plan(&spec, dtype, buffers);
+                    let p = plan_forward(&spec, dtype, limits, buffers).unwrap();
                     assert!(
                         compiled.contains(&p.kernel),
                         "{dtype:?} k={k_len}: {:?} not compiled",
@@ -357,6 +421,8 @@ mod tests {
                         }
                     }
                     assert!(p.grid >= 1 && p.block % WARP_SIZE == 0 && p.block <= 1024);
+                    assert!(p.grid % p.cluster == 0 && p.cluster <= 8);
+                    assert!(p.shared_bytes <= limits.max_shared_per_block);
                 }
             }
         }
@@ -468,6 +534,7 @@ mod tests {
             max_threads_per_sm: 0,
             max_shared_per_block: 0,
             shared_per_sm: 0,
+            clusters: true,
         };
         for k in [3, 5000, 1 << 20] {
             let p = plan_forward(
@@ -496,7 +563,59 @@ mod tests {
             KernelKind::BlockStream { pack: 8 }.forward_name(DType::BF16),
             "masked_softmax_fwd_block_stream_p8_bf16"
         );
-        assert_eq!(KernelKind::all(DType::F32).len(), 24);
+        assert_eq!(KernelKind::all(DType::F32, false).len(), 24);
+        assert_eq!(KernelKind::all(DType::F32, true).len(), 28);
+        assert_eq!(
+            KernelKind::Cluster {
+                pack: 4,
+                cached: true
+            }
+            .forward_name(DType::F32),
+            "masked_softmax_fwd_cluster_cached_p4_f32"
+        );
+    }
+
+    #[test]
+    fn few_long_rows_get_a_cluster_each_where_clusters_exist() {
+        // Decode: 32 heads x 1 query of 131072 keys.
+        let decode = Spec::new(Shape::new(1, 32, 1, 131_072));
+        let p = plan_forward(&decode, DType::F16, H100_CLUSTERS, ALIGNED).unwrap();
+        assert_eq!(
+            p.kernel,
+            KernelKind::Cluster {
+                pack: 8,
+                cached: true
+            }
+        );
+        assert_eq!((p.cluster, p.grid), (4, 128));
+        // 131072 / 4 keys of 4 bytes per block fit in shared memory.
+        assert_eq!(p.shared_bytes as u64, 8 + 256 + 131_072 / 4 * 4);
+        // One row of 2^20 f32: 8 blocks of 512 KiB chunks do not fit: read twice.
+        let one = Spec::new(Shape::matrix(1, 1 << 20));
+        let p = plan_forward(&one, DType::F32, H100_CLUSTERS, ALIGNED).unwrap();
+        assert_eq!(
+            (p.kernel, p.cluster),
+            (
+                KernelKind::Cluster {
+                    pack: 4,
+                    cached: false
+                },
+                8
+            )
+        );
+        // Without clusters, or with enough rows: a block per row.
+        let p = plan_forward(&decode, DType::F16, H100, ALIGNED).unwrap();
+        assert_eq!(p.kernel, KernelKind::BlockStream { pack: 8 });
+        let many = Spec::new(Shape::new(8, 32, 1, 32_768));
+        let p = plan_forward(&many, DType::F16, H100_CLUSTERS, ALIGNED).unwrap();
+        assert_eq!(
+            (p.kernel, p.cluster),
+            (KernelKind::BlockCached { pack: 8 }, 1)
+        );
+        // Short rows never use clusters.
+        let short = Spec::new(Shape::matrix(1, 1000));
+        let p = plan_forward(&short, DType::F32, H100_CLUSTERS, ALIGNED).unwrap();
+        assert!(matches!(p.kernel, KernelKind::Rows { .. }));
     }
 
     #[test]

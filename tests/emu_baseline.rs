@@ -14,6 +14,7 @@ fn dims(grid: u32, block: u32) -> Dims {
     Dims {
         grid: [grid, 1, 1],
         block: [block, 1, 1],
+        cluster: 1,
         shared_bytes: 0,
     }
 }

@@ -26,6 +26,17 @@ const LIMITS: DeviceLimits = DeviceLimits {
     max_threads_per_sm: 1024,
     max_shared_per_block: 16 << 10,
     shared_per_sm: 32 << 10,
+    clusters: false,
+};
+/// A GPU with thread-block clusters and more multiprocessors than the long-row cases have
+/// rows, so those take the cluster kernels; shared memory small enough that some chunks
+/// are cached and some are not.
+const HOPPER: DeviceLimits = DeviceLimits {
+    sm_count: 64,
+    max_threads_per_sm: 2048,
+    max_shared_per_block: 8 << 10,
+    shared_per_sm: 32 << 10,
+    clusters: true,
 };
 const MAX_ELEMENTS: usize = 1 << 15;
 
@@ -34,6 +45,7 @@ static LAUNCHED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 
 /// Runs the planned forward kernel on the emulator; `in_place` passes `x` as `y`.
 fn emulate<T: Element>(
+    limits: DeviceLimits,
     spec: &Spec,
     lengths: Lengths,
     x: &[T],
@@ -56,10 +68,11 @@ fn emulate<T: Element>(
         kv_lens: addr(&kv),
         q_lens: addr(&q),
     };
-    let mut plan = plan_forward(spec, T::DTYPE, LIMITS, buffers).map_err(|e| e.to_string())?;
+    let mut plan = plan_forward(spec, T::DTYPE, limits, buffers).map_err(|e| e.to_string())?;
     let dims = Dims {
         grid: [plan.grid, 1, 1],
         block: [plan.block, 1, 1],
+        cluster: plan.cluster,
         shared_bytes: plan.shared_bytes,
     };
     let mut params: [*mut c_void; 3] = [
@@ -74,22 +87,42 @@ fn emulate<T: Element>(
     Ok(if in_place { x_buf } else { y_buf }.as_slice().to_vec())
 }
 
-fn check<T: Element>(
+fn check_on<T: Element>(
+    limits: DeviceLimits,
     spec: &Spec,
     lengths: Lengths,
     x: &[T],
     placement: Placement,
 ) -> Result<(), String> {
     let runs = ForwardRuns {
-        y: emulate(spec, lengths, x, placement, false)?,
-        y_again: emulate(spec, lengths, x, placement, false)?,
-        xy: emulate(spec, lengths, x, placement, true)?,
+        y: emulate(limits, spec, lengths, x, placement, false)?,
+        y_again: emulate(limits, spec, lengths, x, placement, false)?,
+        xy: emulate(limits, spec, lengths, x, placement, true)?,
     };
     check_forward_runs(spec, lengths, x, &runs)
 }
 
+fn check<T: Element>(
+    spec: &Spec,
+    lengths: Lengths,
+    x: &[T],
+    placement: Placement,
+) -> Result<(), String> {
+    check_on(LIMITS, spec, lengths, x, placement)
+}
+
 fn random_case<T: Element>(case: &Case, placement: Placement) -> Result<(), String> {
     check(&case.spec, case.lengths(), &case.scores::<T>(), placement)
+}
+
+fn cluster_case<T: Element>(case: &Case, placement: Placement) -> Result<(), String> {
+    check_on(
+        HOPPER,
+        &case.spec,
+        case.lengths(),
+        &case.scores::<T>(),
+        placement,
+    )
 }
 
 fn special_values<T: Element>(k_len: usize, scale: f32) -> Result<(), String> {
@@ -168,6 +201,16 @@ fn main() {
                 );
             }
         }
+        for (name, mode, k_len) in forward_matrix().into_iter().filter(|m| m.2 > 1024) {
+            let case = Case::new(mode, k_len, MAX_ELEMENTS);
+            for (placement, p) in [(Placement::Start, "start"), (Placement::End, "end")] {
+                let case = case.clone();
+                add(
+                    format!("hopper_{name}_{t}_{p}"),
+                    Box::new(move || dispatch!(dtype, cluster_case, &case, placement)),
+                );
+            }
+        }
         for (name, mode, k_len) in forward_matrix() {
             let case = Case::new(mode, k_len, MAX_ELEMENTS);
             for (placement, p) in [(Placement::Start, "start"), (Placement::End, "end")] {
@@ -186,7 +229,7 @@ fn main() {
         let missed: Vec<String> = DType::ALL
             .iter()
             .flat_map(|&d| {
-                KernelKind::all(d)
+                KernelKind::all(d, true)
                     .into_iter()
                     .map(move |k| k.forward_name(d))
             })

@@ -34,8 +34,9 @@
 #define __forceinline__ inline
 #define __noinline__
 #define __launch_bounds__(...)
-// One block runs at a time, so a function-local static is exactly one block's copy.
-#define __shared__ static
+// One block runs at a time on each OS thread, so a function-local thread_local static is
+// exactly one block's copy (launches on other threads have theirs).
+#define __shared__ static thread_local
 
 namespace emu {
 
@@ -58,6 +59,14 @@ uint64_t warp_exchange(uint64_t value, int src_lane);
 [[noreturn]] void fail(const char* what);
 // Dynamic shared memory of the running block.
 void* dynamic_shared_memory();
+// Thread-block clusters (blocks of a cluster run together; a kernel launched with clusters
+// must keep its shared data in dynamic shared memory, since a function-local static is
+// one copy for the whole cluster here).
+void cluster_barrier();
+unsigned cluster_rank();
+unsigned cluster_size();
+void* cluster_shared_memory(unsigned rank);
+// (Launches run on the calling OS thread; launches on different threads run in parallel.)
 
 // Registers a kernel under its name; `invoke` calls it with cuLaunchKernel-style params.
 using Invoker = void (*)(void** params);

@@ -1,12 +1,11 @@
-// The emulator's launcher: runs a registered kernel's blocks one after another, each
-// block's threads as fibers on the calling OS thread, switching fibers only at barriers
-// and shuffles. Deterministic: the same launch always interleaves the same way.
+// The emulator's launcher: runs a registered kernel's thread-block clusters one after
+// another (a plain launch is clusters of one block), every thread of a cluster as a fiber
+// on the calling OS thread, switching fibers only at barriers and shuffles.
+// Deterministic: the same launch always interleaves the same way.
 //
-// A fiber is entered the first time with swapcontext (which gives it its own stack) and
-// switched afterwards with _setjmp/_longjmp, which unlike swapcontext make no system call
-// (swapcontext saves the signal mask every time, and the emulator switches millions of
-// times per test run).
-#include <setjmp.h>
+// Fibers switch with a few instructions of assembly on x86-64 (swapcontext makes a system
+// call per switch and setjmp/longjmp walk cleanup handlers; a test run switches millions of
+// times), with swapcontext elsewhere.
 #include <ucontext.h>
 
 #include <cstdio>
@@ -22,6 +21,7 @@ namespace {
 
 constexpr size_t kStackBytes = 256 * 1024;
 constexpr unsigned kMaxThreads = 1024;
+constexpr unsigned kMaxCluster = 16;
 
 // A rendezvous point: `expected` fibers arrive, then all of them go on.
 struct Barrier {
@@ -30,32 +30,78 @@ struct Barrier {
     uint64_t generation = 0;
 };
 
+// Saves the callee-saved state on the current stack, stores the stack pointer in *from and
+// continues on the stack `to` (which a previous switch saved, or make_stack prepared).
+#if defined(__x86_64__)
+#define EMU_ASM_SWITCH 1
+extern "C" void emu_switch_context(void** from, void* to);
+asm(R"(
+    .text
+    .globl emu_switch_context
+    .type emu_switch_context, @function
+emu_switch_context:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    subq $8, %rsp
+    stmxcsr (%rsp)
+    fnstcw 4(%rsp)
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    ldmxcsr (%rsp)
+    fldcw 4(%rsp)
+    addq $8, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size emu_switch_context, .-emu_switch_context
+)");
+#endif
+
 struct Fiber {
-    ucontext_t context;  // first entry only
-    jmp_buf resume;
-    bool started = false;
+    void* sp = nullptr;  // saved stack pointer (asm switch)
+    ucontext_t context;  // saved context (portable switch)
     std::unique_ptr<char[]> stack;
-    Index3 index{0, 0, 0};
+    Index3 index{0, 0, 0};   // threadIdx
+    unsigned rank = 0;       // block within the cluster
+    unsigned linear = 0;     // thread within its block
     bool done = false;
+};
+
+// What each block of the running cluster has of its own.
+struct BlockState {
+    Index3 index{0, 0, 0};
+    std::vector<Barrier> warp_barriers;
+    std::vector<uint64_t> warp_slots;  // 32 per warp
+    Barrier barrier;
+    std::vector<unsigned char> shared;
 };
 
 struct Launch {
     Invoker invoke = nullptr;
     void** params = nullptr;
-    Index3 grid{1, 1, 1}, block{1, 1, 1}, block_idx{0, 0, 0};
+    Index3 grid{1, 1, 1}, block{1, 1, 1};
+    unsigned cluster = 1;
+    unsigned shared_bytes = 0;
     std::vector<Fiber> fibers;
-    std::vector<Barrier> warp_barriers;
-    std::vector<uint64_t> warp_slots;  // 32 per warp
-    Barrier block_barrier;
-    std::vector<unsigned char> shared;
-    ucontext_t scheduler_context;  // where a fiber's first entry returns from
-    jmp_buf scheduler;
+    std::vector<BlockState> blocks;  // `cluster` of them
+    Barrier cluster_barrier;
+    void* scheduler_sp = nullptr;
+    ucontext_t scheduler_context;
     unsigned current = 0;
     uint64_t progress = 0;  // arrivals and exits: a round without any is a deadlock
     std::string error;
 };
 
-Launch* g_launch = nullptr;
+// One launch per OS thread at a time: tests on different threads emulate in parallel.
+thread_local Launch* g_launch = nullptr;
 
 std::map<std::string, Invoker>& registry() {
     static std::map<std::string, Invoker> kernels;
@@ -63,19 +109,24 @@ std::map<std::string, Invoker>& registry() {
 }
 
 Fiber& me() { return g_launch->fibers[g_launch->current]; }
+BlockState& my_block() { return g_launch->blocks[me().rank]; }
 
 void yield_to_scheduler() {
-    if (_setjmp(me().resume) == 0) _longjmp(g_launch->scheduler, 1);
+#ifdef EMU_ASM_SWITCH
+    emu_switch_context(&me().sp, g_launch->scheduler_sp);
+#else
+    swapcontext(&me().context, &g_launch->scheduler_context);
+#endif
 }
 
 // Runs fiber `t` until it yields, finishes or fails.
 void resume(Launch& l, unsigned t) {
     l.current = t;
-    Fiber& f = l.fibers[t];
-    if (_setjmp(l.scheduler) != 0) return;
-    if (f.started) _longjmp(f.resume, 1);
-    f.started = true;
-    swapcontext(&l.scheduler_context, &f.context);
+#ifdef EMU_ASM_SWITCH
+    emu_switch_context(&l.scheduler_sp, l.fibers[t].sp);
+#else
+    swapcontext(&l.scheduler_context, &l.fibers[t].context);
+#endif
 }
 
 void arrive_and_wait(Barrier& barrier) {
@@ -95,29 +146,60 @@ void fiber_main() {
     l.invoke(l.params);
     me().done = true;
     ++l.progress;
-    _longjmp(l.scheduler, 1);
+    yield_to_scheduler();  // never resumed
+    __builtin_unreachable();
+}
+
+// Makes `f` start in fiber_main at its next resume.
+void make_stack(Launch& l, Fiber& f) {
+#ifdef EMU_ASM_SWITCH
+    (void)l;
+    // What emu_switch_context pops, top down: a dummy return slot for fiber_main (keeps its
+    // entry 16-byte aligned as after a call), its address to `ret` to, rbp rbx r12-r15, and
+    // the MXCSR / x87 control words.
+    auto top = reinterpret_cast<uintptr_t>(f.stack.get() + kStackBytes) & ~uintptr_t(15);
+    auto* slot = reinterpret_cast<uint64_t*>(top);
+    *--slot = 0;
+    *--slot = reinterpret_cast<uint64_t>(&fiber_main);
+    for (int i = 0; i < 6; ++i) *--slot = 0;
+    *--slot = 0x037F00001F80ull;  // fcw 0x037F in the high half, mxcsr 0x1F80 in the low
+    f.sp = slot;
+#else
+    getcontext(&f.context);
+    f.context.uc_stack.ss_sp = f.stack.get();
+    f.context.uc_stack.ss_size = kStackBytes;
+    f.context.uc_link = &l.scheduler_context;
+    makecontext(&f.context, fiber_main, 0);
+#endif
 }
 
 unsigned threads_per_block(const Index3& b) { return b.x * b.y * b.z; }
 
-// Runs one block to completion; false (with l.error set) on a deadlock or failure.
-bool run_block(Launch& l) {
-    const unsigned n = threads_per_block(l.block);
-    const unsigned warps = (n + 31) / 32;
-    l.warp_barriers.assign(warps, Barrier{});
-    for (unsigned w = 0; w < warps; ++w) l.warp_barriers[w].expected = std::min(32u, n - 32 * w);
-    l.warp_slots.assign(32 * warps, 0);
-    l.block_barrier = Barrier{n, 0, 0};
+// Runs one cluster (blocks `first` .. `first + cluster - 1` of the linearised grid) to
+// completion; false (with l.error set) on a deadlock or failure.
+bool run_cluster(Launch& l, unsigned first) {
+    const unsigned per_block = threads_per_block(l.block);
+    const unsigned warps = (per_block + 31) / 32;
+    const unsigned n = per_block * l.cluster;
+    for (unsigned r = 0; r < l.cluster; ++r) {
+        BlockState& b = l.blocks[r];
+        const unsigned id = first + r;
+        b.index = Index3{id % l.grid.x, (id / l.grid.x) % l.grid.y, id / (l.grid.x * l.grid.y)};
+        b.warp_barriers.assign(warps, Barrier{});
+        for (unsigned w = 0; w < warps; ++w) b.warp_barriers[w].expected = std::min(32u, per_block - 32 * w);
+        b.warp_slots.assign(32 * warps, 0);
+        b.barrier = Barrier{per_block, 0, 0};
+        b.shared.assign(l.shared_bytes, 0xA5);  // garbage, as on a GPU
+    }
+    l.cluster_barrier = Barrier{n, 0, 0};
     for (unsigned t = 0; t < n; ++t) {
         Fiber& f = l.fibers[t];
         f.done = false;
-        f.started = false;
-        f.index = Index3{t % l.block.x, (t / l.block.x) % l.block.y, t / (l.block.x * l.block.y)};
-        getcontext(&f.context);
-        f.context.uc_stack.ss_sp = f.stack.get();
-        f.context.uc_stack.ss_size = kStackBytes;
-        f.context.uc_link = &l.scheduler_context;  // never used: fibers end by _longjmp
-        makecontext(&f.context, fiber_main, 0);
+        f.rank = t / per_block;
+        f.linear = t % per_block;
+        f.index = Index3{f.linear % l.block.x, (f.linear / l.block.x) % l.block.y,
+                         f.linear / (l.block.x * l.block.y)};
+        make_stack(l, f);
     }
     unsigned remaining = n;
     while (remaining > 0) {
@@ -131,9 +213,9 @@ bool run_block(Launch& l) {
         if (remaining > 0 && l.progress == before) {
             char what[200];
             std::snprintf(what, sizeof what,
-                          "deadlock in block (%u,%u,%u): %u threads wait at a barrier or shuffle that "
-                          "threads which exited or diverged never reach",
-                          l.block_idx.x, l.block_idx.y, l.block_idx.z, remaining);
+                          "deadlock in the cluster of block %u: %u threads wait at a barrier or shuffle "
+                          "that threads which exited or diverged never reach",
+                          first, remaining);
             l.error = what;
             return false;
         }
@@ -144,26 +226,28 @@ bool run_block(Launch& l) {
 }  // namespace
 
 const Index3& thread_index() { return me().index; }
-const Index3& block_index() { return g_launch->block_idx; }
+const Index3& block_index() { return my_block().index; }
 const Index3& block_dim() { return g_launch->block; }
 const Index3& grid_dim() { return g_launch->grid; }
 
-static unsigned linear_thread() {
-    const Index3& i = me().index;
-    const Index3& b = g_launch->block;
-    return i.x + b.x * (i.y + b.y * i.z);
+void warp_barrier() { arrive_and_wait(my_block().warp_barriers[me().linear / 32]); }
+void block_barrier() { arrive_and_wait(my_block().barrier); }
+void cluster_barrier() { arrive_and_wait(g_launch->cluster_barrier); }
+unsigned cluster_rank() { return me().rank; }
+unsigned cluster_size() { return g_launch->cluster; }
+
+void* cluster_shared_memory(unsigned rank) {
+    if (rank >= g_launch->cluster) fail("cluster rank out of range");
+    return g_launch->blocks[rank].shared.data();
 }
 
-void warp_barrier() { arrive_and_wait(g_launch->warp_barriers[linear_thread() / 32]); }
-void block_barrier() { arrive_and_wait(g_launch->block_barrier); }
-
 uint64_t warp_exchange(uint64_t value, int src_lane) {
-    Launch& l = *g_launch;
-    const unsigned t = linear_thread(), warp = t / 32;
-    if (l.warp_barriers[warp].expected != 32) fail("shuffle in a partial warp");
-    l.warp_slots[t] = value;
+    BlockState& b = my_block();
+    const unsigned t = me().linear, warp = t / 32;
+    if (b.warp_barriers[warp].expected != 32) fail("shuffle in a partial warp");
+    b.warp_slots[t] = value;
     warp_barrier();
-    const uint64_t out = l.warp_slots[warp * 32 + unsigned(src_lane)];
+    const uint64_t out = b.warp_slots[warp * 32 + unsigned(src_lane)];
     warp_barrier();
     return out;
 }
@@ -171,14 +255,15 @@ uint64_t warp_exchange(uint64_t value, int src_lane) {
 void fail(const char* what) {
     Launch& l = *g_launch;
     char where[160];
-    std::snprintf(where, sizeof where, " (block (%u,%u,%u), thread %u)", l.block_idx.x, l.block_idx.y,
-                  l.block_idx.z, linear_thread());
+    const Index3& b = my_block().index;
+    std::snprintf(where, sizeof where, " (block (%u,%u,%u), thread %u)", b.x, b.y, b.z, me().linear);
     l.error = std::string(what) + where;
     // Never resumed: the launch ends here and the fiber's stack is reused.
-    _longjmp(l.scheduler, 1);
+    yield_to_scheduler();
+    __builtin_unreachable();
 }
 
-void* dynamic_shared_memory() { return g_launch->shared.data(); }
+void* dynamic_shared_memory() { return my_block().shared.data(); }
 
 int register_kernel(const char* name, Invoker invoke) {
     registry()[name] = invoke;
@@ -189,11 +274,12 @@ int register_kernel(const char* name, Invoker invoke) {
 
 extern "C" {
 
-// Runs kernel `name` like cuLaunchKernel: grid and block dimensions, dynamic shared
-// memory bytes and an array of pointers to the arguments. Returns 0 on success, else
-// writes a message to `error` (at most `error_len` bytes, NUL-terminated) and returns 1.
-int emu_launch(const char* name, const unsigned grid[3], const unsigned block[3], unsigned shared_bytes,
-               void** params, char* error, size_t error_len) {
+// Runs kernel `name` like cuLaunchKernelEx: grid and block dimensions, clusters of
+// `cluster` blocks along x (1: no clusters), dynamic shared memory bytes and an array of
+// pointers to the arguments. Returns 0 on success, else writes a message to `error` (at
+// most `error_len` bytes, NUL-terminated) and returns 1.
+int emu_launch(const char* name, const unsigned grid[3], const unsigned block[3], unsigned cluster,
+               unsigned shared_bytes, void** params, char* error, size_t error_len) {
     using namespace emu;
     auto report = [&](const std::string& what) {
         std::snprintf(error, error_len, "%s", what.c_str());
@@ -205,28 +291,30 @@ int emu_launch(const char* name, const unsigned grid[3], const unsigned block[3]
     const unsigned n = threads_per_block(b);
     if (n == 0 || n > kMaxThreads || g.x == 0 || g.y == 0 || g.z == 0)
         return report("invalid launch configuration");
-    static Launch launch;  // fibers and stacks are reused across launches
+    if (cluster == 0 || cluster > kMaxCluster || g.x % cluster != 0)
+        return report("invalid cluster size (must divide grid.x, at most 16)");
+    static thread_local Launch launch;  // fibers and stacks are reused across launches
     Launch& l = launch;
     l.invoke = found->second;
     l.params = params;
     l.grid = g;
     l.block = b;
+    l.cluster = cluster;
+    l.shared_bytes = shared_bytes;
     l.error.clear();
-    l.shared.assign(shared_bytes, 0xA5);  // garbage, as on a GPU
-    while (l.fibers.size() < n) {
+    l.blocks.resize(cluster);
+    while (l.fibers.size() < n * cluster) {
         l.fibers.emplace_back();
         l.fibers.back().stack.reset(new char[kStackBytes]);
     }
     g_launch = &l;
-    for (unsigned z = 0; z < g.z; ++z)
-        for (unsigned y = 0; y < g.y; ++y)
-            for (unsigned x = 0; x < g.x; ++x) {
-                l.block_idx = Index3{x, y, z};
-                if (!run_block(l)) {
-                    g_launch = nullptr;
-                    return report(l.error);
-                }
-            }
+    const unsigned blocks = g.x * g.y * g.z;
+    for (unsigned first = 0; first < blocks; first += cluster) {
+        if (!run_cluster(l, first)) {
+            g_launch = nullptr;
+            return report(l.error);
+        }
+    }
     g_launch = nullptr;
     return 0;
 }

@@ -10,7 +10,6 @@
 //! limits are out of its reach: the GPU suite remains the judge of those.
 
 use std::ffi::{CString, c_char, c_void};
-use std::sync::Mutex;
 
 #[cfg(emu_kernels)]
 unsafe extern "C" {
@@ -18,6 +17,7 @@ unsafe extern "C" {
         name: *const c_char,
         grid: *const u32,
         block: *const u32,
+        cluster: u32,
         shared_bytes: u32,
         params: *mut *mut c_void,
         error: *mut c_char,
@@ -48,21 +48,21 @@ pub fn kernel_names() -> Vec<String> {
     Vec::new()
 }
 
-/// Grid, block and dynamic shared memory of a launch.
+/// Grid, block, cluster and dynamic shared memory of a launch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Dims {
     /// Blocks per grid dimension.
     pub grid: [u32; 3],
     /// Threads per block dimension.
     pub block: [u32; 3],
+    /// Blocks per thread-block cluster along x (1: no clusters); must divide `grid[0]`.
+    pub cluster: u32,
     /// Dynamic shared memory per block, bytes.
     pub shared_bytes: u32,
 }
 
-/// Launches are serialised: the emulator runs one at a time on the calling thread.
-static LAUNCH: Mutex<()> = Mutex::new(());
-
-/// Runs kernel `name` like `cuLaunchKernel`: `params[i]` points at the i-th argument.
+/// Runs kernel `name` like `cuLaunchKernelEx`, on the calling thread: `params[i]` points at
+/// the i-th argument. Launches from different threads run in parallel.
 ///
 /// # Safety
 /// The arguments must match the kernel's signature in number, order and type, and every
@@ -72,13 +72,13 @@ pub unsafe fn launch(name: &str, dims: Dims, params: &mut [*mut c_void]) -> Resu
     {
         let name_c = CString::new(name).map_err(|e| e.to_string())?;
         let mut error = vec![0u8; 1024];
-        let _guard = LAUNCH.lock().unwrap_or_else(|e| e.into_inner());
         // SAFETY: the caller vouches for the arguments; the rest are valid buffers.
         let rc = unsafe {
             emu_launch(
                 name_c.as_ptr(),
                 dims.grid.as_ptr(),
                 dims.block.as_ptr(),
+                dims.cluster,
                 dims.shared_bytes,
                 params.as_mut_ptr(),
                 error.as_mut_ptr().cast(),
@@ -96,7 +96,7 @@ pub unsafe fn launch(name: &str, dims: Dims, params: &mut [*mut c_void]) -> Resu
     }
     #[cfg(not(emu_kernels))]
     {
-        let _ = (name, dims, params, &LAUNCH, CString::default);
+        let _ = (name, dims, params, CString::default);
         Err("the emulator was built without the CUDA headers, so it has no kernels".into())
     }
 }

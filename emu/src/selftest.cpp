@@ -39,3 +39,16 @@ extern "C" __global__ void selftest_misaligned(const float* in, float* out) {
     out[0] = in[1];
 }
 EMU_REGISTER_KERNEL(selftest_misaligned)
+
+// Clusters: each block puts its rank in its dynamic shared memory, the cluster syncs, and
+// thread 0 of each block reads the next block's value through the cluster mapping.
+extern "C" __global__ void selftest_cluster_ring(int32_t* out) {
+    int32_t* mine = static_cast<int32_t*>(emu::dynamic_shared_memory());
+    if (threadIdx.x == 0) mine[0] = int32_t(emu::cluster_rank()) * 100 + int32_t(blockIdx.x);
+    emu::cluster_barrier();
+    const unsigned next = (emu::cluster_rank() + 1) % emu::cluster_size();
+    const int32_t* theirs = static_cast<const int32_t*>(emu::cluster_shared_memory(next));
+    if (threadIdx.x == 0) out[blockIdx.x] = theirs[0];
+    emu::cluster_barrier();
+}
+EMU_REGISTER_KERNEL(selftest_cluster_ring)

@@ -9,6 +9,7 @@ fn dims(grid: u32, block: u32) -> Dims {
     Dims {
         grid: [grid, 1, 1],
         block: [block, 1, 1],
+        cluster: 1,
         shared_bytes: 0,
     }
 }
@@ -158,4 +159,31 @@ fn guard_pages_surround_the_buffer() {
     let end = GuardedBuffer::from_slice(&[7u8; 5], Placement::End);
     assert_eq!((end.addr() + 5) % 4096, 0);
     assert_eq!(end.as_slice(), &[7; 5]);
+}
+
+#[test]
+fn clusters_share_memory_between_their_blocks() {
+    require_emulator!();
+    let blocks = 8usize;
+    let out = GuardedBuffer::from_slice(&vec![-1i32; blocks], Placement::Start);
+    let mut o = out.addr();
+    let d = Dims {
+        grid: [blocks as u32, 1, 1],
+        block: [64, 1, 1],
+        cluster: 4,
+        shared_bytes: 16,
+    };
+    unsafe { launch("selftest_cluster_ring", d, &mut [arg(&mut o)]) }.unwrap();
+    // Block b (rank b % 4) reads rank (b + 1) % 4 of its own cluster.
+    let want: Vec<i32> = (0..blocks)
+        .map(|b| {
+            let (first, rank) = (b / 4 * 4, b % 4);
+            let next = (rank + 1) % 4;
+            (next * 100 + first + next) as i32
+        })
+        .collect();
+    assert_eq!(out.as_slice(), &want[..]);
+    let bad = Dims { cluster: 3, ..d };
+    let err = unsafe { launch("selftest_cluster_ring", bad, &mut [arg(&mut o)]) }.unwrap_err();
+    assert!(err.contains("cluster"), "{err}");
 }

@@ -1,0 +1,35 @@
+// Thread-block clusters (compute capability 9.0+): the blocks of a cluster run at the same
+// time, can wait for each other and read each other's shared memory. A thin layer over
+// cooperative groups, with the emulator's equivalents, so kernels say what they mean.
+// MASKED_SOFTMAX_HAS_CLUSTERS is 1 where the cluster kernels are compiled.
+#pragma once
+#include "emulation.cuh"
+
+#if defined(MASKED_SOFTMAX_EMULATION)
+#define MASKED_SOFTMAX_HAS_CLUSTERS 1
+
+__device__ __forceinline__ unsigned cluster_rank() { return emu::cluster_rank(); }
+__device__ __forceinline__ unsigned cluster_size() { return emu::cluster_size(); }
+__device__ __forceinline__ void cluster_sync() { emu::cluster_barrier(); }
+// The object at `local` (in this block's dynamic shared memory) as block `rank` holds it.
+template <typename T>
+__device__ __forceinline__ T* cluster_map(T* local, unsigned rank) {
+    const size_t offset = reinterpret_cast<char*>(local) - static_cast<char*>(emu::dynamic_shared_memory());
+    return reinterpret_cast<T*>(static_cast<char*>(emu::cluster_shared_memory(rank)) + offset);
+}
+
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define MASKED_SOFTMAX_HAS_CLUSTERS 1
+#include <cooperative_groups.h>
+
+__device__ __forceinline__ unsigned cluster_rank() { return cooperative_groups::this_cluster().block_rank(); }
+__device__ __forceinline__ unsigned cluster_size() { return cooperative_groups::this_cluster().num_blocks(); }
+__device__ __forceinline__ void cluster_sync() { cooperative_groups::this_cluster().sync(); }
+template <typename T>
+__device__ __forceinline__ T* cluster_map(T* local, unsigned rank) {
+    return cooperative_groups::this_cluster().map_shared_rank(local, rank);
+}
+
+#else
+#define MASKED_SOFTMAX_HAS_CLUSTERS 0
+#endif
