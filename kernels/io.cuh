@@ -27,22 +27,37 @@ __device__ __forceinline__ void store_pack(T* dst, const float (&src)[N]) {
     *reinterpret_cast<Pack<T, N>*>(dst) = pack;
 }
 
-// Reads the keys of the pack at `col` into `keys`: -inf for columns outside [start, end),
-// which are never read. A pack wholly inside the window is one access.
-template <typename T, int N>
-__device__ __forceinline__ void load_keys(const T* row, int64_t col, int64_t start, int64_t end,
-                                          const ScaleMap& sm, float (&keys)[N]) {
+// Reads the pack at `col` of `row` into `out` as f32: `valid(v)` for columns inside
+// [start, end), `fill` for the others, which are never read. A pack wholly inside the
+// window is one access.
+template <typename T, int N, typename F>
+__device__ __forceinline__ void load_window(const T* row, int64_t col, int64_t start, int64_t end, float fill,
+                                            F valid, float (&out)[N]) {
     if (col >= start && col + N <= end) {
-        load_pack<T, N>(row + col, keys);
+        load_pack<T, N>(row + col, out);
 #pragma unroll
-        for (int i = 0; i < N; ++i) keys[i] = sm.key(keys[i]);
+        for (int i = 0; i < N; ++i) out[i] = valid(out[i]);
     } else {
 #pragma unroll
         for (int i = 0; i < N; ++i) {
             const int64_t c = col + i;
-            keys[i] = (c >= start && c < end) ? sm.key(to_f32(row[c])) : -CUDART_INF_F;
+            out[i] = (c >= start && c < end) ? valid(to_f32(row[c])) : fill;
         }
     }
+}
+
+// The keys of a pack (forward): masked columns get -inf, which weighs 0.
+template <typename T, int N>
+__device__ __forceinline__ void load_keys(const T* row, int64_t col, int64_t start, int64_t end,
+                                          const ScaleMap& sm, float (&keys)[N]) {
+    load_window<T, N>(row, col, start, end, -CUDART_INF_F, [&](float v) { return sm.key(v); }, keys);
+}
+
+// The values of a pack (backward): masked columns get 0.
+template <typename T, int N>
+__device__ __forceinline__ void load_values(const T* row, int64_t col, int64_t start, int64_t end,
+                                            float (&values)[N]) {
+    load_window<T, N>(row, col, start, end, 0.f, [](float v) { return v; }, values);
 }
 
 // Writes the pack at `col`: whole if it lies within [0, k_len), else element by element.

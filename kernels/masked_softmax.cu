@@ -20,6 +20,7 @@
 #include "mask.cuh"
 #include "numeric.cuh"
 #include "reduce.cuh"
+#include "work.cuh"
 
 // ---------------------------------------------------------------- rows in registers
 
@@ -78,28 +79,6 @@ __device__ __forceinline__ void rows_forward(const T* x, T* y, const MaskParams&
 }
 
 // ---------------------------------------------------------------- one block per row
-
-template <int PACK>
-__device__ __forceinline__ int64_t packs_in(int64_t k_len) {
-    return (k_len + PACK - 1) / PACK;
-}
-
-// Dynamic shared memory: the block's keys, then per-warp reduction scratch.
-template <typename T>
-__device__ __forceinline__ T* dynamic_shared() {
-#ifdef MASKED_SOFTMAX_EMULATION
-    return static_cast<T*>(emu::dynamic_shared_memory());
-#else
-    extern __shared__ __align__(16) unsigned char shared_bytes[];
-    return reinterpret_cast<T*>(shared_bytes);
-#endif
-}
-
-// The first pack at or after `first` that thread `t` owns when thread t owns packs
-// t, t + step, t + 2 step, ...
-__device__ __forceinline__ int64_t first_owned(int64_t first, int64_t t, int64_t step) {
-    return first + ((t - first) % step + step) % step;
-}
 
 // Keys cached in shared memory: thread t owns packs t, t + blockDim, ... in every phase
 // and is the only one to touch their slots, so only the reductions need barriers.

@@ -41,7 +41,10 @@ use std::collections::HashMap;
 use crate::contract::{Lengths, Spec, check_buffer};
 use crate::dtype::{DType, Element};
 use crate::error::{Error, LengthKind, Result};
-use crate::plan::{Buffers, DeviceLimits, KernelKind, KernelParams, LaunchPlan, plan_forward};
+use crate::plan::{
+    Buffers, DeviceLimits, Direction, KernelKind, KernelParams, LaunchPlan, plan_backward,
+    plan_forward,
+};
 
 /// The PTX built from `kernels/*.cu` (`None` when the crate was built without nvcc).
 mod ptx {
@@ -161,7 +164,7 @@ unsafe impl DeviceRepr for KernelParams {}
 pub struct CudaSoftmax {
     ctx: Arc<CudaContext>,
     limits: DeviceLimits,
-    forward: HashMap<(KernelKind, DType), CudaFunction>,
+    functions: HashMap<(Direction, KernelKind, DType), CudaFunction>,
     /// Device copy of host lengths (keys, then queries); grows, never shrinks.
     staging: Mutex<Option<CudaSlice<i32>>>,
 }
@@ -174,10 +177,10 @@ impl CudaSoftmax {
             return Err(Error::KernelsNotBuilt);
         }
         let (major, minor) = ctx.compute_capability()?;
-        let (target, ptx) = module_ptx_for("masked_softmax", major, minor)
+        let target = module_ptx_for(Direction::Forward.module(), major, minor)
             .filter(|_| major >= 8)
-            .ok_or(Error::UnsupportedDevice { major, minor })?;
-        let module = ctx.load_module(Ptx::from_src(ptx))?;
+            .ok_or(Error::UnsupportedDevice { major, minor })?
+            .0;
         let attribute = |a| ctx.attribute(a).map(|v| v.max(0) as u32);
         let limits = DeviceLimits {
             sm_count: attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?,
@@ -192,24 +195,29 @@ impl CudaSoftmax {
             )?,
             clusters: target >= 90,
         };
-        let mut forward = HashMap::new();
-        for dtype in DType::ALL {
-            for kind in KernelKind::all(dtype, limits.clusters) {
-                let function = module.load_function(&kind.forward_name(dtype))?;
-                if let KernelKind::BlockCached { .. } | KernelKind::Cluster { .. } = kind {
-                    // Above 48 KiB a block's dynamic shared memory needs an explicit opt-in.
-                    function.set_attribute(
-                        CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                        limits.max_shared_per_block as i32,
-                    )?;
+        let mut functions = HashMap::new();
+        for direction in [Direction::Forward, Direction::Backward] {
+            let (_, ptx) = module_ptx_for(direction.module(), major, minor)
+                .ok_or(Error::UnsupportedDevice { major, minor })?;
+            let module = ctx.load_module(Ptx::from_src(ptx))?;
+            for dtype in DType::ALL {
+                for kind in KernelKind::all(dtype, limits.clusters, direction) {
+                    let function = module.load_function(&kind.name(dtype, direction))?;
+                    if let KernelKind::BlockCached { .. } | KernelKind::Cluster { .. } = kind {
+                        // Above 48 KiB a block's dynamic shared memory needs an opt-in.
+                        function.set_attribute(
+                            CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                            limits.max_shared_per_block as i32,
+                        )?;
+                    }
+                    functions.insert((direction, kind, dtype), function);
                 }
-                forward.insert((kind, dtype), function);
             }
         }
         Ok(CudaSoftmax {
             ctx: ctx.clone(),
             limits,
-            forward,
+            functions,
             staging: Mutex::new(None),
         })
     }
@@ -248,10 +256,13 @@ impl CudaSoftmax {
             let (x_bytes, y_bytes) = (x.num_bytes() as u64, y.num_bytes() as u64);
             let (x_ptr, _x_guard) = x.device_ptr(stream);
             let (y_ptr, _y_guard) = y.device_ptr_mut(stream);
-            if x_ptr < y_ptr + y_bytes && y_ptr < x_ptr + x_bytes {
-                return Err(Error::Aliasing { a: "x", b: "y" });
-            }
-            self.launch_forward::<T>(stream, spec, lengths, x_ptr, y_ptr)
+            check_disjoint(("x", x_ptr, x_bytes), ("y", y_ptr, y_bytes))?;
+            let buffers = Buffers {
+                x: x_ptr,
+                y: y_ptr,
+                ..Buffers::default()
+            };
+            self.launch::<T>(stream, spec, lengths, buffers, Direction::Forward)
         })
     }
 
@@ -268,7 +279,117 @@ impl CudaSoftmax {
         self.check_context("xy", xy.stream())?;
         self.with_device_lengths(stream, spec, lengths.into(), |lengths| {
             let (ptr, _guard) = xy.device_ptr_mut(stream);
-            self.launch_forward::<T>(stream, spec, lengths, ptr, ptr)
+            let buffers = Buffers {
+                x: ptr,
+                y: ptr,
+                ..Buffers::default()
+            };
+            self.launch::<T>(stream, spec, lengths, buffers, Direction::Forward)
+        })
+    }
+
+    /// The softmax gradient `dx = scale * y * (dy - sum_valid(y * dy))` on each row's valid
+    /// keys, exact zeros elsewhere, from the forward's output `y` and the incoming gradient
+    /// `dy`, enqueued on `stream`, with the forward's `spec` and lengths. Only valid
+    /// positions of `y` and `dy` are read. `dx` must overlap neither (see
+    /// [`backward_in_place`](Self::backward_in_place)). Same conventions as
+    /// [`forward`](Self::forward): typed errors before launch, no synchronisation, no
+    /// allocation with device lengths.
+    ///
+    /// One training step's worth, forward then backward:
+    ///
+    /// ```no_run
+    /// use masked_softmax::cuda::{open_device, CudaSoftmax, DeviceLengths};
+    /// use masked_softmax::{Lengths, Shape, Spec};
+    ///
+    /// # fn main() -> masked_softmax::Result<()> {
+    /// let ctx = open_device(0)?;
+    /// let stream = ctx.default_stream();
+    /// let softmax = CudaSoftmax::new(&ctx)?;
+    /// let spec = Spec::new(Shape::new(2, 4, 8, 8)).causal().scale(0.35);
+    /// let n = 2 * 4 * 8 * 8;
+    /// let kv = stream.clone_htod(&[8i32, 5])?;
+    ///
+    /// let scores = stream.clone_htod(&vec![0.25f32; n])?;
+    /// let mut probs = stream.alloc_zeros::<f32>(n)?;
+    /// softmax.forward(&stream, &spec, DeviceLengths::keys(&kv), &scores, &mut probs)?;
+    ///
+    /// // ... the loss gives d(loss)/d(probs); here, all ones ...
+    /// let mut grad = stream.clone_htod(&vec![1.0f32; n])?;
+    /// // d(loss)/d(scores), written over the incoming gradient.
+    /// softmax.backward_in_place(&stream, &spec, DeviceLengths::keys(&kv), &probs, &mut grad)?;
+    /// // Host lengths work too (validated, then staged by the handle).
+    /// let mut dx = stream.alloc_zeros::<f32>(n)?;
+    /// let dy = stream.clone_htod(&vec![1.0f32; n])?;
+    /// softmax.backward(&stream, &spec, Lengths::keys(&[8, 5]), &probs, &dy, &mut dx)?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn backward<'a, T: Element>(
+        &self,
+        stream: &Arc<CudaStream>,
+        spec: &Spec,
+        lengths: impl Into<LengthsArg<'a>>,
+        y: &impl DevicePtr<T>,
+        dy: &impl DevicePtr<T>,
+        dx: &mut impl DevicePtrMut<T>,
+    ) -> Result<()> {
+        self.check::<T>(stream, spec)?;
+        for (name, len, s) in [
+            ("y", y.len(), y.stream()),
+            ("dy", dy.len(), dy.stream()),
+            ("dx", dx.len(), dx.stream()),
+        ] {
+            check_buffer(name, len, &spec.shape)?;
+            self.check_context(name, s)?;
+        }
+        self.with_device_lengths(stream, spec, lengths.into(), |lengths| {
+            let (y_bytes, dy_bytes, dx_bytes) = (
+                y.num_bytes() as u64,
+                dy.num_bytes() as u64,
+                dx.num_bytes() as u64,
+            );
+            let (y_ptr, _y_guard) = y.device_ptr(stream);
+            let (dy_ptr, _dy_guard) = dy.device_ptr(stream);
+            let (dx_ptr, _dx_guard) = dx.device_ptr_mut(stream);
+            check_disjoint(("y", y_ptr, y_bytes), ("dx", dx_ptr, dx_bytes))?;
+            check_disjoint(("dy", dy_ptr, dy_bytes), ("dx", dx_ptr, dx_bytes))?;
+            let buffers = Buffers {
+                x: y_ptr,
+                dy: dy_ptr,
+                y: dx_ptr,
+                ..Buffers::default()
+            };
+            self.launch::<T>(stream, spec, lengths, buffers, Direction::Backward)
+        })
+    }
+
+    /// [`backward`](Self::backward) with `dx` written over `dy`. `y` must not overlap it.
+    pub fn backward_in_place<'a, T: Element>(
+        &self,
+        stream: &Arc<CudaStream>,
+        spec: &Spec,
+        lengths: impl Into<LengthsArg<'a>>,
+        y: &impl DevicePtr<T>,
+        dy_dx: &mut impl DevicePtrMut<T>,
+    ) -> Result<()> {
+        self.check::<T>(stream, spec)?;
+        check_buffer("y", y.len(), &spec.shape)?;
+        check_buffer("dy_dx", dy_dx.len(), &spec.shape)?;
+        self.check_context("y", y.stream())?;
+        self.check_context("dy_dx", dy_dx.stream())?;
+        self.with_device_lengths(stream, spec, lengths.into(), |lengths| {
+            let (y_bytes, g_bytes) = (y.num_bytes() as u64, dy_dx.num_bytes() as u64);
+            let (y_ptr, _y_guard) = y.device_ptr(stream);
+            let (g_ptr, _g_guard) = dy_dx.device_ptr_mut(stream);
+            check_disjoint(("y", y_ptr, y_bytes), ("dy_dx", g_ptr, g_bytes))?;
+            let buffers = Buffers {
+                x: y_ptr,
+                dy: g_ptr,
+                y: g_ptr,
+                ..Buffers::default()
+            };
+            self.launch::<T>(stream, spec, lengths, buffers, Direction::Backward)
         })
     }
 
@@ -321,25 +442,45 @@ impl CudaSoftmax {
         })
     }
 
-    fn launch_forward<T: Element>(
+    /// Plans and launches: `buffers` holds x/y (forward) or y/dy/dx (backward).
+    fn launch<T: Element>(
         &self,
         stream: &Arc<CudaStream>,
         spec: &Spec,
         lengths: DeviceLengths<'_>,
-        x_ptr: u64,
-        y_ptr: u64,
+        mut buffers: Buffers,
+        direction: Direction,
     ) -> Result<()> {
         let (kv_ptr, _kv_guard) = lengths.kv.map(|l| l.device_ptr(stream)).unzip();
         let (q_ptr, _q_guard) = lengths.q.map(|l| l.device_ptr(stream)).unzip();
-        let buffers = Buffers {
-            x: x_ptr,
-            y: y_ptr,
-            kv_lens: kv_ptr.unwrap_or(0),
-            q_lens: q_ptr.unwrap_or(0),
+        buffers.kv_lens = kv_ptr.unwrap_or(0);
+        buffers.q_lens = q_ptr.unwrap_or(0);
+        let plan = match direction {
+            Direction::Forward => plan_forward(spec, T::DTYPE, self.limits, buffers)?,
+            Direction::Backward => plan_backward(spec, T::DTYPE, self.limits, buffers)?,
         };
-        let plan = plan_forward(spec, T::DTYPE, self.limits, buffers)?;
-        let function = &self.forward[&(plan.kernel, plan.dtype)];
-        launch(stream, function, &plan, x_ptr, y_ptr)
+        let function = &self.functions[&(direction, plan.kernel, plan.dtype)];
+        let mut params = plan.params;
+        let (mut x, mut dy, mut y) = (buffers.x, buffers.dy, buffers.y);
+        let mut forward_args: [*mut c_void; 3] = [
+            (&raw mut x).cast(),
+            (&raw mut y).cast(),
+            (&raw mut params).cast(),
+        ];
+        let mut backward_args: [*mut c_void; 4] = [
+            (&raw mut x).cast(),
+            (&raw mut dy).cast(),
+            (&raw mut y).cast(),
+            (&raw mut params).cast(),
+        ];
+        let args: &mut [*mut c_void] = match direction {
+            Direction::Forward => &mut forward_args,
+            Direction::Backward => &mut backward_args,
+        };
+        // SAFETY: forward kernels take (const T* x, T* y, MaskParams) and backward kernels
+        // (const T* y, const T* dy, T* dx, MaskParams); the buffers hold `required_len`
+        // elements of T and the lengths `batch` i32 (checked by every entry point).
+        unsafe { launch_raw(stream, function, &plan, args) }
     }
 
     /// Checks shared by every entry point: spec and stream.
@@ -356,14 +497,28 @@ impl CudaSoftmax {
     }
 }
 
-/// Launches a planned forward kernel with `cuLaunchKernelEx`, with the cluster dimension
-/// attribute when the plan has clusters. Allocates nothing.
-fn launch(
+/// An error if the byte ranges of two buffers overlap.
+fn check_disjoint(a: (&'static str, u64, u64), b: (&'static str, u64, u64)) -> Result<()> {
+    let ((a_name, a_ptr, a_len), (b_name, b_ptr, b_len)) = (a, b);
+    if a_ptr < b_ptr + b_len && b_ptr < a_ptr + a_len {
+        return Err(Error::Aliasing {
+            a: a_name,
+            b: b_name,
+        });
+    }
+    Ok(())
+}
+
+/// Launches a planned kernel with `cuLaunchKernelEx`, with the cluster dimension attribute
+/// when the plan has clusters. Allocates nothing.
+///
+/// # Safety
+/// `args` must point at values matching the kernel's parameters, valid for what it does.
+unsafe fn launch_raw(
     stream: &CudaStream,
     function: &CudaFunction,
     plan: &LaunchPlan,
-    x_ptr: u64,
-    y_ptr: u64,
+    args: &mut [*mut c_void],
 ) -> Result<()> {
     use cudarc::driver::sys;
     stream.context().bind_to_thread()?;
@@ -391,16 +546,8 @@ fn launch(
         attrs: &mut cluster,
         numAttrs: u32::from(plan.cluster > 1),
     };
-    let mut params = plan.params;
-    let (mut x, mut y) = (x_ptr, y_ptr);
-    let mut args: [*mut c_void; 3] = [
-        (&raw mut x).cast(),
-        (&raw mut y).cast(),
-        (&raw mut params).cast(),
-    ];
-    // SAFETY: every forward kernel's signature is (const T*, T*, MaskParams); the buffers
-    // hold `required_len` elements of T and the lengths `batch` i32 (checked by callers);
-    // `config`, `cluster` and `args` outlive the call, which copies them.
+    // SAFETY: the caller vouches for `args`; `config` and `cluster` outlive the call, which
+    // copies them.
     unsafe {
         sys::cuLaunchKernelEx(
             &config,
@@ -452,24 +599,27 @@ mod tests {
         }
         assert!(PTX_TARGET.is_some());
         // Every target's PTX holds every kernel the launcher loads there, and no more
-        // forward kernels than that.
-        for &(_, target, ptx) in ptx::MODULES.iter().filter(|m| m.0 == "masked_softmax") {
-            let mut expected = 0;
-            for dtype in DType::ALL {
-                for kind in KernelKind::all(dtype, target >= 90) {
-                    let name = kind.forward_name(dtype);
-                    assert!(
-                        ptx.contains(&format!(".entry {name}(")),
-                        "sm_{target} PTX lacks kernel {name}"
-                    );
-                    expected += 1;
+        // kernels than that.
+        for direction in [Direction::Forward, Direction::Backward] {
+            let modules = ptx::MODULES.iter().filter(|m| m.0 == direction.module());
+            for &(_, target, ptx) in modules {
+                let mut expected = 0;
+                for dtype in DType::ALL {
+                    for kind in KernelKind::all(dtype, target >= 90, direction) {
+                        let name = kind.name(dtype, direction);
+                        assert!(
+                            ptx.contains(&format!(".entry {name}(")),
+                            "sm_{target} PTX lacks kernel {name}"
+                        );
+                        expected += 1;
+                    }
                 }
+                let entries = ptx.matches(".entry masked_softmax_").count();
+                assert_eq!(
+                    entries, expected,
+                    "sm_{target}: kernels the planner does not know"
+                );
             }
-            let entries = ptx.matches(".entry masked_softmax_fwd_").count();
-            assert_eq!(
-                entries, expected,
-                "sm_{target}: kernels the planner does not know"
-            );
         }
     }
 }

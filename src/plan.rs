@@ -77,16 +77,55 @@ pub fn vector_pack(dtype: DType) -> u32 {
     16 / dtype.size_in_bytes() as u32
 }
 
-/// Most packs per lane of a warp-per-row kernel: 8 vector packs (32 f32 or 64 16-bit
-/// values per lane), or 32 single elements.
-fn max_packs(pack: u32) -> u32 {
-    if pack == 1 { 32 } else { 8 }
+/// Forward (`kernels/masked_softmax.cu`) or backward (`kernels/masked_softmax_backward.cu`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// `y = softmax(scale * x)`; kernel arguments `(x, y, params)`.
+    Forward,
+    /// `dx = scale * y * (dy - sum(y * dy))`; kernel arguments `(y, dy, dx, params)`.
+    Backward,
+}
+
+impl Direction {
+    /// The kernel file the direction's kernels are in.
+    pub fn module(self) -> &'static str {
+        match self {
+            Direction::Forward => "masked_softmax",
+            Direction::Backward => "masked_softmax_backward",
+        }
+    }
+
+    fn prefix(self) -> &'static str {
+        match self {
+            Direction::Forward => "masked_softmax_fwd",
+            Direction::Backward => "masked_softmax_bwd",
+        }
+    }
+
+    /// Bytes of shared memory a cached column takes: a key, or a `y` and a `dy`.
+    fn cached_bytes_per_column(self) -> u64 {
+        match self {
+            Direction::Forward => 4,
+            Direction::Backward => 8,
+        }
+    }
+}
+
+/// Most packs per lane of a warp-per-row kernel: forward 8 vector packs (32 f32 or 64
+/// 16-bit values per lane) or 32 single elements; backward, holding y and dy, half that.
+fn max_packs(pack: u32, direction: Direction) -> u32 {
+    let forward = if pack == 1 { 32 } else { 8 };
+    match direction {
+        Direction::Forward => forward,
+        Direction::Backward => forward / 2,
+    }
 }
 
 impl KernelKind {
-    /// Every kernel compiled for `dtype`, the cluster kernels only if `clusters` (they are
-    /// in the 9.0 PTX alone).
-    pub fn all(dtype: DType, clusters: bool) -> Vec<KernelKind> {
+    /// Every kernel compiled for `dtype` in `direction`; the cluster kernels (forward only)
+    /// if `clusters`, as they are in the 9.0 PTX alone.
+    pub fn all(dtype: DType, clusters: bool, direction: Direction) -> Vec<KernelKind> {
+        let clusters = clusters && direction == Direction::Forward;
         let mut kinds = Vec::new();
         for pack in [vector_pack(dtype), 1] {
             let groups = [1, 2, 4, 8, 16, 32].map(|group| KernelKind::Rows {
@@ -94,7 +133,7 @@ impl KernelKind {
                 pack,
                 packs: 1,
             });
-            let warps = (1..=max_packs(pack).ilog2()).map(|e| KernelKind::Rows {
+            let warps = (1..=max_packs(pack, direction).ilog2()).map(|e| KernelKind::Rows {
                 group: 32,
                 pack,
                 packs: 1 << e,
@@ -111,22 +150,18 @@ impl KernelKind {
         kinds
     }
 
-    /// The kernel's name for `dtype` in the PTX.
-    pub fn forward_name(self, dtype: DType) -> String {
-        let t = dtype.kernel_suffix();
+    /// The kernel's name in the PTX, `masked_softmax_{fwd,bwd}_<kind>_<dtype>`.
+    pub fn name(self, dtype: DType, direction: Direction) -> String {
+        let (d, t) = (direction.prefix(), dtype.kernel_suffix());
         match self {
             KernelKind::Rows { group, pack, packs } => {
-                format!("masked_softmax_fwd_rows_g{group}_p{pack}x{packs}_{t}")
+                format!("{d}_rows_g{group}_p{pack}x{packs}_{t}")
             }
-            KernelKind::BlockCached { pack } => {
-                format!("masked_softmax_fwd_block_cached_p{pack}_{t}")
-            }
-            KernelKind::BlockStream { pack } => {
-                format!("masked_softmax_fwd_block_stream_p{pack}_{t}")
-            }
+            KernelKind::BlockCached { pack } => format!("{d}_block_cached_p{pack}_{t}"),
+            KernelKind::BlockStream { pack } => format!("{d}_block_stream_p{pack}_{t}"),
             KernelKind::Cluster { pack, cached } => {
                 let mode = if cached { "cached" } else { "stream" };
-                format!("masked_softmax_fwd_cluster_{mode}_p{pack}_{t}")
+                format!("{d}_cluster_{mode}_p{pack}_{t}")
             }
         }
     }
@@ -142,13 +177,15 @@ impl KernelKind {
     }
 }
 
-/// Device addresses of the buffers of one call (lengths 0 where absent).
+/// Device addresses of the buffers of one call (0 where absent).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Buffers {
-    /// Scores.
+    /// First input: the scores (forward) or the probabilities `y` (backward).
     pub x: u64,
-    /// Output (may equal `x`).
+    /// Output: `y` (forward, may equal `x`) or `dx` (backward, may equal `dy`).
     pub y: u64,
+    /// Second input of the backward: the incoming gradient `dy`; 0 for the forward.
+    pub dy: u64,
     /// Key lengths, or 0.
     pub kv_lens: u64,
     /// Query lengths, or 0.
@@ -224,6 +261,8 @@ impl KernelParams {
 pub struct LaunchPlan {
     /// Which kernel.
     pub kernel: KernelKind,
+    /// Forward or backward.
+    pub direction: Direction,
     /// Storage type (selects the kernel's instantiation).
     pub dtype: DType,
     /// Blocks in the (1-D) grid, at least 1.
@@ -241,7 +280,7 @@ pub struct LaunchPlan {
 impl LaunchPlan {
     /// The kernel's name in the PTX.
     pub fn kernel_name(&self) -> String {
-        self.kernel.forward_name(self.dtype)
+        self.kernel.name(self.dtype, self.direction)
     }
 }
 
@@ -265,20 +304,43 @@ pub fn plan_forward(
     limits: DeviceLimits,
     buffers: Buffers,
 ) -> Result<LaunchPlan> {
+    plan(spec, dtype, limits, buffers, Direction::Forward)
+}
+
+/// Plans the backward launch of a validated `spec` on the buffers at `buffers`.
+pub fn plan_backward(
+    spec: &Spec,
+    dtype: DType,
+    limits: DeviceLimits,
+    buffers: Buffers,
+) -> Result<LaunchPlan> {
+    plan(spec, dtype, limits, buffers, Direction::Backward)
+}
+
+fn plan(
+    spec: &Spec,
+    dtype: DType,
+    limits: DeviceLimits,
+    buffers: Buffers,
+    direction: Direction,
+) -> Result<LaunchPlan> {
     let params = KernelParams::new(spec, buffers.kv_lens, buffers.q_lens)?;
     let shape = &spec.shape;
     let rows = shape.rows()? as u64;
     let k_len = shape.k_len as u64;
     let elem = dtype.size_in_bytes() as u64;
 
-    // 16-byte packs only if every pack of every row of x and y is 16-byte aligned.
-    let aligned =
-        buffers.x % 16 == 0 && buffers.y % 16 == 0 && (shape.row_stride as u64 * elem) % 16 == 0;
+    // 16-byte packs only if every pack of every row of every buffer is 16-byte aligned.
+    let aligned = [buffers.x, buffers.y, buffers.dy]
+        .iter()
+        .all(|a| a % 16 == 0)
+        && (shape.row_stride as u64 * elem) % 16 == 0;
     let pack = if aligned { vector_pack(dtype) } else { 1 };
     let p = pack as u64;
 
     let plan = |kernel, grid: u64, block: u32, shared_bytes: u64| LaunchPlan {
         kernel,
+        direction,
         dtype,
         grid: grid.clamp(1, i32::MAX as u64) as u32,
         block,
@@ -289,7 +351,7 @@ pub fn plan_forward(
     let sms = limits.sm_count.max(1) as u64;
     let threads_per_sm = limits.max_threads_per_sm.max(WARP_SIZE) as u64;
 
-    if k_len <= 32 * p * max_packs(pack) as u64 {
+    if k_len <= 32 * p * max_packs(pack, direction) as u64 {
         let (group, packs) = if k_len <= 32 * p {
             (k_len.div_ceil(p).next_power_of_two() as u32, 1)
         } else {
@@ -309,7 +371,7 @@ pub fn plan_forward(
     let row_packs = k_len.div_ceil(p);
 
     // Too few rows to give each multiprocessor a block: a cluster per row.
-    if limits.clusters && rows < sms {
+    if limits.clusters && direction == Direction::Forward && rows < sms {
         let cluster = prev_power_of_two(sms / rows).clamp(2, MAX_CLUSTER);
         let chunk_packs = row_packs.div_ceil(cluster);
         let block = chunk_packs.div_ceil(8).next_power_of_two().clamp(128, 1024) as u32;
@@ -333,7 +395,7 @@ pub fn plan_forward(
     // A block per row: about 8 packs per thread, 128 to 1024 threads.
     let block = row_packs.div_ceil(8).next_power_of_two().clamp(128, 1024) as u32;
     let blocks_by_threads = (threads_per_sm / block as u64).max(1);
-    let cached_bytes = row_packs * p * 4 + BLOCK_SCRATCH_BYTES;
+    let cached_bytes = row_packs * p * direction.cached_bytes_per_column() + BLOCK_SCRATCH_BYTES;
     if cached_bytes <= limits.max_shared_per_block as u64 {
         let blocks_by_shared = (limits.shared_per_sm as u64 / cached_bytes).max(1);
         let grid = rows.min(sms * blocks_by_threads.min(blocks_by_shared));
@@ -372,6 +434,7 @@ mod tests {
     const ALIGNED: Buffers = Buffers {
         x: 0x1000,
         y: 0x2000,
+        dy: 0,
         kv_lens: 0,
         q_lens: 0,
     };
@@ -393,7 +456,7 @@ mod tests {
             .iter()
             .flat_map(|&d| [(d, H100), (d, H100_CLUSTERS)]);
         for (dtype, limits) in cases {
-            let compiled = KernelKind::all(dtype, limits.clusters);
+            let compiled = KernelKind::all(dtype, limits.clusters, Direction::Forward);
             for k_len in (1..=3000).chain([4095, 4096, 16384, 65536, 1 << 20, 3 << 20]) {
                 for buffers in [
                     ALIGNED,
@@ -549,6 +612,46 @@ mod tests {
     }
 
     #[test]
+    fn the_backward_ladder_holds_half_as_much_per_lane_and_never_clusters() {
+        for dtype in DType::ALL {
+            let compiled = KernelKind::all(dtype, true, Direction::Backward);
+            for k_len in (1..=2100).chain([4096, 50_000, 1 << 20]) {
+                let spec = Spec::new(Shape::matrix(3, k_len));
+                let buffers = Buffers {
+                    dy: 0x3000,
+                    ..ALIGNED
+                };
+                let p = plan_backward(&spec, dtype, H100_CLUSTERS, buffers).unwrap();
+                assert!(
+                    compiled.contains(&p.kernel),
+                    "{dtype:?} k={k_len}: {:?}",
+                    p.kernel
+                );
+                assert_eq!((p.direction, p.cluster), (Direction::Backward, 1));
+                if let Some(cap) = capacity(p.kernel) {
+                    assert!(cap >= k_len as u64);
+                }
+                assert!(p.shared_bytes <= H100.max_shared_per_block);
+            }
+        }
+        let spec = Spec::new(Shape::matrix(3, 1000));
+        let misaligned_dy = Buffers {
+            dy: 0x3004,
+            ..ALIGNED
+        };
+        let p = plan_backward(&spec, DType::F32, H100, misaligned_dy).unwrap();
+        assert_eq!(p.kernel.pack(), 1);
+        // y and dy cached: 8 bytes per column.
+        let spec = Spec::new(Shape::matrix(3, 20_000));
+        let p = plan_backward(&spec, DType::F32, H100, ALIGNED).unwrap();
+        assert_eq!(p.kernel, KernelKind::BlockCached { pack: 4 });
+        assert_eq!(p.shared_bytes as u64, 20_000 * 8 + 256);
+        let spec = Spec::new(Shape::matrix(3, 40_000));
+        let p = plan_backward(&spec, DType::F32, H100, ALIGNED).unwrap();
+        assert_eq!(p.kernel, KernelKind::BlockStream { pack: 4 });
+    }
+
+    #[test]
     fn names_follow_the_cuda_instantiations() {
         assert_eq!(
             KernelKind::Rows {
@@ -556,21 +659,40 @@ mod tests {
                 pack: 4,
                 packs: 1
             }
-            .forward_name(DType::F32),
+            .name(DType::F32, Direction::Forward),
             "masked_softmax_fwd_rows_g8_p4x1_f32"
         );
         assert_eq!(
-            KernelKind::BlockStream { pack: 8 }.forward_name(DType::BF16),
+            KernelKind::BlockStream { pack: 8 }.name(DType::BF16, Direction::Forward),
             "masked_softmax_fwd_block_stream_p8_bf16"
         );
-        assert_eq!(KernelKind::all(DType::F32, false).len(), 24);
-        assert_eq!(KernelKind::all(DType::F32, true).len(), 28);
+        assert_eq!(
+            KernelKind::all(DType::F32, false, Direction::Forward).len(),
+            24
+        );
+        assert_eq!(
+            KernelKind::all(DType::F32, true, Direction::Forward).len(),
+            28
+        );
+        assert_eq!(
+            KernelKind::all(DType::F32, true, Direction::Backward).len(),
+            22
+        );
+        assert_eq!(
+            KernelKind::Rows {
+                group: 32,
+                pack: 8,
+                packs: 4
+            }
+            .name(DType::F16, Direction::Backward),
+            "masked_softmax_bwd_rows_g32_p8x4_f16"
+        );
         assert_eq!(
             KernelKind::Cluster {
                 pack: 4,
                 cached: true
             }
-            .forward_name(DType::F32),
+            .name(DType::F32, Direction::Forward),
             "masked_softmax_fwd_cluster_cached_p4_f32"
         );
     }

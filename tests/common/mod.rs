@@ -206,49 +206,63 @@ pub fn bytes_of<T: Copy>(v: &[T]) -> &[u8] {
     unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), std::mem::size_of_val(v)) }
 }
 
-/// What a forward implementation produced for one problem: out of place into an output
-/// poisoned with NaN (`y`), the same again (`y_again`), and in place (`xy`).
-pub struct ForwardRuns<T> {
-    pub y: Vec<T>,
-    pub y_again: Vec<T>,
-    pub xy: Vec<T>,
+/// What a kernel produced for one problem: out of place into an output poisoned with NaN
+/// (`out`), the same again (`out_again`), and in place (`in_place`: over x in the forward,
+/// over dy in the backward).
+pub struct Runs<T> {
+    pub out: Vec<T>,
+    pub out_again: Vec<T>,
+    pub in_place: Vec<T>,
 }
 
-/// Checks forward results against the contract: the reference within tolerance, masked
-/// positions exactly +0.0, the gaps between rows untouched (still NaN), a rerun
-/// bit-identical, and the in-place result bit-identical to the out-of-place one.
-pub fn check_forward_runs<T: Element>(
+/// Checks results against the contract: `report` (the comparison of `runs.out` with the
+/// reference) passed, the gaps between rows are untouched (still NaN), a rerun is
+/// bit-identical, and the in-place result is bit-identical to the out-of-place one.
+pub fn check_runs<T: Element>(
     spec: &Spec,
-    lengths: Lengths,
-    x: &[T],
-    runs: &ForwardRuns<T>,
+    report: masked_softmax::Result<compare::Report>,
+    runs: &Runs<T>,
 ) -> Result<(), String> {
-    compare::forward(spec, lengths, x, &runs.y)
+    report
         .and_then(|r| r.into_result())
         .map_err(|e| e.to_string())?;
     let shape = spec.shape;
     let rows = shape.rows().unwrap();
     for row in 0..rows {
-        let gap =
-            row * shape.row_stride + shape.k_len..((row + 1) * shape.row_stride).min(runs.y.len());
-        if runs.y[gap.clone()].iter().any(|v| !v.to_f64().is_nan()) {
+        let gap = row * shape.row_stride + shape.k_len
+            ..((row + 1) * shape.row_stride).min(runs.out.len());
+        if runs.out[gap.clone()].iter().any(|v| !v.to_f64().is_nan()) {
             return Err(format!(
                 "row {row}: the gap {gap:?} between rows was written"
             ));
         }
     }
-    if bytes_of(&runs.y_again) != bytes_of(&runs.y) {
+    if bytes_of(&runs.out_again) != bytes_of(&runs.out) {
         return Err("a second run is not bit-identical to the first".into());
     }
     for row in 0..rows {
         let r = row * shape.row_stride..row * shape.row_stride + shape.k_len;
-        if bytes_of(&runs.xy[r.clone()]) != bytes_of(&runs.y[r]) {
+        if bytes_of(&runs.in_place[r.clone()]) != bytes_of(&runs.out[r]) {
             return Err(format!(
                 "row {row}: the in-place result differs from out-of-place"
             ));
         }
     }
     Ok(())
+}
+
+/// Inputs of a backward check: `y`, the reference forward of random scores, and a random
+/// `dy`, both NaN in every masked position and gap (so any read of a pad shows).
+pub fn backward_inputs(spec: &Spec, lengths: Lengths, seed: u64) -> (Vec<f64>, Vec<f64>) {
+    let x = scores_with_nan_pads(spec, lengths, seed);
+    let mut y = vec![f64::NAN; x.len()];
+    masked_softmax::reference::forward_into(spec, lengths, &x, &mut y).unwrap();
+    for (y, x) in y.iter_mut().zip(&x) {
+        if x.is_nan() {
+            *y = f64::NAN;
+        }
+    }
+    (y, scores_with_nan_pads(spec, lengths, seed ^ 0x9e37_79b9))
 }
 
 /// Scores whose rows cycle through the contract's special cases (NaN in every pad and gap):

@@ -1,7 +1,8 @@
-//! The forward kernels on a GPU, checked against the CPU reference: the seed example, every
-//! mask mode and storage type over `k_len` from 1 to beyond a block, row strides that
-//! break 16-byte alignment, NaN in every pad, outputs poisoned before the launch, in-place
-//! runs, reruns bit-identical, device lengths out of range, misuse caught before launch.
+//! The kernels on a GPU, forward and backward, checked against the CPU reference: the seed
+//! example, every mask mode and storage type over `k_len` from 1 to 2^20 + 1, row strides
+//! that break 16-byte alignment, NaN in every pad, outputs poisoned before the launch,
+//! in-place runs, reruns bit-identical, host and device lengths alike, device lengths out
+//! of range, CUDA graph capture, misuse caught before launch.
 //!
 //! Without a GPU (or without kernels in this build) every test is reported as ignored with
 //! the reason; `MASKED_SOFTMAX_REQUIRE_GPU=1` (set by the GPU bundle) makes that a failure.
@@ -11,13 +12,16 @@ mod common;
 use std::sync::Arc;
 
 use common::{
-    Case, ForwardRuns, SPECIAL_SCALES, check_forward_runs, forward_matrix, scores_with_nan_pads,
+    Case, Runs, SPECIAL_SCALES, backward_inputs, check_runs, forward_matrix, scores_with_nan_pads,
     special_scores,
 };
 use cudarc::driver::{CudaContext, DeviceRepr};
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
-use masked_softmax::cuda::{CudaSoftmax, DeviceLengths, open_device};
-use masked_softmax::{DType, Element, Error, Lengths, Padding, Shape, Spec, bf16, f16, seed};
+use masked_softmax::cuda::{CudaSoftmax, DeviceLengths, LengthsArg, open_device};
+use masked_softmax::plan::Direction;
+use masked_softmax::{
+    DType, Element, Error, Lengths, Padding, Shape, Spec, bf16, compare, f16, seed,
+};
 
 struct Gpu {
     ctx: Arc<CudaContext>,
@@ -37,49 +41,98 @@ type TestResult = Result<(), Failed>;
 
 const MAX_ELEMENTS: usize = 1 << 20;
 
-/// Runs the forward on the GPU out of place (twice, into NaN-poisoned outputs) and in
-/// place, with `host` lengths for the reference and `device` ones (possibly out of range)
-/// for the kernel, and checks the runs against the contract.
+/// Runs a direction on the GPU out of place (twice, into NaN-poisoned outputs), in place,
+/// and once more with host lengths, with `host` lengths for the reference and `device`
+/// ones (possibly out of range) for the kernel; checks the runs against the contract and
+/// the host-lengths run bit-identical to the device-lengths one. `inputs` are `[x]`
+/// (forward) or `[y, dy]` (backward).
 fn check<T: Element + DeviceRepr>(
     g: &Gpu,
+    direction: Direction,
     spec: &Spec,
     host: Lengths,
     device: (Option<&[i32]>, Option<&[i32]>),
-    x_host: &[T],
+    inputs: &[&[T]],
 ) -> TestResult {
     let stream = g.ctx.new_stream()?;
     let kv = device.0.map(|l| stream.clone_htod(l)).transpose()?;
     let q = device.1.map(|l| stream.clone_htod(l)).transpose()?;
-    let lengths = DeviceLengths {
+    let device_lengths = DeviceLengths {
         kv: kv.as_ref().map(|l| l as _),
         q: q.as_ref().map(|l| l as _),
     };
-    let x = stream.clone_htod(x_host)?;
-    let poison = vec![T::from_f64(f64::NAN); x_host.len()];
-    let run = || -> Result<Vec<T>, Failed> {
-        let mut y = stream.clone_htod(&poison)?;
-        g.softmax.forward(&stream, spec, lengths, &x, &mut y)?;
-        Ok(stream.clone_dtoh(&y)?)
+    let ins = inputs
+        .iter()
+        .map(|v| stream.clone_htod(*v))
+        .collect::<Result<Vec<_>, _>>()?;
+    let poison = vec![T::from_f64(f64::NAN); inputs[0].len()];
+    let run = |lengths: LengthsArg| -> Result<Vec<T>, Failed> {
+        let mut out = stream.clone_htod(&poison)?;
+        match direction {
+            Direction::Forward => g
+                .softmax
+                .forward(&stream, spec, lengths, &ins[0], &mut out)?,
+            Direction::Backward => g
+                .softmax
+                .backward(&stream, spec, lengths, &ins[0], &ins[1], &mut out)?,
+        }
+        Ok(stream.clone_dtoh(&out)?)
     };
-    let (y, y_again) = (run()?, run()?);
-    let mut xy = stream.clone_htod(x_host)?;
-    g.softmax
-        .forward_in_place(&stream, spec, lengths, &mut xy)?;
-    let runs = ForwardRuns {
-        y,
-        y_again,
-        xy: stream.clone_dtoh(&xy)?,
+    let (out, out_again) = (run(device_lengths.into())?, run(device_lengths.into())?);
+    let mut in_place = stream.clone_htod(*inputs.last().unwrap())?;
+    match direction {
+        Direction::Forward => {
+            g.softmax
+                .forward_in_place(&stream, spec, device_lengths, &mut in_place)?
+        }
+        Direction::Backward => {
+            g.softmax
+                .backward_in_place(&stream, spec, device_lengths, &ins[0], &mut in_place)?
+        }
+    }
+    let runs = Runs {
+        out,
+        out_again,
+        in_place: stream.clone_dtoh(&in_place)?,
     };
-    Ok(check_forward_runs(spec, host, x_host, &runs)?)
+    let report = match direction {
+        Direction::Forward => compare::forward(spec, host, inputs[0], &runs.out),
+        Direction::Backward => compare::backward(spec, host, inputs[0], inputs[1], &runs.out),
+    };
+    check_runs(spec, report, &runs)?;
+    if common::bytes_of(&run(host.into())?) != common::bytes_of(&runs.out) {
+        return Err("host lengths give another result than device lengths".into());
+    }
+    Ok(())
+}
+
+fn to<T: Element>(v: Vec<f64>) -> Vec<T> {
+    v.into_iter().map(T::from_f64).collect()
 }
 
 fn random_case<T: Element + DeviceRepr>(g: &Gpu, case: &Case) -> TestResult {
+    let device = (Some(&case.kv[..]), case.q.as_deref());
     check(
         g,
+        Direction::Forward,
         &case.spec,
         case.lengths(),
-        (Some(&case.kv), case.q.as_deref()),
-        &case.scores::<T>(),
+        device,
+        &[&case.scores::<T>()],
+    )
+}
+
+fn backward_case<T: Element + DeviceRepr>(g: &Gpu, case: &Case) -> TestResult {
+    let device = (Some(&case.kv[..]), case.q.as_deref());
+    let (y, dy) = backward_inputs(&case.spec, case.lengths(), case.seed);
+    let (y, dy) = (to::<T>(y), to::<T>(dy));
+    check(
+        g,
+        Direction::Backward,
+        &case.spec,
+        case.lengths(),
+        device,
+        &[&y, &dy],
     )
 }
 
@@ -91,18 +144,27 @@ fn special_values<T: Element + DeviceRepr>(g: &Gpu, k_len: usize, scale: f32) ->
         .into_iter()
         .map(T::from_f64)
         .collect();
-    check(g, &spec, lengths, (Some(&kv), None), &x)
+    check(
+        g,
+        Direction::Forward,
+        &spec,
+        lengths,
+        (Some(&kv), None),
+        &[&x],
+    )
 }
 
 fn seed_example<T: Element + DeviceRepr>(g: &Gpu) -> TestResult {
     let spec = Spec::new(Shape::matrix(seed::ROWS, seed::COLS));
     let x = seed::scores::<T>();
+    let device = (Some(&seed::LENGTHS[..]), None);
     check(
         g,
+        Direction::Forward,
         &spec,
         Lengths::keys(&seed::LENGTHS),
-        (Some(&seed::LENGTHS), None),
-        &x,
+        device,
+        &[&x],
     )?;
     // And the published 4-decimal table, read back from one more run.
     let stream = g.ctx.new_stream()?;
@@ -139,7 +201,17 @@ fn device_lengths_are_clamped<T: Element + DeviceRepr>(g: &Gpu) -> TestResult {
         .into_iter()
         .map(T::from_f64)
         .collect();
-    check(g, &spec, host, (Some(&kv_raw), Some(&q_raw)), &x)
+    let device = (Some(&kv_raw[..]), Some(&q_raw[..]));
+    check(g, Direction::Forward, &spec, host, device, &[&x])?;
+    let (y, dy) = backward_inputs(&spec, host, 11);
+    check(
+        g,
+        Direction::Backward,
+        &spec,
+        host,
+        device,
+        &[&to::<T>(y), &to::<T>(dy)],
+    )
 }
 
 fn many_rows<T: Element + DeviceRepr>(g: &Gpu) -> TestResult {
@@ -150,7 +222,24 @@ fn many_rows<T: Element + DeviceRepr>(g: &Gpu) -> TestResult {
         .into_iter()
         .map(T::from_f64)
         .collect();
-    check(g, &spec, Lengths::keys(&kv), (Some(&kv), None), &x)
+    let device = (Some(&kv[..]), None);
+    check(
+        g,
+        Direction::Forward,
+        &spec,
+        Lengths::keys(&kv),
+        device,
+        &[&x],
+    )?;
+    let (y, dy) = backward_inputs(&spec, Lengths::keys(&kv), 12);
+    check(
+        g,
+        Direction::Backward,
+        &spec,
+        Lengths::keys(&kv),
+        device,
+        &[&to::<T>(y), &to::<T>(dy)],
+    )
 }
 
 /// The forward captured once in a CUDA graph and replayed on new scores and lengths
@@ -270,6 +359,25 @@ fn misuse(g: &Gpu) -> TestResult {
         "window 0",
         |e| matches!(e, Error::ZeroWindow),
     )?;
+    // Backward: two halves of one allocation are disjoint buffers and fine.
+    let dy = stream.alloc_zeros::<f32>(24)?;
+    let mut big = stream.alloc_zeros::<f32>(48)?;
+    let (y_half, mut dx_half) = big.split_at_mut(24);
+    g.softmax
+        .backward(&stream, &spec, Lengths::none(), &y_half, &dy, &mut dx_half)?;
+    expect(
+        g.softmax
+            .backward(&stream, &spec, Lengths::none(), &x, &dy, &mut short),
+        "short dx",
+        |e| matches!(e, Error::BufferTooShort { buffer: "dx", .. }),
+    )?;
+    let mut dy_dx = stream.alloc_zeros::<f32>(24)?;
+    expect(
+        g.softmax
+            .backward_in_place(&stream, &spec, Lengths::keys(&[9, 1, 1, 1]), &x, &mut dy_dx),
+        "host length 9 > k_len 6 (backward)",
+        |e| matches!(e, Error::LengthOutOfRange { value: 9, .. }),
+    )?;
     Ok(())
 }
 
@@ -288,7 +396,12 @@ macro_rules! dispatch {
 /// every launch is many times slower: every kernel class and type, fewer sizes.
 fn in_sanitize_subset(name: &str) -> bool {
     let sizes = ["_k7_", "_k1000_", "_k1025_", "_k4097_"];
-    let modes = ["random_right_k", "random_causal_left_q_k"];
+    let modes = [
+        "random_right_k",
+        "random_causal_left_q_k",
+        "backward_right_k",
+        "backward_causal_left_q_k",
+    ];
     [
         "seed_example",
         "device_lengths",
@@ -352,9 +465,14 @@ fn main() {
         }
         for (name, mode, k_len) in forward_matrix() {
             let case = Case::new(mode, k_len, MAX_ELEMENTS);
+            let c = case.clone();
             add(
                 format!("random_{name}_{t}"),
-                Box::new(move |g| dispatch!(dtype, random_case, g, &case)),
+                Box::new(move |g| dispatch!(dtype, random_case, g, &c)),
+            );
+            add(
+                format!("backward_{name}_{t}"),
+                Box::new(move |g| dispatch!(dtype, backward_case, g, &case)),
             );
         }
     }
@@ -363,9 +481,14 @@ fn main() {
         for k_len in [65_536, 1 << 18, 1 << 20, (1 << 20) + 1] {
             for mode in [common::MODES[0], common::MODES[5]] {
                 let case = Case::new(mode, k_len, MAX_ELEMENTS);
+                let c = case.clone();
                 add(
                     format!("long_rows_{}_{t}_k{k_len}", mode.name),
-                    Box::new(move |g| dispatch!(dtype, random_case, g, &case)),
+                    Box::new(move |g| dispatch!(dtype, random_case, g, &c)),
+                );
+                add(
+                    format!("long_rows_backward_{}_{t}_k{k_len}", mode.name),
+                    Box::new(move |g| dispatch!(dtype, backward_case, g, &case)),
                 );
             }
         }

@@ -1,7 +1,8 @@
-//! Forward throughput against the memory-bandwidth floor, in one process:
+//! Forward and backward throughput against the memory-bandwidth floor, in one process:
 //!
-//! - the floor of a case is `bytes / B`, with `bytes` = valid scores read once + the whole
-//!   output written once + the lengths, and `B` the bandwidth of a large device-to-device
+//! - the floor of a case is `bytes / B`, with `bytes` = the valid inputs read once (scores;
+//!   or `y` and `dy` for the backward) + the whole output written once + the lengths, and
+//!   `B` the bandwidth of a large device-to-device
 //!   copy (bytes read + written) measured first in the same run; decode-sized cases also
 //!   get one empty-kernel launch added to their floor;
 //! - each case times our forward and the unfused path a cudarc user would otherwise write
@@ -12,8 +13,8 @@
 //! Prints a table and writes `results.json`, `results.csv` and `bandwidth.svg` (effective
 //! bandwidth against k_len per type, with the copy roofline) to `--out`.
 //!
-//!     cargo bench --bench forward -- --out bench-results
-//!     cargo bench --bench forward -- --types f16 --cases sweep --quick
+//!     cargo bench --bench throughput -- --out bench-results
+//!     cargo bench --bench throughput -- --types f16 --cases sweep --directions forward --quick
 
 use std::collections::BTreeMap;
 use std::error::Error;
@@ -27,7 +28,7 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::Ptx;
 use masked_softmax::cuda::{CudaSoftmax, DeviceLengths, module_ptx, open_device};
-use masked_softmax::plan::{Buffers, plan_forward};
+use masked_softmax::plan::{Buffers, Direction, plan_backward, plan_forward};
 use masked_softmax::{DType, Element, Lengths, Shape, Spec, bf16, f16, mask};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -36,11 +37,14 @@ use serde::{Deserialize, Serialize};
 type Result<T, E = Box<dyn Error>> = std::result::Result<T, E>;
 
 #[derive(Parser, Debug)]
-#[command(about = "masked-softmax forward throughput against the copy-bandwidth floor")]
+#[command(about = "masked-softmax throughput against the copy-bandwidth floor")]
 struct Args {
     /// Storage types to run.
     #[arg(long, value_delimiter = ',', default_value = "f32,f16,bf16")]
     types: Vec<String>,
+    /// Directions: forward, backward.
+    #[arg(long, value_delimiter = ',', default_value = "forward,backward")]
+    directions: Vec<String>,
     /// Case groups: sweep (k_len 1..2^20), prefill, decode, rows (row-count sweep).
     #[arg(
         long,
@@ -88,6 +92,7 @@ struct Case {
 struct Row {
     group: String,
     case: String,
+    direction: String,
     dtype: String,
     kernel: String,
     rows: usize,
@@ -122,7 +127,7 @@ fn main() -> Result<()> {
     let ctx = match open_device(0) {
         Ok(ctx) => ctx,
         Err(e) => {
-            println!("forward bench: no GPU ({e}); nothing to measure");
+            println!("throughput bench: no GPU ({e}); nothing to measure");
             if std::env::var("MASKED_SOFTMAX_REQUIRE_GPU").is_ok_and(|v| v == "1") {
                 std::process::exit(1);
             }
@@ -148,8 +153,21 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&args.out)?;
 
     let mut rows = Vec::new();
+    let directions: Vec<Direction> = args
+        .directions
+        .iter()
+        .map(|d| match d.as_str() {
+            "forward" => Ok(Direction::Forward),
+            "backward" => Ok(Direction::Backward),
+            other => Err(format!("unknown direction {other:?}")),
+        })
+        .collect::<Result<_, _>>()?;
     for case in cases(&args) {
-        for t in &args.types {
+        for (t, &direction) in args
+            .types
+            .iter()
+            .flat_map(|t| directions.iter().map(move |d| (t, d)))
+        {
             let dtype = match t.as_str() {
                 "f32" => DType::F32,
                 "f16" => DType::F16,
@@ -164,9 +182,9 @@ fn main() -> Result<()> {
                 empty_launch_us,
             };
             let row = match dtype {
-                DType::F32 => run_case::<f32>(&env, &case)?,
-                DType::F16 => run_case::<f16>(&env, &case)?,
-                DType::BF16 => run_case::<bf16>(&env, &case)?,
+                DType::F32 => run_case::<f32>(&env, &case, direction)?,
+                DType::F16 => run_case::<f16>(&env, &case, direction)?,
+                DType::BF16 => run_case::<bf16>(&env, &case, direction)?,
             };
             print_row(&row, rows.is_empty());
             rows.push(row);
@@ -297,7 +315,7 @@ fn input_sets(bytes: usize) -> usize {
     (128usize << 20).div_ceil(bytes.max(1)).clamp(1, 64)
 }
 
-fn run_case<T: Element + DeviceRepr>(env: &Env, case: &Case) -> Result<Row> {
+fn run_case<T: Element + DeviceRepr>(env: &Env, case: &Case, direction: Direction) -> Result<Row> {
     let stream = &env.timer.stream;
     let spec = &case.spec;
     let n = spec.shape.required_len()?;
@@ -308,18 +326,27 @@ fn run_case<T: Element + DeviceRepr>(env: &Env, case: &Case) -> Result<Row> {
     };
     let valid = mask::valid_elements(spec, &host_lengths)? as f64;
     let lengths_bytes = 4.0 * (case.kv.len() + case.q.as_ref().map_or(0, Vec::len)) as f64;
-    let bytes = valid * size as f64 + (n * size) as f64 + lengths_bytes;
+    let inputs = match direction {
+        Direction::Forward => 1,
+        Direction::Backward => 2,
+    };
+    let bytes = inputs as f64 * valid * size as f64 + (n * size) as f64 + lengths_bytes;
 
-    let sets = input_sets(2 * n * size);
+    // Per input set: the inputs (x; or y and dy) and the output.
+    let sets = input_sets((inputs + 1) * n * size);
     let mut rng = SmallRng::seed_from_u64(7);
     let host: Vec<T> = (0..n)
         .map(|_| T::from_f64(rng.random_range(-4.0..4.0)))
         .collect();
-    let mut xs: Vec<CudaSlice<T>> = Vec::new();
-    let mut ys: Vec<CudaSlice<T>> = Vec::new();
+    let mut ins: Vec<Vec<CudaSlice<T>>> = Vec::new();
+    let mut outs: Vec<CudaSlice<T>> = Vec::new();
     for _ in 0..sets {
-        xs.push(stream.clone_htod(&host)?);
-        ys.push(stream.clone_htod(&host)?);
+        ins.push(
+            (0..inputs)
+                .map(|_| stream.clone_htod(&host))
+                .collect::<Result<_, _>>()?,
+        );
+        outs.push(stream.clone_htod(&host)?);
     }
     let kv = stream.clone_htod(&case.kv)?;
     let q = case.q.as_ref().map(|q| stream.clone_htod(q)).transpose()?;
@@ -331,23 +358,28 @@ fn run_case<T: Element + DeviceRepr>(env: &Env, case: &Case) -> Result<Row> {
     let mut set = 0;
     let time_us = env.timer.per_launch_us(|| {
         set = (set + 1) % sets;
-        let (x, y) = (&xs[set], &mut ys[set]);
-        env.softmax.forward(stream, spec, lengths, x, y)?;
+        let (input, out) = (&ins[set], &mut outs[set]);
+        match direction {
+            Direction::Forward => env.softmax.forward(stream, spec, lengths, &input[0], out)?,
+            Direction::Backward => env
+                .softmax
+                .backward(stream, spec, lengths, &input[0], &input[1], out)?,
+        }
         Ok(())
     })?;
 
     let kernel = {
-        let buffers = Buffers {
-            x: 0,
-            y: 0,
-            kv_lens: 0,
-            q_lens: 0,
-        };
-        plan_forward(spec, T::DTYPE, env.softmax.limits(), buffers)?.kernel_name()
+        let limits = env.softmax.limits();
+        let buffers = Buffers::default();
+        match direction {
+            Direction::Forward => plan_forward(spec, T::DTYPE, limits, buffers)?,
+            Direction::Backward => plan_backward(spec, T::DTYPE, limits, buffers)?,
+        }
+        .kernel_name()
     };
 
     let unfused_us = match env.baseline {
-        Some(b) if case.q.is_none() && spec.causal.is_none() => {
+        Some(b) if direction == Direction::Forward && case.q.is_none() && spec.causal.is_none() => {
             let mut mask_buf = stream.alloc_zeros::<u8>(n)?;
             let mut tmp = stream.clone_htod(&host)?;
             let mut set = 0;
@@ -357,10 +389,10 @@ fn run_case<T: Element + DeviceRepr>(env: &Env, case: &Case) -> Result<Row> {
                     stream,
                     case,
                     &kv,
-                    &xs[set],
+                    &ins[set][0],
                     &mut mask_buf,
                     &mut tmp,
-                    &mut ys[set],
+                    &mut outs[set],
                 )
             })?)
         }
@@ -374,6 +406,7 @@ fn run_case<T: Element + DeviceRepr>(env: &Env, case: &Case) -> Result<Row> {
     Ok(Row {
         group: case.group.into(),
         case: case.name.clone(),
+        direction: format!("{direction:?}").to_lowercase(),
         dtype: T::DTYPE.kernel_suffix().into(),
         kernel,
         rows: spec.shape.rows()?,
@@ -536,9 +569,10 @@ impl Baseline {
 fn print_row(row: &Row, header: bool) {
     if header {
         println!(
-            "{:<8} {:<30} {:<5} {:<38} {:>11} {:>10} {:>8} {:>9} {:>9}",
+            "{:<8} {:<30} {:<4} {:<5} {:<38} {:>11} {:>10} {:>8} {:>9} {:>9}",
             "group",
             "case",
+            "dir",
             "type",
             "kernel",
             "time us",
@@ -549,11 +583,14 @@ fn print_row(row: &Row, header: bool) {
         );
     }
     println!(
-        "{:<8} {:<30} {:<5} {:<38} {:>11.2} {:>10.2} {:>8.3} {:>9.0} {:>9}",
+        "{:<8} {:<30} {:<4} {:<5} {:<38} {:>11.2} {:>10.2} {:>8.3} {:>9.0} {:>9}",
         row.group,
         row.case,
+        &row.direction[..3],
         row.dtype,
-        row.kernel.trim_start_matches("masked_softmax_fwd_"),
+        row.kernel
+            .trim_start_matches("masked_softmax_fwd_")
+            .trim_start_matches("masked_softmax_bwd_"),
         row.time_us,
         row.floor_us,
         row.over_floor,
@@ -569,14 +606,15 @@ fn write_outputs(dir: &Path, report: &Report) -> Result<()> {
         serde_json::to_string_pretty(report)?,
     )?;
     let mut csv = String::from(
-        "group,case,dtype,kernel,rows,k_len,bytes,time_us,floor_us,over_floor,effective_gbps,unfused_us,speedup_over_unfused\n",
+        "group,case,direction,dtype,kernel,rows,k_len,bytes,time_us,floor_us,over_floor,effective_gbps,unfused_us,speedup_over_unfused\n",
     );
     for r in &report.rows {
         let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.4}"));
         csv += &format!(
-            "{},{},{},{},{},{},{:.0},{:.3},{:.3},{:.4},{:.1},{},{}\n",
+            "{},{},{},{},{},{},{},{:.0},{:.3},{:.3},{:.4},{:.1},{},{}\n",
             r.group,
             r.case,
+            r.direction,
             r.dtype,
             r.kernel,
             r.rows,
@@ -607,10 +645,7 @@ fn plot(path: &Path, report: &Report) -> Result<()> {
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(
-            format!(
-                "masked-softmax forward on {} ({})",
-                report.gpu, report.date_utc
-            ),
+            format!("masked-softmax on {} ({})", report.gpu, report.date_utc),
             ("sans-serif", 22),
         )
         .margin(16)
@@ -640,23 +675,23 @@ fn plot(path: &Path, report: &Report) -> Result<()> {
         RGBColor(20, 140, 60),
     ];
     for (dtype, color) in ["f32", "f16", "bf16"].iter().zip(colors) {
-        let points: Vec<(f64, f64)> = sweep
-            .iter()
-            .filter(|r| r.dtype == *dtype)
-            .map(|r| (r.k_len as f64, r.effective_gbps))
-            .collect();
-        if points.is_empty() {
-            continue;
+        for (direction, width) in [("forward", 2), ("backward", 1)] {
+            let points: Vec<(f64, f64)> = sweep
+                .iter()
+                .filter(|r| r.dtype == *dtype && r.direction == direction)
+                .map(|r| (r.k_len as f64, r.effective_gbps))
+                .collect();
+            if points.is_empty() {
+                continue;
+            }
+            let style = color.stroke_width(width);
+            chart
+                .draw_series(LineSeries::new(points.clone(), style))?
+                .label(format!("{dtype} {direction}"))
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], style));
+            let marker = |p| Circle::new(p, 1 + width, color.filled());
+            chart.draw_series(points.into_iter().map(marker))?;
         }
-        chart
-            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
-            .label(*dtype)
-            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
-        chart.draw_series(
-            points
-                .into_iter()
-                .map(|p| Circle::new(p, 3, color.filled())),
-        )?;
     }
     chart
         .configure_series_labels()

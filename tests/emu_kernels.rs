@@ -1,0 +1,331 @@
+//! The kernels' CUDA sources run on the CPU emulator (emu/) against the reference, forward
+//! and backward: the same matrix as the GPU suite (every mask mode and type, `k_len` across
+//! every warp and vector boundary, NaN pads, poisoned outputs, in place, reruns), smaller
+//! problems, buffers between guard pages at both alignments, on an A100-like device and,
+//! for long rows, on a Hopper-like one with clusters. It also checks that the matrix
+//! launches every compiled kernel. This is what CI can say about the kernels without a GPU;
+//! the GPU suite (tests/gpu_kernels.rs) remains the judge.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::ffi::c_void;
+use std::sync::Mutex;
+
+use common::{
+    Case, Runs, SPECIAL_SCALES, backward_inputs, check_runs, forward_matrix, scores_with_nan_pads,
+    special_scores,
+};
+use libtest_mimic::{Arguments, Completion, Trial};
+use masked_softmax::plan::{
+    Buffers, DeviceLimits, Direction, KernelKind, plan_backward, plan_forward,
+};
+use masked_softmax::{DType, Element, Lengths, Padding, Shape, Spec, bf16, compare, f16, seed};
+use masked_softmax_emu::{Dims, GuardedBuffer, Placement};
+
+/// A small GPU, so grid-stride loops wrap many times, with little shared memory, so the
+/// streaming block kernels get rows the emulator can afford.
+const A100ISH: DeviceLimits = DeviceLimits {
+    sm_count: 2,
+    max_threads_per_sm: 1024,
+    max_shared_per_block: 16 << 10,
+    shared_per_sm: 32 << 10,
+    clusters: false,
+};
+/// A GPU with thread-block clusters and more multiprocessors than the long-row cases have
+/// rows, so those take the cluster kernels; shared memory small enough that some chunks
+/// are cached and some are not.
+const HOPPERISH: DeviceLimits = DeviceLimits {
+    sm_count: 64,
+    max_threads_per_sm: 2048,
+    max_shared_per_block: 8 << 10,
+    shared_per_sm: 32 << 10,
+    clusters: true,
+};
+const MAX_ELEMENTS: usize = 1 << 15;
+
+/// Every kernel some case launched: the whole matrix must reach every compiled kernel.
+static LAUNCHED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+/// One emulated call: forward (inputs `[x]`) or backward (inputs `[y, dy]`), into a
+/// NaN-poisoned output, or in place over the last input.
+fn emulate<T: Element>(
+    limits: DeviceLimits,
+    direction: Direction,
+    spec: &Spec,
+    lengths: Lengths,
+    inputs: &[&[T]],
+    placement: Placement,
+    in_place: bool,
+) -> Result<Vec<T>, String> {
+    let guarded = |v: &[i32]| GuardedBuffer::from_slice(v, placement);
+    let kv = lengths.kv.map(guarded);
+    let q = lengths.q.map(guarded);
+    let addr = |b: &Option<GuardedBuffer<i32>>| b.as_ref().map_or(0, |b| b.addr());
+    let ins: Vec<GuardedBuffer<T>> = inputs
+        .iter()
+        .map(|v| GuardedBuffer::from_slice(v, placement))
+        .collect();
+    let poison = vec![T::from_f64(f64::NAN); inputs[0].len()];
+    let out = GuardedBuffer::from_slice(&poison, placement);
+    let out_buf = if in_place { ins.last().unwrap() } else { &out };
+    let mut buffers = Buffers {
+        x: ins[0].addr(),
+        y: out_buf.addr(),
+        dy: 0,
+        kv_lens: addr(&kv),
+        q_lens: addr(&q),
+    };
+    let mut plan = match direction {
+        Direction::Forward => plan_forward(spec, T::DTYPE, limits, buffers),
+        Direction::Backward => {
+            buffers.dy = ins[1].addr();
+            plan_backward(spec, T::DTYPE, limits, buffers)
+        }
+    }
+    .map_err(|e| e.to_string())?;
+    LAUNCHED.lock().unwrap().insert(plan.kernel_name());
+    let dims = Dims {
+        grid: [plan.grid, 1, 1],
+        block: [plan.block, 1, 1],
+        cluster: plan.cluster,
+        shared_bytes: plan.shared_bytes,
+    };
+    let (mut x, mut dy, mut y) = (buffers.x, buffers.dy, buffers.y);
+    let mut forward_args: [*mut c_void; 3] = [
+        (&raw mut x).cast(),
+        (&raw mut y).cast(),
+        (&raw mut plan.params).cast(),
+    ];
+    let mut backward_args: [*mut c_void; 4] = [
+        (&raw mut x).cast(),
+        (&raw mut dy).cast(),
+        (&raw mut y).cast(),
+        (&raw mut plan.params).cast(),
+    ];
+    let args: &mut [*mut c_void] = match direction {
+        Direction::Forward => &mut forward_args,
+        Direction::Backward => &mut backward_args,
+    };
+    // SAFETY: (const T*, T*, MaskParams) forward and (const T*, const T*, T*, MaskParams)
+    // backward; the buffers hold the shape's elements and `batch` lengths.
+    unsafe { masked_softmax_emu::launch(&plan.kernel_name(), dims, args) }?;
+    Ok(out_buf.as_slice().to_vec())
+}
+
+/// Out of place twice and in place, checked against the reference and the contract.
+fn check<T: Element>(
+    limits: DeviceLimits,
+    direction: Direction,
+    spec: &Spec,
+    lengths: Lengths,
+    inputs: &[&[T]],
+    placement: Placement,
+) -> Result<(), String> {
+    let run = |in_place| {
+        emulate(
+            limits, direction, spec, lengths, inputs, placement, in_place,
+        )
+    };
+    let runs = Runs {
+        out: run(false)?,
+        out_again: run(false)?,
+        in_place: run(true)?,
+    };
+    let report = match direction {
+        Direction::Forward => compare::forward(spec, lengths, inputs[0], &runs.out),
+        Direction::Backward => compare::backward(spec, lengths, inputs[0], inputs[1], &runs.out),
+    };
+    check_runs(spec, report, &runs)
+}
+
+fn to<T: Element>(v: Vec<f64>) -> Vec<T> {
+    v.into_iter().map(T::from_f64).collect()
+}
+
+fn forward_case<T: Element>(
+    limits: DeviceLimits,
+    case: &Case,
+    placement: Placement,
+) -> Result<(), String> {
+    let x = case.scores::<T>();
+    check(
+        limits,
+        Direction::Forward,
+        &case.spec,
+        case.lengths(),
+        &[&x],
+        placement,
+    )
+}
+
+fn backward_case<T: Element>(
+    limits: DeviceLimits,
+    case: &Case,
+    placement: Placement,
+) -> Result<(), String> {
+    let (y, dy) = backward_inputs(&case.spec, case.lengths(), case.seed);
+    let (y, dy) = (to::<T>(y), to::<T>(dy));
+    check(
+        limits,
+        Direction::Backward,
+        &case.spec,
+        case.lengths(),
+        &[&y, &dy],
+        placement,
+    )
+}
+
+fn special_values<T: Element>(k_len: usize, scale: f32) -> Result<(), String> {
+    let spec = Spec::new(Shape::new(4, 1, 4, k_len).with_row_stride(k_len + 1)).scale(scale);
+    let kv = [k_len as i32, 1, (k_len as i32 + 1) / 2, k_len as i32];
+    let lengths = Lengths::keys(&kv);
+    let x = to::<T>(special_scores(&spec, lengths, 13));
+    check(
+        A100ISH,
+        Direction::Forward,
+        &spec,
+        lengths,
+        &[&x],
+        Placement::Start,
+    )
+}
+
+fn seed_example<T: Element>() -> Result<(), String> {
+    let spec = Spec::new(Shape::matrix(seed::ROWS, seed::COLS));
+    let x = seed::scores::<T>();
+    let lengths = Lengths::keys(&seed::LENGTHS);
+    check(
+        A100ISH,
+        Direction::Forward,
+        &spec,
+        lengths,
+        &[&x],
+        Placement::Start,
+    )
+}
+
+fn many_rows<T: Element>() -> Result<(), String> {
+    let spec = Spec::new(Shape::new(300, 3, 10, 3)).padding(Padding::Left);
+    let kv: Vec<i32> = (0..300).map(|b| b % 4).collect();
+    let x = to::<T>(scores_with_nan_pads(&spec, Lengths::keys(&kv), 12));
+    check(
+        A100ISH,
+        Direction::Forward,
+        &spec,
+        Lengths::keys(&kv),
+        &[&x],
+        Placement::End,
+    )?;
+    let (y, dy) = backward_inputs(&spec, Lengths::keys(&kv), 12);
+    let (y, dy) = (to::<T>(y), to::<T>(dy));
+    check(
+        A100ISH,
+        Direction::Backward,
+        &spec,
+        Lengths::keys(&kv),
+        &[&y, &dy],
+        Placement::End,
+    )
+}
+
+macro_rules! dispatch {
+    ($dtype:expr, $f:ident $(, $arg:expr)*) => {
+        match $dtype {
+            DType::F32 => $f::<f32>($($arg),*),
+            DType::F16 => $f::<f16>($($arg),*),
+            DType::BF16 => $f::<bf16>($($arg),*),
+        }
+    };
+}
+
+const PLACEMENTS: [(Placement, &str); 2] = [(Placement::Start, "start"), (Placement::End, "end")];
+
+fn main() {
+    let args = Arguments::from_args();
+    let available = masked_softmax_emu::available();
+    if !available {
+        println!("emu_kernels: SKIPPING: the emulator was built without the CUDA headers");
+    }
+    let mut trials = Vec::new();
+    let mut add = |name: String, test: Box<dyn FnOnce() -> Result<(), String> + Send>| {
+        trials.push(Trial::ignorable_test(name, move || {
+            if !available {
+                return Ok(Completion::ignored_with(
+                    "emulator built without CUDA headers",
+                ));
+            }
+            test().map(|()| Completion::Completed).map_err(Into::into)
+        }));
+    };
+    for dtype in DType::ALL {
+        let t = dtype.kernel_suffix();
+        add(
+            format!("seed_example_{t}"),
+            Box::new(move || dispatch!(dtype, seed_example)),
+        );
+        add(
+            format!("grid_stride_over_many_rows_{t}"),
+            Box::new(move || dispatch!(dtype, many_rows)),
+        );
+        for k_len in [5, 100, 1000, 3000, 20000] {
+            for scale in SPECIAL_SCALES {
+                add(
+                    format!("special_values_{t}_k{k_len}_scale{scale:e}"),
+                    Box::new(move || dispatch!(dtype, special_values, k_len, scale)),
+                );
+            }
+        }
+        for (name, mode, k_len) in forward_matrix() {
+            let case = Case::new(mode, k_len, MAX_ELEMENTS);
+            for (placement, p) in PLACEMENTS {
+                let c = case.clone();
+                add(
+                    format!("forward_{name}_{t}_{p}"),
+                    Box::new(move || dispatch!(dtype, forward_case, A100ISH, &c, placement)),
+                );
+                let c = case.clone();
+                add(
+                    format!("backward_{name}_{t}_{p}"),
+                    Box::new(move || dispatch!(dtype, backward_case, A100ISH, &c, placement)),
+                );
+            }
+            // Long rows on a GPU with clusters, in three mask modes (each emulated cluster
+            // is thousands of fibers: the whole matrix would triple the run time).
+            if k_len > 1024 && ["right", "causal_left_q", "window_q"].contains(&mode.name) {
+                for (placement, p) in PLACEMENTS {
+                    let c = case.clone();
+                    add(
+                        format!("hopper_forward_{name}_{t}_{p}"),
+                        Box::new(move || dispatch!(dtype, forward_case, HOPPERISH, &c, placement)),
+                    );
+                }
+            }
+        }
+    }
+    let whole_matrix = args.filter.is_none() && args.skip.is_empty() && !args.list;
+    let conclusion = libtest_mimic::run(&args, trials);
+    if available && whole_matrix {
+        let launched = LAUNCHED.lock().unwrap();
+        let compiled: Vec<String> = [Direction::Forward, Direction::Backward]
+            .into_iter()
+            .flat_map(|direction| {
+                DType::ALL.into_iter().flat_map(move |d| {
+                    KernelKind::all(d, true, direction)
+                        .into_iter()
+                        .map(move |k| k.name(d, direction))
+                })
+            })
+            .collect();
+        let missed: Vec<&String> = compiled.iter().filter(|n| !launched.contains(*n)).collect();
+        if !missed.is_empty() {
+            println!("emu_kernels: the case matrix never launched {missed:?}");
+            std::process::exit(1);
+        }
+        println!(
+            "emu_kernels: every one of the {} compiled kernels ran",
+            compiled.len()
+        );
+    }
+    conclusion.exit();
+}
