@@ -16,6 +16,8 @@ use std::process::Command;
 include!("build_support/toolkit.rs");
 
 const DEFAULT_COMPUTE_CAP: usize = 80;
+/// Kernel files with Hopper-only kernels, compiled for sm_90 as well.
+const HOPPER_FILES: &[&str] = &["masked_softmax"];
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
@@ -45,12 +47,14 @@ fn main() {
             "cargo:warning=masked-softmax: nvcc not found; building without CUDA kernels (CPU reference only). \
              Run scripts/install-cuda-toolchain.sh to get nvcc 13.0, then rebuild."
         );
-        write_bindings(&bindings, &kernels, &[]);
+        write_bindings(&bindings, &[]);
         return;
     };
 
     // The base target (CUDA_COMPUTE_CAP, else the local GPU, else 8.0) runs everywhere from
-    // there up; Hopper (9.0) gets its own PTX too, which adds the thread-block-cluster kernels.
+    // there up; Hopper (9.0) gets its own PTX of the files with Hopper-only kernels
+    // (thread-block clusters), HOPPER_FILES; the launcher loads the highest target a device
+    // runs.
     let base = compute_cap();
     let mut targets = vec![base];
     if base < 90 {
@@ -69,18 +73,25 @@ fn main() {
     }
     let mut built = Vec::new();
     for &cap in &targets {
+        let files: Vec<PathBuf> = kernels
+            .iter()
+            .filter(|k| {
+                cap == base || HOPPER_FILES.contains(&k.file_stem().unwrap().to_str().unwrap())
+            })
+            .cloned()
+            .collect();
         let dir = out_dir.join(format!("sm_{cap}"));
         fs::create_dir_all(&dir).expect("create PTX directory");
         // bindgen_cuda recompiles a kernel only when its .ptx is older than the .cu; a
         // changed header or target would leave stale PTX, so start clean whenever this
         // script reruns.
-        for kernel in &kernels {
+        for kernel in &files {
             let _ = fs::remove_file(ptx_path(&dir, kernel));
         }
         let mut builder = bindgen_cuda::Builder::default()
             .compute_cap(cap)
             .out_dir(&dir)
-            .kernel_paths(kernels.clone())
+            .kernel_paths(files.clone())
             .include_paths_glob("kernels/*.cuh")
             .arg("--std=c++17")
             .arg("-lineinfo")
@@ -89,9 +100,9 @@ fn main() {
         builder
             .build_ptx()
             .expect("nvcc failed to compile the kernels");
-        built.push((cap, dir));
+        built.push((cap, dir, files));
     }
-    write_bindings(&bindings, &kernels, &built);
+    write_bindings(&bindings, &built);
     let names: Vec<String> = targets.iter().map(|c| format!("sm_{c}")).collect();
     println!(
         "cargo:rustc-env=MASKED_SOFTMAX_PTX_TARGET={} (nvcc {})",
@@ -136,12 +147,12 @@ fn ptx_path(out_dir: &Path, kernel: &Path) -> PathBuf {
 }
 
 /// `MODULES`: every kernel file's stem, PTX target and PTX (empty without nvcc).
-fn write_bindings(path: &Path, kernels: &[PathBuf], built: &[(usize, PathBuf)]) {
-    let modules: Vec<String> = kernels
+fn write_bindings(path: &Path, built: &[(usize, PathBuf, Vec<PathBuf>)]) {
+    let modules: Vec<String> = built
         .iter()
-        .flat_map(|kernel| {
-            let stem = kernel.file_stem().unwrap().to_string_lossy().into_owned();
-            built.iter().map(move |(cap, dir)| {
+        .flat_map(|(cap, dir, files)| {
+            files.iter().map(move |kernel| {
+                let stem = kernel.file_stem().unwrap().to_string_lossy();
                 format!(
                     "({stem:?}, {cap}, include_str!({:?}))",
                     ptx_path(dir, kernel)
