@@ -83,6 +83,18 @@ pub fn module_ptx_for(name: &str, major: i32, minor: i32) -> Option<(u32, &'stat
         .map(|(_, cap, ptx)| (*cap, *ptx))
 }
 
+/// The PTX target the kernels load from on a device of compute capability `major.minor`:
+/// [`Error::KernelsNotBuilt`] without kernels, [`Error::UnsupportedDevice`] below 8.0.
+pub fn ptx_target_for(major: i32, minor: i32) -> Result<u32> {
+    if !kernels_built() {
+        return Err(Error::KernelsNotBuilt);
+    }
+    module_ptx_for(Direction::Forward.module(), major, minor)
+        .filter(|_| major >= 8)
+        .map(|(target, _)| target)
+        .ok_or(Error::UnsupportedDevice { major, minor })
+}
+
 /// Opens device `ordinal` with typed errors where cudarc would panic: no driver library,
 /// no device.
 pub fn open_device(ordinal: usize) -> Result<Arc<CudaContext>> {
@@ -173,14 +185,8 @@ impl CudaSoftmax {
     /// Loads the kernels into `ctx`. Fails with [`Error::KernelsNotBuilt`] if this build has
     /// no kernels and [`Error::UnsupportedDevice`] below compute capability 8.0.
     pub fn new(ctx: &Arc<CudaContext>) -> Result<Self> {
-        if !kernels_built() {
-            return Err(Error::KernelsNotBuilt);
-        }
         let (major, minor) = ctx.compute_capability()?;
-        let target = module_ptx_for(Direction::Forward.module(), major, minor)
-            .filter(|_| major >= 8)
-            .ok_or(Error::UnsupportedDevice { major, minor })?
-            .0;
+        let target = ptx_target_for(major, minor)?;
         let attribute = |a| ctx.attribute(a).map(|v| v.max(0) as u32);
         let limits = DeviceLimits {
             sm_count: attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?,
@@ -584,6 +590,43 @@ mod tests {
                 Some(90)
             );
             assert_eq!(module_ptx_for("masked_softmax", 7, 5), None);
+        }
+    }
+
+    #[test]
+    fn devices_below_compute_capability_8_are_refused() {
+        for (major, minor) in [(7, 5), (6, 1), (3, 0)] {
+            match ptx_target_for(major, minor) {
+                Err(Error::UnsupportedDevice { .. }) => assert!(kernels_built()),
+                Err(Error::KernelsNotBuilt) => assert!(!kernels_built()),
+                other => panic!("{major}.{minor}: {other:?}"),
+            }
+        }
+        if kernels_built() {
+            assert_eq!(ptx_target_for(8, 0).unwrap(), 80);
+            assert_eq!(ptx_target_for(8, 9).unwrap(), 80);
+            assert_eq!(ptx_target_for(9, 0).unwrap(), 90);
+            assert_eq!(ptx_target_for(10, 0).unwrap(), 90);
+        } else {
+            assert!(matches!(ptx_target_for(9, 0), Err(Error::KernelsNotBuilt)));
+        }
+        let message = Error::UnsupportedDevice { major: 7, minor: 5 }.to_string();
+        assert!(
+            message.contains("7.5") && message.contains("8.0"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_machine_without_a_driver_gets_a_typed_error() {
+        // SAFETY: only tries to dlopen libcuda.
+        if unsafe { cudarc::driver::sys::is_culib_present() } {
+            // A GPU machine: a device number past the last is NoDevice, not a panic.
+            assert!(matches!(open_device(4096), Err(Error::NoDevice)));
+        } else {
+            let err = open_device(0).unwrap_err();
+            assert!(matches!(err, Error::NoDriver), "{err:?}");
+            assert!(err.to_string().contains("libcuda"));
         }
     }
 

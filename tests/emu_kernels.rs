@@ -13,8 +13,8 @@ use std::ffi::c_void;
 use std::sync::Mutex;
 
 use common::{
-    Case, Runs, SPECIAL_SCALES, backward_inputs, check_runs, forward_matrix, scores_with_nan_pads,
-    special_scores,
+    Case, Runs, SPECIAL_SCALES, backward_inputs, check_runs, forward_matrix, random_contract,
+    scores_with_nan_pads, special_scores,
 };
 use libtest_mimic::{Arguments, Completion, Trial};
 use masked_softmax::plan::{
@@ -177,7 +177,7 @@ fn backward_case<T: Element>(
 }
 
 fn special_values<T: Element>(k_len: usize, scale: f32) -> Result<(), String> {
-    let spec = Spec::new(Shape::new(4, 1, 4, k_len).with_row_stride(k_len + 1)).scale(scale);
+    let spec = Spec::new(Shape::new(4, 1, 5, k_len).with_row_stride(k_len + 1)).scale(scale);
     let kv = [k_len as i32, 1, (k_len as i32 + 1) / 2, k_len as i32];
     let lengths = Lengths::keys(&kv);
     let x = to::<T>(special_scores(&spec, lengths, 13));
@@ -227,6 +227,38 @@ fn many_rows<T: Element>() -> Result<(), String> {
         &[&y, &dy],
         Placement::End,
     )
+}
+
+/// Contracts `first..first + count` of the fuzz sequence, forward and backward, in `T`.
+fn fuzz<T: Element>(first: u64, count: u64) -> Result<(), String> {
+    for seed in first..first + count {
+        let (spec, kv, q) = random_contract(seed, 4096);
+        let lengths = Lengths {
+            kv: Some(&kv),
+            q: q.as_deref(),
+        };
+        let placement = if seed % 2 == 0 {
+            Placement::Start
+        } else {
+            Placement::End
+        };
+        let limits = if seed % 3 == 0 { HOPPERISH } else { A100ISH };
+        let context = |e: String| format!("contract {seed} ({spec:?}, kv {kv:?}, q {q:?}): {e}");
+        let x = to::<T>(scores_with_nan_pads(&spec, lengths, seed));
+        check(limits, Direction::Forward, &spec, lengths, &[&x], placement).map_err(context)?;
+        let (y, dy) = backward_inputs(&spec, lengths, seed);
+        let (y, dy) = (to::<T>(y), to::<T>(dy));
+        check(
+            limits,
+            Direction::Backward,
+            &spec,
+            lengths,
+            &[&y, &dy],
+            placement,
+        )
+        .map_err(context)?;
+    }
+    Ok(())
 }
 
 macro_rules! dispatch {
@@ -302,6 +334,14 @@ fn main() {
                 }
             }
         }
+    }
+    // 2400 random contracts (800 per type), forward and backward, in trials of 50.
+    for chunk in 0..48u64 {
+        let dtype = DType::ALL[chunk as usize % 3];
+        add(
+            format!("fuzz_{}_{chunk:02}", dtype.kernel_suffix()),
+            Box::new(move || dispatch!(dtype, fuzz, 10_000 + chunk * 50, 50)),
+        );
     }
     let whole_matrix = args.filter.is_none() && args.skip.is_empty() && !args.list;
     let conclusion = libtest_mimic::run(&args, trials);

@@ -12,8 +12,8 @@ mod common;
 use std::sync::Arc;
 
 use common::{
-    Case, Runs, SPECIAL_SCALES, backward_inputs, check_runs, forward_matrix, scores_with_nan_pads,
-    special_scores,
+    Case, Runs, SPECIAL_SCALES, backward_inputs, check_runs, forward_matrix, random_contract,
+    scores_with_nan_pads, special_scores,
 };
 use cudarc::driver::{CudaContext, DeviceRepr};
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
@@ -137,7 +137,7 @@ fn backward_case<T: Element + DeviceRepr>(g: &Gpu, case: &Case) -> TestResult {
 }
 
 fn special_values<T: Element + DeviceRepr>(g: &Gpu, k_len: usize, scale: f32) -> TestResult {
-    let spec = Spec::new(Shape::new(4, 1, 4, k_len).with_row_stride(k_len + 1)).scale(scale);
+    let spec = Spec::new(Shape::new(4, 1, 5, k_len).with_row_stride(k_len + 1)).scale(scale);
     let kv = [k_len as i32, 1, (k_len as i32 + 1) / 2, k_len as i32];
     let lengths = Lengths::keys(&kv);
     let x: Vec<T> = special_scores(&spec, lengths, 13)
@@ -277,6 +277,114 @@ fn graph_replay(g: &Gpu) -> TestResult {
     Ok(())
 }
 
+/// Contracts `first..first + count` of the fuzz sequence, forward and backward.
+fn fuzz<T: Element + DeviceRepr>(g: &Gpu, first: u64, count: u64) -> TestResult {
+    for seed in first..first + count {
+        let (spec, kv, q) = random_contract(seed, 4096);
+        let lengths = Lengths {
+            kv: Some(&kv),
+            q: q.as_deref(),
+        };
+        let device = (Some(&kv[..]), q.as_deref());
+        let context = |e: Failed| format!("contract {seed} ({spec:?}, kv {kv:?}, q {q:?}): {e:?}");
+        let x = to::<T>(scores_with_nan_pads(&spec, lengths, seed));
+        check(g, Direction::Forward, &spec, lengths, device, &[&x]).map_err(context)?;
+        let (y, dy) = backward_inputs(&spec, lengths, seed);
+        check(
+            g,
+            Direction::Backward,
+            &spec,
+            lengths,
+            device,
+            &[&to::<T>(y), &to::<T>(dy)],
+        )
+        .map_err(context)?;
+    }
+    Ok(())
+}
+
+/// More than 2^31 elements (f16, 4.3 GB per buffer): 64-bit offsets everywhere. The rows
+/// at both ends get random scores (the rest stays 0) and are checked against the reference.
+fn beyond_2_31_elements(g: &Gpu) -> TestResult {
+    let (rows, k_len) = (32_769usize, 65_536usize);
+    assert!(rows * k_len > 1 << 31);
+    let spec = Spec::new(Shape::matrix(rows, k_len)).scale(0.5);
+    let mut rng = common::Lcg(31);
+    let kv: Vec<i32> = (0..rows)
+        .map(|_| rng.range(1, k_len as i64) as i32)
+        .collect();
+    let stream = g.ctx.new_stream()?;
+    let kv_dev = stream.clone_htod(&kv)?;
+    let mut x = stream.alloc_zeros::<f16>(rows * k_len)?;
+    let checked = [0, rows - 2, rows - 1];
+    let mut samples = Vec::new();
+    for &row in &checked {
+        let sample: Vec<f16> = (0..k_len)
+            .map(|_| f16::from_f64(rng.uniform() * 8.0 - 4.0))
+            .collect();
+        stream.memcpy_htod(&sample, &mut x.slice_mut(row * k_len..(row + 1) * k_len))?;
+        samples.push(sample);
+    }
+    let mut y = stream.alloc_zeros::<f16>(rows * k_len)?;
+    g.softmax
+        .forward(&stream, &spec, DeviceLengths::keys(&kv_dev), &x, &mut y)?;
+    // Backward in place over a gradient of ones.
+    let ones = vec![f16::ONE; k_len];
+    let mut grad = stream.alloc_zeros::<f16>(rows * k_len)?;
+    for &row in &checked {
+        stream.memcpy_htod(&ones, &mut grad.slice_mut(row * k_len..(row + 1) * k_len))?;
+    }
+    g.softmax
+        .backward_in_place(&stream, &spec, DeviceLengths::keys(&kv_dev), &y, &mut grad)?;
+    for (&row, sample) in checked.iter().zip(&samples) {
+        let one = Spec::new(Shape::matrix(1, k_len)).scale(0.5);
+        let lengths = [kv[row]];
+        let y_row = stream.clone_dtoh(&y.slice(row * k_len..(row + 1) * k_len))?;
+        compare::forward(&one, Lengths::keys(&lengths), sample, &y_row)?
+            .into_result()
+            .map_err(|e| format!("forward row {row}: {e}"))?;
+        let dx_row = stream.clone_dtoh(&grad.slice(row * k_len..(row + 1) * k_len))?;
+        compare::backward(&one, Lengths::keys(&lengths), &y_row, &ones, &dx_row)?
+            .into_result()
+            .map_err(|e| format!("backward row {row}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Buffers, streams or lengths of another CUDA context are an error before launch.
+fn foreign_context(g: &Gpu) -> TestResult {
+    let other = CudaContext::new_non_primary(0, 0)?;
+    let theirs = other.default_stream();
+    let stream = g.ctx.new_stream()?;
+    let spec = Spec::new(Shape::matrix(2, 8));
+    let x = stream.alloc_zeros::<f32>(16)?;
+    let mut y = stream.alloc_zeros::<f32>(16)?;
+    let x_other = theirs.alloc_zeros::<f32>(16)?;
+    let kv_other = theirs.clone_htod(&[3i32, 4])?;
+    let foreign = |r: masked_softmax::Result<()>, what: &str| -> TestResult {
+        match r {
+            Err(Error::ForeignContext { .. }) => Ok(()),
+            other => Err(format!("{what}: expected ForeignContext, got {other:?}").into()),
+        }
+    };
+    foreign(
+        g.softmax
+            .forward(&stream, &spec, Lengths::none(), &x_other, &mut y),
+        "x",
+    )?;
+    foreign(
+        g.softmax
+            .forward(&theirs, &spec, Lengths::none(), &x, &mut y),
+        "stream",
+    )?;
+    foreign(
+        g.softmax
+            .forward(&stream, &spec, DeviceLengths::keys(&kv_other), &x, &mut y),
+        "lengths",
+    )?;
+    Ok(())
+}
+
 fn misuse(g: &Gpu) -> TestResult {
     let stream = g.ctx.new_stream()?;
     let spec = Spec::new(Shape::matrix(4, 6));
@@ -408,6 +516,8 @@ fn in_sanitize_subset(name: &str) -> bool {
         "grid_stride",
         "graph",
         "misuse",
+        "fuzz",
+        "foreign",
     ]
     .iter()
     .any(|p| name.starts_with(p))
@@ -493,6 +603,29 @@ fn main() {
             }
         }
     }
+    // 1000 random contracts, forward and backward, in trials of 50 (also under the sanitizer).
+    for chunk in 0..20u64 {
+        let dtype = DType::ALL[chunk as usize % 3];
+        add(
+            format!("fuzz_{}_{chunk:02}", dtype.kernel_suffix()),
+            Box::new(move |g| dispatch!(dtype, fuzz, g, 20_000 + chunk * 50, 50)),
+        );
+    }
+    add(
+        "beyond_2_31_elements".into(),
+        Box::new(beyond_2_31_elements),
+    );
+    add(
+        "foreign_context_is_an_error".into(),
+        Box::new(foreign_context),
+    );
+    add(
+        "no_such_device_is_an_error".into(),
+        Box::new(|_| match open_device(4096) {
+            Err(Error::NoDevice) => Ok(()),
+            other => Err(format!("device 4096: expected NoDevice, got {other:?}").into()),
+        }),
+    );
     add("graph_capture_and_replay".into(), Box::new(graph_replay));
     add("misuse_is_an_error_before_launch".into(), Box::new(misuse));
     libtest_mimic::run(&args, trials).exit();

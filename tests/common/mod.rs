@@ -267,8 +267,9 @@ pub fn backward_inputs(spec: &Spec, lengths: Lengths, seed: u64) -> (Vec<f64>, V
 
 /// Scores whose rows cycle through the contract's special cases (NaN in every pad and gap):
 /// all valid scores -inf; one NaN; one +inf; some -inf among finite ones; huge scores of
-/// both signs (+-3e38: no finite score may overflow, whatever the scale); equal scores;
-/// and one plain random row.
+/// both signs (+-3e38: no finite score may overflow, whatever the scale); equal scores; one
+/// huge score among ordinary ones; f32/bf16 subnormals; f16 subnormals; and one plain
+/// random row.
 pub fn special_scores(spec: &Spec, lengths: Lengths, seed: u64) -> Vec<f64> {
     let mut x = scores_with_nan_pads(spec, lengths, seed);
     let shape = spec.shape;
@@ -279,7 +280,7 @@ pub fn special_scores(spec: &Spec, lengths: Lengths, seed: u64) -> Vec<f64> {
             continue;
         };
         let last = *valid.last().unwrap();
-        match row % 8 {
+        match row % 10 {
             0 => valid.iter().for_each(|&j| r[j] = f64::NEG_INFINITY),
             1 => r[last] = f64::NAN,
             2 => r[first] = f64::INFINITY,
@@ -293,6 +294,14 @@ pub fn special_scores(spec: &Spec, lengths: Lengths, seed: u64) -> Vec<f64> {
                 .for_each(|(n, &j)| r[j] = if n % 2 == 0 { 3e38 } else { -3e38 }),
             5 => valid.iter().for_each(|&j| r[j] = 1.5),
             6 => r[first] = 3e38,
+            7 => valid
+                .iter()
+                .enumerate()
+                .for_each(|(n, &j)| r[j] = (n % 5) as f64 * 1e-39),
+            8 => valid
+                .iter()
+                .enumerate()
+                .for_each(|(n, &j)| r[j] = (n % 5) as f64 * 1e-6),
             _ => {}
         }
     }
@@ -301,3 +310,59 @@ pub fn special_scores(spec: &Spec, lengths: Lengths, seed: u64) -> Vec<f64> {
 
 /// Scales that exercise the key mapping: negative, zero, tiny and huge.
 pub const SPECIAL_SCALES: [f32; 5] = [1.0, -0.7, 0.0, 1e-30, 1e30];
+
+/// A random valid contract for fuzzing the kernels, from `seed`: any shape with up to about
+/// `max_elements` scores (k_len 1 to 3000, skewed small), any row stride, padding side,
+/// query lengths or not, causal or not with or without a window, and a scale from the
+/// awkward ones (negative, zero, tiny, huge) as often as the plain ones.
+pub fn random_contract(seed: u64, max_elements: usize) -> (Spec, Vec<i32>, Option<Vec<i32>>) {
+    let mut rng = Lcg(seed);
+    let k_len = match rng.range(0, 3) {
+        0 => rng.range(1, 8),
+        1 => rng.range(1, 80),
+        2 => rng.range(1, 600),
+        _ => rng.range(1, 3000),
+    } as usize;
+    let max_rows = (max_elements / k_len).max(1) as i64;
+    let batch = rng.range(1, 4.min(max_rows)) as usize;
+    let heads = rng.range(1, 3.min(max_rows / batch as i64).max(1)) as usize;
+    let q_len = rng.range(1, 6.min(max_rows / (batch * heads) as i64).max(1)) as usize;
+    let row_stride = k_len + rng.range(0, 1) as usize * rng.range(1, 9) as usize;
+    let shape = Shape::new(batch, heads, q_len, k_len).with_row_stride(row_stride);
+    let length = |rng: &mut Lcg, max: usize| match rng.range(0, 4) {
+        0 => 0,
+        1 => max as i32,
+        _ => rng.range(0, max as i64) as i32,
+    };
+    let kv: Vec<i32> = (0..batch).map(|_| length(&mut rng, k_len)).collect();
+    let q = (rng.range(0, 1) == 1).then(|| (0..batch).map(|_| length(&mut rng, q_len)).collect());
+    let causal = match rng.range(0, 3) {
+        0 | 1 => None,
+        2 => Some(Causal { window: None }),
+        _ => Some(Causal {
+            window: Some(rng.range(1, k_len as i64 + 2) as usize),
+        }),
+    };
+    let scale = match rng.range(0, 7) {
+        0 => 0.0,
+        1 => -1.3,
+        2 => 1e-30,
+        3 => 3e30,
+        _ => (rng.uniform() * 4.0) as f32 + 0.01,
+    };
+    let padding = if rng.range(0, 1) == 0 {
+        Padding::Right
+    } else {
+        Padding::Left
+    };
+    (
+        Spec {
+            shape,
+            padding,
+            causal,
+            scale,
+        },
+        kv,
+        q,
+    )
+}
