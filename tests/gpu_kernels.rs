@@ -528,15 +528,17 @@ fn in_sanitize_subset(name: &str) -> bool {
 
 fn main() {
     let args = Arguments::from_args();
+    let started = std::time::Instant::now();
     let gpu = open_gpu().map(Arc::new);
     let require = std::env::var("MASKED_SOFTMAX_REQUIRE_GPU").is_ok_and(|v| v == "1");
     match &gpu {
         Ok(g) => println!(
-            "gpu_forward: running on {} (PTX {})",
+            "gpu_kernels: running on {} (PTX {}; context and kernels loaded in {:.2} s)",
             g.ctx.name().unwrap_or_default(),
-            masked_softmax::cuda::PTX_TARGET.unwrap_or("?")
+            masked_softmax::cuda::PTX_TARGET.unwrap_or("?"),
+            started.elapsed().as_secs_f64()
         ),
-        Err(reason) => println!("gpu_forward: SKIPPING every GPU test: {reason}"),
+        Err(reason) => println!("gpu_kernels: SKIPPING every GPU test: {reason}"),
     }
     let mut trials = Vec::new();
     let subset = std::env::var("MASKED_SOFTMAX_GPU_SUBSET").ok();
