@@ -17,6 +17,7 @@
 #include "cluster.cuh"
 #include "emulation.cuh"
 #include "io.cuh"
+#include "ladder.cuh"
 #include "mask.cuh"
 #include "numeric.cuh"
 #include "reduce.cuh"
@@ -26,26 +27,14 @@
 
 template <typename T, int PACK, int PACKS, int GROUP>
 __device__ __forceinline__ void rows_forward(const T* x, T* y, const MaskParams& p) {
-    constexpr int ROWS_PER_WARP = WARP / GROUP;
     const ScaleMap sm = ScaleMap::of(p.scale);
-    const int lane = threadIdx.x % WARP;
-    const int member = lane % GROUP;
-    const int64_t warps_per_block = blockDim.x / WARP;
-    const int64_t first_warp = int64_t(blockIdx.x) * warps_per_block + threadIdx.x / WARP;
-    const int64_t warp_step = int64_t(gridDim.x) * warps_per_block;
-
-    // Warp-uniform loop: every lane runs every shuffle; lanes past the last row idle along.
-    for (int64_t base = first_warp * ROWS_PER_WARP; base < p.rows; base += warp_step * ROWS_PER_WARP) {
-        const int64_t row = base + lane / GROUP;
-        const bool active = row < p.rows;
-        const RowWindow w = active ? row_window(p, row) : RowWindow{0, 0};
-        const int64_t offset = (active ? row : 0) * p.row_stride;
-
+    for_each_group_row<GROUP>(p, [&](const GroupRow& r) {
         float keys[PACKS][PACK];
         float max_key = -CUDART_INF_F;
 #pragma unroll
         for (int i = 0; i < PACKS; ++i) {
-            load_keys<T, PACK>(x + offset, (int64_t(i) * GROUP + member) * PACK, w.start, w.end, sm, keys[i]);
+            const int64_t col = lane_pack_column<GROUP, PACK>(i, r.member);
+            load_keys<T, PACK>(x + r.offset, col, r.window.start, r.window.end, sm, keys[i]);
 #pragma unroll
             for (int j = 0; j < PACK; ++j) max_key = max_nan(max_key, keys[i][j]);
         }
@@ -62,20 +51,20 @@ __device__ __forceinline__ void rows_forward(const T* x, T* y, const MaskParams&
             }
         sum = group_sum<GROUP>(sum);
 
-        if (!active) continue;
+        if (!r.active) return;
 #pragma unroll
         for (int i = 0; i < PACKS; ++i) {
-            const int64_t col = (int64_t(i) * GROUP + member) * PACK;
+            const int64_t col = lane_pack_column<GROUP, PACK>(i, r.member);
             if (col >= p.k_len) break;
             float out[PACK];
 #pragma unroll
             for (int j = 0; j < PACK; ++j) {
                 const int64_t c = col + j;
-                out[j] = (!zero_row && c >= w.start && c < w.end) ? keys[i][j] / sum : 0.f;
+                out[j] = (!zero_row && c >= r.window.start && c < r.window.end) ? keys[i][j] / sum : 0.f;
             }
-            store_values<T, PACK>(y + offset, col, p.k_len, out);
+            store_values<T, PACK>(y + r.offset, col, p.k_len, out);
         }
-    }
+    });
 }
 
 // ---------------------------------------------------------------- one block per row
@@ -250,25 +239,6 @@ __device__ __forceinline__ void cluster_forward(const T* x, T* y, const MaskPara
     }                                                                                                   \
     REGISTER_KERNEL(masked_softmax_fwd_block_stream_p##P##_##SUFFIX)
 
-// Short rows: G lanes per row, one pack each.
-#define GROUP_LADDER(SUFFIX, T, P) \
-    ROWS_KERNEL(SUFFIX, T, 1, P, 1) \
-    ROWS_KERNEL(SUFFIX, T, 2, P, 1) \
-    ROWS_KERNEL(SUFFIX, T, 4, P, 1) \
-    ROWS_KERNEL(SUFFIX, T, 8, P, 1) \
-    ROWS_KERNEL(SUFFIX, T, 16, P, 1) \
-    ROWS_KERNEL(SUFFIX, T, 32, P, 1)
-
-// Medium rows: a whole warp per row, N packs per lane.
-#define WARP_LADDER_8(SUFFIX, T, P) \
-    ROWS_KERNEL(SUFFIX, T, 32, P, 2) \
-    ROWS_KERNEL(SUFFIX, T, 32, P, 4) \
-    ROWS_KERNEL(SUFFIX, T, 32, P, 8)
-#define WARP_LADDER_32(SUFFIX, T, P) \
-    WARP_LADDER_8(SUFFIX, T, P)      \
-    ROWS_KERNEL(SUFFIX, T, 32, P, 16) \
-    ROWS_KERNEL(SUFFIX, T, 32, P, 32)
-
 #if MASKED_SOFTMAX_HAS_CLUSTERS
 #define CLUSTER_KERNEL(SUFFIX, T, P, MODE, CACHED)                                                       \
     extern "C" __global__ void masked_softmax_fwd_cluster_##MODE##_p##P##_##SUFFIX(const T* x, T* y,       \
@@ -284,14 +254,14 @@ __device__ __forceinline__ void cluster_forward(const T* x, T* y, const MaskPara
 #endif
 
 // Per type: 16-byte packs (P = 16 / sizeof(T)) where aligned, single elements otherwise.
-#define TYPE_KERNELS(SUFFIX, T, VP)    \
-    GROUP_LADDER(SUFFIX, T, VP)        \
-    WARP_LADDER_8(SUFFIX, T, VP)       \
-    BLOCK_KERNELS(SUFFIX, T, VP)       \
-    CLUSTER_KERNELS(SUFFIX, T, VP)     \
-    GROUP_LADDER(SUFFIX, T, 1)         \
-    WARP_LADDER_32(SUFFIX, T, 1)       \
-    BLOCK_KERNELS(SUFFIX, T, 1)        \
+#define TYPE_KERNELS(SUFFIX, T, VP)                  \
+    ROWS_GROUP_LADDER(ROWS_KERNEL, SUFFIX, T, VP)    \
+    ROWS_WARP_LADDER_8(ROWS_KERNEL, SUFFIX, T, VP)   \
+    BLOCK_KERNELS(SUFFIX, T, VP)                     \
+    CLUSTER_KERNELS(SUFFIX, T, VP)                   \
+    ROWS_GROUP_LADDER(ROWS_KERNEL, SUFFIX, T, 1)     \
+    ROWS_WARP_LADDER_32(ROWS_KERNEL, SUFFIX, T, 1)   \
+    BLOCK_KERNELS(SUFFIX, T, 1)                      \
     CLUSTER_KERNELS(SUFFIX, T, 1)
 
 TYPE_KERNELS(f32, float, 4)

@@ -13,6 +13,7 @@
 // written, by the same thread). Arguments: (const T* y, const T* dy, T* dx, MaskParams).
 #include "emulation.cuh"
 #include "io.cuh"
+#include "ladder.cuh"
 #include "mask.cuh"
 #include "numeric.cuh"
 #include "reduce.cuh"
@@ -25,46 +26,34 @@ __device__ __forceinline__ float softmax_grad(float y, float dy, float dot, floa
 
 template <typename T, int PACK, int PACKS, int GROUP>
 __device__ __forceinline__ void rows_backward(const T* y, const T* dy, T* dx, const MaskParams& p) {
-    constexpr int ROWS_PER_WARP = WARP / GROUP;
-    const int lane = threadIdx.x % WARP;
-    const int member = lane % GROUP;
-    const int64_t warps_per_block = blockDim.x / WARP;
-    const int64_t first_warp = int64_t(blockIdx.x) * warps_per_block + threadIdx.x / WARP;
-    const int64_t warp_step = int64_t(gridDim.x) * warps_per_block;
-
-    // Warp-uniform loop, as in the forward: every lane runs every shuffle.
-    for (int64_t base = first_warp * ROWS_PER_WARP; base < p.rows; base += warp_step * ROWS_PER_WARP) {
-        const int64_t row = base + lane / GROUP;
-        const bool active = row < p.rows;
-        const RowWindow w = active ? row_window(p, row) : RowWindow{0, 0};
-        const int64_t offset = (active ? row : 0) * p.row_stride;
-
+    for_each_group_row<GROUP>(p, [&](const GroupRow& r) {
         float ys[PACKS][PACK], dys[PACKS][PACK];
         float dot = 0.f;
 #pragma unroll
         for (int i = 0; i < PACKS; ++i) {
-            const int64_t col = (int64_t(i) * GROUP + member) * PACK;
-            load_values<T, PACK>(y + offset, col, w.start, w.end, ys[i]);
-            load_values<T, PACK>(dy + offset, col, w.start, w.end, dys[i]);
+            const int64_t col = lane_pack_column<GROUP, PACK>(i, r.member);
+            load_values<T, PACK>(y + r.offset, col, r.window.start, r.window.end, ys[i]);
+            load_values<T, PACK>(dy + r.offset, col, r.window.start, r.window.end, dys[i]);
 #pragma unroll
             for (int j = 0; j < PACK; ++j) dot += ys[i][j] * dys[i][j];
         }
         dot = group_sum<GROUP>(dot);
 
-        if (!active) continue;
+        if (!r.active) return;
 #pragma unroll
         for (int i = 0; i < PACKS; ++i) {
-            const int64_t col = (int64_t(i) * GROUP + member) * PACK;
+            const int64_t col = lane_pack_column<GROUP, PACK>(i, r.member);
             if (col >= p.k_len) break;
             float out[PACK];
 #pragma unroll
             for (int j = 0; j < PACK; ++j) {
                 const int64_t c = col + j;
-                out[j] = (c >= w.start && c < w.end) ? softmax_grad(ys[i][j], dys[i][j], dot, p.scale) : 0.f;
+                const bool valid = c >= r.window.start && c < r.window.end;
+                out[j] = valid ? softmax_grad(ys[i][j], dys[i][j], dot, p.scale) : 0.f;
             }
-            store_values<T, PACK>(dx + offset, col, p.k_len, out);
+            store_values<T, PACK>(dx + r.offset, col, p.k_len, out);
         }
-    }
+    });
 }
 
 // y and dy of the valid packs cached in shared memory ([y..][dy..] per pack slot); thread t
@@ -162,29 +151,13 @@ __device__ __forceinline__ void block_stream_backward(const T* y, const T* dy, T
     }                                                                                              \
     REGISTER_KERNEL(masked_softmax_bwd_block_stream_p##P##_##SUFFIX)
 
-#define BWD_GROUP_LADDER(SUFFIX, T, P) \
-    BWD_ROWS_KERNEL(SUFFIX, T, 1, P, 1) \
-    BWD_ROWS_KERNEL(SUFFIX, T, 2, P, 1) \
-    BWD_ROWS_KERNEL(SUFFIX, T, 4, P, 1) \
-    BWD_ROWS_KERNEL(SUFFIX, T, 8, P, 1) \
-    BWD_ROWS_KERNEL(SUFFIX, T, 16, P, 1) \
-    BWD_ROWS_KERNEL(SUFFIX, T, 32, P, 1)
-
 // Two values per element in registers: half the forward's packs per lane.
-#define BWD_WARP_LADDER_4(SUFFIX, T, P)  \
-    BWD_ROWS_KERNEL(SUFFIX, T, 32, P, 2) \
-    BWD_ROWS_KERNEL(SUFFIX, T, 32, P, 4)
-#define BWD_WARP_LADDER_16(SUFFIX, T, P) \
-    BWD_WARP_LADDER_4(SUFFIX, T, P)      \
-    BWD_ROWS_KERNEL(SUFFIX, T, 32, P, 8) \
-    BWD_ROWS_KERNEL(SUFFIX, T, 32, P, 16)
-
-#define BWD_TYPE_KERNELS(SUFFIX, T, VP) \
-    BWD_GROUP_LADDER(SUFFIX, T, VP)     \
-    BWD_WARP_LADDER_4(SUFFIX, T, VP)    \
-    BWD_BLOCK_KERNELS(SUFFIX, T, VP)    \
-    BWD_GROUP_LADDER(SUFFIX, T, 1)      \
-    BWD_WARP_LADDER_16(SUFFIX, T, 1)    \
+#define BWD_TYPE_KERNELS(SUFFIX, T, VP)                  \
+    ROWS_GROUP_LADDER(BWD_ROWS_KERNEL, SUFFIX, T, VP)    \
+    ROWS_WARP_LADDER_4(BWD_ROWS_KERNEL, SUFFIX, T, VP)   \
+    BWD_BLOCK_KERNELS(SUFFIX, T, VP)                     \
+    ROWS_GROUP_LADDER(BWD_ROWS_KERNEL, SUFFIX, T, 1)     \
+    ROWS_WARP_LADDER_16(BWD_ROWS_KERNEL, SUFFIX, T, 1)   \
     BWD_BLOCK_KERNELS(SUFFIX, T, 1)
 
 BWD_TYPE_KERNELS(f32, float, 4)

@@ -33,28 +33,26 @@ __device__ __forceinline__ SoftmaxStats warp_stats_merge(SoftmaxStats st, const 
 }
 
 // Block-wide reductions through `scratch` (one slot per warp, at least 32). Every thread of
-// the block must call them; all get the result. Ends with a barrier, so `scratch` can be
-// reused right away.
-__device__ __forceinline__ float block_max(float v, float* scratch) {
+// the block must call them; all get the result. They end with a barrier, so `scratch` can
+// be reused right away.
+template <float (*WARP_REDUCE)(float)>
+__device__ __forceinline__ float block_reduce(float v, float identity, float* scratch) {
     const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP, warps = blockDim.x / WARP;
-    v = group_max<WARP>(v);
+    v = WARP_REDUCE(v);
     if (lane == 0) scratch[warp] = v;
     __syncthreads();
-    v = lane < warps ? scratch[lane] : -CUDART_INF_F;
-    v = group_max<WARP>(v);
+    v = lane < warps ? scratch[lane] : identity;
+    v = WARP_REDUCE(v);
     __syncthreads();
     return v;
 }
 
+__device__ __forceinline__ float block_max(float v, float* scratch) {
+    return block_reduce<group_max<WARP>>(v, -CUDART_INF_F, scratch);
+}
+
 __device__ __forceinline__ float block_sum(float v, float* scratch) {
-    const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP, warps = blockDim.x / WARP;
-    v = group_sum<WARP>(v);
-    if (lane == 0) scratch[warp] = v;
-    __syncthreads();
-    v = lane < warps ? scratch[lane] : 0.f;
-    v = group_sum<WARP>(v);
-    __syncthreads();
-    return v;
+    return block_reduce<group_sum<WARP>>(v, 0.f, scratch);
 }
 
 __device__ __forceinline__ SoftmaxStats block_stats_merge(SoftmaxStats st, float2* scratch, const ScaleMap& sm) {

@@ -26,3 +26,41 @@ __device__ __forceinline__ T* dynamic_shared() {
 __device__ __forceinline__ int64_t first_owned(int64_t first, int64_t t, int64_t step) {
     return first + ((t - first) % step + step) % step;
 }
+
+// ---------------------------------------------------------------- rows kernels
+
+#include "mask.cuh"
+#include "reduce.cuh"
+
+// One row of a rows kernel, as a lane of the GROUP lanes that share it sees it.
+struct GroupRow {
+    bool active;       // false for lanes past the last row, which still join the shuffles
+    int member;        // lane within the group
+    RowWindow window;  // the row's valid columns (empty when inactive)
+    int64_t offset;    // element offset of the row (0 when inactive)
+};
+
+// Calls body(const GroupRow&) for every row, GROUP lanes per row (GROUP rows per warp below
+// 32), over a grid-stride loop that is warp-uniform: every lane of a warp makes the same
+// calls, so a body may shuffle across the warp with a full mask. Lane `member` of a group
+// owns the packs at columns (i * GROUP + member) * PACK.
+template <int GROUP, typename Body>
+__device__ __forceinline__ void for_each_group_row(const MaskParams& p, Body body) {
+    constexpr int ROWS_PER_WARP = WARP / GROUP;
+    const int lane = threadIdx.x % WARP;
+    const int64_t warps_per_block = blockDim.x / WARP;
+    const int64_t first_warp = int64_t(blockIdx.x) * warps_per_block + threadIdx.x / WARP;
+    const int64_t warp_step = int64_t(gridDim.x) * warps_per_block;
+    for (int64_t base = first_warp * ROWS_PER_WARP; base < p.rows; base += warp_step * ROWS_PER_WARP) {
+        const int64_t row = base + lane / GROUP;
+        const bool active = row < p.rows;
+        const GroupRow r{active, lane % GROUP, active ? row_window(p, row) : RowWindow{0, 0},
+                         (active ? row : 0) * p.row_stride};
+        body(r);
+    }
+}
+
+template <int GROUP, int PACK>
+__device__ __forceinline__ int64_t lane_pack_column(int i, int member) {
+    return (int64_t(i) * GROUP + member) * PACK;
+}

@@ -11,12 +11,7 @@ use masked_softmax::{Element, Lengths, Shape, Spec, bf16, compare, f16};
 use masked_softmax_emu::{Dims, GuardedBuffer, Placement, available, launch};
 
 fn dims(grid: u32, block: u32) -> Dims {
-    Dims {
-        grid: [grid, 1, 1],
-        block: [block, 1, 1],
-        cluster: 1,
-        shared_bytes: 0,
-    }
+    Dims::linear(grid, block)
 }
 
 fn arg<T>(v: &mut T) -> *mut c_void {

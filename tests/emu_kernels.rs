@@ -8,6 +8,7 @@
 
 mod common;
 
+use common::dispatch;
 use std::collections::BTreeSet;
 use std::ffi::c_void;
 use std::sync::Mutex;
@@ -20,7 +21,7 @@ use libtest_mimic::{Arguments, Completion, Trial};
 use masked_softmax::plan::{
     Buffers, DeviceLimits, Direction, KernelKind, plan_backward, plan_forward,
 };
-use masked_softmax::{DType, Element, Lengths, Padding, Shape, Spec, bf16, compare, f16, seed};
+use masked_softmax::{DType, Element, Lengths, Padding, Shape, Spec, compare, seed};
 use masked_softmax_emu::{Dims, GuardedBuffer, Placement};
 
 /// A small GPU, so grid-stride loops wrap many times, with little shared memory, so the
@@ -259,16 +260,6 @@ fn fuzz<T: Element>(first: u64, count: u64) -> Result<(), String> {
         .map_err(context)?;
     }
     Ok(())
-}
-
-macro_rules! dispatch {
-    ($dtype:expr, $f:ident $(, $arg:expr)*) => {
-        match $dtype {
-            DType::F32 => $f::<f32>($($arg),*),
-            DType::F16 => $f::<f16>($($arg),*),
-            DType::BF16 => $f::<bf16>($($arg),*),
-        }
-    };
 }
 
 const PLACEMENTS: [(Placement, &str); 2] = [(Placement::Start, "start"), (Placement::End, "end")];

@@ -9,6 +9,7 @@
 
 mod common;
 
+use common::dispatch;
 use std::sync::Arc;
 
 use common::{
@@ -19,9 +20,7 @@ use cudarc::driver::{CudaContext, DeviceRepr};
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
 use masked_softmax::cuda::{CudaSoftmax, DeviceLengths, LengthsArg, open_device};
 use masked_softmax::plan::Direction;
-use masked_softmax::{
-    DType, Element, Error, Lengths, Padding, Shape, Spec, bf16, compare, f16, seed,
-};
+use masked_softmax::{DType, Element, Error, Lengths, Padding, Shape, Spec, compare, f16, seed};
 
 struct Gpu {
     ctx: Arc<CudaContext>,
@@ -487,17 +486,6 @@ fn misuse(g: &Gpu) -> TestResult {
         |e| matches!(e, Error::LengthOutOfRange { value: 9, .. }),
     )?;
     Ok(())
-}
-
-/// Calls `f::<T>(args..)` with `T` the storage type of `dtype`.
-macro_rules! dispatch {
-    ($dtype:expr, $f:ident $(, $arg:expr)*) => {
-        match $dtype {
-            DType::F32 => $f::<f32>($($arg),*),
-            DType::F16 => $f::<f16>($($arg),*),
-            DType::BF16 => $f::<bf16>($($arg),*),
-        }
-    };
 }
 
 /// The trials run under compute-sanitizer (MASKED_SOFTMAX_GPU_SUBSET=sanitize), where

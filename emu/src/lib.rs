@@ -61,6 +61,19 @@ pub struct Dims {
     pub shared_bytes: u32,
 }
 
+impl Dims {
+    /// A one-dimensional launch: `grid` blocks of `block` threads, no clusters, no dynamic
+    /// shared memory.
+    pub fn linear(grid: u32, block: u32) -> Dims {
+        Dims {
+            grid: [grid, 1, 1],
+            block: [block, 1, 1],
+            cluster: 1,
+            shared_bytes: 0,
+        }
+    }
+}
+
 /// Runs kernel `name` like `cuLaunchKernelEx`, on the calling thread: `params[i]` points at
 /// the i-th argument. Launches from different threads run in parallel.
 ///

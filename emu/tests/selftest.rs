@@ -6,12 +6,7 @@ use std::ffi::c_void;
 use masked_softmax_emu::{Dims, GuardedBuffer, Placement, available, kernel_names, launch};
 
 fn dims(grid: u32, block: u32) -> Dims {
-    Dims {
-        grid: [grid, 1, 1],
-        block: [block, 1, 1],
-        cluster: 1,
-        shared_bytes: 0,
-    }
+    Dims::linear(grid, block)
 }
 
 fn arg<T>(v: &mut T) -> *mut c_void {

@@ -366,3 +366,17 @@ pub fn random_contract(seed: u64, max_elements: usize) -> (Spec, Vec<i32>, Optio
         q,
     )
 }
+
+/// Calls `f::<T>(args..)` with `T` the storage type of `dtype`.
+#[allow(unused_macros)]
+macro_rules! dispatch {
+    ($dtype:expr, $f:ident $(, $arg:expr)*) => {
+        match $dtype {
+            masked_softmax::DType::F32 => $f::<f32>($($arg),*),
+            masked_softmax::DType::F16 => $f::<masked_softmax::f16>($($arg),*),
+            masked_softmax::DType::BF16 => $f::<masked_softmax::bf16>($($arg),*),
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use dispatch;
