@@ -27,6 +27,7 @@
 //! # }
 //! ```
 
+use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::{Arc, Mutex};
 
@@ -36,8 +37,6 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::Ptx;
 
-use std::collections::HashMap;
-
 use crate::contract::{Lengths, Spec, check_buffer};
 use crate::dtype::{DType, Element};
 use crate::error::{Error, LengthKind, Result};
@@ -46,7 +45,7 @@ use crate::plan::{
     plan_forward,
 };
 
-/// The PTX built from `kernels/*.cu` (`None` when the crate was built without nvcc).
+/// The PTX built from `kernels/*.cu` by build.rs (no modules when built without nvcc).
 mod ptx {
     include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 }
