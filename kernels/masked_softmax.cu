@@ -51,19 +51,9 @@ __device__ __forceinline__ void rows_forward(const T* x, T* y, const MaskParams&
             }
         sum = group_sum<GROUP>(sum);
 
-        if (!r.active) return;
-#pragma unroll
-        for (int i = 0; i < PACKS; ++i) {
-            const int64_t col = lane_pack_column<GROUP, PACK>(i, r.member);
-            if (col >= p.k_len) break;
-            float out[PACK];
-#pragma unroll
-            for (int j = 0; j < PACK; ++j) {
-                const int64_t c = col + j;
-                out[j] = (!zero_row && c >= r.window.start && c < r.window.end) ? keys[i][j] / sum : 0.f;
-            }
-            store_values<T, PACK>(y + r.offset, col, p.k_len, out);
-        }
+        store_group_row<T, PACK, PACKS, GROUP>(y, r, p.k_len, [&](int i, int j) {
+            return zero_row ? 0.f : keys[i][j] / sum;
+        });
     });
 }
 

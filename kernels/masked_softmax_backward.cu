@@ -39,20 +39,9 @@ __device__ __forceinline__ void rows_backward(const T* y, const T* dy, T* dx, co
         }
         dot = group_sum<GROUP>(dot);
 
-        if (!r.active) return;
-#pragma unroll
-        for (int i = 0; i < PACKS; ++i) {
-            const int64_t col = lane_pack_column<GROUP, PACK>(i, r.member);
-            if (col >= p.k_len) break;
-            float out[PACK];
-#pragma unroll
-            for (int j = 0; j < PACK; ++j) {
-                const int64_t c = col + j;
-                const bool valid = c >= r.window.start && c < r.window.end;
-                out[j] = valid ? softmax_grad(ys[i][j], dys[i][j], dot, p.scale) : 0.f;
-            }
-            store_values<T, PACK>(dx + r.offset, col, p.k_len, out);
-        }
+        store_group_row<T, PACK, PACKS, GROUP>(dx, r, p.k_len, [&](int i, int j) {
+            return softmax_grad(ys[i][j], dys[i][j], dot, p.scale);
+        });
     });
 }
 

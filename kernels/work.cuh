@@ -29,6 +29,7 @@ __device__ __forceinline__ int64_t first_owned(int64_t first, int64_t t, int64_t
 
 // ---------------------------------------------------------------- rows kernels
 
+#include "io.cuh"
 #include "mask.cuh"
 #include "reduce.cuh"
 
@@ -63,4 +64,23 @@ __device__ __forceinline__ void for_each_group_row(const MaskParams& p, Body bod
 template <int GROUP, int PACK>
 __device__ __forceinline__ int64_t lane_pack_column(int i, int member) {
     return (int64_t(i) * GROUP + member) * PACK;
+}
+
+// Writes a lane's PACKS packs of row `r`: value(i, j) for element j of pack i inside the
+// row's window, exact +0.0 outside it; nothing for inactive lanes or past k_len.
+template <typename T, int PACK, int PACKS, int GROUP, typename Value>
+__device__ __forceinline__ void store_group_row(T* out, const GroupRow& r, int64_t k_len, Value value) {
+    if (!r.active) return;
+#pragma unroll
+    for (int i = 0; i < PACKS; ++i) {
+        const int64_t col = lane_pack_column<GROUP, PACK>(i, r.member);
+        if (col >= k_len) break;
+        float values[PACK];
+#pragma unroll
+        for (int j = 0; j < PACK; ++j) {
+            const int64_t c = col + j;
+            values[j] = (c >= r.window.start && c < r.window.end) ? value(i, j) : 0.f;
+        }
+        store_values<T, PACK>(out + r.offset, col, k_len, values);
+    }
 }
