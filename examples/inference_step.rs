@@ -70,6 +70,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 return Ok(());
             }
         };
+    // One stream, so cudarc's cross-stream event tracking has nothing to order; left on, it
+    // makes every kernel argument wait for its last write's event, and inside a capture that
+    // is a wait on uncaptured work (CUDA_ERROR_STREAM_CAPTURE_ISOLATION). cudarc's own graph
+    // tests turn it off the same way.
+    // SAFETY: every buffer below is used on `stream` alone.
+    unsafe { ctx.disable_event_tracking() };
     let stream = ctx.new_stream()?;
     println!("GPU: {}", ctx.name()?);
 

@@ -10,6 +10,12 @@
 # sanitizer subset (MASKED_SOFTMAX_GPU_SUBSET=sanitize: every kernel class and type, fewer
 # sizes); with --bench bench.log and bench/ (results.json, results.csv, bandwidth.svg;
 # BENCH_ARGS are passed on, e.g. "--quick"). Exits non-zero if any step failed.
+#
+# Time limits, so that a device call ends with its logs: DEADLINE (seconds from the start
+# for the whole run; default none) and per-step caps TEST_TIMEOUT (default 300), EXAMPLE_TIMEOUT
+# (60), SANITIZE_TIMEOUT (per tool, 120), BENCH_TIMEOUT (600). SANITIZE_FULL="memcheck ..."
+# runs those tools once more over the whole GPU suite. A step that would start with
+# less than 15 s left is skipped and counts as a failure.
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 sanitize=0
@@ -32,23 +38,35 @@ summary="$out/summary.txt"
     date -u
 } >"$summary"
 status=0
-step() { # step NAME LOG CMD...: runs CMD, appends its output to LOG and its status to the summary
-    local name="$1" log="$2"
-    shift 2
+deadline="${DEADLINE:-0}"
+step() { # step NAME LOG CAP CMD...: runs CMD for at most CAP seconds (and within DEADLINE),
+    # appends its output to LOG and its status to the summary (rc 124/137: timed out)
+    local name="$1" log="$2" cap="$3"
+    shift 3
+    if [[ $deadline -gt 0 ]]; then
+        local left=$((deadline - SECONDS))
+        if [[ $left -lt 15 ]]; then
+            printf '%-40s SKIPPED (deadline)\n' "$name" | tee -a "$summary"
+            status=1
+            return
+        fi
+        [[ $left -lt $cap ]] && cap=$left
+    fi
     local start=$SECONDS
     echo "=== $name" >>"$log"
-    "$@" >>"$log" 2>&1
+    timeout -k 5 "$cap" "$@" >>"$log" 2>&1
     local rc=$?
-    printf '%-40s rc=%d %4ds\n' "$name" "$rc" $((SECONDS - start)) | tee -a "$summary"
+    printf '%-40s rc=%d %4ds (cap %ds)\n' "$name" "$rc" $((SECONDS - start)) "$cap" | tee -a "$summary"
+    tail -n 8 "$log" | grep "^test result" | sed 's/^/    /' | tee -a "$summary"
     [[ $rc -eq 0 ]] || status=1
 }
 
 for test in "$here"/bin/test-*; do
-    step "$(basename "$test")" "$out/tests.log" "$test"
+    step "$(basename "$test")" "$out/tests.log" "${TEST_TIMEOUT:-300}" "$test"
 done
 for example in "$here"/bin/*; do
     case "$(basename "$example")" in test-* | bench-*) continue ;; esac
-    step "$(basename "$example")" "$out/demo.log" "$example"
+    step "$(basename "$example")" "$out/demo.log" "${EXAMPLE_TIMEOUT:-60}" "$example"
 done
 
 if [[ $sanitize -eq 1 ]]; then
@@ -59,18 +77,26 @@ if [[ $sanitize -eq 1 ]]; then
     else
         for tool in memcheck racecheck initcheck synccheck; do
             for test in "$here"/bin/test-gpu_*; do
-                step "sanitize-$tool $(basename "$test")" "$out/sanitize-$tool.log" \
+                step "sanitize-$tool $(basename "$test")" "$out/sanitize-$tool.log" "${SANITIZE_TIMEOUT:-120}" \
                     env MASKED_SOFTMAX_GPU_SUBSET=sanitize \
                     "$sanitizer" --tool "$tool" --error-exitcode 99 "$test" --test-threads 1
             done
-            grep -h "ERROR SUMMARY" "$out/sanitize-$tool.log" | sort | uniq -c | sed "s/^/  $tool: /" >>"$summary"
+            grep -h "ERROR SUMMARY\|RACECHECK SUMMARY" "$out/sanitize-$tool.log" | sort | uniq -c | sed "s/^/  $tool: /" >>"$summary"
+        done
+        # SANITIZE_FULL="memcheck ...": these tools once more over every GPU test.
+        for tool in ${SANITIZE_FULL:-}; do
+            for test in "$here"/bin/test-gpu_*; do
+                step "sanitize-full-$tool $(basename "$test")" "$out/sanitize-full-$tool.log" \
+                    "${SANITIZE_TIMEOUT:-120}" "$sanitizer" --tool "$tool" --error-exitcode 99 "$test"
+            done
+            grep -h "ERROR SUMMARY\|RACECHECK SUMMARY" "$out/sanitize-full-$tool.log" | sort | uniq -c | sed "s/^/  full $tool: /" >>"$summary"
         done
     fi
 fi
 if [[ $bench -eq 1 ]]; then
     for b in "$here"/bin/bench-*; do
         # shellcheck disable=SC2086
-        step "$(basename "$b")" "$out/bench.log" "$b" --out "$out/bench" ${BENCH_ARGS:-}
+        step "$(basename "$b")" "$out/bench.log" "${BENCH_TIMEOUT:-600}" "$b" --out "$out/bench" ${BENCH_ARGS:-}
     done
 fi
 echo "overall: $([[ $status -eq 0 ]] && echo PASS || echo FAIL)" | tee -a "$summary"

@@ -16,6 +16,14 @@ work="$(mktemp -d)"
 "$root/target/gpu-bundle/run.sh" "${args[@]}" "$work"
 status=$?
 cp "$work/summary.txt" "$out/" 2>/dev/null
+# The device tool returns the end of stdout: put the first failures there too.
+for log in "$work"/tests.log "$work"/demo.log "$work"/sanitize-*.log; do
+    [[ -f "$log" ]] || continue
+    if grep -qE "^failures:|ERROR SUMMARY: [1-9]|panicked|Error" "$log"; then
+        echo "--- $(basename "$log"): first failure lines"
+        grep -m 40 -E -A4 "^---- |ERROR SUMMARY: [1-9]|panicked|Error:|Invalid|Race|Barrier" "$log" | cut -c1-300 | head -n 60
+    fi
+done
 [[ -f "$work/bench/results.json" ]] && cp "$work/bench/results.json" "$out/"
 tar czf "$out/results.tgz" -C "$work" .
 exit $status

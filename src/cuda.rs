@@ -5,6 +5,15 @@
 //! handle keeps) or from the device ([`DeviceLengths`], clamped into range by the kernel;
 //! the form to use inside CUDA graphs).
 //!
+//! **CUDA graphs.** With [`DeviceLengths`] a launch allocates nothing and never waits for
+//! the host, so it can be captured and replayed; host lengths during a capture are
+//! [`Error::HostLengthsInCapture`]. cudarc's event tracking (on by default once a context
+//! has a second stream) makes every kernel argument wait for the event of its last write;
+//! inside a capture that is a wait on uncaptured work, and CUDA invalidates the capture
+//! (`CUDA_ERROR_STREAM_CAPTURE_ISOLATION`). Capture as cudarc's own graph tests do, with
+//! `unsafe { ctx.disable_event_tracking() }` and streams you order yourself
+//! (`examples/inference_step.rs`). The handle orders its own staging buffer either way.
+//!
 //! ```no_run
 //! use masked_softmax::cuda::{open_device, CudaSoftmax, DeviceLengths};
 //! use masked_softmax::{Lengths, Shape, Spec};
@@ -31,9 +40,11 @@ use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::{Arc, Mutex};
 
+use cudarc::driver::sys::CUstreamCaptureStatus;
 use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr,
+    CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut,
+    DeviceRepr,
 };
 use cudarc::nvrtc::Ptx;
 
@@ -176,8 +187,19 @@ pub struct CudaSoftmax {
     ctx: Arc<CudaContext>,
     limits: DeviceLimits,
     functions: HashMap<(Direction, KernelKind, DType), CudaFunction>,
-    /// Device copy of host lengths (keys, then queries); grows, never shrinks.
-    staging: Mutex<Option<CudaSlice<i32>>>,
+    /// Device copy of host lengths; grows, never shrinks.
+    staging: Mutex<Option<Staging>>,
+}
+
+/// The device buffer host lengths are copied into (keys, then queries), shared by every
+/// stream the handle launches on. `released` is recorded after each launch that reads it and
+/// waited for before the next copy, on whatever stream: the handle orders its own buffer
+/// itself, so it stays correct with cudarc's event tracking disabled (as graph capture
+/// needs).
+#[derive(Debug)]
+struct Staging {
+    buffer: CudaSlice<i32>,
+    released: CudaEvent,
 }
 
 impl CudaSoftmax {
@@ -429,22 +451,39 @@ impl CudaSoftmax {
         if host.kv.is_none() && host.q.is_none() {
             return f(DeviceLengths::none());
         }
-        let mut staging = self.staging.lock().unwrap_or_else(|e| e.into_inner());
-        if staging.as_ref().is_none_or(|s| s.len() < 2 * batch) {
-            *staging = Some(stream.alloc_zeros::<i32>((2 * batch).next_power_of_two().max(256))?);
+        if stream.capture_status()? != CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE {
+            return Err(Error::HostLengthsInCapture);
         }
-        let staging = staging.as_mut().expect("allocated above");
+        let mut guard = self.staging.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(staging) = guard.as_ref() {
+            // The last launch that read the buffer, on any stream, must be done with it.
+            stream.wait(&staging.released)?;
+        }
+        if guard.as_ref().is_none_or(|s| s.buffer.len() < 2 * batch) {
+            let buffer = stream.alloc_zeros::<i32>((2 * batch).next_power_of_two().max(256))?;
+            let released = self.ctx.new_event(None)?;
+            if let Some(old) = guard.replace(Staging { buffer, released }) {
+                // The old buffer is freed on the stream that allocated it: after its last use.
+                old.buffer.stream().wait(&old.released)?;
+            }
+        }
+        let staging = guard.as_mut().expect("allocated above");
         if let Some(kv) = host.kv {
-            stream.memcpy_htod(kv, &mut staging.slice_mut(0..batch))?;
+            stream.memcpy_htod(kv, &mut staging.buffer.slice_mut(0..batch))?;
         }
         if let Some(q) = host.q {
-            stream.memcpy_htod(q, &mut staging.slice_mut(batch..2 * batch))?;
+            stream.memcpy_htod(q, &mut staging.buffer.slice_mut(batch..2 * batch))?;
         }
-        let (kv, q) = (staging.slice(0..batch), staging.slice(batch..2 * batch));
-        f(DeviceLengths {
+        let (kv, q) = (
+            staging.buffer.slice(0..batch),
+            staging.buffer.slice(batch..2 * batch),
+        );
+        let result = f(DeviceLengths {
             kv: host.kv.map(|_| &kv as &dyn DevicePtr<i32>),
             q: host.q.map(|_| &q as &dyn DevicePtr<i32>),
-        })
+        });
+        staging.released.record(stream)?;
+        result
     }
 
     /// Plans and launches: `buffers` holds x/y (forward) or y/dy/dx (backward).

@@ -109,6 +109,14 @@ pub enum Error {
         buffer: &'static str,
     },
 
+    /// Host lengths passed while the stream is capturing a CUDA graph: they would be copied
+    /// into the handle's staging buffer at capture time, not at replay.
+    #[error(
+        "host lengths cannot be used while the stream captures a CUDA graph: pass DeviceLengths \
+         (a device buffer the graph reads at every replay)"
+    )]
+    HostLengthsInCapture,
+
     /// A comparison against the reference failed (see [`crate::compare::Report`]).
     #[error("result does not match the reference: {0}")]
     Mismatch(String),
