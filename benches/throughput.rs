@@ -28,7 +28,7 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::Ptx;
 use masked_softmax::cuda::{CudaSoftmax, DeviceLengths, module_ptx, open_device};
-use masked_softmax::plan::{Buffers, Direction, plan_backward, plan_forward};
+use masked_softmax::plan::{Buffers, Direction, KernelKind, plan_backward, plan_forward};
 use masked_softmax::{DType, Element, Lengths, Shape, Spec, bf16, f16, mask};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -67,6 +67,14 @@ struct Args {
     /// Skip the unfused baseline (it needs 2.25x the scores' memory more).
     #[arg(long)]
     no_baseline: bool,
+    /// Also time every other block and cluster kernel that can run each case (named with
+    /// `forward_with_kernel`/`backward_with_kernel`), as rows of group "variant": for
+    /// checking the planner's crossovers.
+    #[arg(long)]
+    variants: bool,
+    /// Only the sweep cases with these k_len (e.g. 1024,65536); all if empty.
+    #[arg(long, value_delimiter = ',')]
+    k_lens: Vec<usize>,
     /// Redraw results.csv and bandwidth.svg in `--out` from this results.json; no GPU needed.
     #[arg(long)]
     replot: Option<PathBuf>,
@@ -181,13 +189,15 @@ fn main() -> Result<()> {
                 copy_gbps,
                 empty_launch_us,
             };
-            let row = match dtype {
-                DType::F32 => run_case::<f32>(&env, &case, direction)?,
-                DType::F16 => run_case::<f16>(&env, &case, direction)?,
-                DType::BF16 => run_case::<bf16>(&env, &case, direction)?,
+            let case_rows = match dtype {
+                DType::F32 => run_case::<f32>(&env, &case, direction, args.variants)?,
+                DType::F16 => run_case::<f16>(&env, &case, direction, args.variants)?,
+                DType::BF16 => run_case::<bf16>(&env, &case, direction, args.variants)?,
             };
-            print_row(&row, rows.is_empty());
-            rows.push(row);
+            for row in case_rows {
+                print_row(&row, rows.is_empty());
+                rows.push(row);
+            }
         }
     }
 
@@ -247,7 +257,10 @@ fn cases(args: &Args) -> Vec<Case> {
                 1 << 20,
             ]
         };
-        for &k in k_lens {
+        for &k in k_lens
+            .iter()
+            .filter(|k| args.k_lens.is_empty() || args.k_lens.contains(k))
+        {
             // Sized for f32; 16-bit types get the same row count (half the bytes).
             let rows = (args.mib << 20) / (4 * k);
             cases.push(Case {
@@ -315,7 +328,14 @@ fn input_sets(bytes: usize) -> usize {
     (128usize << 20).div_ceil(bytes.max(1)).clamp(1, 64)
 }
 
-fn run_case<T: Element + DeviceRepr>(env: &Env, case: &Case, direction: Direction) -> Result<Row> {
+/// The planner's kernel on `case` (and, with `variants`, every other block or cluster
+/// kernel of the same pack width that can run it): one row each.
+fn run_case<T: Element + DeviceRepr>(
+    env: &Env,
+    case: &Case,
+    direction: Direction,
+    variants: bool,
+) -> Result<Vec<Row>> {
     let stream = &env.timer.stream;
     let spec = &case.spec;
     let n = spec.shape.required_len()?;
@@ -368,15 +388,13 @@ fn run_case<T: Element + DeviceRepr>(env: &Env, case: &Case, direction: Directio
         Ok(())
     })?;
 
-    let kernel = {
-        let limits = env.softmax.limits();
-        let buffers = Buffers::default();
-        match direction {
-            Direction::Forward => plan_forward(spec, T::DTYPE, limits, buffers)?,
-            Direction::Backward => plan_backward(spec, T::DTYPE, limits, buffers)?,
-        }
-        .kernel_name()
-    };
+    let limits = env.softmax.limits();
+    let planned = match direction {
+        Direction::Forward => plan_forward(spec, T::DTYPE, limits, Buffers::default())?,
+        Direction::Backward => plan_backward(spec, T::DTYPE, limits, Buffers::default())?,
+    }
+    .kernel;
+    let kernel = planned.name(T::DTYPE, direction);
 
     let unfused_us = match env.baseline {
         Some(b) if direction == Direction::Forward && case.q.is_none() && spec.causal.is_none() => {
@@ -403,22 +421,60 @@ fn run_case<T: Element + DeviceRepr>(env: &Env, case: &Case, direction: Directio
     if case.latency_bound {
         floor_us += env.empty_launch_us;
     }
-    Ok(Row {
-        group: case.group.into(),
-        case: case.name.clone(),
-        direction: format!("{direction:?}").to_lowercase(),
-        dtype: T::DTYPE.kernel_suffix().into(),
-        kernel,
-        rows: spec.shape.rows()?,
-        k_len: spec.shape.k_len,
-        bytes,
-        time_us,
-        floor_us,
-        over_floor: time_us / floor_us,
-        effective_gbps: bytes / (time_us * 1e3),
-        unfused_us,
-        speedup_over_unfused: unfused_us.map(|u| u / time_us),
-    })
+    let row = |group: &str, kernel: String, time_us: f64, unfused_us: Option<f64>| -> Result<Row> {
+        Ok(Row {
+            group: group.into(),
+            case: case.name.clone(),
+            direction: format!("{direction:?}").to_lowercase(),
+            dtype: T::DTYPE.kernel_suffix().into(),
+            kernel,
+            rows: spec.shape.rows()?,
+            k_len: spec.shape.k_len,
+            bytes,
+            time_us,
+            floor_us,
+            over_floor: time_us / floor_us,
+            effective_gbps: bytes / (time_us * 1e3),
+            unfused_us,
+            speedup_over_unfused: unfused_us.map(|u| u / time_us),
+        })
+    };
+    let mut rows = vec![row(case.group, kernel, time_us, unfused_us)?];
+    if !variants {
+        return Ok(rows);
+    }
+    let others = KernelKind::all(T::DTYPE, limits.clusters, direction)
+        .into_iter()
+        .filter(|k| *k != planned && k.pack() == planned.pack())
+        .filter(|k| !matches!(k, KernelKind::Rows { .. }));
+    for kind in others {
+        let mut launch = |set: usize| -> Result<bool> {
+            let (input, out) = (&ins[set], &mut outs[set]);
+            Ok(match direction {
+                Direction::Forward => env
+                    .softmax
+                    .forward_with_kernel(kind, stream, spec, lengths, &input[0], out)?,
+                Direction::Backward => env
+                    .softmax
+                    .backward_with_kernel(kind, stream, spec, lengths, &input[0], &input[1], out)?,
+            })
+        };
+        if !launch(0)? {
+            continue; // this kernel cannot run the case
+        }
+        let mut set = 0;
+        let time_us = env.timer.per_launch_us(|| {
+            set = (set + 1) % sets;
+            launch(set).map(|_| ())
+        })?;
+        rows.push(row(
+            "variant",
+            kind.name(T::DTYPE, direction),
+            time_us,
+            None,
+        )?);
+    }
+    Ok(rows)
 }
 
 /// CUDA-event timing on one stream.

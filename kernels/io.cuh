@@ -37,6 +37,9 @@ __device__ __forceinline__ void load_window(const T* row, int64_t col, int64_t s
         load_pack<T, N>(row + col, out);
 #pragma unroll
         for (int i = 0; i < N; ++i) out[i] = valid(out[i]);
+    } else if (col >= end || col + N <= start) {
+#pragma unroll
+        for (int i = 0; i < N; ++i) out[i] = fill;
     } else {
 #pragma unroll
         for (int i = 0; i < N; ++i) {
@@ -70,4 +73,27 @@ __device__ __forceinline__ void store_values(T* row, int64_t col, int64_t k_len,
         for (int i = 0; i < N; ++i)
             if (col + i < k_len) row[col + i] = from_f32<T>(values[i]);
     }
+}
+
+// Writes the pack at `col` of a row: value(j) for its columns inside [start, end), +0.0 for
+// the others (value is not called for them); nothing past k_len. Whole packs inside or
+// outside the window skip the per-column test.
+template <typename T, int N, typename F>
+__device__ __forceinline__ void store_window(T* row, int64_t col, int64_t k_len, int64_t start, int64_t end,
+                                             F value) {
+    float out[N];
+    if (col >= start && col + N <= end) {
+#pragma unroll
+        for (int j = 0; j < N; ++j) out[j] = value(j);
+    } else if (col >= end || col + N <= start) {
+#pragma unroll
+        for (int j = 0; j < N; ++j) out[j] = 0.f;
+    } else {
+#pragma unroll
+        for (int j = 0; j < N; ++j) {
+            const int64_t c = col + j;
+            out[j] = (c >= start && c < end) ? value(j) : 0.f;
+        }
+    }
+    store_values<T, N>(row, col, k_len, out);
 }

@@ -12,9 +12,11 @@
     ROWS(SUFFIX, T, 16, P, 1)                 \
     ROWS(SUFFIX, T, 32, P, 1)
 
-// Medium rows: a whole warp per row, 2 .. MAX packs per lane.
+// Medium rows: a whole warp per row, 2 .. MAX packs per lane (src/plan.rs, max_packs: 32
+// floats of the row per lane forward, 16 of y and 16 of dy backward).
+#define ROWS_WARP_LADDER_2(ROWS, SUFFIX, T, P) ROWS(SUFFIX, T, 32, P, 2)
 #define ROWS_WARP_LADDER_4(ROWS, SUFFIX, T, P) \
-    ROWS(SUFFIX, T, 32, P, 2)                  \
+    ROWS_WARP_LADDER_2(ROWS, SUFFIX, T, P)     \
     ROWS(SUFFIX, T, 32, P, 4)
 #define ROWS_WARP_LADDER_8(ROWS, SUFFIX, T, P) \
     ROWS_WARP_LADDER_4(ROWS, SUFFIX, T, P)     \

@@ -39,11 +39,51 @@ __device__ __forceinline__ int64_t clamped_length(const int32_t* lens, int64_t b
     return v < 0 ? 0 : (v > max ? max : v);
 }
 
+// n / d for a divisor fixed for the whole launch, without a divide instruction: for n and d
+// below 2^31, n / d = (umulhi(n, magic) + n) >> shift (Granlund and Montgomery, in the form
+// PyTorch's IntDivider uses). A hardware-less 64-bit division costs dozens of instructions
+// per row, which short rows (k_len 1..64) cannot afford.
+struct FastDivisor {
+    uint32_t magic;
+    uint32_t shift;
+
+    __device__ __forceinline__ static FastDivisor of(uint32_t d) {
+        const uint32_t shift = d <= 1 ? 0 : 32 - __clz(int(d - 1));  // ceil(log2 d)
+        const uint64_t magic = ((uint64_t(1) << 32) * ((uint64_t(1) << shift) - d)) / d + 1;
+        return FastDivisor{uint32_t(magic), shift};
+    }
+    __device__ __forceinline__ uint32_t divide(uint32_t n) const { return (__umulhi(n, magic) + n) >> shift; }
+};
+
+// Splits a row index into its batch entry and query position. Built once per thread;
+// launches of 2^31 rows or more take the 64-bit division instead.
+struct RowIndex {
+    bool fast;
+    FastDivisor per_batch;  // by heads * q_len
+    FastDivisor per_query;  // by q_len
+
+    __device__ __forceinline__ static RowIndex of(const MaskParams& p) {
+        RowIndex r{p.rows < (int64_t(1) << 31), {1, 0}, {1, 0}};
+        if (r.fast) {
+            r.per_batch = FastDivisor::of(uint32_t(p.heads * p.q_len));
+            r.per_query = FastDivisor::of(uint32_t(p.q_len));
+        }
+        return r;
+    }
+};
+
 // The valid key columns of row `row` (counted over [batch, heads, q_len]).
-__device__ __forceinline__ RowWindow row_window(const MaskParams& p, int64_t row) {
+__device__ __forceinline__ RowWindow row_window(const MaskParams& p, const RowIndex& index, int64_t row) {
     const RowWindow empty = {0, 0};
-    const int64_t b = row / (p.heads * p.q_len);
-    const int64_t i = row % p.q_len;
+    int64_t b, i;
+    if (index.fast) {
+        const uint32_t n = uint32_t(row);
+        b = index.per_batch.divide(n);
+        i = n - index.per_query.divide(n) * uint32_t(p.q_len);
+    } else {
+        b = row / (p.heads * p.q_len);
+        i = row % p.q_len;
+    }
     const int64_t kv = clamped_length(p.kv_lens, b, p.k_len);
     const int64_t qv = clamped_length(p.q_lens, b, p.q_len);
 

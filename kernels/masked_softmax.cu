@@ -3,8 +3,11 @@
 //   masked_softmax_fwd_rows_g<G>_p<P>x<N>_<dtype>   GROUP = G lanes per row (G rows per
 //       warp for G < 32), each lane holding N packs of P elements in registers: one read
 //       of the valid scores, one write of the row. For rows up to G * P * N columns.
+//   masked_softmax_fwd_block_regs_p<P>x<N>_<dtype>  one block per row (64..1024 threads),
+//       N packs of P elements per thread in registers (N * P = 16): one read, one write.
+//       For rows up to 1024 * 16 columns.
 //   masked_softmax_fwd_block_cached_p<P>_<dtype>    one block per row, keys cached in
-//       dynamic shared memory: one read, one write. For rows that fit on chip.
+//       dynamic shared memory: one read, one write. For longer rows that fit on chip.
 //   masked_softmax_fwd_block_stream_p<P>_<dtype>    one block per row, any length: an
 //       online (max, sum) pass, then a second read of the valid scores to write.
 //   masked_softmax_fwd_cluster_{cached,stream}_p<P>_<dtype>   (sm_90+) few long rows: a
@@ -27,18 +30,67 @@
 
 template <typename T, int PACK, int PACKS, int GROUP>
 __device__ __forceinline__ void rows_forward(const T* x, T* y, const MaskParams& p) {
+    constexpr int R = rows_at_once<PACK * PACKS>();
     const ScaleMap sm = ScaleMap::of(p.scale);
-    for_each_group_row<GROUP>(p, [&](const GroupRow& r) {
+    for_each_group_rows<GROUP, R>(p, [&](const GroupRow (&rows)[R]) {
+        float keys[R][PACKS][PACK];
+        float max_key[R];
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            max_key[r] = -CUDART_INF_F;
+#pragma unroll
+            for (int i = 0; i < PACKS; ++i) {
+                const int64_t col = lane_pack_column<GROUP, PACK>(i, rows[r].member);
+                load_keys<T, PACK>(x + rows[r].offset, col, rows[r].window.start, rows[r].window.end, sm,
+                                   keys[r][i]);
+#pragma unroll
+                for (int j = 0; j < PACK; ++j) max_key[r] = max_nan(max_key[r], keys[r][i][j]);
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            const float row_max = group_max<GROUP>(max_key[r]);
+            const bool zero_row = row_max == -CUDART_INF_F;
+            float sum = 0.f;
+#pragma unroll
+            for (int i = 0; i < PACKS; ++i)
+#pragma unroll
+                for (int j = 0; j < PACK; ++j) {
+                    keys[r][i][j] = zero_row ? 0.f : sm.weight(keys[r][i][j], row_max);
+                    sum += keys[r][i][j];
+                }
+            sum = group_sum<GROUP>(sum);
+            const float inv_sum = zero_row ? 0.f : 1.f / sum;
+            store_group_row<T, PACK, PACKS, GROUP>(y, rows[r], p.k_len,
+                                                   [&](int i, int j) { return keys[r][i][j] * inv_sum; });
+        }
+    });
+}
+
+// ---------------------------------------------------------------- one block per row
+
+// The row in registers across the block: thread t holds packs t, t + blockDim, ... (PACKS
+// of them), all loaded before any is used. One read, one write, two block reductions.
+// Dynamic shared memory: 32 floats of scratch.
+template <typename T, int PACK, int PACKS>
+__device__ __forceinline__ void block_regs_forward(const T* x, T* y, const MaskParams& p) {
+    const ScaleMap sm = ScaleMap::of(p.scale);
+    const RowIndex index = RowIndex::of(p);
+    float* scratch = dynamic_shared<float>();
+    for (int64_t row = blockIdx.x; row < p.rows; row += gridDim.x) {
+        const RowWindow w = row_window(p, index, row);
+        const int64_t offset = row * p.row_stride;
+
         float keys[PACKS][PACK];
         float max_key = -CUDART_INF_F;
 #pragma unroll
         for (int i = 0; i < PACKS; ++i) {
-            const int64_t col = lane_pack_column<GROUP, PACK>(i, r.member);
-            load_keys<T, PACK>(x + r.offset, col, r.window.start, r.window.end, sm, keys[i]);
+            const int64_t col = (int64_t(i) * blockDim.x + threadIdx.x) * PACK;
+            load_keys<T, PACK>(x + offset, col, w.start, w.end, sm, keys[i]);
 #pragma unroll
             for (int j = 0; j < PACK; ++j) max_key = max_nan(max_key, keys[i][j]);
         }
-        max_key = group_max<GROUP>(max_key);
+        max_key = block_max(max_key, scratch);
         const bool zero_row = max_key == -CUDART_INF_F;
 
         float sum = 0.f;
@@ -49,40 +101,44 @@ __device__ __forceinline__ void rows_forward(const T* x, T* y, const MaskParams&
                 keys[i][j] = zero_row ? 0.f : sm.weight(keys[i][j], max_key);
                 sum += keys[i][j];
             }
-        sum = group_sum<GROUP>(sum);
+        sum = block_sum(sum, scratch);
+        const float inv_sum = zero_row ? 0.f : 1.f / sum;
 
-        store_group_row<T, PACK, PACKS, GROUP>(y, r, p.k_len, [&](int i, int j) {
-            return zero_row ? 0.f : keys[i][j] / sum;
-        });
-    });
+#pragma unroll
+        for (int i = 0; i < PACKS; ++i) {
+            const int64_t col = (int64_t(i) * blockDim.x + threadIdx.x) * PACK;
+            if (col >= p.k_len) break;
+            store_window<T, PACK>(y + offset, col, p.k_len, w.start, w.end,
+                                  [&](int j) { return keys[i][j] * inv_sum; });
+        }
+    }
 }
-
-// ---------------------------------------------------------------- one block per row
 
 // Keys cached in shared memory: thread t owns packs t, t + blockDim, ... in every phase
 // and is the only one to touch their slots, so only the reductions need barriers.
 template <typename T, int PACK>
 __device__ __forceinline__ void block_cached_forward(const T* x, T* y, const MaskParams& p) {
     const ScaleMap sm = ScaleMap::of(p.scale);
+    const RowIndex index = RowIndex::of(p);
     float* cache = dynamic_shared<float>();
     float* scratch = cache + packs_in<PACK>(p.k_len) * PACK;
     for (int64_t row = blockIdx.x; row < p.rows; row += gridDim.x) {
-        const RowWindow w = row_window(p, row);
+        const RowWindow w = row_window(p, index, row);
         const int64_t offset = row * p.row_stride;
         const int64_t first_pack = w.start / PACK, end_pack = (w.end + PACK - 1) / PACK;
-
         const int64_t mine = first_owned(first_pack, threadIdx.x, blockDim.x);
 
         float max_key = -CUDART_INF_F;
-        for (int64_t i = mine; i < end_pack; i += blockDim.x) {
-            float keys[PACK];
-            load_keys<T, PACK>(x + offset, i * PACK, w.start, w.end, sm, keys);
+        for_packs<LOADS_IN_FLIGHT, PACK>(
+            mine, end_pack, blockDim.x,
+            [&](int64_t i, float (&keys)[PACK]) { load_keys<T, PACK>(x + offset, i * PACK, w.start, w.end, sm, keys); },
+            [&](int64_t i, float (&keys)[PACK]) {
 #pragma unroll
-            for (int j = 0; j < PACK; ++j) {
-                max_key = max_nan(max_key, keys[j]);
-                cache[i * PACK + j] = keys[j];
-            }
-        }
+                for (int j = 0; j < PACK; ++j) {
+                    max_key = max_nan(max_key, keys[j]);
+                    cache[i * PACK + j] = keys[j];
+                }
+            });
         max_key = block_max(max_key, scratch);
         const bool zero_row = max_key == -CUDART_INF_F;
 
@@ -95,16 +151,11 @@ __device__ __forceinline__ void block_cached_forward(const T* x, T* y, const Mas
                 sum += weight;
             }
         sum = block_sum(sum, scratch);
+        const float inv_sum = zero_row ? 0.f : 1.f / sum;
 
-        for (int64_t i = threadIdx.x; i < packs_in<PACK>(p.k_len); i += blockDim.x) {
-            float out[PACK];
-#pragma unroll
-            for (int j = 0; j < PACK; ++j) {
-                const int64_t c = i * PACK + j;
-                out[j] = (!zero_row && c >= w.start && c < w.end) ? cache[c] / sum : 0.f;
-            }
-            store_values<T, PACK>(y + offset, i * PACK, p.k_len, out);
-        }
+        for (int64_t i = threadIdx.x; i < packs_in<PACK>(p.k_len); i += blockDim.x)
+            store_window<T, PACK>(y + offset, i * PACK, p.k_len, w.start, w.end,
+                                  [&](int j) { return cache[i * PACK + j] * inv_sum; });
     }
 }
 
@@ -112,31 +163,26 @@ __device__ __forceinline__ void block_cached_forward(const T* x, T* y, const Mas
 template <typename T, int PACK>
 __device__ __forceinline__ void block_stream_forward(const T* x, T* y, const MaskParams& p) {
     const ScaleMap sm = ScaleMap::of(p.scale);
+    const RowIndex index = RowIndex::of(p);
     float2* scratch = dynamic_shared<float2>();
     for (int64_t row = blockIdx.x; row < p.rows; row += gridDim.x) {
-        const RowWindow w = row_window(p, row);
+        const RowWindow w = row_window(p, index, row);
         const int64_t offset = row * p.row_stride;
         const int64_t first_pack = w.start / PACK, end_pack = (w.end + PACK - 1) / PACK;
+        const auto load = [&](int64_t i, float (&keys)[PACK]) {
+            load_keys<T, PACK>(x + offset, i * PACK, w.start, w.end, sm, keys);
+        };
 
         SoftmaxStats st = stats_empty();
-        for (int64_t i = first_pack + threadIdx.x; i < end_pack; i += blockDim.x) {
-            float keys[PACK];
-            load_keys<T, PACK>(x + offset, i * PACK, w.start, w.end, sm, keys);
-#pragma unroll
-            for (int j = 0; j < PACK; ++j) stats_add(st, keys[j], sm);
-        }
-        st = block_stats_merge(st, scratch, sm);
+        for_packs<LOADS_IN_FLIGHT, PACK>(first_pack + threadIdx.x, end_pack, blockDim.x, load,
+                                         [&](int64_t, float (&keys)[PACK]) { stats_add(st, keys, sm); });
+        const RowSoftmax r = row_softmax(block_stats_merge(st, scratch, sm));
 
-        for (int64_t i = threadIdx.x; i < packs_in<PACK>(p.k_len); i += blockDim.x) {
-            float keys[PACK], out[PACK];
-            load_keys<T, PACK>(x + offset, i * PACK, w.start, w.end, sm, keys);
-#pragma unroll
-            for (int j = 0; j < PACK; ++j) {
-                const int64_t c = i * PACK + j;
-                out[j] = (c >= w.start && c < w.end) ? stats_probability(st, keys[j], sm) : 0.f;
-            }
-            store_values<T, PACK>(y + offset, i * PACK, p.k_len, out);
-        }
+        for_packs<LOADS_IN_FLIGHT, PACK>(threadIdx.x, packs_in<PACK>(p.k_len), blockDim.x, load,
+                                         [&](int64_t i, float (&keys)[PACK]) {
+                                             store_window<T, PACK>(y + offset, i * PACK, p.k_len, w.start, w.end,
+                                                                   [&](int j) { return probability(r, keys[j], sm); });
+                                         });
     }
 }
 
@@ -152,6 +198,7 @@ __device__ __forceinline__ void block_stream_forward(const T* x, T* y, const Mas
 template <typename T, int PACK, bool CACHED>
 __device__ __forceinline__ void cluster_forward(const T* x, T* y, const MaskParams& p) {
     const ScaleMap sm = ScaleMap::of(p.scale);
+    const RowIndex index = RowIndex::of(p);
     const unsigned rank = cluster_rank(), csize = cluster_size();
     const int64_t clusters = gridDim.x / csize;
     const int64_t row_packs = packs_in<PACK>(p.k_len);
@@ -163,21 +210,23 @@ __device__ __forceinline__ void cluster_forward(const T* x, T* y, const MaskPara
     float* cache = reinterpret_cast<float*>(scratch + WARP);
 
     for (int64_t row = blockIdx.x / csize; row < p.rows; row += clusters) {
-        const RowWindow w = row_window(p, row);
+        const RowWindow w = row_window(p, index, row);
         const int64_t offset = row * p.row_stride;
         const int64_t first = max(chunk_begin, w.start / PACK);
         const int64_t last = min(chunk_end, (w.end + PACK - 1) / PACK);
+        const auto load = [&](int64_t i, float (&keys)[PACK]) {
+            load_keys<T, PACK>(x + offset, i * PACK, w.start, w.end, sm, keys);
+        };
 
         SoftmaxStats st = stats_empty();
-        for (int64_t i = first_owned(first, chunk_begin + threadIdx.x, blockDim.x); i < last; i += blockDim.x) {
-            float keys[PACK];
-            load_keys<T, PACK>(x + offset, i * PACK, w.start, w.end, sm, keys);
+        for_packs<LOADS_IN_FLIGHT, PACK>(first_owned(first, chunk_begin + threadIdx.x, blockDim.x), last, blockDim.x,
+                                         load, [&](int64_t i, float (&keys)[PACK]) {
+                                             stats_add(st, keys, sm);
+                                             if (CACHED)
 #pragma unroll
-            for (int j = 0; j < PACK; ++j) {
-                stats_add(st, keys[j], sm);
-                if (CACHED) cache[(i - chunk_begin) * PACK + j] = keys[j];
-            }
-        }
+                                                 for (int j = 0; j < PACK; ++j)
+                                                     cache[(i - chunk_begin) * PACK + j] = keys[j];
+                                         });
         st = block_stats_merge(st, scratch, sm);
         if (threadIdx.x == 0) *published = make_float2(st.max_key, st.sum);
         cluster_sync();
@@ -187,21 +236,21 @@ __device__ __forceinline__ void cluster_forward(const T* x, T* y, const MaskPara
             row_stats = stats_merge(row_stats, SoftmaxStats{part.x, part.y}, sm);
         }
         cluster_sync();
+        const RowSoftmax r = row_softmax(row_stats);
 
-        for (int64_t i = chunk_begin + threadIdx.x; i < chunk_end; i += blockDim.x) {
-            float keys[PACK], out[PACK];
-            if (CACHED) {
+        const auto store = [&](int64_t i, float (&keys)[PACK]) {
+            store_window<T, PACK>(y + offset, i * PACK, p.k_len, w.start, w.end,
+                                  [&](int j) { return probability(r, keys[j], sm); });
+        };
+        if (CACHED) {
+            for (int64_t i = chunk_begin + threadIdx.x; i < chunk_end; i += blockDim.x) {
+                float keys[PACK];
 #pragma unroll
                 for (int j = 0; j < PACK; ++j) keys[j] = cache[(i - chunk_begin) * PACK + j];
-            } else {
-                load_keys<T, PACK>(x + offset, i * PACK, w.start, w.end, sm, keys);
+                store(i, keys);
             }
-#pragma unroll
-            for (int j = 0; j < PACK; ++j) {
-                const int64_t c = i * PACK + j;
-                out[j] = (c >= w.start && c < w.end) ? stats_probability(row_stats, keys[j], sm) : 0.f;
-            }
-            store_values<T, PACK>(y + offset, i * PACK, p.k_len, out);
+        } else {
+            for_packs<LOADS_IN_FLIGHT, PACK>(chunk_begin + threadIdx.x, chunk_end, blockDim.x, load, store);
         }
     }
 }
@@ -210,14 +259,26 @@ __device__ __forceinline__ void cluster_forward(const T* x, T* y, const MaskPara
 // ---------------------------------------------------------------- instantiations
 // The Rust planner (src/plan.rs, KernelKind::all) lists exactly these names.
 
+// Rows kernels run 256-thread blocks (src/plan.rs, ROWS_BLOCK); those holding 16 floats or
+// fewer of a row per lane are held to 64 registers, 4 blocks per multiprocessor.
 #define ROWS_KERNEL(SUFFIX, T, G, P, N)                                                              \
-    extern "C" __global__ void masked_softmax_fwd_rows_g##G##_p##P##x##N##_##SUFFIX(const T* x, T* y, \
-                                                                                    MaskParams p) { \
+    extern "C" __global__ void __launch_bounds__(256, (P * N <= 16 ? 4 : 1))                         \
+        masked_softmax_fwd_rows_g##G##_p##P##x##N##_##SUFFIX(const T* x, T* y, MaskParams p) {       \
         rows_forward<T, P, N, G>(x, y, p);                                                          \
     }                                                                                               \
     REGISTER_KERNEL(masked_softmax_fwd_rows_g##G##_p##P##x##N##_##SUFFIX)
 
-#define BLOCK_KERNELS(SUFFIX, T, P)                                                                      \
+// Block kernels keep 16 floats of the row per thread in registers: 1024 threads fit in 64
+// registers each without spilling.
+#define BLOCK_REGS_KERNEL(SUFFIX, T, P, N)                                                             \
+    extern "C" __global__ void __launch_bounds__(1024)                                                 \
+        masked_softmax_fwd_block_regs_p##P##x##N##_##SUFFIX(const T* x, T* y, MaskParams p) {          \
+        block_regs_forward<T, P, N>(x, y, p);                                                          \
+    }                                                                                                  \
+    REGISTER_KERNEL(masked_softmax_fwd_block_regs_p##P##x##N##_##SUFFIX)
+
+#define BLOCK_KERNELS(SUFFIX, T, P, N)                                                                   \
+    BLOCK_REGS_KERNEL(SUFFIX, T, P, N)                                                                  \
     extern "C" __global__ void masked_softmax_fwd_block_cached_p##P##_##SUFFIX(const T* x, T* y,         \
                                                                                MaskParams p) {          \
         block_cached_forward<T, P>(x, y, p);                                                            \
@@ -243,17 +304,20 @@ __device__ __forceinline__ void cluster_forward(const T* x, T* y, const MaskPara
 #define CLUSTER_KERNELS(SUFFIX, T, P)
 #endif
 
-// Per type: 16-byte packs (P = 16 / sizeof(T)) where aligned, single elements otherwise.
-#define TYPE_KERNELS(SUFFIX, T, VP)                  \
-    ROWS_GROUP_LADDER(ROWS_KERNEL, SUFFIX, T, VP)    \
-    ROWS_WARP_LADDER_8(ROWS_KERNEL, SUFFIX, T, VP)   \
-    BLOCK_KERNELS(SUFFIX, T, VP)                     \
+// Per type: 16-byte packs (P = 16 / sizeof(T)) where aligned, single elements otherwise;
+// warp-per-row kernels up to 32 floats per lane (WARP_LADDER: 8 packs of f32, 4 of 16-bit);
+// the block_regs kernels hold VN = 16 / P packs per thread (8 single elements: the scalar
+// path needs more registers per element).
+#define TYPE_KERNELS(SUFFIX, T, VP, VN, WARP_LADDER) \
+    ROWS_GROUP_LADDER(ROWS_KERNEL, SUFFIX, T, VP)      \
+    WARP_LADDER(ROWS_KERNEL, SUFFIX, T, VP)            \
+    BLOCK_KERNELS(SUFFIX, T, VP, VN)                 \
     CLUSTER_KERNELS(SUFFIX, T, VP)                   \
     ROWS_GROUP_LADDER(ROWS_KERNEL, SUFFIX, T, 1)     \
     ROWS_WARP_LADDER_32(ROWS_KERNEL, SUFFIX, T, 1)   \
-    BLOCK_KERNELS(SUFFIX, T, 1)                      \
+    BLOCK_KERNELS(SUFFIX, T, 1, 8)                  \
     CLUSTER_KERNELS(SUFFIX, T, 1)
 
-TYPE_KERNELS(f32, float, 4)
-TYPE_KERNELS(f16, __half, 8)
-TYPE_KERNELS(bf16, __nv_bfloat16, 8)
+TYPE_KERNELS(f32, float, 4, 4, ROWS_WARP_LADDER_8)
+TYPE_KERNELS(f16, __half, 8, 2, ROWS_WARP_LADDER_4)
+TYPE_KERNELS(bf16, __nv_bfloat16, 8, 2, ROWS_WARP_LADDER_4)

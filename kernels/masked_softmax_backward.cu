@@ -4,6 +4,8 @@
 //
 //   masked_softmax_bwd_rows_g<G>_p<P>x<N>_<dtype>   G lanes per row, N packs of P elements
 //       of y and dy per lane in registers: one read of each, one write of dx.
+//   masked_softmax_bwd_block_regs_p<P>x<N>_<dtype>  one block per row, N packs of y and
+//       of dy per thread in registers (N * P = 8).
 //   masked_softmax_bwd_block_cached_p<P>_<dtype>    one block per row, y and dy cached in
 //       dynamic shared memory (8 bytes per column).
 //   masked_softmax_bwd_block_stream_p<P>_<dtype>    one block per row, any length: a pass
@@ -26,23 +28,77 @@ __device__ __forceinline__ float softmax_grad(float y, float dy, float dot, floa
 
 template <typename T, int PACK, int PACKS, int GROUP>
 __device__ __forceinline__ void rows_backward(const T* y, const T* dy, T* dx, const MaskParams& p) {
-    for_each_group_row<GROUP>(p, [&](const GroupRow& r) {
+    constexpr int R = rows_at_once<2 * PACK * PACKS>();
+    for_each_group_rows<GROUP, R>(p, [&](const GroupRow (&rows)[R]) {
+        float ys[R][PACKS][PACK], dys[R][PACKS][PACK];
+        float dot[R];
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            dot[r] = 0.f;
+#pragma unroll
+            for (int i = 0; i < PACKS; ++i) {
+                const int64_t col = lane_pack_column<GROUP, PACK>(i, rows[r].member);
+                const RowWindow& w = rows[r].window;
+                load_values<T, PACK>(y + rows[r].offset, col, w.start, w.end, ys[r][i]);
+                load_values<T, PACK>(dy + rows[r].offset, col, w.start, w.end, dys[r][i]);
+#pragma unroll
+                for (int j = 0; j < PACK; ++j) dot[r] += ys[r][i][j] * dys[r][i][j];
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            const float row_dot = group_sum<GROUP>(dot[r]);
+            store_group_row<T, PACK, PACKS, GROUP>(dx, rows[r], p.k_len, [&](int i, int j) {
+                return softmax_grad(ys[r][i][j], dys[r][i][j], row_dot, p.scale);
+            });
+        }
+    });
+}
+
+// The row's y and dy in registers across the block: thread t holds packs t, t + blockDim,
+// ... (PACKS of each), all loaded before any is used. Dynamic shared memory: 32 floats.
+template <typename T, int PACK, int PACKS>
+__device__ __forceinline__ void block_regs_backward(const T* y, const T* dy, T* dx, const MaskParams& p) {
+    const RowIndex index = RowIndex::of(p);
+    float* scratch = dynamic_shared<float>();
+    for (int64_t row = blockIdx.x; row < p.rows; row += gridDim.x) {
+        const RowWindow w = row_window(p, index, row);
+        const int64_t offset = row * p.row_stride;
+
         float ys[PACKS][PACK], dys[PACKS][PACK];
         float dot = 0.f;
 #pragma unroll
         for (int i = 0; i < PACKS; ++i) {
-            const int64_t col = lane_pack_column<GROUP, PACK>(i, r.member);
-            load_values<T, PACK>(y + r.offset, col, r.window.start, r.window.end, ys[i]);
-            load_values<T, PACK>(dy + r.offset, col, r.window.start, r.window.end, dys[i]);
+            const int64_t col = (int64_t(i) * blockDim.x + threadIdx.x) * PACK;
+            load_values<T, PACK>(y + offset, col, w.start, w.end, ys[i]);
+            load_values<T, PACK>(dy + offset, col, w.start, w.end, dys[i]);
 #pragma unroll
             for (int j = 0; j < PACK; ++j) dot += ys[i][j] * dys[i][j];
         }
-        dot = group_sum<GROUP>(dot);
+        dot = block_sum(dot, scratch);
 
-        store_group_row<T, PACK, PACKS, GROUP>(dx, r, p.k_len, [&](int i, int j) {
-            return softmax_grad(ys[i][j], dys[i][j], dot, p.scale);
-        });
-    });
+#pragma unroll
+        for (int i = 0; i < PACKS; ++i) {
+            const int64_t col = (int64_t(i) * blockDim.x + threadIdx.x) * PACK;
+            if (col >= p.k_len) break;
+            store_window<T, PACK>(dx + offset, col, p.k_len, w.start, w.end,
+                                  [&](int j) { return softmax_grad(ys[i][j], dys[i][j], dot, p.scale); });
+        }
+    }
+}
+
+// y and dy of one pack, loaded together (the for_packs batch element of the block kernels).
+template <typename T, int PACK>
+__device__ __forceinline__ void load_pair(const T* y, const T* dy, int64_t col, const RowWindow& w,
+                                          float (&v)[2 * PACK]) {
+    float ys[PACK], dys[PACK];
+    load_values<T, PACK>(y, col, w.start, w.end, ys);
+    load_values<T, PACK>(dy, col, w.start, w.end, dys);
+#pragma unroll
+    for (int j = 0; j < PACK; ++j) {
+        v[j] = ys[j];
+        v[PACK + j] = dys[j];
+    }
 }
 
 // y and dy of the valid packs cached in shared memory ([y..][dy..] per pack slot); thread t
@@ -50,38 +106,34 @@ __device__ __forceinline__ void rows_backward(const T* y, const T* dy, T* dx, co
 // [2 * packs * PACK floats][32 floats of scratch].
 template <typename T, int PACK>
 __device__ __forceinline__ void block_cached_backward(const T* y, const T* dy, T* dx, const MaskParams& p) {
+    const RowIndex index = RowIndex::of(p);
     const int64_t row_packs = packs_in<PACK>(p.k_len);
     float* cache_y = dynamic_shared<float>();
     float* cache_dy = cache_y + row_packs * PACK;
     float* scratch = cache_dy + row_packs * PACK;
     for (int64_t row = blockIdx.x; row < p.rows; row += gridDim.x) {
-        const RowWindow w = row_window(p, row);
+        const RowWindow w = row_window(p, index, row);
         const int64_t offset = row * p.row_stride;
         const int64_t first_pack = w.start / PACK, end_pack = (w.end + PACK - 1) / PACK;
 
         float dot = 0.f;
-        for (int64_t i = first_owned(first_pack, threadIdx.x, blockDim.x); i < end_pack; i += blockDim.x) {
-            float ys[PACK], dys[PACK];
-            load_values<T, PACK>(y + offset, i * PACK, w.start, w.end, ys);
-            load_values<T, PACK>(dy + offset, i * PACK, w.start, w.end, dys);
+        for_packs<LOADS_IN_FLIGHT, 2 * PACK>(
+            first_owned(first_pack, threadIdx.x, blockDim.x), end_pack, blockDim.x,
+            [&](int64_t i, float (&v)[2 * PACK]) { load_pair<T, PACK>(y + offset, dy + offset, i * PACK, w, v); },
+            [&](int64_t i, float (&v)[2 * PACK]) {
 #pragma unroll
-            for (int j = 0; j < PACK; ++j) {
-                dot += ys[j] * dys[j];
-                cache_y[i * PACK + j] = ys[j];
-                cache_dy[i * PACK + j] = dys[j];
-            }
-        }
+                for (int j = 0; j < PACK; ++j) {
+                    dot += v[j] * v[PACK + j];
+                    cache_y[i * PACK + j] = v[j];
+                    cache_dy[i * PACK + j] = v[PACK + j];
+                }
+            });
         dot = block_sum(dot, scratch);
 
-        for (int64_t i = threadIdx.x; i < row_packs; i += blockDim.x) {
-            float out[PACK];
-#pragma unroll
-            for (int j = 0; j < PACK; ++j) {
-                const int64_t c = i * PACK + j;
-                out[j] = (c >= w.start && c < w.end) ? softmax_grad(cache_y[c], cache_dy[c], dot, p.scale) : 0.f;
-            }
-            store_values<T, PACK>(dx + offset, i * PACK, p.k_len, out);
-        }
+        for (int64_t i = threadIdx.x; i < row_packs; i += blockDim.x)
+            store_window<T, PACK>(dx + offset, i * PACK, p.k_len, w.start, w.end, [&](int j) {
+                return softmax_grad(cache_y[i * PACK + j], cache_dy[i * PACK + j], dot, p.scale);
+            });
     }
 }
 
@@ -89,33 +141,29 @@ __device__ __forceinline__ void block_cached_backward(const T* y, const T* dy, T
 // shared memory: 32 floats of scratch.
 template <typename T, int PACK>
 __device__ __forceinline__ void block_stream_backward(const T* y, const T* dy, T* dx, const MaskParams& p) {
+    const RowIndex index = RowIndex::of(p);
     float* scratch = dynamic_shared<float>();
     for (int64_t row = blockIdx.x; row < p.rows; row += gridDim.x) {
-        const RowWindow w = row_window(p, row);
+        const RowWindow w = row_window(p, index, row);
         const int64_t offset = row * p.row_stride;
         const int64_t first_pack = w.start / PACK, end_pack = (w.end + PACK - 1) / PACK;
+        const auto load = [&](int64_t i, float (&v)[2 * PACK]) {
+            load_pair<T, PACK>(y + offset, dy + offset, i * PACK, w, v);
+        };
 
         float dot = 0.f;
-        for (int64_t i = first_pack + threadIdx.x; i < end_pack; i += blockDim.x) {
-            float ys[PACK], dys[PACK];
-            load_values<T, PACK>(y + offset, i * PACK, w.start, w.end, ys);
-            load_values<T, PACK>(dy + offset, i * PACK, w.start, w.end, dys);
+        for_packs<LOADS_IN_FLIGHT, 2 * PACK>(first_pack + threadIdx.x, end_pack, blockDim.x, load,
+                                             [&](int64_t, float (&v)[2 * PACK]) {
 #pragma unroll
-            for (int j = 0; j < PACK; ++j) dot += ys[j] * dys[j];
-        }
+                                                 for (int j = 0; j < PACK; ++j) dot += v[j] * v[PACK + j];
+                                             });
         dot = block_sum(dot, scratch);
 
-        for (int64_t i = threadIdx.x; i < packs_in<PACK>(p.k_len); i += blockDim.x) {
-            float ys[PACK], dys[PACK], out[PACK];
-            load_values<T, PACK>(y + offset, i * PACK, w.start, w.end, ys);
-            load_values<T, PACK>(dy + offset, i * PACK, w.start, w.end, dys);
-#pragma unroll
-            for (int j = 0; j < PACK; ++j) {
-                const int64_t c = i * PACK + j;
-                out[j] = (c >= w.start && c < w.end) ? softmax_grad(ys[j], dys[j], dot, p.scale) : 0.f;
-            }
-            store_values<T, PACK>(dx + offset, i * PACK, p.k_len, out);
-        }
+        for_packs<LOADS_IN_FLIGHT, 2 * PACK>(
+            threadIdx.x, packs_in<PACK>(p.k_len), blockDim.x, load, [&](int64_t i, float (&v)[2 * PACK]) {
+                store_window<T, PACK>(dx + offset, i * PACK, p.k_len, w.start, w.end,
+                                      [&](int j) { return softmax_grad(v[j], v[PACK + j], dot, p.scale); });
+            });
     }
 }
 
@@ -124,13 +172,25 @@ __device__ __forceinline__ void block_stream_backward(const T* y, const T* dy, T
 
 #define BWD_SIGNATURE(T) (const T* y, const T* dy, T* dx, MaskParams p)
 
+// 256-thread blocks; 4 per multiprocessor (64 registers) when a lane holds 8 or fewer
+// elements of y and of dy.
 #define BWD_ROWS_KERNEL(SUFFIX, T, G, P, N)                                                         \
-    extern "C" __global__ void masked_softmax_bwd_rows_g##G##_p##P##x##N##_##SUFFIX BWD_SIGNATURE(T) { \
+    extern "C" __global__ void __launch_bounds__(256, (P * N <= 8 ? 4 : 1))                         \
+        masked_softmax_bwd_rows_g##G##_p##P##x##N##_##SUFFIX BWD_SIGNATURE(T) {                     \
         rows_backward<T, P, N, G>(y, dy, dx, p);                                                   \
     }                                                                                              \
     REGISTER_KERNEL(masked_softmax_bwd_rows_g##G##_p##P##x##N##_##SUFFIX)
 
-#define BWD_BLOCK_KERNELS(SUFFIX, T, P)                                                             \
+// 16 floats (8 of y, 8 of dy) per thread in registers: 1024 threads fit.
+#define BWD_BLOCK_REGS_KERNEL(SUFFIX, T, P, N)                                                      \
+    extern "C" __global__ void __launch_bounds__(1024)                                              \
+        masked_softmax_bwd_block_regs_p##P##x##N##_##SUFFIX BWD_SIGNATURE(T) {                      \
+        block_regs_backward<T, P, N>(y, dy, dx, p);                                                 \
+    }                                                                                               \
+    REGISTER_KERNEL(masked_softmax_bwd_block_regs_p##P##x##N##_##SUFFIX)
+
+#define BWD_BLOCK_KERNELS(SUFFIX, T, P, N)                                                          \
+    BWD_BLOCK_REGS_KERNEL(SUFFIX, T, P, N)                                                          \
     extern "C" __global__ void masked_softmax_bwd_block_cached_p##P##_##SUFFIX BWD_SIGNATURE(T) {   \
         block_cached_backward<T, P>(y, dy, dx, p);                                                 \
     }                                                                                              \
@@ -140,15 +200,16 @@ __device__ __forceinline__ void block_stream_backward(const T* y, const T* dy, T
     }                                                                                              \
     REGISTER_KERNEL(masked_softmax_bwd_block_stream_p##P##_##SUFFIX)
 
-// Two values per element in registers: half the forward's packs per lane.
-#define BWD_TYPE_KERNELS(SUFFIX, T, VP)                  \
-    ROWS_GROUP_LADDER(BWD_ROWS_KERNEL, SUFFIX, T, VP)    \
-    ROWS_WARP_LADDER_4(BWD_ROWS_KERNEL, SUFFIX, T, VP)   \
-    BWD_BLOCK_KERNELS(SUFFIX, T, VP)                     \
+// Two values per element in registers: half the forward's packs per lane (and per thread
+// in block_regs: VN = 8 / P).
+#define BWD_TYPE_KERNELS(SUFFIX, T, VP, VN, WARP_LADDER) \
+    ROWS_GROUP_LADDER(BWD_ROWS_KERNEL, SUFFIX, T, VP)      \
+    WARP_LADDER(BWD_ROWS_KERNEL, SUFFIX, T, VP)            \
+    BWD_BLOCK_KERNELS(SUFFIX, T, VP, VN)                 \
     ROWS_GROUP_LADDER(BWD_ROWS_KERNEL, SUFFIX, T, 1)     \
     ROWS_WARP_LADDER_16(BWD_ROWS_KERNEL, SUFFIX, T, 1)   \
-    BWD_BLOCK_KERNELS(SUFFIX, T, 1)
+    BWD_BLOCK_KERNELS(SUFFIX, T, 1, 8)
 
-BWD_TYPE_KERNELS(f32, float, 4)
-BWD_TYPE_KERNELS(f16, __half, 8)
-BWD_TYPE_KERNELS(bf16, __nv_bfloat16, 8)
+BWD_TYPE_KERNELS(f32, float, 4, 2, ROWS_WARP_LADDER_4)
+BWD_TYPE_KERNELS(f16, __half, 8, 1, ROWS_WARP_LADDER_2)
+BWD_TYPE_KERNELS(bf16, __nv_bfloat16, 8, 1, ROWS_WARP_LADDER_2)

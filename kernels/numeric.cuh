@@ -37,19 +37,33 @@ __device__ __forceinline__ float max_nan(float a, float b) {
 #endif
 }
 
+// 2^x. On the GPU one MUFU instruction (ex2.approx.ftz: relative error about 2^-22, a
+// result below 2^-126 flushed to 0, i.e. a probability below 1e-38 written as 0); expf
+// costs several instructions more per element, which 16-bit rows at full bandwidth cannot
+// afford.
+__device__ __forceinline__ float fast_exp2(float x) {
+#ifdef MASKED_SOFTMAX_EMULATION
+    return exp2f(x);
+#else
+    float r;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
+    return r;
+#endif
+}
+
 // The scale, split into the sign that orders keys and the magnitude that weighs them.
 struct ScaleMap {
-    float key_sign;   // +1, -1, or 0 for scale 0 (then keys are 0, or NaN for +-inf and NaN)
-    float scale_abs;  // |scale|
+    float key_sign;    // +1, -1, or 0 for scale 0 (then keys are 0, or NaN for +-inf and NaN)
+    float log2_scale;  // |scale| * log2(e): exp(d * |scale|) = 2^(d * log2_scale)
 
     __device__ __forceinline__ static ScaleMap of(float scale) {
-        return ScaleMap{scale > 0.f ? 1.f : (scale < 0.f ? -1.f : 0.f), fabsf(scale)};
+        return ScaleMap{scale > 0.f ? 1.f : (scale < 0.f ? -1.f : 0.f), fabsf(scale) * 1.4426950408889634f};
     }
     __device__ __forceinline__ float key(float x) const { return x * key_sign; }
     // exp(s - s_max) for a key `k` and the row's max key `max_key`. A -inf key (a masked
     // slot, or a -inf score) weighs exactly 0, at scale 0 too, where -inf * 0 would be NaN.
     __device__ __forceinline__ float weight(float k, float max_key) const {
-        return k == -CUDART_INF_F ? 0.f : expf((k - max_key) * scale_abs);
+        return k == -CUDART_INF_F ? 0.f : fast_exp2((k - max_key) * log2_scale);
     }
 };
 
@@ -62,13 +76,17 @@ struct SoftmaxStats {
 
 __device__ __forceinline__ SoftmaxStats stats_empty() { return SoftmaxStats{-CUDART_INF_F, 0.f}; }
 
-// Adds one key (online softmax).
-__device__ __forceinline__ void stats_add(SoftmaxStats& st, float k, const ScaleMap& sm) {
-    if (k == -CUDART_INF_F) return;  // weighs 0
-    const float max_key = max_nan(st.max_key, k);
-    const float kept = st.max_key == -CUDART_INF_F ? 0.f : st.sum * sm.weight(st.max_key, max_key);
-    st.sum = kept + sm.weight(k, max_key);
-    st.max_key = max_key;
+// Adds N keys (online softmax): one rescale of the running sum per N keys, not per key.
+template <int N>
+__device__ __forceinline__ void stats_add(SoftmaxStats& st, const float (&keys)[N], const ScaleMap& sm) {
+    float max_key = st.max_key;
+#pragma unroll
+    for (int j = 0; j < N; ++j) max_key = max_nan(max_key, keys[j]);
+    if (max_key == -CUDART_INF_F) return;  // nothing but -inf so far: everything weighs 0
+    float sum = st.sum * sm.weight(st.max_key, max_key);  // an empty st weighs 0 * 0
+#pragma unroll
+    for (int j = 0; j < N; ++j) sum += sm.weight(keys[j], max_key);
+    st = SoftmaxStats{max_key, sum};
 }
 
 // The sum of a part, rescaled to a larger max.
@@ -81,7 +99,20 @@ __device__ __forceinline__ SoftmaxStats stats_merge(SoftmaxStats a, SoftmaxStats
     return SoftmaxStats{max_key, stats_rescaled(a, max_key, sm) + stats_rescaled(b, max_key, sm)};
 }
 
-// The probability of key `k` in a row with statistics `st` (0 for a zero row).
-__device__ __forceinline__ float stats_probability(SoftmaxStats st, float k, const ScaleMap& sm) {
-    return st.max_key == -CUDART_INF_F ? 0.f : sm.weight(k, st.max_key) / st.sum;
+// A row's final statistics, ready to write: the max key and the reciprocal of the sum (one
+// division per row; each element is then a multiply), or `zero` for a row with no weight.
+struct RowSoftmax {
+    float max_key;
+    float inv_sum;
+    bool zero;
+};
+
+__device__ __forceinline__ RowSoftmax row_softmax(SoftmaxStats st) {
+    const bool zero = st.max_key == -CUDART_INF_F;
+    return RowSoftmax{st.max_key, zero ? 0.f : 1.f / st.sum, zero};
+}
+
+// The probability of key `k` (0 in a zero row).
+__device__ __forceinline__ float probability(const RowSoftmax& r, float k, const ScaleMap& sm) {
+    return r.zero ? 0.f : sm.weight(k, r.max_key) * r.inv_sum;
 }

@@ -27,6 +27,26 @@ __device__ __forceinline__ int64_t first_owned(int64_t first, int64_t t, int64_t
     return first + ((t - first) % step + step) % step;
 }
 
+// Calls use(i, v) for the packs i = first, first + step, ... below end, after load(i, v)
+// has filled v (W floats) for a batch of U of them: a plain loop that loads one pack and
+// uses it waits out the memory latency on every pack, while U loads in flight per thread
+// keep the memory system busy.
+template <int U, int W, typename Load, typename Use>
+__device__ __forceinline__ void for_packs(int64_t first, int64_t end, int64_t step, Load load, Use use) {
+    for (int64_t base = first; base < end; base += U * step) {
+        float v[U][W];
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+            if (base + u * step < end) load(base + u * step, v[u]);
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+            if (base + u * step < end) use(base + u * step, v[u]);
+    }
+}
+
+// Packs per thread in flight in the block kernels' loops.
+constexpr int LOADS_IN_FLIGHT = 4;
+
 // ---------------------------------------------------------------- rows kernels
 
 #include "io.cuh"
@@ -41,23 +61,37 @@ struct GroupRow {
     int64_t offset;    // element offset of the row (0 when inactive)
 };
 
-// Calls body(const GroupRow&) for every row, GROUP lanes per row (GROUP rows per warp below
-// 32), over a grid-stride loop that is warp-uniform: every lane of a warp makes the same
-// calls, so a body may shuffle across the warp with a full mask. Lane `member` of a group
-// owns the packs at columns (i * GROUP + member) * PACK.
-template <int GROUP, typename Body>
-__device__ __forceinline__ void for_each_group_row(const MaskParams& p, Body body) {
+// Rows a lane takes at once in a rows kernel holding FLOATS values of a row per lane: with
+// a row of a pack or two per lane, each row's loads wait on its length and then on its
+// scores, so one row at a time leaves the memory system idle; R rows at once put R chains
+// in flight. Up to 4, and at most 16 floats of the batch per lane.
+template <int FLOATS>
+__device__ __forceinline__ constexpr int rows_at_once() {
+    return FLOATS >= 16 ? 1 : (16 / FLOATS > 4 ? 4 : 16 / FLOATS);
+}
+
+// Calls body(const GroupRow (&)[R]) for every batch of R rows a lane handles, GROUP lanes
+// per row (GROUP rows per warp below 32), over a grid-stride loop that is warp-uniform:
+// every lane of a warp makes the same calls, so a body may shuffle across the warp with a
+// full mask. Lane `member` of a group owns the packs at columns (i * GROUP + member) * PACK.
+template <int GROUP, int R, typename Body>
+__device__ __forceinline__ void for_each_group_rows(const MaskParams& p, Body body) {
     constexpr int ROWS_PER_WARP = WARP / GROUP;
+    const RowIndex index = RowIndex::of(p);
     const int lane = threadIdx.x % WARP;
     const int64_t warps_per_block = blockDim.x / WARP;
     const int64_t first_warp = int64_t(blockIdx.x) * warps_per_block + threadIdx.x / WARP;
     const int64_t warp_step = int64_t(gridDim.x) * warps_per_block;
-    for (int64_t base = first_warp * ROWS_PER_WARP; base < p.rows; base += warp_step * ROWS_PER_WARP) {
-        const int64_t row = base + lane / GROUP;
-        const bool active = row < p.rows;
-        const GroupRow r{active, lane % GROUP, active ? row_window(p, row) : RowWindow{0, 0},
-                         (active ? row : 0) * p.row_stride};
-        body(r);
+    for (int64_t base = first_warp * ROWS_PER_WARP * R; base < p.rows; base += warp_step * ROWS_PER_WARP * R) {
+        GroupRow rows[R];
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            const int64_t row = base + r * ROWS_PER_WARP + lane / GROUP;
+            const bool active = row < p.rows;
+            rows[r] = GroupRow{active, lane % GROUP, active ? row_window(p, index, row) : RowWindow{0, 0},
+                               (active ? row : 0) * p.row_stride};
+        }
+        body(rows);
     }
 }
 
@@ -75,12 +109,7 @@ __device__ __forceinline__ void store_group_row(T* out, const GroupRow& r, int64
     for (int i = 0; i < PACKS; ++i) {
         const int64_t col = lane_pack_column<GROUP, PACK>(i, r.member);
         if (col >= k_len) break;
-        float values[PACK];
-#pragma unroll
-        for (int j = 0; j < PACK; ++j) {
-            const int64_t c = col + j;
-            values[j] = (c >= r.window.start && c < r.window.end) ? value(i, j) : 0.f;
-        }
-        store_values<T, PACK>(out + r.offset, col, k_len, values);
+        store_window<T, PACK>(out + r.offset, col, k_len, r.window.start, r.window.end,
+                              [&](int j) { return value(i, j); });
     }
 }

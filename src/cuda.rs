@@ -53,7 +53,7 @@ use crate::dtype::{DType, Element};
 use crate::error::{Error, LengthKind, Result};
 use crate::plan::{
     Buffers, DeviceLimits, Direction, KernelKind, KernelParams, LaunchPlan, plan_backward,
-    plan_forward,
+    plan_forward, plan_kernel,
 };
 
 /// The PTX built from `kernels/*.cu` by build.rs (no modules when built without nvcc).
@@ -274,12 +274,41 @@ impl CudaSoftmax {
         x: &impl DevicePtr<T>,
         y: &mut impl DevicePtrMut<T>,
     ) -> Result<()> {
+        self.forward_on(None, stream, spec, lengths.into(), x, y)
+            .map(|_| ())
+    }
+
+    /// [`forward`](Self::forward) on the kernel `kind` rather than the planner's choice, for
+    /// benchmarks and tests that compare kernels on one problem (the kinds are listed by
+    /// [`KernelKind::all`]). `Ok(false)`, with nothing launched, if that kernel cannot run
+    /// the problem (see [`plan_kernel`]).
+    pub fn forward_with_kernel<'a, T: Element>(
+        &self,
+        kind: KernelKind,
+        stream: &Arc<CudaStream>,
+        spec: &Spec,
+        lengths: impl Into<LengthsArg<'a>>,
+        x: &impl DevicePtr<T>,
+        y: &mut impl DevicePtrMut<T>,
+    ) -> Result<bool> {
+        self.forward_on(Some(kind), stream, spec, lengths.into(), x, y)
+    }
+
+    fn forward_on<T: Element>(
+        &self,
+        kind: Option<KernelKind>,
+        stream: &Arc<CudaStream>,
+        spec: &Spec,
+        lengths: LengthsArg<'_>,
+        x: &impl DevicePtr<T>,
+        y: &mut impl DevicePtrMut<T>,
+    ) -> Result<bool> {
         self.check::<T>(stream, spec)?;
         check_buffer("x", x.len(), &spec.shape)?;
         check_buffer("y", y.len(), &spec.shape)?;
         self.check_context("x", x.stream())?;
         self.check_context("y", y.stream())?;
-        self.with_device_lengths(stream, spec, lengths.into(), |lengths| {
+        self.with_device_lengths(stream, spec, lengths, |lengths| {
             let (x_bytes, y_bytes) = (x.num_bytes() as u64, y.num_bytes() as u64);
             let (x_ptr, _x_guard) = x.device_ptr(stream);
             let (y_ptr, _y_guard) = y.device_ptr_mut(stream);
@@ -289,7 +318,7 @@ impl CudaSoftmax {
                 y: y_ptr,
                 ..Buffers::default()
             };
-            self.launch::<T>(stream, spec, lengths, buffers, Direction::Forward)
+            self.launch::<T>(stream, spec, lengths, buffers, Direction::Forward, kind)
         })
     }
 
@@ -311,7 +340,8 @@ impl CudaSoftmax {
                 y: ptr,
                 ..Buffers::default()
             };
-            self.launch::<T>(stream, spec, lengths, buffers, Direction::Forward)
+            self.launch::<T>(stream, spec, lengths, buffers, Direction::Forward, None)
+                .map(|_| ())
         })
     }
 
@@ -361,6 +391,37 @@ impl CudaSoftmax {
         dy: &impl DevicePtr<T>,
         dx: &mut impl DevicePtrMut<T>,
     ) -> Result<()> {
+        self.backward_on(None, stream, spec, lengths.into(), y, dy, dx)
+            .map(|_| ())
+    }
+
+    /// [`backward`](Self::backward) on the kernel `kind` rather than the planner's choice;
+    /// see [`forward_with_kernel`](Self::forward_with_kernel).
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_with_kernel<'a, T: Element>(
+        &self,
+        kind: KernelKind,
+        stream: &Arc<CudaStream>,
+        spec: &Spec,
+        lengths: impl Into<LengthsArg<'a>>,
+        y: &impl DevicePtr<T>,
+        dy: &impl DevicePtr<T>,
+        dx: &mut impl DevicePtrMut<T>,
+    ) -> Result<bool> {
+        self.backward_on(Some(kind), stream, spec, lengths.into(), y, dy, dx)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn backward_on<T: Element>(
+        &self,
+        kind: Option<KernelKind>,
+        stream: &Arc<CudaStream>,
+        spec: &Spec,
+        lengths: LengthsArg<'_>,
+        y: &impl DevicePtr<T>,
+        dy: &impl DevicePtr<T>,
+        dx: &mut impl DevicePtrMut<T>,
+    ) -> Result<bool> {
         self.check::<T>(stream, spec)?;
         for (name, len, s) in [
             ("y", y.len(), y.stream()),
@@ -370,7 +431,7 @@ impl CudaSoftmax {
             check_buffer(name, len, &spec.shape)?;
             self.check_context(name, s)?;
         }
-        self.with_device_lengths(stream, spec, lengths.into(), |lengths| {
+        self.with_device_lengths(stream, spec, lengths, |lengths| {
             let (y_bytes, dy_bytes, dx_bytes) = (
                 y.num_bytes() as u64,
                 dy.num_bytes() as u64,
@@ -387,7 +448,7 @@ impl CudaSoftmax {
                 y: dx_ptr,
                 ..Buffers::default()
             };
-            self.launch::<T>(stream, spec, lengths, buffers, Direction::Backward)
+            self.launch::<T>(stream, spec, lengths, buffers, Direction::Backward, kind)
         })
     }
 
@@ -416,7 +477,8 @@ impl CudaSoftmax {
                 y: g_ptr,
                 ..Buffers::default()
             };
-            self.launch::<T>(stream, spec, lengths, buffers, Direction::Backward)
+            self.launch::<T>(stream, spec, lengths, buffers, Direction::Backward, None)
+                .map(|_| ())
         })
     }
 
@@ -494,16 +556,32 @@ impl CudaSoftmax {
         lengths: DeviceLengths<'_>,
         mut buffers: Buffers,
         direction: Direction,
-    ) -> Result<()> {
+        kind: Option<KernelKind>,
+    ) -> Result<bool> {
         let (kv_ptr, _kv_guard) = lengths.kv.map(|l| l.device_ptr(stream)).unzip();
         let (q_ptr, _q_guard) = lengths.q.map(|l| l.device_ptr(stream)).unzip();
         buffers.kv_lens = kv_ptr.unwrap_or(0);
         buffers.q_lens = q_ptr.unwrap_or(0);
-        let plan = match direction {
-            Direction::Forward => plan_forward(spec, T::DTYPE, self.limits, buffers)?,
-            Direction::Backward => plan_backward(spec, T::DTYPE, self.limits, buffers)?,
+        let plan = match (kind, direction) {
+            (None, Direction::Forward) => plan_forward(spec, T::DTYPE, self.limits, buffers)?,
+            (None, Direction::Backward) => plan_backward(spec, T::DTYPE, self.limits, buffers)?,
+            (Some(kind), _) => {
+                match plan_kernel(kind, direction, spec, T::DTYPE, self.limits, buffers)? {
+                    Some(plan) => plan,
+                    None => return Ok(false),
+                }
+            }
         };
-        let function = &self.functions[&(direction, plan.kernel, plan.dtype)];
+        // Every kernel the planner picks is loaded (a unit test checks the PTX holds them);
+        // a kind named by the caller may be one that is not compiled.
+        let Some(function) = self.functions.get(&(direction, plan.kernel, plan.dtype)) else {
+            return match kind {
+                Some(_) => Ok(false),
+                None => Err(Error::MissingKernel {
+                    name: plan.kernel_name(),
+                }),
+            };
+        };
         let mut params = plan.params;
         let (mut x, mut dy, mut y) = (buffers.x, buffers.dy, buffers.y);
         let mut forward_args: [*mut c_void; 3] = [
@@ -524,7 +602,8 @@ impl CudaSoftmax {
         // SAFETY: forward kernels take (const T* x, T* y, MaskParams) and backward kernels
         // (const T* y, const T* dy, T* dx, MaskParams); the buffers hold `required_len`
         // elements of T and the lengths `batch` i32 (checked by every entry point).
-        unsafe { launch_raw(stream, function, &plan, args) }
+        unsafe { launch_raw(stream, function, &plan, args) }?;
+        Ok(true)
     }
 
     /// Checks shared by every entry point: spec and stream.

@@ -109,6 +109,14 @@ pub enum Error {
         buffer: &'static str,
     },
 
+    /// The planner picked a kernel this build did not load: the kernels and the planner
+    /// are out of step (a bug; a unit test guards against it).
+    #[error("this build has no kernel `{name}`, which the launch planner picked (a build bug)")]
+    MissingKernel {
+        /// The kernel's name.
+        name: String,
+    },
+
     /// Host lengths passed while the stream is capturing a CUDA graph: they would be copied
     /// into the handle's staging buffer at capture time, not at replay.
     #[error(

@@ -2,20 +2,26 @@
 //! parameters. Pure Rust, so it is unit-tested without a GPU, and it drives both the CUDA
 //! launcher ([`crate::cuda`]) and the CPU emulator the tests run the kernels on.
 //!
-//! The forward ladder, by row length `k_len` (P = elements per pack: 16 bytes' worth when
-//! both buffers and the row stride keep packs aligned, else 1):
+//! The ladder, by row length `k_len` (P = elements per pack: 16 bytes' worth when every
+//! buffer and the row stride keep packs aligned, else 1; each thread keeps at most 32
+//! floats of a row in registers in a rows kernel, 16 in a block kernel, half that in the
+//! backward, which holds `y` and `dy`):
 //!
 //! 1. `k_len <= 32 P`: [`KernelKind::Rows`] with `group` lanes per row, several rows per
 //!    warp, one pack per lane, so short rows are neither launch- nor shuffle-bound.
-//! 2. `k_len <= 32 P N_max`: `Rows` with a whole warp per row and `packs` packs per lane
-//!    in registers.
-//! 3. Rows whose keys fit in shared memory: [`KernelKind::BlockCached`], a block per row.
-//! 4. Anything longer: [`KernelKind::BlockStream`], a block per row reading the valid
+//! 2. Up to 32 floats per lane: `Rows` with a whole warp per row and `packs` packs per
+//!    lane in registers.
+//! 3. Up to 16 floats per thread of a 1024-thread block: [`KernelKind::BlockRegs`], a
+//!    block per row, the row in registers.
+//! 4. Rows whose keys fit in shared memory: [`KernelKind::BlockCached`], a block per row.
+//! 5. Anything longer: [`KernelKind::BlockStream`], a block per row reading the valid
 //!    scores twice.
 //!
-//! Rows for steps 3 and 4 that are too few to give every multiprocessor a block go, on
-//! GPUs with thread-block clusters (9.0+), to [`KernelKind::Cluster`]: a cluster of 2 to 8
-//! blocks per row, each with a chunk of it (cached in shared memory when it fits).
+//! On GPUs with thread-block clusters (9.0+) the forward sends two more cases to
+//! [`KernelKind::Cluster`], a cluster of 2 to 8 blocks per row, each block a chunk of it:
+//! rows past step 2 too few to give every multiprocessor a block, and rows too long for one
+//! block's shared memory (cached in the cluster's shared memory when it fits, else read
+//! twice with the cluster's rows close together in L2).
 
 use crate::contract::{Causal, Padding, Spec};
 use crate::dtype::DType;
@@ -51,6 +57,14 @@ pub enum KernelKind {
         /// Elements per pack.
         pack: u32,
         /// Packs per lane.
+        packs: u32,
+    },
+    /// A block per row (64 to 1024 threads), `packs` packs of `pack` elements per thread
+    /// in registers: rows up to `1024 * pack * packs` columns.
+    BlockRegs {
+        /// Elements per pack.
+        pack: u32,
+        /// Packs per thread.
         packs: u32,
     },
     /// A block per row, keys cached in dynamic shared memory.
@@ -111,15 +125,30 @@ impl Direction {
     }
 }
 
-/// Most packs per lane of a warp-per-row kernel: forward 8 vector packs (32 f32 or 64
-/// 16-bit values per lane) or 32 single elements; backward, holding y and dy, half that.
+/// Most packs per lane of a warp-per-row kernel: 32 floats of the row per lane in the
+/// forward (8 f32 or 4 16-bit vector packs, or 32 single elements), 16 of `y` and 16 of `dy`
+/// in the backward. More costs registers the multiprocessor needs for occupancy.
 fn max_packs(pack: u32, direction: Direction) -> u32 {
-    let forward = if pack == 1 { 32 } else { 8 };
     match direction {
-        Direction::Forward => forward,
-        Direction::Backward => forward / 2,
+        Direction::Forward => 32 / pack,
+        Direction::Backward => 16 / pack,
     }
 }
+
+/// Packs per thread of the block-per-row register kernels: 16 floats per thread (8 of `y`
+/// and 8 of `dy` backward), so that 1024 threads fit in 64 registers each without
+/// spilling; 8 single elements in the forward's scalar fallback, which needs more
+/// registers per element.
+fn block_regs_packs(pack: u32, direction: Direction) -> u32 {
+    match (direction, pack) {
+        (Direction::Forward, 1) => 8,
+        (Direction::Forward, p) => 16 / p,
+        (Direction::Backward, p) => 8 / p,
+    }
+}
+
+/// Threads of the largest block.
+const MAX_BLOCK: u32 = 1024;
 
 impl KernelKind {
     /// Every kernel compiled for `dtype` in `direction`; the cluster kernels (forward only)
@@ -140,6 +169,10 @@ impl KernelKind {
             });
             kinds.extend(groups.into_iter().chain(warps));
             kinds.extend([
+                KernelKind::BlockRegs {
+                    pack,
+                    packs: block_regs_packs(pack, direction),
+                },
                 KernelKind::BlockCached { pack },
                 KernelKind::BlockStream { pack },
             ]);
@@ -157,6 +190,7 @@ impl KernelKind {
             KernelKind::Rows { group, pack, packs } => {
                 format!("{d}_rows_g{group}_p{pack}x{packs}_{t}")
             }
+            KernelKind::BlockRegs { pack, packs } => format!("{d}_block_regs_p{pack}x{packs}_{t}"),
             KernelKind::BlockCached { pack } => format!("{d}_block_cached_p{pack}_{t}"),
             KernelKind::BlockStream { pack } => format!("{d}_block_stream_p{pack}_{t}"),
             KernelKind::Cluster { pack, cached } => {
@@ -170,6 +204,7 @@ impl KernelKind {
     pub fn pack(self) -> u32 {
         match self {
             KernelKind::Rows { pack, .. }
+            | KernelKind::BlockRegs { pack, .. }
             | KernelKind::BlockCached { pack }
             | KernelKind::BlockStream { pack }
             | KernelKind::Cluster { pack, .. } => pack,
@@ -317,6 +352,26 @@ pub fn plan_backward(
     plan(spec, dtype, limits, buffers, Direction::Backward)
 }
 
+/// Plans a launch of `kind` (any compiled kernel, not the planner's choice) for a validated
+/// `spec`, or `None` if that kernel cannot run it: a row longer than its registers hold,
+/// keys that do not fit in shared memory, vector packs on misaligned buffers, clusters
+/// where there are none or in the backward. For benchmarks and tests that compare kernels
+/// on one problem.
+pub fn plan_kernel(
+    kind: KernelKind,
+    direction: Direction,
+    spec: &Spec,
+    dtype: DType,
+    limits: DeviceLimits,
+    buffers: Buffers,
+) -> Result<Option<LaunchPlan>> {
+    let problem = Problem::new(spec, dtype, limits, buffers, direction)?;
+    if kind.pack() != 1 && kind.pack() != problem.pack {
+        return Ok(None);
+    }
+    Ok(problem.configure(kind))
+}
+
 fn plan(
     spec: &Spec,
     dtype: DType,
@@ -324,95 +379,217 @@ fn plan(
     buffers: Buffers,
     direction: Direction,
 ) -> Result<LaunchPlan> {
-    let params = KernelParams::new(spec, buffers.kv_lens, buffers.q_lens)?;
-    let shape = &spec.shape;
-    let rows = shape.rows()? as u64;
-    let k_len = shape.k_len as u64;
-    let elem = dtype.size_in_bytes() as u64;
+    let problem = Problem::new(spec, dtype, limits, buffers, direction)?;
+    let kind = problem.choose();
+    Ok(problem
+        .configure(kind)
+        .expect("the planner picks a kernel that can run the problem"))
+}
 
-    // 16-byte packs only if every pack of every row of every buffer is 16-byte aligned.
-    let aligned = [buffers.x, buffers.y, buffers.dy]
-        .iter()
-        .all(|a| a % 16 == 0)
-        && (shape.row_stride as u64 * elem) % 16 == 0;
-    let pack = if aligned { vector_pack(dtype) } else { 1 };
-    let p = pack as u64;
+/// One problem as the planner sees it.
+struct Problem {
+    params: KernelParams,
+    direction: Direction,
+    dtype: DType,
+    limits: DeviceLimits,
+    rows: u64,
+    k_len: u64,
+    /// Elements per pack the buffers allow.
+    pack: u32,
+}
 
-    let plan = |kernel, grid: u64, block: u32, shared_bytes: u64| LaunchPlan {
-        kernel,
-        direction,
-        dtype,
-        grid: grid.clamp(1, i32::MAX as u64) as u32,
-        block,
-        cluster: 1,
-        shared_bytes: shared_bytes as u32,
-        params,
-    };
-    let sms = limits.sm_count.max(1) as u64;
-    let threads_per_sm = limits.max_threads_per_sm.max(WARP_SIZE) as u64;
+impl Problem {
+    fn new(
+        spec: &Spec,
+        dtype: DType,
+        limits: DeviceLimits,
+        buffers: Buffers,
+        direction: Direction,
+    ) -> Result<Self> {
+        let params = KernelParams::new(spec, buffers.kv_lens, buffers.q_lens)?;
+        let elem = dtype.size_in_bytes() as u64;
+        // 16-byte packs only if every pack of every row of every buffer is 16-byte aligned.
+        let aligned = [buffers.x, buffers.y, buffers.dy]
+            .iter()
+            .all(|a| a % 16 == 0)
+            && (spec.shape.row_stride as u64 * elem) % 16 == 0;
+        Ok(Problem {
+            params,
+            direction,
+            dtype,
+            limits,
+            rows: spec.shape.rows()? as u64,
+            k_len: spec.shape.k_len as u64,
+            pack: if aligned { vector_pack(dtype) } else { 1 },
+        })
+    }
 
-    if k_len <= 32 * p * max_packs(pack, direction) as u64 {
-        let (group, packs) = if k_len <= 32 * p {
-            (k_len.div_ceil(p).next_power_of_two() as u32, 1)
-        } else {
-            (32, k_len.div_ceil(32 * p).next_power_of_two() as u32)
+    fn sms(&self) -> u64 {
+        self.limits.sm_count.max(1) as u64
+    }
+
+    fn threads_per_sm(&self) -> u64 {
+        self.limits.max_threads_per_sm.max(WARP_SIZE) as u64
+    }
+
+    fn row_packs(&self, pack: u32) -> u64 {
+        self.k_len.div_ceil(pack as u64)
+    }
+
+    fn clusters(&self) -> bool {
+        self.limits.clusters && self.direction == Direction::Forward
+    }
+
+    /// The planner's kernel: the ladder of the module docs.
+    fn choose(&self) -> KernelKind {
+        let (pack, direction) = (self.pack, self.direction);
+        let p = pack as u64;
+        if self.k_len <= 32 * p * max_packs(pack, direction) as u64 {
+            let (group, packs) = if self.k_len <= 32 * p {
+                (self.k_len.div_ceil(p).next_power_of_two() as u32, 1)
+            } else {
+                (32, self.k_len.div_ceil(32 * p).next_power_of_two() as u32)
+            };
+            return KernelKind::Rows { group, pack, packs };
+        }
+        // Too few rows to give each multiprocessor a block: a cluster per row.
+        if self.clusters() && self.rows < self.sms() {
+            return KernelKind::Cluster {
+                pack,
+                cached: self.cluster_config(pack).1,
+            };
+        }
+        let regs = KernelKind::BlockRegs {
+            pack,
+            packs: block_regs_packs(pack, direction),
         };
-        let rows_per_block = (ROWS_BLOCK / WARP_SIZE * (WARP_SIZE / group)) as u64;
-        let resident = sms * (threads_per_sm / ROWS_BLOCK as u64).max(1);
-        let grid = rows.div_ceil(rows_per_block).min(resident);
-        return Ok(plan(
-            KernelKind::Rows { group, pack, packs },
-            grid,
-            ROWS_BLOCK,
-            0,
-        ));
+        if self.configure(regs).is_some() {
+            return regs;
+        }
+        let cached = KernelKind::BlockCached { pack };
+        if self.configure(cached).is_some() {
+            return cached;
+        }
+        // Too long for one block's shared memory: a cluster's, or two reads.
+        if self.clusters() {
+            return KernelKind::Cluster {
+                pack,
+                cached: self.cluster_config(pack).1,
+            };
+        }
+        KernelKind::BlockStream { pack }
     }
 
-    let row_packs = k_len.div_ceil(p);
+    /// Blocks per cluster and whether their chunks fit in shared memory: the fewest blocks
+    /// (2 to 8) whose chunks fit, but no fewer than it takes to give every multiprocessor a
+    /// block; 8 reading twice if no cluster holds the row.
+    fn cluster_config(&self, pack: u32) -> (u64, bool) {
+        match self.cached_cluster(pack) {
+            Some(cluster) => (cluster, true),
+            None => (MAX_CLUSTER, false),
+        }
+    }
 
-    // Too few rows to give each multiprocessor a block: a cluster per row.
-    if limits.clusters && direction == Direction::Forward && rows < sms {
-        let cluster = prev_power_of_two(sms / rows).clamp(2, MAX_CLUSTER);
-        let chunk_packs = row_packs.div_ceil(cluster);
-        let block = chunk_packs.div_ceil(8).next_power_of_two().clamp(128, 1024) as u32;
-        let cached_bytes = CLUSTER_HEADER_BYTES + chunk_packs * p * 4;
-        let cached = cached_bytes <= limits.max_shared_per_block as u64;
-        let shared = if cached {
-            cached_bytes
-        } else {
-            CLUSTER_HEADER_BYTES
+    /// The cluster size of a cached cluster launch, if one holds the row.
+    fn cached_cluster(&self, pack: u32) -> Option<u64> {
+        let to_fill = prev_power_of_two(self.sms() / self.rows.max(1)).clamp(2, MAX_CLUSTER);
+        [2, 4, 8]
+            .into_iter()
+            .find(|&c| c >= to_fill && self.cluster_cache_bytes(pack, c) <= self.shared_limit())
+    }
+
+    fn cluster_cache_bytes(&self, pack: u32, cluster: u64) -> u64 {
+        CLUSTER_HEADER_BYTES + self.row_packs(pack).div_ceil(cluster) * pack as u64 * 4
+    }
+
+    fn shared_limit(&self) -> u64 {
+        self.limits.max_shared_per_block as u64
+    }
+
+    /// The launch of `kind` for this problem, or `None` if it cannot run it.
+    fn configure(&self, kind: KernelKind) -> Option<LaunchPlan> {
+        let pack = kind.pack();
+        let p = pack as u64;
+        let row_packs = self.row_packs(pack);
+        let sms = self.sms();
+        let threads_per_sm = self.threads_per_sm();
+        let plan = |grid: u64, block: u32, shared_bytes: u64| LaunchPlan {
+            kernel: kind,
+            direction: self.direction,
+            dtype: self.dtype,
+            grid: grid.clamp(1, i32::MAX as u64) as u32,
+            block,
+            cluster: 1,
+            shared_bytes: shared_bytes as u32,
+            params: self.params,
         };
-        let mut launch = plan(
-            KernelKind::Cluster { pack, cached },
-            rows * cluster,
-            block,
-            shared,
-        );
-        launch.cluster = cluster as u32;
-        return Ok(launch);
+        // About 8 packs per thread, 128 to 1024 threads.
+        let loop_block = row_packs.div_ceil(8).next_power_of_two().clamp(128, 1024) as u32;
+        match kind {
+            KernelKind::Rows { group, packs, .. } => {
+                if self.k_len > (group * pack * packs) as u64 {
+                    return None;
+                }
+                let rows_per_block = (ROWS_BLOCK / WARP_SIZE * (WARP_SIZE / group)) as u64;
+                let resident = sms * (threads_per_sm / ROWS_BLOCK as u64).max(1);
+                let grid = self.rows.div_ceil(rows_per_block).min(resident);
+                Some(plan(grid, ROWS_BLOCK, 0))
+            }
+            KernelKind::BlockRegs { packs, .. } => {
+                if self.k_len > (MAX_BLOCK * pack * packs) as u64 {
+                    return None;
+                }
+                let block = row_packs
+                    .div_ceil(packs as u64)
+                    .next_power_of_two()
+                    .clamp(64, MAX_BLOCK as u64) as u32;
+                let grid = self.rows.min(sms * (threads_per_sm / block as u64).max(1));
+                Some(plan(grid, block, BLOCK_SCRATCH_BYTES))
+            }
+            KernelKind::BlockCached { .. } => {
+                let cached_bytes =
+                    row_packs * p * self.direction.cached_bytes_per_column() + BLOCK_SCRATCH_BYTES;
+                if cached_bytes > self.shared_limit() {
+                    return None;
+                }
+                let blocks_by_threads = (threads_per_sm / loop_block as u64).max(1);
+                let blocks_by_shared = (self.limits.shared_per_sm as u64 / cached_bytes).max(1);
+                let grid = self.rows.min(sms * blocks_by_threads.min(blocks_by_shared));
+                Some(plan(grid, loop_block, cached_bytes))
+            }
+            KernelKind::BlockStream { .. } => {
+                let grid = self
+                    .rows
+                    .min(sms * (threads_per_sm / loop_block as u64).max(1));
+                Some(plan(grid, loop_block, BLOCK_SCRATCH_BYTES))
+            }
+            KernelKind::Cluster { cached, .. } => {
+                if !self.clusters() {
+                    return None;
+                }
+                let cluster = if cached {
+                    self.cached_cluster(pack)?
+                } else {
+                    self.cluster_config(pack).0
+                };
+                let shared = if cached {
+                    self.cluster_cache_bytes(pack, cluster)
+                } else {
+                    CLUSTER_HEADER_BYTES
+                };
+                let chunk_packs = row_packs.div_ceil(cluster);
+                let block = chunk_packs.div_ceil(8).next_power_of_two().clamp(128, 1024) as u32;
+                // Clusters beyond those resident at once would only wait their turn.
+                let blocks_per_sm = (threads_per_sm / block as u64)
+                    .min(self.limits.shared_per_sm as u64 / shared)
+                    .max(1);
+                let resident = (sms * blocks_per_sm / cluster).max(1);
+                let mut launch = plan(self.rows.min(resident) * cluster, block, shared);
+                launch.cluster = cluster as u32;
+                Some(launch)
+            }
+        }
     }
-
-    // A block per row: about 8 packs per thread, 128 to 1024 threads.
-    let block = row_packs.div_ceil(8).next_power_of_two().clamp(128, 1024) as u32;
-    let blocks_by_threads = (threads_per_sm / block as u64).max(1);
-    let cached_bytes = row_packs * p * direction.cached_bytes_per_column() + BLOCK_SCRATCH_BYTES;
-    if cached_bytes <= limits.max_shared_per_block as u64 {
-        let blocks_by_shared = (limits.shared_per_sm as u64 / cached_bytes).max(1);
-        let grid = rows.min(sms * blocks_by_threads.min(blocks_by_shared));
-        return Ok(plan(
-            KernelKind::BlockCached { pack },
-            grid,
-            block,
-            cached_bytes,
-        ));
-    }
-    let grid = rows.min(sms * blocks_by_threads);
-    Ok(plan(
-        KernelKind::BlockStream { pack },
-        grid,
-        block,
-        BLOCK_SCRATCH_BYTES,
-    ))
 }
 
 #[cfg(test)]
@@ -446,6 +623,7 @@ mod tests {
     fn capacity(kind: KernelKind) -> Option<u64> {
         match kind {
             KernelKind::Rows { group, pack, packs } => Some((group * pack * packs) as u64),
+            KernelKind::BlockRegs { pack, packs } => Some((1024 * pack * packs) as u64),
             _ => None,
         }
     }
@@ -528,14 +706,26 @@ mod tests {
             }
         );
         assert_eq!(
-            kind(2048, DType::F16),
+            kind(1024, DType::F16),
             KernelKind::Rows {
                 group: 32,
                 pack: 8,
-                packs: 8
+                packs: 4
             }
         );
-        assert_eq!(kind(4096, DType::F32), KernelKind::BlockCached { pack: 4 });
+        assert_eq!(
+            kind(1032, DType::F16),
+            KernelKind::BlockRegs { pack: 8, packs: 2 }
+        );
+        assert_eq!(
+            kind(4096, DType::F32),
+            KernelKind::BlockRegs { pack: 4, packs: 4 }
+        );
+        assert_eq!(
+            kind(16384, DType::BF16),
+            KernelKind::BlockRegs { pack: 8, packs: 2 }
+        );
+        assert_eq!(kind(16388, DType::F32), KernelKind::BlockCached { pack: 4 });
         assert_eq!(
             kind(50_000, DType::F32),
             KernelKind::BlockCached { pack: 4 }
@@ -583,6 +773,14 @@ mod tests {
         assert_eq!((p.grid, p.block), (3, 1024));
         let p = plan(
             &Spec::new(Shape::matrix(100_000, 8192)),
+            DType::F32,
+            ALIGNED,
+        );
+        // 2048 packs, 4 per thread: 512 threads, 4 blocks per multiprocessor.
+        assert_eq!(p.kernel, KernelKind::BlockRegs { pack: 4, packs: 4 });
+        assert_eq!((p.block, p.grid), (512, 132 * 4));
+        let p = plan(
+            &Spec::new(Shape::matrix(100_000, 30_000)),
             DType::F32,
             ALIGNED,
         );
@@ -668,15 +866,23 @@ mod tests {
         );
         assert_eq!(
             KernelKind::all(DType::F32, false, Direction::Forward).len(),
-            24
+            26
         );
         assert_eq!(
             KernelKind::all(DType::F32, true, Direction::Forward).len(),
-            28
+            30
+        );
+        assert_eq!(
+            KernelKind::all(DType::F16, true, Direction::Forward).len(),
+            29
         );
         assert_eq!(
             KernelKind::all(DType::F32, true, Direction::Backward).len(),
-            22
+            24
+        );
+        assert_eq!(
+            KernelKind::BlockRegs { pack: 8, packs: 2 }.name(DType::F16, Direction::Forward),
+            "masked_softmax_fwd_block_regs_p8x2_f16"
         );
         assert_eq!(
             KernelKind::Rows {
@@ -733,6 +939,33 @@ mod tests {
         assert_eq!(
             (p.kernel, p.cluster),
             (KernelKind::BlockCached { pack: 8 }, 1)
+        );
+        // Many rows too long for one block's shared memory: the smallest cluster that
+        // caches them (256 KiB of f32 keys: 2 blocks), else 8 blocks reading twice.
+        let long = Spec::new(Shape::matrix(1024, 65_536));
+        let p = plan_forward(&long, DType::F32, H100_CLUSTERS, ALIGNED).unwrap();
+        assert_eq!(
+            (p.kernel, p.cluster),
+            (
+                KernelKind::Cluster {
+                    pack: 4,
+                    cached: true
+                },
+                2
+            )
+        );
+        assert_eq!(p.grid, 132);
+        let longer = Spec::new(Shape::matrix(64, 1 << 20));
+        let p = plan_forward(&longer, DType::F32, H100_CLUSTERS, ALIGNED).unwrap();
+        assert_eq!(
+            (p.kernel, p.cluster),
+            (
+                KernelKind::Cluster {
+                    pack: 4,
+                    cached: false
+                },
+                8
+            )
         );
         // Short rows never use clusters.
         let short = Spec::new(Shape::matrix(1, 1000));

@@ -19,7 +19,7 @@ use common::{
 };
 use libtest_mimic::{Arguments, Completion, Trial};
 use masked_softmax::plan::{
-    Buffers, DeviceLimits, Direction, KernelKind, plan_backward, plan_forward,
+    Buffers, DeviceLimits, Direction, KernelKind, plan_backward, plan_forward, plan_kernel,
 };
 use masked_softmax::{DType, Element, Lengths, Padding, Shape, Spec, compare, seed};
 use masked_softmax_emu::{Dims, GuardedBuffer, Placement};
@@ -43,22 +43,34 @@ const HOPPERISH: DeviceLimits = DeviceLimits {
     shared_per_sm: 32 << 10,
     clusters: true,
 };
+/// Hopper's shared memory on a small GPU: every kernel that can hold a row in a block's
+/// shared memory can be named on it (the `every_kernel` trials).
+const BIG_SHARED: DeviceLimits = DeviceLimits {
+    sm_count: 4,
+    max_threads_per_sm: 2048,
+    max_shared_per_block: 227 << 10,
+    shared_per_sm: 228 << 10,
+    clusters: true,
+};
 const MAX_ELEMENTS: usize = 1 << 15;
 
 /// Every kernel some case launched: the whole matrix must reach every compiled kernel.
 static LAUNCHED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 
 /// One emulated call: forward (inputs `[x]`) or backward (inputs `[y, dy]`), into a
-/// NaN-poisoned output, or in place over the last input.
+/// NaN-poisoned output, or in place over the last input; on the planner's kernel, or on
+/// `kind` (then `None` if that kernel cannot run the problem).
+#[allow(clippy::too_many_arguments)]
 fn emulate<T: Element>(
     limits: DeviceLimits,
+    kind: Option<KernelKind>,
     direction: Direction,
     spec: &Spec,
     lengths: Lengths,
     inputs: &[&[T]],
     placement: Placement,
     in_place: bool,
-) -> Result<Vec<T>, String> {
+) -> Result<Option<Vec<T>>, String> {
     let guarded = |v: &[i32]| GuardedBuffer::from_slice(v, placement);
     let kv = lengths.kv.map(guarded);
     let q = lengths.q.map(guarded);
@@ -77,12 +89,17 @@ fn emulate<T: Element>(
         kv_lens: addr(&kv),
         q_lens: addr(&q),
     };
-    let mut plan = match direction {
-        Direction::Forward => plan_forward(spec, T::DTYPE, limits, buffers),
-        Direction::Backward => {
-            buffers.dy = ins[1].addr();
-            plan_backward(spec, T::DTYPE, limits, buffers)
-        }
+    if direction == Direction::Backward {
+        buffers.dy = ins[1].addr();
+    }
+    let mut plan = match (kind, direction) {
+        (None, Direction::Forward) => plan_forward(spec, T::DTYPE, limits, buffers),
+        (None, Direction::Backward) => plan_backward(spec, T::DTYPE, limits, buffers),
+        (Some(kind), _) => match plan_kernel(kind, direction, spec, T::DTYPE, limits, buffers) {
+            Ok(Some(plan)) => Ok(plan),
+            Ok(None) => return Ok(None),
+            Err(e) => Err(e),
+        },
     }
     .map_err(|e| e.to_string())?;
     LAUNCHED.lock().unwrap().insert(plan.kernel_name());
@@ -111,10 +128,43 @@ fn emulate<T: Element>(
     // SAFETY: (const T*, T*, MaskParams) forward and (const T*, const T*, T*, MaskParams)
     // backward; the buffers hold the shape's elements and `batch` lengths.
     unsafe { masked_softmax_emu::launch(&plan.kernel_name(), dims, args) }?;
-    Ok(out_buf.as_slice().to_vec())
+    Ok(Some(out_buf.as_slice().to_vec()))
 }
 
-/// Out of place twice and in place, checked against the reference and the contract.
+/// Out of place twice and in place, checked against the reference and the contract, on
+/// the planner's kernel or on `kind`; false if `kind` cannot run the problem.
+#[allow(clippy::too_many_arguments)]
+fn check_on<T: Element>(
+    limits: DeviceLimits,
+    kind: Option<KernelKind>,
+    direction: Direction,
+    spec: &Spec,
+    lengths: Lengths,
+    inputs: &[&[T]],
+    placement: Placement,
+) -> Result<bool, String> {
+    let run = |in_place| {
+        emulate(
+            limits, kind, direction, spec, lengths, inputs, placement, in_place,
+        )
+    };
+    let Some(out) = run(false)? else {
+        return Ok(false);
+    };
+    let runs = Runs {
+        out,
+        out_again: run(false)?.ok_or("ran once, then not")?,
+        in_place: run(true)?.ok_or("ran out of place, not in place")?,
+    };
+    let report = match direction {
+        Direction::Forward => compare::forward(spec, lengths, inputs[0], &runs.out),
+        Direction::Backward => compare::backward(spec, lengths, inputs[0], inputs[1], &runs.out),
+    };
+    check_runs(spec, report, &runs)?;
+    Ok(true)
+}
+
+/// [`check_on`] the planner's kernel.
 fn check<T: Element>(
     limits: DeviceLimits,
     direction: Direction,
@@ -123,21 +173,43 @@ fn check<T: Element>(
     inputs: &[&[T]],
     placement: Placement,
 ) -> Result<(), String> {
-    let run = |in_place| {
-        emulate(
-            limits, direction, spec, lengths, inputs, placement, in_place,
-        )
+    check_on(limits, None, direction, spec, lengths, inputs, placement).map(|_| ())
+}
+
+/// Every compiled kernel of a direction that can run `case`, named rather than planned (at
+/// both buffer placements, so the vector kernels run where they are aligned): each must
+/// match the reference.
+fn every_kernel<T: Element>(direction: Direction, case: &Case) -> Result<(), String> {
+    let x = case.scores::<T>();
+    let (y, dy) = backward_inputs(&case.spec, case.lengths(), case.seed);
+    let (y, dy) = (to::<T>(y), to::<T>(dy));
+    let inputs: Vec<&[T]> = match direction {
+        Direction::Forward => vec![&x],
+        Direction::Backward => vec![&y, &dy],
     };
-    let runs = Runs {
-        out: run(false)?,
-        out_again: run(false)?,
-        in_place: run(true)?,
-    };
-    let report = match direction {
-        Direction::Forward => compare::forward(spec, lengths, inputs[0], &runs.out),
-        Direction::Backward => compare::backward(spec, lengths, inputs[0], inputs[1], &runs.out),
-    };
-    check_runs(spec, report, &runs)
+    let mut ran = 0;
+    for kind in KernelKind::all(T::DTYPE, true, direction) {
+        for (placement, _) in PLACEMENTS {
+            let name = kind.name(T::DTYPE, direction);
+            match check_on(
+                BIG_SHARED,
+                Some(kind),
+                direction,
+                &case.spec,
+                case.lengths(),
+                &inputs,
+                placement,
+            ) {
+                Ok(true) => ran += 1,
+                Ok(false) => {}
+                Err(e) => return Err(format!("{name}: {e}")),
+            }
+        }
+    }
+    if ran == 0 {
+        return Err("no kernel ran".into());
+    }
+    Ok(())
 }
 
 fn to<T: Element>(v: Vec<f64>) -> Vec<T> {
@@ -321,6 +393,22 @@ fn main() {
                     add(
                         format!("hopper_forward_{name}_{t}_{p}"),
                         Box::new(move || dispatch!(dtype, forward_case, HOPPERISH, &c, placement)),
+                    );
+                }
+            }
+        }
+    }
+    // Every kernel that can run a problem, named: both sides of each kernel's capacity.
+    for dtype in DType::ALL {
+        let t = dtype.kernel_suffix();
+        for k_len in [1, 33, 1000, 1032, 4097, 8192, 8200, 16384, 16388, 20001] {
+            for mode in [common::MODES[0], common::MODES[5]] {
+                let case = Case::new(mode, k_len, MAX_ELEMENTS);
+                for direction in [Direction::Forward, Direction::Backward] {
+                    let c = case.clone();
+                    add(
+                        format!("every_kernel_{direction:?}_{}_{t}_k{k_len}", mode.name),
+                        Box::new(move || dispatch!(dtype, every_kernel, direction, &c)),
                     );
                 }
             }

@@ -19,7 +19,7 @@ use common::{
 use cudarc::driver::{CudaContext, DeviceRepr};
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
 use masked_softmax::cuda::{CudaSoftmax, DeviceLengths, LengthsArg, open_device};
-use masked_softmax::plan::Direction;
+use masked_softmax::plan::{Direction, KernelKind};
 use masked_softmax::{DType, Element, Error, Lengths, Padding, Shape, Spec, compare, f16, seed};
 
 struct Gpu {
@@ -327,6 +327,55 @@ fn host_lengths_on_two_streams(_: &Gpu) -> TestResult {
     Ok(())
 }
 
+/// Every compiled kernel of a direction that can run `case`, named rather than planned, into
+/// a poisoned output: each must match the reference.
+fn every_kernel<T: Element + DeviceRepr>(g: &Gpu, direction: Direction, case: &Case) -> TestResult {
+    let stream = g.ctx.new_stream()?;
+    let spec = &case.spec;
+    let kv = stream.clone_htod(&case.kv)?;
+    let q = case.q.as_ref().map(|q| stream.clone_htod(q)).transpose()?;
+    let lengths = DeviceLengths {
+        kv: Some(&kv),
+        q: q.as_ref().map(|q| q as _),
+    };
+    let x = case.scores::<T>();
+    let (y, dy) = backward_inputs(spec, case.lengths(), case.seed);
+    let (y, dy) = (to::<T>(y), to::<T>(dy));
+    let (first, second) = match direction {
+        Direction::Forward => (stream.clone_htod(&x)?, None),
+        Direction::Backward => (stream.clone_htod(&y)?, Some(stream.clone_htod(&dy)?)),
+    };
+    let poison = vec![T::from_f64(f64::NAN); x.len()];
+    let mut ran = 0;
+    for kind in KernelKind::all(T::DTYPE, g.softmax.limits().clusters, direction) {
+        let mut out = stream.clone_htod(&poison)?;
+        let launched = match &second {
+            None => g
+                .softmax
+                .forward_with_kernel(kind, &stream, spec, lengths, &first, &mut out)?,
+            Some(dy_dev) => g
+                .softmax
+                .backward_with_kernel(kind, &stream, spec, lengths, &first, dy_dev, &mut out)?,
+        };
+        if !launched {
+            continue;
+        }
+        ran += 1;
+        let out = stream.clone_dtoh(&out)?;
+        let report = match direction {
+            Direction::Forward => compare::forward(spec, case.lengths(), &x, &out),
+            Direction::Backward => compare::backward(spec, case.lengths(), &y, &dy, &out),
+        }?;
+        report
+            .into_result()
+            .map_err(|e| format!("{}: {e}", kind.name(T::DTYPE, direction)))?;
+    }
+    if ran == 0 {
+        return Err("no kernel ran".into());
+    }
+    Ok(())
+}
+
 /// Contracts `first..first + count` of the fuzz sequence, forward and backward.
 fn fuzz<T: Element + DeviceRepr>(g: &Gpu, first: u64, count: u64) -> TestResult {
     for seed in first..first + count {
@@ -567,6 +616,8 @@ fn in_sanitize_subset(name: &str) -> bool {
         || (name.starts_with("special_values") && name.ends_with("scale1e0"))
         || (modes.iter().any(|m| name.starts_with(m)) && sizes.iter().any(|k| name.contains(k)))
         || (name.starts_with("long_rows_right") && name.ends_with("k65536"))
+        || (name.starts_with("every_kernel")
+            && (name.ends_with("_k1032") || name.ends_with("_k20001")))
 }
 
 fn main() {
@@ -645,6 +696,24 @@ fn main() {
                     format!("long_rows_backward_{}_{t}_k{k_len}", mode.name),
                     Box::new(move |g| dispatch!(dtype, backward_case, g, &case)),
                 );
+            }
+        }
+    }
+    // Every kernel that can run a problem, named: both sides of each kernel's capacity.
+    for dtype in DType::ALL {
+        let t = dtype.kernel_suffix();
+        for k_len in [
+            1, 33, 1000, 1032, 4097, 8192, 8200, 16384, 16388, 20001, 65536, 262_144,
+        ] {
+            for mode in [common::MODES[0], common::MODES[5]] {
+                let case = Case::new(mode, k_len, MAX_ELEMENTS);
+                for direction in [Direction::Forward, Direction::Backward] {
+                    let c = case.clone();
+                    add(
+                        format!("every_kernel_{direction:?}_{}_{t}_k{k_len}", mode.name),
+                        Box::new(move |g| dispatch!(dtype, every_kernel, g, direction, &c)),
+                    );
+                }
             }
         }
     }

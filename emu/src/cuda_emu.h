@@ -135,6 +135,8 @@ inline int __float_as_int(float f) {
     std::memcpy(&v, &f, 4);
     return v;
 }
+inline unsigned __umulhi(unsigned a, unsigned b) { return unsigned((uint64_t(a) * b) >> 32); }
+inline int __clz(int x) { return x == 0 ? 32 : __builtin_clz(unsigned(x)); }
 template <typename T>
 inline T __ldg(const T* p) {
     return *p;
