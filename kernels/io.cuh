@@ -2,6 +2,9 @@
 // 16). The launch planner picks PACK > 1 only when both buffers and the row stride keep
 // every pack aligned; otherwise the same kernels run with PACK = 1.
 #pragma once
+#include <stdint.h>
+#include <string.h>
+
 #include "emulation.cuh"
 #include "numeric.cuh"
 
@@ -10,13 +13,36 @@ struct alignas(sizeof(T) * N) Pack {
     T v[N];
 };
 
+// A fetched pack's raw bits as 32-bit words: a 16-byte pack is one 128-bit load into four
+// registers. Kept as words rather than elements until it is decoded, so that nothing
+// unpacks a 16-bit pack (and so waits for its load) before every load is issued.
 template <typename T, int N>
-__device__ __forceinline__ void load_pack(const T* src, float (&dst)[N]) {
-    CHECK_ALIGNED(src, sizeof(Pack<T, N>));
-    const Pack<T, N> pack = *reinterpret_cast<const Pack<T, N>*>(src);
-#pragma unroll
-    for (int i = 0; i < N; ++i) dst[i] = to_f32(pack.v[i]);
-}
+struct RawPack {
+    static constexpr int BYTES = N * int(sizeof(T));
+    static constexpr int WORDS = (BYTES + 3) / 4;
+    uint32_t w[WORDS];
+
+    __device__ __forceinline__ T get(int k) const {
+        T v;
+        if constexpr (sizeof(T) == 4) {
+            memcpy(&v, &w[k], 4);
+        } else {
+            const uint16_t bits = uint16_t(w[k / 2] >> (16 * (k % 2)));
+            memcpy(&v, &bits, 2);
+        }
+        return v;
+    }
+    __device__ __forceinline__ void set(int k, T v) {
+        if constexpr (sizeof(T) == 4) {
+            memcpy(&w[k], &v, 4);
+        } else {
+            uint16_t bits;
+            memcpy(&bits, &v, 2);
+            const int shift = 16 * (k % 2);
+            w[k / 2] = (w[k / 2] & ~(0xffffu << shift)) | (uint32_t(bits) << shift);
+        }
+    }
+};
 
 template <typename T, int N>
 __device__ __forceinline__ void store_pack(T* dst, const float (&src)[N]) {
@@ -27,41 +53,77 @@ __device__ __forceinline__ void store_pack(T* dst, const float (&src)[N]) {
     *reinterpret_cast<Pack<T, N>*>(dst) = pack;
 }
 
-// Reads the pack at `col` of `row` into `out` as f32: `valid(v)` for columns inside
-// [start, end), `fill` for the others, which are never read. A pack wholly inside the
-// window is one access.
-template <typename T, int N, typename F>
-__device__ __forceinline__ void load_window(const T* row, int64_t col, int64_t start, int64_t end, float fill,
-                                            F valid, float (&out)[N]) {
+// Reading a pack takes two phases. fetch_window issues the loads: the raw pack at `col`,
+// reading only columns inside [start, end) (the others hold zero bits and are never read).
+// Nothing there uses what it loads, so a thread that fetches all its packs before decoding
+// any has all their loads in flight at once; fetching and using pack by pack would wait
+// out the memory latency once per pack (the branches keep the compiler from reordering).
+template <typename T, int N>
+__device__ __forceinline__ void fetch_window(const T* row, int64_t col, int64_t start, int64_t end,
+                                             RawPack<T, N>& raw) {
+    using Raw = RawPack<T, N>;
     if (col >= start && col + N <= end) {
-        load_pack<T, N>(row + col, out);
-#pragma unroll
-        for (int i = 0; i < N; ++i) out[i] = valid(out[i]);
-    } else if (col >= end || col + N <= start) {
-#pragma unroll
-        for (int i = 0; i < N; ++i) out[i] = fill;
+        CHECK_ALIGNED(row + col, Raw::BYTES);
+        if constexpr (Raw::BYTES == 16) {
+            const uint4 v = *reinterpret_cast<const uint4*>(row + col);
+            raw.w[0] = v.x;
+            raw.w[1] = v.y;
+            raw.w[2] = v.z;
+            raw.w[3] = v.w;
+        } else if constexpr (Raw::BYTES == 4) {
+            raw.w[0] = *reinterpret_cast<const uint32_t*>(row + col);
+        } else {
+            static_assert(Raw::BYTES == 2, "packs are 16 bytes or one element");
+            raw.w[0] = *reinterpret_cast<const uint16_t*>(row + col);
+        }
     } else {
+#pragma unroll
+        for (int i = 0; i < Raw::WORDS; ++i) raw.w[i] = 0;
 #pragma unroll
         for (int i = 0; i < N; ++i) {
             const int64_t c = col + i;
-            out[i] = (c >= start && c < end) ? valid(to_f32(row[c])) : fill;
+            if (c >= start && c < end) raw.set(i, row[c]);
         }
     }
 }
 
-// The keys of a pack (forward): masked columns get -inf, which weighs 0.
-template <typename T, int N>
-__device__ __forceinline__ void load_keys(const T* row, int64_t col, int64_t start, int64_t end,
-                                          const ScaleMap& sm, float (&keys)[N]) {
-    load_window<T, N>(row, col, start, end, -CUDART_INF_F, [&](float v) { return sm.key(v); }, keys);
+// decode_window turns a fetched pack into f32: valid(v) for columns inside [start, end),
+// `fill` for the others.
+template <typename T, int N, typename F>
+__device__ __forceinline__ void decode_window(const RawPack<T, N>& raw, int64_t col, int64_t start, int64_t end,
+                                              float fill, F valid, float (&out)[N]) {
+    if (col >= start && col + N <= end) {
+#pragma unroll
+        for (int i = 0; i < N; ++i) out[i] = valid(to_f32(raw.get(i)));
+    } else {
+#pragma unroll
+        for (int i = 0; i < N; ++i) {
+            const int64_t c = col + i;
+            out[i] = (c >= start && c < end) ? valid(to_f32(raw.get(i))) : fill;
+        }
+    }
 }
 
-// The values of a pack (backward): masked columns get 0.
+// The keys of a fetched pack (forward): masked columns get -inf, which weighs 0.
 template <typename T, int N>
-__device__ __forceinline__ void load_values(const T* row, int64_t col, int64_t start, int64_t end,
-                                            float (&values)[N]) {
-    load_window<T, N>(row, col, start, end, 0.f, [](float v) { return v; }, values);
+__device__ __forceinline__ void decode_keys(const RawPack<T, N>& raw, int64_t col, int64_t start, int64_t end,
+                                            const ScaleMap& sm, float (&keys)[N]) {
+    decode_window<T, N>(raw, col, start, end, -CUDART_INF_F, [&](float v) { return sm.key(v); }, keys);
 }
+
+// The values of a fetched pack (backward): masked columns get 0.
+template <typename T, int N>
+__device__ __forceinline__ void decode_values(const RawPack<T, N>& raw, int64_t col, int64_t start, int64_t end,
+                                              float (&values)[N]) {
+    decode_window<T, N>(raw, col, start, end, 0.f, [](float v) { return v; }, values);
+}
+
+// A pack of y and the pack of dy at the same columns (the backward's unit of work).
+template <typename T, int N>
+struct PackPair {
+    RawPack<T, N> y;
+    RawPack<T, N> dy;
+};
 
 // Writes the pack at `col`: whole if it lies within [0, k_len), else element by element.
 template <typename T, int N>

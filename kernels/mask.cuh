@@ -33,9 +33,7 @@ struct RowWindow {
 
 // Device lengths are clamped into [0, max] (the contract: out-of-range device lengths are
 // clamped, host lengths are rejected before launch).
-__device__ __forceinline__ int64_t clamped_length(const int32_t* lens, int64_t b, int64_t max) {
-    if (lens == nullptr) return max;
-    const int64_t v = lens[b];
+__device__ __forceinline__ int64_t clamp_length(int64_t v, int64_t max) {
     return v < 0 ? 0 : (v > max ? max : v);
 }
 
@@ -72,9 +70,16 @@ struct RowIndex {
     }
 };
 
-// The valid key columns of row `row` (counted over [batch, heads, q_len]).
-__device__ __forceinline__ RowWindow row_window(const MaskParams& p, const RowIndex& index, int64_t row) {
-    const RowWindow empty = {0, 0};
+// A row's batch entry and query position, and its lengths as loaded (unclamped). Loading
+// is split from using, so that a thread handling several rows has all their length loads
+// in flight at once instead of waiting for each in turn.
+struct RowLengths {
+    int64_t i;   // query position in [0, q_len)
+    int64_t kv;  // raw device key length (k_len when there are none)
+    int64_t q;   // raw device query length (q_len when there are none)
+};
+
+__device__ __forceinline__ RowLengths fetch_row_lengths(const MaskParams& p, const RowIndex& index, int64_t row) {
     int64_t b, i;
     if (index.fast) {
         const uint32_t n = uint32_t(row);
@@ -84,8 +89,18 @@ __device__ __forceinline__ RowWindow row_window(const MaskParams& p, const RowIn
         b = row / (p.heads * p.q_len);
         i = row % p.q_len;
     }
-    const int64_t kv = clamped_length(p.kv_lens, b, p.k_len);
-    const int64_t qv = clamped_length(p.q_lens, b, p.q_len);
+    RowLengths r{i, p.k_len, p.q_len};
+    if (p.kv_lens != nullptr) r.kv = p.kv_lens[b];
+    if (p.q_lens != nullptr) r.q = p.q_lens[b];
+    return r;
+}
+
+// The valid key columns of a row from its lengths.
+__device__ __forceinline__ RowWindow window_of(const MaskParams& p, const RowLengths& l) {
+    const RowWindow empty = {0, 0};
+    const int64_t i = l.i;
+    const int64_t kv = clamp_length(l.kv, p.k_len);
+    const int64_t qv = clamp_length(l.q, p.q_len);
 
     // Position of the query among the valid queries, and column of the first valid key.
     int64_t q_pos, key_start;
@@ -109,4 +124,9 @@ __device__ __forceinline__ RowWindow row_window(const MaskParams& p, const RowIn
     }
     if (lo >= hi) return empty;
     return RowWindow{key_start + lo, key_start + hi};
+}
+
+// The valid key columns of row `row` (counted over [batch, heads, q_len]).
+__device__ __forceinline__ RowWindow row_window(const MaskParams& p, const RowIndex& index, int64_t row) {
+    return window_of(p, fetch_row_lengths(p, index, row));
 }

@@ -33,36 +33,40 @@ __device__ __forceinline__ void rows_forward(const T* x, T* y, const MaskParams&
     constexpr int R = rows_at_once<PACK * PACKS>();
     const ScaleMap sm = ScaleMap::of(p.scale);
     for_each_group_rows<GROUP, R>(p, [&](const GroupRow (&rows)[R]) {
-        float keys[R][PACKS][PACK];
-        float max_key[R];
+        // Every load of the R rows in flight, then the arithmetic.
+        RawPack<T, PACK> raw[R][PACKS];
+#pragma unroll
+        for (int r = 0; r < R; ++r)
+#pragma unroll
+            for (int i = 0; i < PACKS; ++i)
+                fetch_window<T, PACK>(x + rows[r].offset, lane_pack_column<GROUP, PACK>(i, rows[r].member),
+                                      rows[r].window.start, rows[r].window.end, raw[r][i]);
 #pragma unroll
         for (int r = 0; r < R; ++r) {
-            max_key[r] = -CUDART_INF_F;
+            const RowWindow& w = rows[r].window;
+            float keys[PACKS][PACK];
+            float max_key = -CUDART_INF_F;
 #pragma unroll
             for (int i = 0; i < PACKS; ++i) {
-                const int64_t col = lane_pack_column<GROUP, PACK>(i, rows[r].member);
-                load_keys<T, PACK>(x + rows[r].offset, col, rows[r].window.start, rows[r].window.end, sm,
-                                   keys[r][i]);
+                decode_keys<T, PACK>(raw[r][i], lane_pack_column<GROUP, PACK>(i, rows[r].member), w.start, w.end, sm,
+                                     keys[i]);
 #pragma unroll
-                for (int j = 0; j < PACK; ++j) max_key[r] = max_nan(max_key[r], keys[r][i][j]);
+                for (int j = 0; j < PACK; ++j) max_key = max_nan(max_key, keys[i][j]);
             }
-        }
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-            const float row_max = group_max<GROUP>(max_key[r]);
-            const bool zero_row = row_max == -CUDART_INF_F;
+            max_key = group_max<GROUP>(max_key);
+            const bool zero_row = max_key == -CUDART_INF_F;
             float sum = 0.f;
 #pragma unroll
             for (int i = 0; i < PACKS; ++i)
 #pragma unroll
                 for (int j = 0; j < PACK; ++j) {
-                    keys[r][i][j] = zero_row ? 0.f : sm.weight(keys[r][i][j], row_max);
-                    sum += keys[r][i][j];
+                    keys[i][j] = zero_row ? 0.f : sm.weight(keys[i][j], max_key);
+                    sum += keys[i][j];
                 }
             sum = group_sum<GROUP>(sum);
             const float inv_sum = zero_row ? 0.f : 1.f / sum;
             store_group_row<T, PACK, PACKS, GROUP>(y, rows[r], p.k_len,
-                                                   [&](int i, int j) { return keys[r][i][j] * inv_sum; });
+                                                   [&](int i, int j) { return keys[i][j] * inv_sum; });
         }
     });
 }
@@ -70,7 +74,7 @@ __device__ __forceinline__ void rows_forward(const T* x, T* y, const MaskParams&
 // ---------------------------------------------------------------- one block per row
 
 // The row in registers across the block: thread t holds packs t, t + blockDim, ... (PACKS
-// of them), all loaded before any is used. One read, one write, two block reductions.
+// of them), all fetched before any is used. One read, one write, two block reductions.
 // Dynamic shared memory: 32 floats of scratch.
 template <typename T, int PACK, int PACKS>
 __device__ __forceinline__ void block_regs_forward(const T* x, T* y, const MaskParams& p) {
@@ -80,13 +84,16 @@ __device__ __forceinline__ void block_regs_forward(const T* x, T* y, const MaskP
     for (int64_t row = blockIdx.x; row < p.rows; row += gridDim.x) {
         const RowWindow w = row_window(p, index, row);
         const int64_t offset = row * p.row_stride;
+        const auto column = [&](int i) { return (int64_t(i) * blockDim.x + threadIdx.x) * PACK; };
 
+        RawPack<T, PACK> raw[PACKS];
+#pragma unroll
+        for (int i = 0; i < PACKS; ++i) fetch_window<T, PACK>(x + offset, column(i), w.start, w.end, raw[i]);
         float keys[PACKS][PACK];
         float max_key = -CUDART_INF_F;
 #pragma unroll
         for (int i = 0; i < PACKS; ++i) {
-            const int64_t col = (int64_t(i) * blockDim.x + threadIdx.x) * PACK;
-            load_keys<T, PACK>(x + offset, col, w.start, w.end, sm, keys[i]);
+            decode_keys<T, PACK>(raw[i], column(i), w.start, w.end, sm, keys[i]);
 #pragma unroll
             for (int j = 0; j < PACK; ++j) max_key = max_nan(max_key, keys[i][j]);
         }
@@ -106,9 +113,8 @@ __device__ __forceinline__ void block_regs_forward(const T* x, T* y, const MaskP
 
 #pragma unroll
         for (int i = 0; i < PACKS; ++i) {
-            const int64_t col = (int64_t(i) * blockDim.x + threadIdx.x) * PACK;
-            if (col >= p.k_len) break;
-            store_window<T, PACK>(y + offset, col, p.k_len, w.start, w.end,
+            if (column(i) >= p.k_len) break;
+            store_window<T, PACK>(y + offset, column(i), p.k_len, w.start, w.end,
                                   [&](int j) { return keys[i][j] * inv_sum; });
         }
     }
@@ -129,10 +135,12 @@ __device__ __forceinline__ void block_cached_forward(const T* x, T* y, const Mas
         const int64_t mine = first_owned(first_pack, threadIdx.x, blockDim.x);
 
         float max_key = -CUDART_INF_F;
-        for_packs<LOADS_IN_FLIGHT, PACK>(
+        for_packs<LOADS_IN_FLIGHT, RawPack<T, PACK>>(
             mine, end_pack, blockDim.x,
-            [&](int64_t i, float (&keys)[PACK]) { load_keys<T, PACK>(x + offset, i * PACK, w.start, w.end, sm, keys); },
-            [&](int64_t i, float (&keys)[PACK]) {
+            [&](int64_t i, RawPack<T, PACK>& raw) { fetch_window<T, PACK>(x + offset, i * PACK, w.start, w.end, raw); },
+            [&](int64_t i, const RawPack<T, PACK>& raw) {
+                float keys[PACK];
+                decode_keys<T, PACK>(raw, i * PACK, w.start, w.end, sm, keys);
 #pragma unroll
                 for (int j = 0; j < PACK; ++j) {
                     max_key = max_nan(max_key, keys[j]);
@@ -169,20 +177,26 @@ __device__ __forceinline__ void block_stream_forward(const T* x, T* y, const Mas
         const RowWindow w = row_window(p, index, row);
         const int64_t offset = row * p.row_stride;
         const int64_t first_pack = w.start / PACK, end_pack = (w.end + PACK - 1) / PACK;
-        const auto load = [&](int64_t i, float (&keys)[PACK]) {
-            load_keys<T, PACK>(x + offset, i * PACK, w.start, w.end, sm, keys);
+        const auto fetch = [&](int64_t i, RawPack<T, PACK>& raw) {
+            fetch_window<T, PACK>(x + offset, i * PACK, w.start, w.end, raw);
         };
 
         SoftmaxStats st = stats_empty();
-        for_packs<LOADS_IN_FLIGHT, PACK>(first_pack + threadIdx.x, end_pack, blockDim.x, load,
-                                         [&](int64_t, float (&keys)[PACK]) { stats_add(st, keys, sm); });
+        for_packs<LOADS_IN_FLIGHT, RawPack<T, PACK>>(first_pack + threadIdx.x, end_pack, blockDim.x, fetch,
+                                                  [&](int64_t i, const RawPack<T, PACK>& raw) {
+                                                      float keys[PACK];
+                                                      decode_keys<T, PACK>(raw, i * PACK, w.start, w.end, sm, keys);
+                                                      stats_add(st, keys, sm);
+                                                  });
         const RowSoftmax r = row_softmax(block_stats_merge(st, scratch, sm));
 
-        for_packs<LOADS_IN_FLIGHT, PACK>(threadIdx.x, packs_in<PACK>(p.k_len), blockDim.x, load,
-                                         [&](int64_t i, float (&keys)[PACK]) {
-                                             store_window<T, PACK>(y + offset, i * PACK, p.k_len, w.start, w.end,
-                                                                   [&](int j) { return probability(r, keys[j], sm); });
-                                         });
+        for_packs<LOADS_IN_FLIGHT, RawPack<T, PACK>>(
+            threadIdx.x, packs_in<PACK>(p.k_len), blockDim.x, fetch, [&](int64_t i, const RawPack<T, PACK>& raw) {
+                float keys[PACK];
+                decode_keys<T, PACK>(raw, i * PACK, w.start, w.end, sm, keys);
+                store_window<T, PACK>(y + offset, i * PACK, p.k_len, w.start, w.end,
+                                      [&](int j) { return probability(r, keys[j], sm); });
+            });
     }
 }
 
@@ -214,19 +228,21 @@ __device__ __forceinline__ void cluster_forward(const T* x, T* y, const MaskPara
         const int64_t offset = row * p.row_stride;
         const int64_t first = max(chunk_begin, w.start / PACK);
         const int64_t last = min(chunk_end, (w.end + PACK - 1) / PACK);
-        const auto load = [&](int64_t i, float (&keys)[PACK]) {
-            load_keys<T, PACK>(x + offset, i * PACK, w.start, w.end, sm, keys);
+        const auto fetch = [&](int64_t i, RawPack<T, PACK>& raw) {
+            fetch_window<T, PACK>(x + offset, i * PACK, w.start, w.end, raw);
         };
 
         SoftmaxStats st = stats_empty();
-        for_packs<LOADS_IN_FLIGHT, PACK>(first_owned(first, chunk_begin + threadIdx.x, blockDim.x), last, blockDim.x,
-                                         load, [&](int64_t i, float (&keys)[PACK]) {
-                                             stats_add(st, keys, sm);
-                                             if (CACHED)
+        for_packs<LOADS_IN_FLIGHT, RawPack<T, PACK>>(
+            first_owned(first, chunk_begin + threadIdx.x, blockDim.x), last, blockDim.x, fetch,
+            [&](int64_t i, const RawPack<T, PACK>& raw) {
+                float keys[PACK];
+                decode_keys<T, PACK>(raw, i * PACK, w.start, w.end, sm, keys);
+                stats_add(st, keys, sm);
+                if (CACHED)
 #pragma unroll
-                                                 for (int j = 0; j < PACK; ++j)
-                                                     cache[(i - chunk_begin) * PACK + j] = keys[j];
-                                         });
+                    for (int j = 0; j < PACK; ++j) cache[(i - chunk_begin) * PACK + j] = keys[j];
+            });
         st = block_stats_merge(st, scratch, sm);
         if (threadIdx.x == 0) *published = make_float2(st.max_key, st.sum);
         cluster_sync();
@@ -238,7 +254,7 @@ __device__ __forceinline__ void cluster_forward(const T* x, T* y, const MaskPara
         cluster_sync();
         const RowSoftmax r = row_softmax(row_stats);
 
-        const auto store = [&](int64_t i, float (&keys)[PACK]) {
+        const auto store = [&](int64_t i, const float (&keys)[PACK]) {
             store_window<T, PACK>(y + offset, i * PACK, p.k_len, w.start, w.end,
                                   [&](int j) { return probability(r, keys[j], sm); });
         };
@@ -250,7 +266,12 @@ __device__ __forceinline__ void cluster_forward(const T* x, T* y, const MaskPara
                 store(i, keys);
             }
         } else {
-            for_packs<LOADS_IN_FLIGHT, PACK>(chunk_begin + threadIdx.x, chunk_end, blockDim.x, load, store);
+            for_packs<LOADS_IN_FLIGHT, RawPack<T, PACK>>(chunk_begin + threadIdx.x, chunk_end, blockDim.x, fetch,
+                                                      [&](int64_t i, const RawPack<T, PACK>& raw) {
+                                                          float keys[PACK];
+                                                          decode_keys<T, PACK>(raw, i * PACK, w.start, w.end, sm, keys);
+                                                          store(i, keys);
+                                                      });
         }
     }
 }
@@ -277,23 +298,24 @@ __device__ __forceinline__ void cluster_forward(const T* x, T* y, const MaskPara
     }                                                                                                  \
     REGISTER_KERNEL(masked_softmax_fwd_block_regs_p##P##x##N##_##SUFFIX)
 
+// The looping block kernels run at most 512 threads per block (src/plan.rs, LOOP_BLOCK).
 #define BLOCK_KERNELS(SUFFIX, T, P, N)                                                                   \
     BLOCK_REGS_KERNEL(SUFFIX, T, P, N)                                                                  \
-    extern "C" __global__ void masked_softmax_fwd_block_cached_p##P##_##SUFFIX(const T* x, T* y,         \
-                                                                               MaskParams p) {          \
+    extern "C" __global__ void __launch_bounds__(512)                                                   \
+        masked_softmax_fwd_block_cached_p##P##_##SUFFIX(const T* x, T* y, MaskParams p) {               \
         block_cached_forward<T, P>(x, y, p);                                                            \
     }                                                                                                   \
     REGISTER_KERNEL(masked_softmax_fwd_block_cached_p##P##_##SUFFIX)                                    \
-    extern "C" __global__ void masked_softmax_fwd_block_stream_p##P##_##SUFFIX(const T* x, T* y,         \
-                                                                               MaskParams p) {          \
+    extern "C" __global__ void __launch_bounds__(512)                                                   \
+        masked_softmax_fwd_block_stream_p##P##_##SUFFIX(const T* x, T* y, MaskParams p) {               \
         block_stream_forward<T, P>(x, y, p);                                                            \
     }                                                                                                   \
     REGISTER_KERNEL(masked_softmax_fwd_block_stream_p##P##_##SUFFIX)
 
 #if MASKED_SOFTMAX_HAS_CLUSTERS
 #define CLUSTER_KERNEL(SUFFIX, T, P, MODE, CACHED)                                                       \
-    extern "C" __global__ void masked_softmax_fwd_cluster_##MODE##_p##P##_##SUFFIX(const T* x, T* y,       \
-                                                                                 MaskParams p) {        \
+    extern "C" __global__ void __launch_bounds__(512)                                                   \
+        masked_softmax_fwd_cluster_##MODE##_p##P##_##SUFFIX(const T* x, T* y, MaskParams p) {           \
         cluster_forward<T, P, CACHED>(x, y, p);                                                         \
     }                                                                                                   \
     REGISTER_KERNEL(masked_softmax_fwd_cluster_##MODE##_p##P##_##SUFFIX)

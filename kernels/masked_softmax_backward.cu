@@ -30,33 +30,39 @@ template <typename T, int PACK, int PACKS, int GROUP>
 __device__ __forceinline__ void rows_backward(const T* y, const T* dy, T* dx, const MaskParams& p) {
     constexpr int R = rows_at_once<2 * PACK * PACKS>();
     for_each_group_rows<GROUP, R>(p, [&](const GroupRow (&rows)[R]) {
-        float ys[R][PACKS][PACK], dys[R][PACKS][PACK];
-        float dot[R];
+        // Every load of the R rows in flight, then the arithmetic.
+        PackPair<T, PACK> raw[R][PACKS];
 #pragma unroll
-        for (int r = 0; r < R; ++r) {
-            dot[r] = 0.f;
+        for (int r = 0; r < R; ++r)
 #pragma unroll
             for (int i = 0; i < PACKS; ++i) {
                 const int64_t col = lane_pack_column<GROUP, PACK>(i, rows[r].member);
                 const RowWindow& w = rows[r].window;
-                load_values<T, PACK>(y + rows[r].offset, col, w.start, w.end, ys[r][i]);
-                load_values<T, PACK>(dy + rows[r].offset, col, w.start, w.end, dys[r][i]);
-#pragma unroll
-                for (int j = 0; j < PACK; ++j) dot[r] += ys[r][i][j] * dys[r][i][j];
+                fetch_window<T, PACK>(y + rows[r].offset, col, w.start, w.end, raw[r][i].y);
+                fetch_window<T, PACK>(dy + rows[r].offset, col, w.start, w.end, raw[r][i].dy);
             }
-        }
 #pragma unroll
         for (int r = 0; r < R; ++r) {
-            const float row_dot = group_sum<GROUP>(dot[r]);
-            store_group_row<T, PACK, PACKS, GROUP>(dx, rows[r], p.k_len, [&](int i, int j) {
-                return softmax_grad(ys[r][i][j], dys[r][i][j], row_dot, p.scale);
-            });
+            const RowWindow& w = rows[r].window;
+            float ys[PACKS][PACK], dys[PACKS][PACK];
+            float dot = 0.f;
+#pragma unroll
+            for (int i = 0; i < PACKS; ++i) {
+                const int64_t col = lane_pack_column<GROUP, PACK>(i, rows[r].member);
+                decode_values<T, PACK>(raw[r][i].y, col, w.start, w.end, ys[i]);
+                decode_values<T, PACK>(raw[r][i].dy, col, w.start, w.end, dys[i]);
+#pragma unroll
+                for (int j = 0; j < PACK; ++j) dot += ys[i][j] * dys[i][j];
+            }
+            dot = group_sum<GROUP>(dot);
+            store_group_row<T, PACK, PACKS, GROUP>(
+                dx, rows[r], p.k_len, [&](int i, int j) { return softmax_grad(ys[i][j], dys[i][j], dot, p.scale); });
         }
     });
 }
 
 // The row's y and dy in registers across the block: thread t holds packs t, t + blockDim,
-// ... (PACKS of each), all loaded before any is used. Dynamic shared memory: 32 floats.
+// ... (PACKS of each), all fetched before any is used. Dynamic shared memory: 32 floats.
 template <typename T, int PACK, int PACKS>
 __device__ __forceinline__ void block_regs_backward(const T* y, const T* dy, T* dx, const MaskParams& p) {
     const RowIndex index = RowIndex::of(p);
@@ -64,14 +70,20 @@ __device__ __forceinline__ void block_regs_backward(const T* y, const T* dy, T* 
     for (int64_t row = blockIdx.x; row < p.rows; row += gridDim.x) {
         const RowWindow w = row_window(p, index, row);
         const int64_t offset = row * p.row_stride;
+        const auto column = [&](int i) { return (int64_t(i) * blockDim.x + threadIdx.x) * PACK; };
 
+        PackPair<T, PACK> raw[PACKS];
+#pragma unroll
+        for (int i = 0; i < PACKS; ++i) {
+            fetch_window<T, PACK>(y + offset, column(i), w.start, w.end, raw[i].y);
+            fetch_window<T, PACK>(dy + offset, column(i), w.start, w.end, raw[i].dy);
+        }
         float ys[PACKS][PACK], dys[PACKS][PACK];
         float dot = 0.f;
 #pragma unroll
         for (int i = 0; i < PACKS; ++i) {
-            const int64_t col = (int64_t(i) * blockDim.x + threadIdx.x) * PACK;
-            load_values<T, PACK>(y + offset, col, w.start, w.end, ys[i]);
-            load_values<T, PACK>(dy + offset, col, w.start, w.end, dys[i]);
+            decode_values<T, PACK>(raw[i].y, column(i), w.start, w.end, ys[i]);
+            decode_values<T, PACK>(raw[i].dy, column(i), w.start, w.end, dys[i]);
 #pragma unroll
             for (int j = 0; j < PACK; ++j) dot += ys[i][j] * dys[i][j];
         }
@@ -79,26 +91,26 @@ __device__ __forceinline__ void block_regs_backward(const T* y, const T* dy, T* 
 
 #pragma unroll
         for (int i = 0; i < PACKS; ++i) {
-            const int64_t col = (int64_t(i) * blockDim.x + threadIdx.x) * PACK;
-            if (col >= p.k_len) break;
-            store_window<T, PACK>(dx + offset, col, p.k_len, w.start, w.end,
+            if (column(i) >= p.k_len) break;
+            store_window<T, PACK>(dx + offset, column(i), p.k_len, w.start, w.end,
                                   [&](int j) { return softmax_grad(ys[i][j], dys[i][j], dot, p.scale); });
         }
     }
 }
 
-// y and dy of one pack, loaded together (the for_packs batch element of the block kernels).
+// Fetches the pair of packs at column `col` (see fetch_window), and decodes one.
 template <typename T, int PACK>
-__device__ __forceinline__ void load_pair(const T* y, const T* dy, int64_t col, const RowWindow& w,
-                                          float (&v)[2 * PACK]) {
-    float ys[PACK], dys[PACK];
-    load_values<T, PACK>(y, col, w.start, w.end, ys);
-    load_values<T, PACK>(dy, col, w.start, w.end, dys);
-#pragma unroll
-    for (int j = 0; j < PACK; ++j) {
-        v[j] = ys[j];
-        v[PACK + j] = dys[j];
-    }
+__device__ __forceinline__ void fetch_pair(const T* y, const T* dy, int64_t col, const RowWindow& w,
+                                           PackPair<T, PACK>& raw) {
+    fetch_window<T, PACK>(y, col, w.start, w.end, raw.y);
+    fetch_window<T, PACK>(dy, col, w.start, w.end, raw.dy);
+}
+
+template <typename T, int PACK>
+__device__ __forceinline__ void decode_pair(const PackPair<T, PACK>& raw, int64_t col, const RowWindow& w,
+                                            float (&ys)[PACK], float (&dys)[PACK]) {
+    decode_values<T, PACK>(raw.y, col, w.start, w.end, ys);
+    decode_values<T, PACK>(raw.dy, col, w.start, w.end, dys);
 }
 
 // y and dy of the valid packs cached in shared memory ([y..][dy..] per pack slot); thread t
@@ -117,15 +129,17 @@ __device__ __forceinline__ void block_cached_backward(const T* y, const T* dy, T
         const int64_t first_pack = w.start / PACK, end_pack = (w.end + PACK - 1) / PACK;
 
         float dot = 0.f;
-        for_packs<LOADS_IN_FLIGHT, 2 * PACK>(
+        for_packs<PAIRS_IN_FLIGHT, PackPair<T, PACK>>(
             first_owned(first_pack, threadIdx.x, blockDim.x), end_pack, blockDim.x,
-            [&](int64_t i, float (&v)[2 * PACK]) { load_pair<T, PACK>(y + offset, dy + offset, i * PACK, w, v); },
-            [&](int64_t i, float (&v)[2 * PACK]) {
+            [&](int64_t i, PackPair<T, PACK>& raw) { fetch_pair<T, PACK>(y + offset, dy + offset, i * PACK, w, raw); },
+            [&](int64_t i, const PackPair<T, PACK>& raw) {
+                float ys[PACK], dys[PACK];
+                decode_pair<T, PACK>(raw, i * PACK, w, ys, dys);
 #pragma unroll
                 for (int j = 0; j < PACK; ++j) {
-                    dot += v[j] * v[PACK + j];
-                    cache_y[i * PACK + j] = v[j];
-                    cache_dy[i * PACK + j] = v[PACK + j];
+                    dot += ys[j] * dys[j];
+                    cache_y[i * PACK + j] = ys[j];
+                    cache_dy[i * PACK + j] = dys[j];
                 }
             });
         dot = block_sum(dot, scratch);
@@ -147,22 +161,26 @@ __device__ __forceinline__ void block_stream_backward(const T* y, const T* dy, T
         const RowWindow w = row_window(p, index, row);
         const int64_t offset = row * p.row_stride;
         const int64_t first_pack = w.start / PACK, end_pack = (w.end + PACK - 1) / PACK;
-        const auto load = [&](int64_t i, float (&v)[2 * PACK]) {
-            load_pair<T, PACK>(y + offset, dy + offset, i * PACK, w, v);
+        const auto fetch = [&](int64_t i, PackPair<T, PACK>& raw) {
+            fetch_pair<T, PACK>(y + offset, dy + offset, i * PACK, w, raw);
         };
 
         float dot = 0.f;
-        for_packs<LOADS_IN_FLIGHT, 2 * PACK>(first_pack + threadIdx.x, end_pack, blockDim.x, load,
-                                             [&](int64_t, float (&v)[2 * PACK]) {
+        for_packs<PAIRS_IN_FLIGHT, PackPair<T, PACK>>(first_pack + threadIdx.x, end_pack, blockDim.x, fetch,
+                                                      [&](int64_t i, const PackPair<T, PACK>& raw) {
+                                                          float ys[PACK], dys[PACK];
+                                                          decode_pair<T, PACK>(raw, i * PACK, w, ys, dys);
 #pragma unroll
-                                                 for (int j = 0; j < PACK; ++j) dot += v[j] * v[PACK + j];
-                                             });
+                                                          for (int j = 0; j < PACK; ++j) dot += ys[j] * dys[j];
+                                                      });
         dot = block_sum(dot, scratch);
 
-        for_packs<LOADS_IN_FLIGHT, 2 * PACK>(
-            threadIdx.x, packs_in<PACK>(p.k_len), blockDim.x, load, [&](int64_t i, float (&v)[2 * PACK]) {
+        for_packs<PAIRS_IN_FLIGHT, PackPair<T, PACK>>(
+            threadIdx.x, packs_in<PACK>(p.k_len), blockDim.x, fetch, [&](int64_t i, const PackPair<T, PACK>& raw) {
+                float ys[PACK], dys[PACK];
+                decode_pair<T, PACK>(raw, i * PACK, w, ys, dys);
                 store_window<T, PACK>(dx + offset, i * PACK, p.k_len, w.start, w.end,
-                                      [&](int j) { return softmax_grad(v[j], v[PACK + j], dot, p.scale); });
+                                      [&](int j) { return softmax_grad(ys[j], dys[j], dot, p.scale); });
             });
     }
 }
@@ -189,13 +207,16 @@ __device__ __forceinline__ void block_stream_backward(const T* y, const T* dy, T
     }                                                                                               \
     REGISTER_KERNEL(masked_softmax_bwd_block_regs_p##P##x##N##_##SUFFIX)
 
+// The looping block kernels run at most 512 threads per block (src/plan.rs, LOOP_BLOCK).
 #define BWD_BLOCK_KERNELS(SUFFIX, T, P, N)                                                          \
     BWD_BLOCK_REGS_KERNEL(SUFFIX, T, P, N)                                                          \
-    extern "C" __global__ void masked_softmax_bwd_block_cached_p##P##_##SUFFIX BWD_SIGNATURE(T) {   \
+    extern "C" __global__ void __launch_bounds__(512)                                               \
+        masked_softmax_bwd_block_cached_p##P##_##SUFFIX BWD_SIGNATURE(T) {                          \
         block_cached_backward<T, P>(y, dy, dx, p);                                                 \
     }                                                                                              \
     REGISTER_KERNEL(masked_softmax_bwd_block_cached_p##P##_##SUFFIX)                               \
-    extern "C" __global__ void masked_softmax_bwd_block_stream_p##P##_##SUFFIX BWD_SIGNATURE(T) {   \
+    extern "C" __global__ void __launch_bounds__(512)                                               \
+        masked_softmax_bwd_block_stream_p##P##_##SUFFIX BWD_SIGNATURE(T) {                          \
         block_stream_backward<T, P>(y, dy, dx, p);                                                 \
     }                                                                                              \
     REGISTER_KERNEL(masked_softmax_bwd_block_stream_p##P##_##SUFFIX)

@@ -27,25 +27,25 @@ __device__ __forceinline__ int64_t first_owned(int64_t first, int64_t t, int64_t
     return first + ((t - first) % step + step) % step;
 }
 
-// Calls use(i, v) for the packs i = first, first + step, ... below end, after load(i, v)
-// has filled v (W floats) for a batch of U of them: a plain loop that loads one pack and
-// uses it waits out the memory latency on every pack, while U loads in flight per thread
-// keep the memory system busy.
-template <int U, int W, typename Load, typename Use>
-__device__ __forceinline__ void for_packs(int64_t first, int64_t end, int64_t step, Load load, Use use) {
+// Calls use(i, item) for the packs i = first, first + step, ... below end, after
+// fetch(i, item) has issued the loads of a batch of U of them (see fetch_window): U loads
+// per thread in flight keep the memory system busy where one would leave it waiting.
+template <int U, typename Item, typename Fetch, typename Use>
+__device__ __forceinline__ void for_packs(int64_t first, int64_t end, int64_t step, Fetch fetch, Use use) {
     for (int64_t base = first; base < end; base += U * step) {
-        float v[U][W];
+        Item items[U];
 #pragma unroll
         for (int u = 0; u < U; ++u)
-            if (base + u * step < end) load(base + u * step, v[u]);
+            if (base + u * step < end) fetch(base + u * step, items[u]);
 #pragma unroll
         for (int u = 0; u < U; ++u)
-            if (base + u * step < end) use(base + u * step, v[u]);
+            if (base + u * step < end) use(base + u * step, items[u]);
     }
 }
 
-// Packs per thread in flight in the block kernels' loops.
+// Packs (or pack pairs, backward) per thread in flight in the block kernels' loops.
 constexpr int LOADS_IN_FLIGHT = 4;
+constexpr int PAIRS_IN_FLIGHT = 2;
 
 // ---------------------------------------------------------------- rows kernels
 
@@ -83,12 +83,19 @@ __device__ __forceinline__ void for_each_group_rows(const MaskParams& p, Body bo
     const int64_t first_warp = int64_t(blockIdx.x) * warps_per_block + threadIdx.x / WARP;
     const int64_t warp_step = int64_t(gridDim.x) * warps_per_block;
     for (int64_t base = first_warp * ROWS_PER_WARP * R; base < p.rows; base += warp_step * ROWS_PER_WARP * R) {
+        // All R rows' lengths in flight before any is used.
+        RowLengths lengths[R];
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            const int64_t row = base + r * ROWS_PER_WARP + lane / GROUP;
+            lengths[r] = row < p.rows ? fetch_row_lengths(p, index, row) : RowLengths{0, 0, 0};
+        }
         GroupRow rows[R];
 #pragma unroll
         for (int r = 0; r < R; ++r) {
             const int64_t row = base + r * ROWS_PER_WARP + lane / GROUP;
             const bool active = row < p.rows;
-            rows[r] = GroupRow{active, lane % GROUP, active ? row_window(p, index, row) : RowWindow{0, 0},
+            rows[r] = GroupRow{active, lane % GROUP, active ? window_of(p, lengths[r]) : RowWindow{0, 0},
                                (active ? row : 0) * p.row_stride};
         }
         body(rows);

@@ -4,6 +4,9 @@
 # need no Rust and no CUDA toolkit where they run), the PTX and ptxas reports, and run.sh,
 # which runs them, optionally under compute-sanitizer, and writes logs to a directory.
 #
+# Also packs it as target/gpu-pack/gpu-bundle.tgz (what to carry to a device machine;
+# scripts/gpu-session.sh unpacks it there).
+#
 #   scripts/build-gpu-bundle.sh                         # then, on the GPU machine:
 #   target/gpu-bundle/run.sh OUT_DIR                    # tests + demo
 #   target/gpu-bundle/run.sh --sanitize --bench OUT_DIR # + 4 sanitizer tools + benchmark
@@ -52,3 +55,8 @@ chmod +x "$bundle/run.sh"
 git rev-parse HEAD >"$bundle/COMMIT" 2>/dev/null || echo "uncommitted" >"$bundle/COMMIT"
 git status --short >>"$bundle/COMMIT" 2>/dev/null || true
 du -sh "$bundle"
+# The device tool carries at most 64 MiB; the binaries are mostly embedded PTX, which
+# compresses about 7x. Carry target/gpu-pack; scripts/gpu-session.sh unpacks it.
+mkdir -p "$root/target/gpu-pack"
+tar czf "$root/target/gpu-pack/gpu-bundle.tgz" -C "$root/target" gpu-bundle
+du -sh "$root/target/gpu-pack/gpu-bundle.tgz"

@@ -6,12 +6,17 @@
 #
 #   scripts/gpu-session.sh [run.sh options: --sanitize --bench] OUT_DIR
 #
-# Example device command: scripts/gpu-session.sh --sanitize --bench "$OUT"
+# Example device command (carry target/gpu-pack, the packed bundle, which this unpacks):
+#   scripts/gpu-session.sh --sanitize --bench "$OUT"
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 args=("$@")
 out="${args[-1]}"
 unset 'args[-1]'
+if [[ -f "$root/target/gpu-pack/gpu-bundle.tgz" ]]; then
+    rm -rf "$root/target/gpu-bundle"
+    tar xzf "$root/target/gpu-pack/gpu-bundle.tgz" -C "$root/target"
+fi
 work="$(mktemp -d)"
 "$root/target/gpu-bundle/run.sh" "${args[@]}" "$work"
 status=$?

@@ -147,8 +147,12 @@ fn block_regs_packs(pack: u32, direction: Direction) -> u32 {
     }
 }
 
-/// Threads of the largest block.
+/// Threads of the largest block (the register kernels).
 const MAX_BLOCK: u32 = 1024;
+/// Threads of the largest block of a kernel that loops over its row (cached, stream,
+/// cluster): 512, so that each thread may use 128 registers for its loads in flight
+/// (`__launch_bounds__(512)` in the kernels).
+const LOOP_BLOCK: u32 = 512;
 
 impl KernelKind {
     /// Every kernel compiled for `dtype` in `direction`; the cluster kernels (forward only)
@@ -523,8 +527,11 @@ impl Problem {
             shared_bytes: shared_bytes as u32,
             params: self.params,
         };
-        // About 8 packs per thread, 128 to 1024 threads.
-        let loop_block = row_packs.div_ceil(8).next_power_of_two().clamp(128, 1024) as u32;
+        // The looping block kernels: about 8 packs per thread, 128 to LOOP_BLOCK threads.
+        let loop_block = row_packs
+            .div_ceil(8)
+            .next_power_of_two()
+            .clamp(128, LOOP_BLOCK as u64) as u32;
         match kind {
             KernelKind::Rows { group, packs, .. } => {
                 if self.k_len > (group * pack * packs) as u64 {
@@ -578,7 +585,10 @@ impl Problem {
                     CLUSTER_HEADER_BYTES
                 };
                 let chunk_packs = row_packs.div_ceil(cluster);
-                let block = chunk_packs.div_ceil(8).next_power_of_two().clamp(128, 1024) as u32;
+                let block = chunk_packs
+                    .div_ceil(8)
+                    .next_power_of_two()
+                    .clamp(128, LOOP_BLOCK as u64) as u32;
                 // Clusters beyond those resident at once would only wait their turn.
                 let blocks_per_sm = (threads_per_sm / block as u64)
                     .min(self.limits.shared_per_sm as u64 / shared)
@@ -770,7 +780,7 @@ mod tests {
         );
         assert_eq!(p.grid, 132 * 8);
         let p = plan(&Spec::new(Shape::matrix(3, 1 << 20)), DType::F32, ALIGNED);
-        assert_eq!((p.grid, p.block), (3, 1024));
+        assert_eq!((p.grid, p.block), (3, 512));
         let p = plan(
             &Spec::new(Shape::matrix(100_000, 8192)),
             DType::F32,
