@@ -29,6 +29,8 @@ for log in "$work"/tests.log "$work"/demo.log "$work"/sanitize-*.log; do
         grep -m 40 -E -A4 "^---- |ERROR SUMMARY: [1-9]|panicked|Error:|Invalid|Race|Barrier" "$log" | cut -c1-300 | head -n 60
     fi
 done
-[[ -f "$work/bench/results.json" ]] && cp "$work/bench/results.json" "$out/"
+for f in results.json results.csv bandwidth.svg; do
+    [[ -f "$work/bench/$f" ]] && cp "$work/bench/$f" "$out/"
+done
 tar czf "$out/results.tgz" -C "$work" .
 exit $status
