@@ -25,19 +25,19 @@ struct RawPack {
     __device__ __forceinline__ T get(int k) const {
         T v;
         if constexpr (sizeof(T) == 4) {
-            memcpy(&v, &w[k], 4);
+            memcpy(static_cast<void*>(&v), &w[k], 4);
         } else {
             const uint16_t bits = uint16_t(w[k / 2] >> (16 * (k % 2)));
-            memcpy(&v, &bits, 2);
+            memcpy(static_cast<void*>(&v), &bits, 2);
         }
         return v;
     }
     __device__ __forceinline__ void set(int k, T v) {
         if constexpr (sizeof(T) == 4) {
-            memcpy(&w[k], &v, 4);
+            memcpy(&w[k], static_cast<const void*>(&v), 4);
         } else {
             uint16_t bits;
-            memcpy(&bits, &v, 2);
+            memcpy(&bits, static_cast<const void*>(&v), 2);
             const int shift = 16 * (k % 2);
             w[k / 2] = (w[k / 2] & ~(0xffffu << shift)) | (uint32_t(bits) << shift);
         }
