@@ -35,6 +35,8 @@
 //! ```
 #![deny(missing_docs)]
 
+#[cfg(feature = "candle")]
+pub mod candle;
 pub mod compare;
 pub mod contract;
 pub mod cuda;
