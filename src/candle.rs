@@ -446,7 +446,7 @@ mod cuda {
             CudaStorageSlice::BF16(x) => {
                 CudaStorageSlice::BF16(run(&softmax, &stream, op, lens, x, r)?)
             }
-            _ => candle_core::bail!("masked softmax: unsupported dtype {:?}", scores.dtype()),
+            _ => candle_core::bail!("masked softmax: scores must be f32, f16 or bf16"),
         };
         Ok(CudaStorage {
             slice,
@@ -496,8 +496,7 @@ mod cuda {
                 CudaStorageSlice::BF16(run(&softmax, &stream, op, lens, y, yr, dy, gr)?)
             }
             _ => candle_core::bail!(
-                "masked softmax backward: unsupported dtype {:?}",
-                probs.dtype()
+                "masked softmax backward: probabilities and gradient must both be f32, f16 or bf16"
             ),
         };
         Ok(CudaStorage {

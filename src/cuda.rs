@@ -108,7 +108,9 @@ pub fn ptx_target_for(major: i32, minor: i32) -> Result<u32> {
 /// Opens device `ordinal` with typed errors where cudarc would panic: no driver library,
 /// no device.
 pub fn open_device(ordinal: usize) -> Result<Arc<CudaContext>> {
-    // SAFETY: only tries to dlopen libcuda; nothing is called through it.
+    // SAFETY: only tries to dlopen libcuda; nothing is called through it. (Linked
+    // dynamically instead, as candle-cuda builds are, the loader has found it already.)
+    #[cfg(feature = "dynamic-loading")]
     if !unsafe { cudarc::driver::sys::is_culib_present() } {
         return Err(Error::NoDriver);
     }
