@@ -55,15 +55,7 @@ __device__ __forceinline__ void rows_forward(const T* x, T* y, const MaskParams&
             }
             max_key = group_max<GROUP>(max_key);
             const bool zero_row = max_key == -CUDART_INF_F;
-            float sum = 0.f;
-#pragma unroll
-            for (int i = 0; i < PACKS; ++i)
-#pragma unroll
-                for (int j = 0; j < PACK; ++j) {
-                    keys[i][j] = zero_row ? 0.f : sm.weight(keys[i][j], max_key);
-                    sum += keys[i][j];
-                }
-            sum = group_sum<GROUP>(sum);
+            const float sum = group_sum<GROUP>(weigh_keys(keys, max_key, sm));
             const float inv_sum = zero_row ? 0.f : 1.f / sum;
             store_group_row<T, PACK, PACKS, GROUP>(y, rows[r], p.k_len,
                                                    [&](int i, int j) { return keys[i][j] * inv_sum; });
@@ -99,16 +91,7 @@ __device__ __forceinline__ void block_regs_forward(const T* x, T* y, const MaskP
         }
         max_key = block_max(max_key, scratch);
         const bool zero_row = max_key == -CUDART_INF_F;
-
-        float sum = 0.f;
-#pragma unroll
-        for (int i = 0; i < PACKS; ++i)
-#pragma unroll
-            for (int j = 0; j < PACK; ++j) {
-                keys[i][j] = zero_row ? 0.f : sm.weight(keys[i][j], max_key);
-                sum += keys[i][j];
-            }
-        sum = block_sum(sum, scratch);
+        const float sum = block_sum(weigh_keys(keys, max_key, sm), scratch);
         const float inv_sum = zero_row ? 0.f : 1.f / sum;
 
 #pragma unroll

@@ -67,6 +67,22 @@ struct ScaleMap {
     }
 };
 
+// Turns a thread's keys into weights against the row's max key (all 0 in a zero row, whose
+// max is -inf) and returns their sum: the middle of every register-resident kernel.
+template <int PACKS, int PACK>
+__device__ __forceinline__ float weigh_keys(float (&keys)[PACKS][PACK], float max_key, const ScaleMap& sm) {
+    const bool zero_row = max_key == -CUDART_INF_F;
+    float sum = 0.f;
+#pragma unroll
+    for (int i = 0; i < PACKS; ++i)
+#pragma unroll
+        for (int j = 0; j < PACK; ++j) {
+            keys[i][j] = zero_row ? 0.f : sm.weight(keys[i][j], max_key);
+            sum += keys[i][j];
+        }
+    return sum;
+}
+
 // Softmax statistics of a set of keys: their max (NaN-propagating) and the sum of their
 // weights. An empty set, or one of only -inf keys, has max -inf and sum 0.
 struct SoftmaxStats {

@@ -14,8 +14,8 @@ use std::ffi::c_void;
 use std::sync::Mutex;
 
 use common::{
-    Case, Runs, SPECIAL_SCALES, backward_inputs, check_runs, forward_matrix, random_contract,
-    scores_with_nan_pads, special_scores,
+    Case, EVERY_KERNEL_K_LENS, Runs, SPECIAL_SCALES, backward_inputs, check_runs, forward_matrix,
+    random_contract, scores_with_nan_pads, special_scores,
 };
 use libtest_mimic::{Arguments, Completion, Trial};
 use masked_softmax::plan::{
@@ -399,20 +399,13 @@ fn main() {
         }
     }
     // Every kernel that can run a problem, named: both sides of each kernel's capacity.
-    for dtype in DType::ALL {
-        let t = dtype.kernel_suffix();
-        for k_len in [1, 33, 1000, 1032, 4097, 8192, 8200, 16384, 16388, 20001] {
-            for mode in [common::MODES[0], common::MODES[5]] {
-                let case = Case::new(mode, k_len, MAX_ELEMENTS);
-                for direction in [Direction::Forward, Direction::Backward] {
-                    let c = case.clone();
-                    add(
-                        format!("every_kernel_{direction:?}_{}_{t}_k{k_len}", mode.name),
-                        Box::new(move || dispatch!(dtype, every_kernel, direction, &c)),
-                    );
-                }
-            }
-        }
+    for (name, dtype, direction, case) in
+        common::every_kernel_cases(EVERY_KERNEL_K_LENS, MAX_ELEMENTS)
+    {
+        add(
+            name,
+            Box::new(move || dispatch!(dtype, every_kernel, direction, &case)),
+        );
     }
     // 2400 random contracts (800 per type), forward and backward, in trials of 50.
     for chunk in 0..48u64 {

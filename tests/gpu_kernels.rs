@@ -13,8 +13,8 @@ use common::dispatch;
 use std::sync::Arc;
 
 use common::{
-    Case, Runs, SPECIAL_SCALES, backward_inputs, check_runs, forward_matrix, random_contract,
-    scores_with_nan_pads, special_scores,
+    Case, EVERY_KERNEL_K_LENS, Runs, SPECIAL_SCALES, backward_inputs, check_runs, forward_matrix,
+    random_contract, scores_with_nan_pads, special_scores,
 };
 use cudarc::driver::{CudaContext, DeviceRepr};
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
@@ -748,22 +748,16 @@ fn main() {
         }
     }
     // Every kernel that can run a problem, named: both sides of each kernel's capacity.
-    for dtype in DType::ALL {
-        let t = dtype.kernel_suffix();
-        for k_len in [
-            1, 33, 1000, 1032, 4097, 8192, 8200, 16384, 16388, 20001, 65536, 262_144,
-        ] {
-            for mode in [common::MODES[0], common::MODES[5]] {
-                let case = Case::new(mode, k_len, MAX_ELEMENTS);
-                for direction in [Direction::Forward, Direction::Backward] {
-                    let c = case.clone();
-                    add(
-                        format!("every_kernel_{direction:?}_{}_{t}_k{k_len}", mode.name),
-                        Box::new(move |g| dispatch!(dtype, every_kernel, g, direction, &c)),
-                    );
-                }
-            }
-        }
+    let k_lens: Vec<usize> = EVERY_KERNEL_K_LENS
+        .iter()
+        .copied()
+        .chain([65536, 262_144])
+        .collect();
+    for (name, dtype, direction, case) in common::every_kernel_cases(&k_lens, MAX_ELEMENTS) {
+        add(
+            name,
+            Box::new(move |g| dispatch!(dtype, every_kernel, g, direction, &case)),
+        );
     }
     // 1000 random contracts, forward and backward, in trials of 50 (also under the sanitizer).
     for chunk in 0..20u64 {

@@ -69,7 +69,8 @@ pub fn scores_with_nan_pads(spec: &Spec, lengths: Lengths, seed: u64) -> Vec<f64
     x
 }
 
-use masked_softmax::{Causal, Element, Shape, compare};
+use masked_softmax::plan::Direction;
+use masked_softmax::{Causal, DType, Element, Shape, compare};
 
 /// A mask mode of the contract.
 #[derive(Clone, Copy, Debug)]
@@ -380,3 +381,33 @@ macro_rules! dispatch {
 }
 #[allow(unused_imports)]
 pub(crate) use dispatch;
+
+/// `k_len` on both sides of each kernel's capacity, for the trials that run every kernel by
+/// name (the GPU suite adds longer rows the emulator cannot afford).
+pub const EVERY_KERNEL_K_LENS: &[usize] =
+    &[1, 33, 1000, 1032, 4097, 8192, 8200, 16384, 16388, 20001];
+
+/// The "every kernel by name" trials: `(name, dtype, direction, case)` for each type, each
+/// of `k_lens`, right padding and causal-left-with-query-lengths, forward and backward.
+pub fn every_kernel_cases(
+    k_lens: &[usize],
+    max_elements: usize,
+) -> Vec<(String, DType, Direction, Case)> {
+    let mut cases = Vec::new();
+    for dtype in DType::ALL {
+        for &k_len in k_lens {
+            for mode in [MODES[0], MODES[5]] {
+                let case = Case::new(mode, k_len, max_elements);
+                for direction in [Direction::Forward, Direction::Backward] {
+                    let name = format!(
+                        "every_kernel_{direction:?}_{}_{}_k{k_len}",
+                        mode.name,
+                        dtype.kernel_suffix()
+                    );
+                    cases.push((name, dtype, direction, case.clone()));
+                }
+            }
+        }
+    }
+    cases
+}
