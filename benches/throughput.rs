@@ -160,6 +160,15 @@ fn main() -> Result<()> {
     );
     std::fs::create_dir_all(&args.out)?;
 
+    let report = |rows: Vec<Row>| Report {
+        gpu: gpu.clone(),
+        compute_capability: format!("{major}.{minor}"),
+        date_utc: utc_now(),
+        copy_gbps,
+        empty_launch_us,
+        ptx_target: masked_softmax::cuda::PTX_TARGET.map(String::from),
+        rows,
+    };
     let mut rows = Vec::new();
     let directions: Vec<Direction> = args
         .directions
@@ -198,19 +207,16 @@ fn main() -> Result<()> {
                 print_row(&row, rows.is_empty());
                 rows.push(row);
             }
+            // Written after every case, so a run cut short (a device lease, a timeout) still
+            // leaves what it measured.
+            std::fs::write(
+                args.out.join("results.json"),
+                serde_json::to_string_pretty(&report(rows.clone()))?,
+            )?;
         }
     }
 
-    let report = Report {
-        gpu,
-        compute_capability: format!("{major}.{minor}"),
-        date_utc: utc_now(),
-        copy_gbps,
-        empty_launch_us,
-        ptx_target: masked_softmax::cuda::PTX_TARGET.map(String::from),
-        rows,
-    };
-    write_outputs(&args.out, &report)?;
+    write_outputs(&args.out, &report(rows))?;
     println!(
         "wrote {}/results.json, results.csv, bandwidth.svg",
         args.out.display()
