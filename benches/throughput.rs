@@ -28,7 +28,7 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::Ptx;
 use masked_softmax::cuda::{CudaSoftmax, DeviceLengths, module_ptx, open_device};
-use masked_softmax::plan::{Buffers, Direction, KernelKind, plan_backward, plan_forward};
+use masked_softmax::plan::{Buffers, Direction, KernelKind, plan_launch};
 use masked_softmax::{DType, Element, Lengths, Shape, Spec, bf16, f16, mask};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -395,11 +395,9 @@ fn run_case<T: Element + DeviceRepr>(
     })?;
 
     let limits = env.softmax.limits();
-    let planned = match direction {
-        Direction::Forward => plan_forward(spec, T::DTYPE, limits, Buffers::default())?,
-        Direction::Backward => plan_backward(spec, T::DTYPE, limits, Buffers::default())?,
-    }
-    .kernel;
+    let planned = plan_launch(None, direction, spec, T::DTYPE, limits, Buffers::default())?
+        .ok_or("the planner always has a kernel")?
+        .kernel;
     let kernel = planned.name(T::DTYPE, direction);
 
     let unfused_us = match env.baseline {

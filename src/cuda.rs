@@ -52,8 +52,7 @@ use crate::contract::{Lengths, Spec, check_buffer};
 use crate::dtype::{DType, Element};
 use crate::error::{Error, LengthKind, Result};
 use crate::plan::{
-    Buffers, DeviceLimits, Direction, KernelKind, KernelParams, LaunchPlan, plan_backward,
-    plan_forward, plan_kernel,
+    Buffers, DeviceLimits, Direction, KernelKind, KernelParams, LaunchPlan, plan_launch,
 };
 
 /// The PTX built from `kernels/*.cu` by build.rs (no modules when built without nvcc).
@@ -283,7 +282,7 @@ impl CudaSoftmax {
     /// [`forward`](Self::forward) on the kernel `kind` rather than the planner's choice, for
     /// benchmarks and tests that compare kernels on one problem (the kinds are listed by
     /// [`KernelKind::all`]). `Ok(false)`, with nothing launched, if that kernel cannot run
-    /// the problem (see [`plan_kernel`]).
+    /// the problem (see [`plan_kernel`](crate::plan::plan_kernel)).
     pub fn forward_with_kernel<'a, T: Element>(
         &self,
         kind: KernelKind,
@@ -564,15 +563,8 @@ impl CudaSoftmax {
         let (q_ptr, _q_guard) = lengths.q.map(|l| l.device_ptr(stream)).unzip();
         buffers.kv_lens = kv_ptr.unwrap_or(0);
         buffers.q_lens = q_ptr.unwrap_or(0);
-        let plan = match (kind, direction) {
-            (None, Direction::Forward) => plan_forward(spec, T::DTYPE, self.limits, buffers)?,
-            (None, Direction::Backward) => plan_backward(spec, T::DTYPE, self.limits, buffers)?,
-            (Some(kind), _) => {
-                match plan_kernel(kind, direction, spec, T::DTYPE, self.limits, buffers)? {
-                    Some(plan) => plan,
-                    None => return Ok(false),
-                }
-            }
+        let Some(plan) = plan_launch(kind, direction, spec, T::DTYPE, self.limits, buffers)? else {
+            return Ok(false);
         };
         // Every kernel the planner picks is loaded (a unit test checks the PTX holds them);
         // a kind named by the caller may be one that is not compiled.

@@ -376,6 +376,23 @@ pub fn plan_kernel(
     Ok(problem.configure(kind))
 }
 
+/// The launch of `kind`, or of the planner's choice when `kind` is `None`: what every
+/// launcher (the CUDA one, the emulator tests) asks. `None` if a named kind cannot run the
+/// problem.
+pub fn plan_launch(
+    kind: Option<KernelKind>,
+    direction: Direction,
+    spec: &Spec,
+    dtype: DType,
+    limits: DeviceLimits,
+    buffers: Buffers,
+) -> Result<Option<LaunchPlan>> {
+    match kind {
+        None => plan(spec, dtype, limits, buffers, direction).map(Some),
+        Some(kind) => plan_kernel(kind, direction, spec, dtype, limits, buffers),
+    }
+}
+
 fn plan(
     spec: &Spec,
     dtype: DType,

@@ -18,9 +18,7 @@ use common::{
     random_contract, scores_with_nan_pads, special_scores,
 };
 use libtest_mimic::{Arguments, Completion, Trial};
-use masked_softmax::plan::{
-    Buffers, DeviceLimits, Direction, KernelKind, plan_backward, plan_forward, plan_kernel,
-};
+use masked_softmax::plan::{Buffers, DeviceLimits, Direction, KernelKind, plan_launch};
 use masked_softmax::{DType, Element, Lengths, Padding, Shape, Spec, compare, seed};
 use masked_softmax_emu::{Dims, GuardedBuffer, Placement};
 
@@ -57,114 +55,112 @@ const MAX_ELEMENTS: usize = 1 << 15;
 /// Every kernel some case launched: the whole matrix must reach every compiled kernel.
 static LAUNCHED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 
-/// One emulated call: forward (inputs `[x]`) or backward (inputs `[y, dy]`), into a
-/// NaN-poisoned output, or in place over the last input; on the planner's kernel, or on
-/// `kind` (then `None` if that kernel cannot run the problem).
-#[allow(clippy::too_many_arguments)]
-fn emulate<T: Element>(
+/// One problem for the emulated kernels: the device, the kernel (the planner's if `kind`
+/// is `None`), the direction, the spec and lengths, the inputs (`[x]` forward, `[y, dy]`
+/// backward) and where the buffers sit against their guard pages.
+struct Emulation<'a, T> {
     limits: DeviceLimits,
     kind: Option<KernelKind>,
     direction: Direction,
-    spec: &Spec,
-    lengths: Lengths,
-    inputs: &[&[T]],
+    spec: &'a Spec,
+    lengths: Lengths<'a>,
+    inputs: &'a [&'a [T]],
     placement: Placement,
-    in_place: bool,
-) -> Result<Option<Vec<T>>, String> {
-    let guarded = |v: &[i32]| GuardedBuffer::from_slice(v, placement);
-    let kv = lengths.kv.map(guarded);
-    let q = lengths.q.map(guarded);
-    let addr = |b: &Option<GuardedBuffer<i32>>| b.as_ref().map_or(0, |b| b.addr());
-    let ins: Vec<GuardedBuffer<T>> = inputs
-        .iter()
-        .map(|v| GuardedBuffer::from_slice(v, placement))
-        .collect();
-    let poison = vec![T::from_f64(f64::NAN); inputs[0].len()];
-    let out = GuardedBuffer::from_slice(&poison, placement);
-    let out_buf = if in_place { ins.last().unwrap() } else { &out };
-    let mut buffers = Buffers {
-        x: ins[0].addr(),
-        y: out_buf.addr(),
-        dy: 0,
-        kv_lens: addr(&kv),
-        q_lens: addr(&q),
-    };
-    if direction == Direction::Backward {
-        buffers.dy = ins[1].addr();
-    }
-    let mut plan = match (kind, direction) {
-        (None, Direction::Forward) => plan_forward(spec, T::DTYPE, limits, buffers),
-        (None, Direction::Backward) => plan_backward(spec, T::DTYPE, limits, buffers),
-        (Some(kind), _) => match plan_kernel(kind, direction, spec, T::DTYPE, limits, buffers) {
-            Ok(Some(plan)) => Ok(plan),
-            Ok(None) => return Ok(None),
-            Err(e) => Err(e),
-        },
-    }
-    .map_err(|e| e.to_string())?;
-    LAUNCHED.lock().unwrap().insert(plan.kernel_name());
-    let dims = Dims {
-        grid: [plan.grid, 1, 1],
-        block: [plan.block, 1, 1],
-        cluster: plan.cluster,
-        shared_bytes: plan.shared_bytes,
-    };
-    let (mut x, mut dy, mut y) = (buffers.x, buffers.dy, buffers.y);
-    let mut forward_args: [*mut c_void; 3] = [
-        (&raw mut x).cast(),
-        (&raw mut y).cast(),
-        (&raw mut plan.params).cast(),
-    ];
-    let mut backward_args: [*mut c_void; 4] = [
-        (&raw mut x).cast(),
-        (&raw mut dy).cast(),
-        (&raw mut y).cast(),
-        (&raw mut plan.params).cast(),
-    ];
-    let args: &mut [*mut c_void] = match direction {
-        Direction::Forward => &mut forward_args,
-        Direction::Backward => &mut backward_args,
-    };
-    // SAFETY: (const T*, T*, MaskParams) forward and (const T*, const T*, T*, MaskParams)
-    // backward; the buffers hold the shape's elements and `batch` lengths.
-    unsafe { masked_softmax_emu::launch(&plan.kernel_name(), dims, args) }?;
-    Ok(Some(out_buf.as_slice().to_vec()))
 }
 
-/// Out of place twice and in place, checked against the reference and the contract, on
-/// the planner's kernel or on `kind`; false if `kind` cannot run the problem.
-#[allow(clippy::too_many_arguments)]
-fn check_on<T: Element>(
-    limits: DeviceLimits,
-    kind: Option<KernelKind>,
-    direction: Direction,
-    spec: &Spec,
-    lengths: Lengths,
-    inputs: &[&[T]],
-    placement: Placement,
-) -> Result<bool, String> {
-    let run = |in_place| {
-        emulate(
-            limits, kind, direction, spec, lengths, inputs, placement, in_place,
+impl<T: Element> Emulation<'_, T> {
+    /// One emulated call into a NaN-poisoned output, or in place over the last input;
+    /// `None` if the named kernel cannot run the problem.
+    fn run(&self, in_place: bool) -> Result<Option<Vec<T>>, String> {
+        let (placement, direction) = (self.placement, self.direction);
+        let guarded = |v: &[i32]| GuardedBuffer::from_slice(v, placement);
+        let kv = self.lengths.kv.map(guarded);
+        let q = self.lengths.q.map(guarded);
+        let addr = |b: &Option<GuardedBuffer<i32>>| b.as_ref().map_or(0, |b| b.addr());
+        let ins: Vec<GuardedBuffer<T>> = self
+            .inputs
+            .iter()
+            .map(|v| GuardedBuffer::from_slice(v, placement))
+            .collect();
+        let poison = vec![T::from_f64(f64::NAN); self.inputs[0].len()];
+        let out = GuardedBuffer::from_slice(&poison, placement);
+        let out_buf = if in_place { ins.last().unwrap() } else { &out };
+        let buffers = Buffers {
+            x: ins[0].addr(),
+            y: out_buf.addr(),
+            dy: if direction == Direction::Backward {
+                ins[1].addr()
+            } else {
+                0
+            },
+            kv_lens: addr(&kv),
+            q_lens: addr(&q),
+        };
+        let plan = plan_launch(
+            self.kind,
+            direction,
+            self.spec,
+            T::DTYPE,
+            self.limits,
+            buffers,
         )
-    };
-    let Some(out) = run(false)? else {
-        return Ok(false);
-    };
-    let runs = Runs {
-        out,
-        out_again: run(false)?.ok_or("ran once, then not")?,
-        in_place: run(true)?.ok_or("ran out of place, not in place")?,
-    };
-    let report = match direction {
-        Direction::Forward => compare::forward(spec, lengths, inputs[0], &runs.out),
-        Direction::Backward => compare::backward(spec, lengths, inputs[0], inputs[1], &runs.out),
-    };
-    check_runs(spec, report, &runs)?;
-    Ok(true)
+        .map_err(|e| e.to_string())?;
+        let Some(mut plan) = plan else {
+            return Ok(None);
+        };
+        LAUNCHED.lock().unwrap().insert(plan.kernel_name());
+        let dims = Dims {
+            grid: [plan.grid, 1, 1],
+            block: [plan.block, 1, 1],
+            cluster: plan.cluster,
+            shared_bytes: plan.shared_bytes,
+        };
+        let (mut x, mut dy, mut y) = (buffers.x, buffers.dy, buffers.y);
+        let mut forward_args: [*mut c_void; 3] = [
+            (&raw mut x).cast(),
+            (&raw mut y).cast(),
+            (&raw mut plan.params).cast(),
+        ];
+        let mut backward_args: [*mut c_void; 4] = [
+            (&raw mut x).cast(),
+            (&raw mut dy).cast(),
+            (&raw mut y).cast(),
+            (&raw mut plan.params).cast(),
+        ];
+        let args: &mut [*mut c_void] = match direction {
+            Direction::Forward => &mut forward_args,
+            Direction::Backward => &mut backward_args,
+        };
+        // SAFETY: (const T*, T*, MaskParams) forward and (const T*, const T*, T*, MaskParams)
+        // backward; the buffers hold the shape's elements and `batch` lengths.
+        unsafe { masked_softmax_emu::launch(&plan.kernel_name(), dims, args) }?;
+        Ok(Some(out_buf.as_slice().to_vec()))
+    }
+
+    /// Out of place twice and in place, checked against the reference and the contract;
+    /// false if the named kernel cannot run the problem.
+    fn check(&self) -> Result<bool, String> {
+        let Some(out) = self.run(false)? else {
+            return Ok(false);
+        };
+        let runs = Runs {
+            out,
+            out_again: self.run(false)?.ok_or("ran once, then not")?,
+            in_place: self.run(true)?.ok_or("ran out of place, not in place")?,
+        };
+        let (spec, lengths, inputs) = (self.spec, self.lengths, self.inputs);
+        let report = match self.direction {
+            Direction::Forward => compare::forward(spec, lengths, inputs[0], &runs.out),
+            Direction::Backward => {
+                compare::backward(spec, lengths, inputs[0], inputs[1], &runs.out)
+            }
+        };
+        check_runs(spec, report, &runs)?;
+        Ok(true)
+    }
 }
 
-/// [`check_on`] the planner's kernel.
+/// [`Emulation::check`] on the planner's kernel.
 fn check<T: Element>(
     limits: DeviceLimits,
     direction: Direction,
@@ -173,7 +169,17 @@ fn check<T: Element>(
     inputs: &[&[T]],
     placement: Placement,
 ) -> Result<(), String> {
-    check_on(limits, None, direction, spec, lengths, inputs, placement).map(|_| ())
+    Emulation {
+        limits,
+        kind: None,
+        direction,
+        spec,
+        lengths,
+        inputs,
+        placement,
+    }
+    .check()
+    .map(|_| ())
 }
 
 /// Every compiled kernel of a direction that can run `case`, named rather than planned (at
@@ -191,15 +197,16 @@ fn every_kernel<T: Element>(direction: Direction, case: &Case) -> Result<(), Str
     for kind in KernelKind::all(T::DTYPE, true, direction) {
         for (placement, _) in PLACEMENTS {
             let name = kind.name(T::DTYPE, direction);
-            match check_on(
-                BIG_SHARED,
-                Some(kind),
+            let emulation = Emulation {
+                limits: BIG_SHARED,
+                kind: Some(kind),
                 direction,
-                &case.spec,
-                case.lengths(),
-                &inputs,
+                spec: &case.spec,
+                lengths: case.lengths(),
+                inputs: &inputs,
                 placement,
-            ) {
+            };
+            match emulation.check() {
                 Ok(true) => ran += 1,
                 Ok(false) => {}
                 Err(e) => return Err(format!("{name}: {e}")),
