@@ -51,6 +51,8 @@ scripts/check-ptxas.sh "$bundle/ptxas" >"$bundle/ptxas/summary.txt" 2>&1 || {
 }
 rm -f "$bundle"/ptxas/*.cubin
 cp scripts/gpu-bundle-run.sh "$bundle/run.sh"
+cp scripts/gpu-sharded.sh "$bundle/sharded.sh"
+cp scripts/gpu-profile.sh "$bundle/profile.sh"
 chmod +x "$bundle/run.sh"
 git rev-parse HEAD >"$bundle/COMMIT" 2>/dev/null || echo "uncommitted" >"$bundle/COMMIT"
 git status --short >>"$bundle/COMMIT" 2>/dev/null || true

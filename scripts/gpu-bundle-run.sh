@@ -11,6 +11,9 @@
 # sizes); with --bench bench.log and bench/ (results.json, results.csv, bandwidth.svg;
 # BENCH_ARGS are passed on, e.g. "--quick"). Exits non-zero if any step failed.
 #
+# SANITIZE_TOOLS picks the tools (default all four); SANITIZE_SHARDS=n runs each tool as n
+# processes at once over interleaved shares of the subset (racecheck is slow).
+#
 # Time limits, so that a device call ends with its logs: DEADLINE (seconds from the start
 # for the whole run; default none) and per-step caps TEST_TIMEOUT (default 300), EXAMPLE_TIMEOUT
 # (60), SANITIZE_TIMEOUT (per tool, 120), BENCH_TIMEOUT (600). SANITIZE_FULL="memcheck ..."
@@ -75,10 +78,10 @@ if [[ $sanitize -eq 1 ]]; then
         echo "compute-sanitizer not found" | tee -a "$summary"
         status=1
     else
-        for tool in memcheck racecheck initcheck synccheck; do
+        for tool in ${SANITIZE_TOOLS:-memcheck racecheck initcheck synccheck}; do
             for test in "$here"/bin/test-gpu_*; do
                 step "sanitize-$tool $(basename "$test")" "$out/sanitize-$tool.log" "${SANITIZE_TIMEOUT:-120}" \
-                    env MASKED_SOFTMAX_GPU_SUBSET=sanitize \
+                    "$here/sharded.sh" "${SANITIZE_SHARDS:-1}" \
                     "$sanitizer" --tool "$tool" --error-exitcode 99 "$test" --test-threads 1
             done
             grep -h "ERROR SUMMARY\|RACECHECK SUMMARY" "$out/sanitize-$tool.log" | sort | uniq -c | sed "s/^/  $tool: /" >>"$summary"

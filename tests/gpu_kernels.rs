@@ -668,6 +668,13 @@ fn in_sanitize_subset(name: &str) -> bool {
             && name.ends_with("_k20001"))
 }
 
+/// `"i/n"` -> `(i, n)` with `i < n`.
+fn parse_shard(spec: &str) -> Option<(usize, usize)> {
+    let (i, n) = spec.split_once('/')?;
+    let (i, n) = (i.trim().parse().ok()?, n.trim().parse().ok()?);
+    (i < n).then_some((i, n))
+}
+
 fn main() {
     let args = Arguments::from_args();
     let started = std::time::Instant::now();
@@ -684,8 +691,22 @@ fn main() {
     }
     let mut trials = Vec::new();
     let subset = std::env::var("MASKED_SOFTMAX_GPU_SUBSET").ok();
+    // MASKED_SOFTMAX_GPU_SHARD=i/n keeps every n-th trial from the i-th: the bundle's
+    // sanitizer mode runs the slow tools (racecheck) as n processes at once.
+    let shard = match std::env::var("MASKED_SOFTMAX_GPU_SHARD") {
+        Ok(spec) => Some(parse_shard(&spec).unwrap_or_else(|| {
+            eprintln!("MASKED_SOFTMAX_GPU_SHARD={spec}: expected i/n with i < n");
+            std::process::exit(2)
+        })),
+        Err(_) => None,
+    };
+    let mut kept = 0usize;
     let mut add = |name: String, test: Box<dyn FnOnce(&Gpu) -> TestResult + Send>| {
         if subset.as_deref() == Some("sanitize") && !in_sanitize_subset(&name) {
+            return;
+        }
+        kept += 1;
+        if shard.is_some_and(|(i, n)| (kept - 1) % n != i) {
             return;
         }
         let gpu = gpu.clone();
@@ -791,7 +812,7 @@ fn main() {
     let conclusion = libtest_mimic::run(&args, trials);
     // Trials that take the whole device, each alone, after the others.
     let mut alone = Vec::new();
-    if subset.is_none() {
+    if subset.is_none() && shard.is_none_or(|(i, _)| i == 0) {
         let gpu = gpu.clone();
         alone.push(Trial::ignorable_test(
             "out_of_memory_is_a_typed_error",

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# profile.sh OUT_DIR [TYPE:K_LEN:DIRECTION:KERNEL ...]: Nsight Compute on single launches
+# of the benchmark's sweep cases, for tuning: speed of light, warp stall reasons,
+# occupancy, launch statistics. One ncu-<type>-k<k_len>-<direction>.txt per profile.
+# (Bundled next to run.sh; ncu must be on PATH or in /usr/local/cuda/bin.)
+set -uo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+out="${1:?usage: profile.sh OUT_DIR [TYPE:K_LEN:DIRECTION:KERNEL ...]}"
+shift
+mkdir -p "$out"
+ncu="$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null || true)"
+[[ -n "$ncu" ]] || { echo "ncu not found"; exit 1; }
+status=0
+for spec in "$@"; do
+    IFS=: read -r dtype k direction kernel <<<"$spec"
+    log="$out/ncu-$dtype-k$k-$direction.txt"
+    timeout -k 5 "${PROFILE_TIMEOUT:-60}" "$ncu" --clock-control none \
+        --section SpeedOfLight --section WarpStateStats --section Occupancy \
+        --section LaunchStats --section MemoryWorkloadAnalysis \
+        -k "regex:$kernel" --launch-skip 2 -c 1 \
+        "$here"/bin/bench-throughput --types "$dtype" --directions "$direction" --cases sweep \
+        --k-lens "$k" --mib 64 --repeats 3 --no-baseline --out "$out/bench-scratch" \
+        >"$log" 2>&1
+    rc=$?
+    [[ $rc -eq 0 ]] || status=1
+    echo "$spec rc=$rc $(grep -E 'DRAM Throughput|Achieved Occupancy|Registers Per' "$log" | tr -s ' ' | tr '\n' ';')"
+done
+rm -rf "$out/bench-scratch"
+exit $status
