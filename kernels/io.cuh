@@ -53,6 +53,27 @@ __device__ __forceinline__ void store_pack(T* dst, const float (&src)[N]) {
     *reinterpret_cast<Pack<T, N>*>(dst) = pack;
 }
 
+// Whether the N columns from `col` reach into [start, end): a pack wholly outside the
+// window is neither read nor weighed, only written (zeros).
+template <int N>
+__device__ __forceinline__ bool pack_overlaps(int64_t col, int64_t start, int64_t end) {
+    return col < end && col + N > start;
+}
+
+// For a pack that straddles an edge of [start, end): the offsets [lo, hi) within the pack of
+// its columns inside, in 32-bit arithmetic (one 64-bit subtraction per edge instead of two
+// 64-bit compares per column).
+struct PackCut {
+    int lo, hi;
+    __device__ __forceinline__ bool has(int j) const { return j >= lo && j < hi; }
+};
+
+template <int N>
+__device__ __forceinline__ PackCut pack_cut(int64_t col, int64_t start, int64_t end) {
+    const int64_t lo = start - col, hi = end - col;
+    return PackCut{lo > 0 ? int(lo) : 0, hi < N ? int(hi) : N};
+}
+
 // Reading a pack takes two phases. fetch_window issues the loads: the raw pack at `col`,
 // reading only columns inside [start, end) (the others hold zero bits and are never read).
 // Nothing there uses what it loads, so a thread that fetches all its packs before decoding
@@ -79,10 +100,12 @@ __device__ __forceinline__ void fetch_window(const T* row, int64_t col, int64_t 
     } else {
 #pragma unroll
         for (int i = 0; i < Raw::WORDS; ++i) raw.w[i] = 0;
+        // (A single column is inside or outside: only wider packs can straddle an edge.)
+        if (N > 1 && pack_overlaps<N>(col, start, end)) {
+            const PackCut cut = pack_cut<N>(col, start, end);
 #pragma unroll
-        for (int i = 0; i < N; ++i) {
-            const int64_t c = col + i;
-            if (c >= start && c < end) raw.set(i, row[c]);
+            for (int i = 0; i < N; ++i)
+                if (cut.has(i)) raw.set(i, row[col + i]);
         }
     }
 }
@@ -95,12 +118,13 @@ __device__ __forceinline__ void decode_window(const RawPack<T, N>& raw, int64_t 
     if (col >= start && col + N <= end) {
 #pragma unroll
         for (int i = 0; i < N; ++i) out[i] = valid(to_f32(raw.get(i)));
-    } else {
+    } else if (N == 1 || !pack_overlaps<N>(col, start, end)) {
 #pragma unroll
-        for (int i = 0; i < N; ++i) {
-            const int64_t c = col + i;
-            out[i] = (c >= start && c < end) ? valid(to_f32(raw.get(i))) : fill;
-        }
+        for (int i = 0; i < N; ++i) out[i] = fill;
+    } else {
+        const PackCut cut = pack_cut<N>(col, start, end);
+#pragma unroll
+        for (int i = 0; i < N; ++i) out[i] = cut.has(i) ? valid(to_f32(raw.get(i))) : fill;
     }
 }
 
@@ -131,9 +155,10 @@ __device__ __forceinline__ void store_values(T* row, int64_t col, int64_t k_len,
     if (col + N <= k_len) {
         store_pack<T, N>(row + col, values);
     } else {
+        const int left = int(k_len - col);  // in (0, N): callers write only packs that start before k_len
 #pragma unroll
         for (int i = 0; i < N; ++i)
-            if (col + i < k_len) row[col + i] = from_f32<T>(values[i]);
+            if (i < left) row[col + i] = from_f32<T>(values[i]);
     }
 }
 
@@ -147,15 +172,13 @@ __device__ __forceinline__ void store_window(T* row, int64_t col, int64_t k_len,
     if (col >= start && col + N <= end) {
 #pragma unroll
         for (int j = 0; j < N; ++j) out[j] = value(j);
-    } else if (col >= end || col + N <= start) {
+    } else if (N == 1 || !pack_overlaps<N>(col, start, end)) {
 #pragma unroll
         for (int j = 0; j < N; ++j) out[j] = 0.f;
     } else {
+        const PackCut cut = pack_cut<N>(col, start, end);
 #pragma unroll
-        for (int j = 0; j < N; ++j) {
-            const int64_t c = col + j;
-            out[j] = (c >= start && c < end) ? value(j) : 0.f;
-        }
+        for (int j = 0; j < N; ++j) out[j] = cut.has(j) ? value(j) : 0.f;
     }
     store_values<T, N>(row, col, k_len, out);
 }

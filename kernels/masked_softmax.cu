@@ -3,9 +3,9 @@
 //   masked_softmax_fwd_rows_g<G>_p<P>x<N>_<dtype>   GROUP = G lanes per row (G rows per
 //       warp for G < 32), each lane holding N packs of P elements in registers: one read
 //       of the valid scores, one write of the row. For rows up to G * P * N columns.
-//   masked_softmax_fwd_block_regs_p<P>x<N>_<dtype>  one block per row (64..1024 threads),
+//   masked_softmax_fwd_block_regs_p<P>x<N>_<dtype>  one block per row (64..512 threads),
 //       N packs of P elements per thread in registers (N * P = 16): one read, one write.
-//       For rows up to 1024 * 16 columns.
+//       For rows up to 512 * 16 columns.
 //   masked_softmax_fwd_block_cached_p<P>_<dtype>    one block per row, keys cached in
 //       dynamic shared memory: one read, one write. For longer rows that fit on chip.
 //   masked_softmax_fwd_block_stream_p<P>_<dtype>    one block per row, any length: an
@@ -46,16 +46,20 @@ __device__ __forceinline__ void rows_forward(const T* x, T* y, const MaskParams&
             const RowWindow& w = rows[r].window;
             float keys[PACKS][PACK];
             float max_key = -CUDART_INF_F;
+            const auto live = [&](int i) {
+                return pack_overlaps<PACK>(lane_pack_column<GROUP, PACK>(i, rows[r].member), w.start, w.end);
+            };
 #pragma unroll
             for (int i = 0; i < PACKS; ++i) {
                 decode_keys<T, PACK>(raw[r][i], lane_pack_column<GROUP, PACK>(i, rows[r].member), w.start, w.end, sm,
                                      keys[i]);
+                if (live(i))
 #pragma unroll
-                for (int j = 0; j < PACK; ++j) max_key = max_nan(max_key, keys[i][j]);
+                    for (int j = 0; j < PACK; ++j) max_key = max_nan(max_key, keys[i][j]);
             }
             max_key = group_max<GROUP>(max_key);
             const bool zero_row = max_key == -CUDART_INF_F;
-            const float sum = group_sum<GROUP>(weigh_keys(keys, max_key, sm));
+            const float sum = group_sum<GROUP>(weigh_keys(keys, max_key, sm, live));
             const float inv_sum = zero_row ? 0.f : 1.f / sum;
             store_group_row<T, PACK, PACKS, GROUP>(y, rows[r], p.k_len,
                                                    [&](int i, int j) { return keys[i][j] * inv_sum; });
@@ -83,15 +87,17 @@ __device__ __forceinline__ void block_regs_forward(const T* x, T* y, const MaskP
         for (int i = 0; i < PACKS; ++i) fetch_window<T, PACK>(x + offset, column(i), w.start, w.end, raw[i]);
         float keys[PACKS][PACK];
         float max_key = -CUDART_INF_F;
+        const auto live = [&](int i) { return pack_overlaps<PACK>(column(i), w.start, w.end); };
 #pragma unroll
         for (int i = 0; i < PACKS; ++i) {
             decode_keys<T, PACK>(raw[i], column(i), w.start, w.end, sm, keys[i]);
+            if (live(i))
 #pragma unroll
-            for (int j = 0; j < PACK; ++j) max_key = max_nan(max_key, keys[i][j]);
+                for (int j = 0; j < PACK; ++j) max_key = max_nan(max_key, keys[i][j]);
         }
         max_key = block_max(max_key, scratch);
         const bool zero_row = max_key == -CUDART_INF_F;
-        const float sum = block_sum(weigh_keys(keys, max_key, sm), scratch);
+        const float sum = block_sum(weigh_keys(keys, max_key, sm, live), scratch);
         const float inv_sum = zero_row ? 0.f : 1.f / sum;
 
 #pragma unroll
@@ -272,10 +278,10 @@ __device__ __forceinline__ void cluster_forward(const T* x, T* y, const MaskPara
     }                                                                                               \
     REGISTER_KERNEL(masked_softmax_fwd_rows_g##G##_p##P##x##N##_##SUFFIX)
 
-// Block kernels keep 16 floats of the row per thread in registers: 1024 threads fit in 64
-// registers each without spilling.
+// Block kernels keep 16 floats of the row per thread in registers, in blocks of up to 512
+// threads (128 registers each: no spills).
 #define BLOCK_REGS_KERNEL(SUFFIX, T, P, N)                                                             \
-    extern "C" __global__ void __launch_bounds__(1024)                                                 \
+    extern "C" __global__ void __launch_bounds__(512)                                                 \
         masked_softmax_fwd_block_regs_p##P##x##N##_##SUFFIX(const T* x, T* y, MaskParams p) {          \
         block_regs_forward<T, P, N>(x, y, p);                                                          \
     }                                                                                                  \

@@ -51,8 +51,9 @@ __device__ __forceinline__ void rows_backward(const T* y, const T* dy, T* dx, co
                 const int64_t col = lane_pack_column<GROUP, PACK>(i, rows[r].member);
                 decode_values<T, PACK>(raw[r][i].y, col, w.start, w.end, ys[i]);
                 decode_values<T, PACK>(raw[r][i].dy, col, w.start, w.end, dys[i]);
+                if (pack_overlaps<PACK>(col, w.start, w.end))  // else zeros: nothing to add
 #pragma unroll
-                for (int j = 0; j < PACK; ++j) dot += ys[i][j] * dys[i][j];
+                    for (int j = 0; j < PACK; ++j) dot += ys[i][j] * dys[i][j];
             }
             dot = group_sum<GROUP>(dot);
             store_group_row<T, PACK, PACKS, GROUP>(
@@ -84,8 +85,9 @@ __device__ __forceinline__ void block_regs_backward(const T* y, const T* dy, T* 
         for (int i = 0; i < PACKS; ++i) {
             decode_values<T, PACK>(raw[i].y, column(i), w.start, w.end, ys[i]);
             decode_values<T, PACK>(raw[i].dy, column(i), w.start, w.end, dys[i]);
+            if (pack_overlaps<PACK>(column(i), w.start, w.end))  // else zeros: nothing to add
 #pragma unroll
-            for (int j = 0; j < PACK; ++j) dot += ys[i][j] * dys[i][j];
+                for (int j = 0; j < PACK; ++j) dot += ys[i][j] * dys[i][j];
         }
         dot = block_sum(dot, scratch);
 
@@ -199,9 +201,10 @@ __device__ __forceinline__ void block_stream_backward(const T* y, const T* dy, T
     }                                                                                              \
     REGISTER_KERNEL(masked_softmax_bwd_rows_g##G##_p##P##x##N##_##SUFFIX)
 
-// 16 floats (8 of y, 8 of dy) per thread in registers: 1024 threads fit.
+// 16 floats (8 of y, 8 of dy) per thread in registers, in blocks of up to 512 threads (128
+// registers each).
 #define BWD_BLOCK_REGS_KERNEL(SUFFIX, T, P, N)                                                      \
-    extern "C" __global__ void __launch_bounds__(1024)                                              \
+    extern "C" __global__ void __launch_bounds__(512)                                              \
         masked_softmax_bwd_block_regs_p##P##x##N##_##SUFFIX BWD_SIGNATURE(T) {                      \
         block_regs_backward<T, P, N>(y, dy, dx, p);                                                 \
     }                                                                                               \

@@ -68,18 +68,29 @@ struct ScaleMap {
 };
 
 // Turns a thread's keys into weights against the row's max key (all 0 in a zero row, whose
-// max is -inf) and returns their sum: the middle of every register-resident kernel.
-template <int PACKS, int PACK>
-__device__ __forceinline__ float weigh_keys(float (&keys)[PACKS][PACK], float max_key, const ScaleMap& sm) {
-    const bool zero_row = max_key == -CUDART_INF_F;
+// max is -inf) and returns their sum: the middle of every register-resident kernel. Packs
+// for which live(i) is false (wholly outside the row's window, so never read again: see
+// store_window) are skipped: their weights would all be 0.
+template <int PACKS, int PACK, typename Live>
+__device__ __forceinline__ float weigh_keys(float (&keys)[PACKS][PACK], float max_key, const ScaleMap& sm,
+                                            Live live) {
     float sum = 0.f;
+    if (max_key == -CUDART_INF_F) {
 #pragma unroll
-    for (int i = 0; i < PACKS; ++i)
+        for (int i = 0; i < PACKS; ++i)
+#pragma unroll
+            for (int j = 0; j < PACK; ++j) keys[i][j] = 0.f;
+        return sum;
+    }
+#pragma unroll
+    for (int i = 0; i < PACKS; ++i) {
+        if (!live(i)) continue;
 #pragma unroll
         for (int j = 0; j < PACK; ++j) {
-            keys[i][j] = zero_row ? 0.f : sm.weight(keys[i][j], max_key);
+            keys[i][j] = sm.weight(keys[i][j], max_key);
             sum += keys[i][j];
         }
+    }
     return sum;
 }
 

@@ -11,7 +11,7 @@
 //!    warp, one pack per lane, so short rows are neither launch- nor shuffle-bound.
 //! 2. Up to 32 floats per lane: `Rows` with a whole warp per row and `packs` packs per
 //!    lane in registers.
-//! 3. Up to 16 floats per thread of a 1024-thread block: [`KernelKind::BlockRegs`], a
+//! 3. Up to 16 floats per thread of a 512-thread block: [`KernelKind::BlockRegs`], a
 //!    block per row, the row in registers.
 //! 4. Rows whose keys fit in shared memory: [`KernelKind::BlockCached`], a block per row.
 //! 5. Anything longer: [`KernelKind::BlockStream`], a block per row reading the valid
@@ -59,8 +59,8 @@ pub enum KernelKind {
         /// Packs per lane.
         packs: u32,
     },
-    /// A block per row (64 to 1024 threads), `packs` packs of `pack` elements per thread
-    /// in registers: rows up to `1024 * pack * packs` columns.
+    /// A block per row (64 to 512 threads), `packs` packs of `pack` elements per thread
+    /// in registers: rows up to `512 * pack * packs` columns.
     BlockRegs {
         /// Elements per pack.
         pack: u32,
@@ -136,9 +136,8 @@ fn max_packs(pack: u32, direction: Direction) -> u32 {
 }
 
 /// Packs per thread of the block-per-row register kernels: 16 floats per thread (8 of `y`
-/// and 8 of `dy` backward), so that 1024 threads fit in 64 registers each without
-/// spilling; 8 single elements in the forward's scalar fallback, which needs more
-/// registers per element.
+/// and 8 of `dy` backward); 8 single elements in the forward's scalar fallback, which needs
+/// more registers per element.
 fn block_regs_packs(pack: u32, direction: Direction) -> u32 {
     match (direction, pack) {
         (Direction::Forward, 1) => 8,
@@ -147,8 +146,11 @@ fn block_regs_packs(pack: u32, direction: Direction) -> u32 {
     }
 }
 
-/// Threads of the largest block (the register kernels).
-const MAX_BLOCK: u32 = 1024;
+/// Threads of the largest block of a register kernel (block_regs): 512, so that each
+/// thread may use 128 registers (`__launch_bounds__(512)`); at 1024 threads a 64-register
+/// budget left the compiler spilling, and the measured crossover to the looping kernels
+/// (v2, H200) sat below 1024 threads' worth of keys anyway.
+const REGS_BLOCK: u32 = 512;
 /// Threads of the largest block of a kernel that loops over its row (cached, stream,
 /// cluster): 512, so that each thread may use 128 registers for its loads in flight
 /// (`__launch_bounds__(512)` in the kernels).
@@ -560,13 +562,13 @@ impl Problem {
                 Some(plan(grid, ROWS_BLOCK, 0))
             }
             KernelKind::BlockRegs { packs, .. } => {
-                if self.k_len > (MAX_BLOCK * pack * packs) as u64 {
+                if self.k_len > (REGS_BLOCK * pack * packs) as u64 {
                     return None;
                 }
                 let block = row_packs
                     .div_ceil(packs as u64)
                     .next_power_of_two()
-                    .clamp(64, MAX_BLOCK as u64) as u32;
+                    .clamp(64, REGS_BLOCK as u64) as u32;
                 let grid = self.rows.min(sms * (threads_per_sm / block as u64).max(1));
                 Some(plan(grid, block, BLOCK_SCRATCH_BYTES))
             }
@@ -650,7 +652,7 @@ mod tests {
     fn capacity(kind: KernelKind) -> Option<u64> {
         match kind {
             KernelKind::Rows { group, pack, packs } => Some((group * pack * packs) as u64),
-            KernelKind::BlockRegs { pack, packs } => Some((1024 * pack * packs) as u64),
+            KernelKind::BlockRegs { pack, packs } => Some((512 * pack * packs) as u64),
             _ => None,
         }
     }
@@ -749,10 +751,10 @@ mod tests {
             KernelKind::BlockRegs { pack: 4, packs: 4 }
         );
         assert_eq!(
-            kind(16384, DType::BF16),
+            kind(8192, DType::BF16),
             KernelKind::BlockRegs { pack: 8, packs: 2 }
         );
-        assert_eq!(kind(16388, DType::F32), KernelKind::BlockCached { pack: 4 });
+        assert_eq!(kind(8196, DType::F32), KernelKind::BlockCached { pack: 4 });
         assert_eq!(
             kind(50_000, DType::F32),
             KernelKind::BlockCached { pack: 4 }
