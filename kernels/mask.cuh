@@ -33,8 +33,9 @@ struct RowWindow {
 
 // Device lengths are clamped into [0, max] (the contract: out-of-range device lengths are
 // clamped, host lengths are rejected before launch).
-__device__ __forceinline__ int64_t clamp_length(int64_t v, int64_t max) {
-    return v < 0 ? 0 : (v > max ? max : v);
+template <typename I>
+__device__ __forceinline__ I clamp_length(I v, I max) {
+    return v < 0 ? I(0) : (v > max ? max : v);
 }
 
 // n / d for a divisor fixed for the whole launch, without a divide instruction: for n and d
@@ -70,13 +71,14 @@ struct RowIndex {
     }
 };
 
-// A row's batch entry and query position, and its lengths as loaded (unclamped). Loading
-// is split from using, so that a thread handling several rows has all their length loads
-// in flight at once instead of waiting for each in turn.
+// A row's query position and its device lengths as loaded (unclamped; 0 where there are
+// none: window_of substitutes k_len and q_len). Loading is split from using, so that a thread
+// handling several rows has all their length loads in flight at once instead of waiting for
+// each in turn.
 struct RowLengths {
     int64_t i;   // query position in [0, q_len)
-    int64_t kv;  // raw device key length (k_len when there are none)
-    int64_t q;   // raw device query length (q_len when there are none)
+    int32_t kv;  // raw device key length
+    int32_t q;   // raw device query length
 };
 
 __device__ __forceinline__ RowLengths fetch_row_lengths(const MaskParams& p, const RowIndex& index, int64_t row) {
@@ -89,26 +91,28 @@ __device__ __forceinline__ RowLengths fetch_row_lengths(const MaskParams& p, con
         b = row / (p.heads * p.q_len);
         i = row % p.q_len;
     }
-    RowLengths r{i, p.k_len, p.q_len};
+    RowLengths r{i, 0, 0};
     if (p.kv_lens != nullptr) r.kv = p.kv_lens[b];
     if (p.q_lens != nullptr) r.q = p.q_lens[b];
     return r;
 }
 
-// The valid key columns of a row from its lengths.
-__device__ __forceinline__ RowWindow window_of(const MaskParams& p, const RowLengths& l) {
+// The valid key columns of query row i from its raw lengths, in integer type I: every
+// intermediate lies within +-(k_len + q_len), and `window` is 0 or at most k_len + 1.
+template <typename I>
+__device__ __forceinline__ RowWindow window_in(const MaskParams& p, I i, I kv_raw, I q_raw, I k_len, I q_len,
+                                               I window) {
     const RowWindow empty = {0, 0};
-    const int64_t i = l.i;
-    const int64_t kv = clamp_length(l.kv, p.k_len);
-    const int64_t qv = clamp_length(l.q, p.q_len);
+    const I kv = clamp_length(kv_raw, k_len);
+    const I qv = clamp_length(q_raw, q_len);
 
     // Position of the query among the valid queries, and column of the first valid key.
-    int64_t q_pos, key_start;
+    I q_pos, key_start;
     if (p.flags & MASK_LEFT_PADDING) {
-        const int64_t first_valid_row = p.q_len - qv;
+        const I first_valid_row = q_len - qv;
         if (i < first_valid_row) return empty;
         q_pos = i - first_valid_row;
-        key_start = p.k_len - kv;
+        key_start = k_len - kv;
     } else {
         if (i >= qv) return empty;
         q_pos = i;
@@ -116,14 +120,36 @@ __device__ __forceinline__ RowWindow window_of(const MaskParams& p, const RowLen
     }
 
     // Valid key positions lo..hi among the kv valid keys.
-    int64_t lo = 0, hi = kv;
+    I lo = 0, hi = kv;
     if (p.flags & MASK_CAUSAL) {
-        const int64_t diagonal = q_pos + kv - qv;  // last visible key position
-        hi = min(hi, diagonal + 1);
-        if (p.window > 0) lo = max(lo, diagonal - p.window + 1);
+        const I diagonal = q_pos + kv - qv;  // last visible key position
+        hi = min(hi, I(diagonal + 1));
+        if (window > 0) lo = max(lo, I(diagonal - window + 1));
     }
     if (lo >= hi) return empty;
-    return RowWindow{key_start + lo, key_start + hi};
+    return RowWindow{int64_t(key_start + lo), int64_t(key_start + hi)};
+}
+
+// The valid key columns of a row from its lengths, in 64-bit arithmetic.
+__device__ __forceinline__ RowWindow window_of(const MaskParams& p, const RowLengths& l) {
+    return window_in<int64_t>(p, l.i, p.kv_lens != nullptr ? int64_t(l.kv) : p.k_len,
+                              p.q_lens != nullptr ? int64_t(l.q) : p.q_len, p.k_len, p.q_len, p.window);
+}
+
+// The same, in 32-bit arithmetic when k_len + q_len < 2^31: for the rows kernels, whose
+// short rows pay for a window once per handful of elements (64-bit compares and selects
+// cost two instructions each). The test and the capped window depend on the launch only,
+// so they live in uniform registers. (The block kernels, one window per row of thousands
+// of columns, keep the 64-bit path alone: both paths cost them registers.)
+__device__ __forceinline__ RowWindow window_of_short_row(const MaskParams& p, const RowLengths& l) {
+    if (p.k_len + p.q_len < INT32_MAX) {
+        const int32_t k_len = int32_t(p.k_len), q_len = int32_t(p.q_len);
+        // A window longer than k_len keeps the same keys as k_len + 1 (0 stays unlimited).
+        const int32_t window = int32_t(p.window > p.k_len ? p.k_len + 1 : p.window);
+        return window_in<int32_t>(p, int32_t(l.i), p.kv_lens != nullptr ? l.kv : k_len,
+                                  p.q_lens != nullptr ? l.q : q_len, k_len, q_len, window);
+    }
+    return window_of(p, l);
 }
 
 // The valid key columns of row `row` (counted over [batch, heads, q_len]).

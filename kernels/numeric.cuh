@@ -60,6 +60,9 @@ struct ScaleMap {
         return ScaleMap{scale > 0.f ? 1.f : (scale < 0.f ? -1.f : 0.f), fabsf(scale) * 1.4426950408889634f};
     }
     __device__ __forceinline__ float key(float x) const { return x * key_sign; }
+    // 0 < |scale| * log2(e) < inf: then a -inf key weighs 0 without a test, as
+    // ex2((-inf - max_key) * log2_scale) = ex2(-inf) = +0 (for a finite or +inf max key).
+    __device__ __forceinline__ bool plain() const { return log2_scale > 0.f && log2_scale < CUDART_INF_F; }
     // exp(s - s_max) for a key `k` and the row's max key `max_key`. A -inf key (a masked
     // slot, or a -inf score) weighs exactly 0, at scale 0 too, where -inf * 0 would be NaN.
     __device__ __forceinline__ float weight(float k, float max_key) const {
@@ -80,6 +83,18 @@ __device__ __forceinline__ float weigh_keys(float (&keys)[PACKS][PACK], float ma
         for (int i = 0; i < PACKS; ++i)
 #pragma unroll
             for (int j = 0; j < PACK; ++j) keys[i][j] = 0.f;
+        return sum;
+    }
+    if (sm.plain()) {  // the usual scale: one subtract, one multiply and one ex2 per key
+#pragma unroll
+        for (int i = 0; i < PACKS; ++i) {
+            if (!live(i)) continue;
+#pragma unroll
+            for (int j = 0; j < PACK; ++j) {
+                keys[i][j] = fast_exp2((keys[i][j] - max_key) * sm.log2_scale);
+                sum += keys[i][j];
+            }
+        }
         return sum;
     }
 #pragma unroll

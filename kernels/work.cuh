@@ -64,10 +64,11 @@ struct GroupRow {
 // Rows a lane takes at once in a rows kernel holding FLOATS values of a row per lane: with
 // a row of a pack or two per lane, each row's loads wait on its length and then on its
 // scores, so one row at a time leaves the memory system idle; R rows at once put R chains
-// in flight. Up to 4, and at most 16 floats of the batch per lane.
+// in flight. Up to 4, and at most 16 floats of the batch per lane; 3 rows of 4 (4 rows of
+// 4 f32 and their windows spill within the 64 registers these kernels get).
 template <int FLOATS>
 __device__ __forceinline__ constexpr int rows_at_once() {
-    return FLOATS >= 16 ? 1 : (16 / FLOATS > 4 ? 4 : 16 / FLOATS);
+    return FLOATS >= 16 ? 1 : (FLOATS == 4 ? 3 : (16 / FLOATS > 4 ? 4 : 16 / FLOATS));
 }
 
 // Calls body(const GroupRow (&)[R]) for every batch of R rows a lane handles, GROUP lanes
@@ -95,7 +96,7 @@ __device__ __forceinline__ void for_each_group_rows(const MaskParams& p, Body bo
         for (int r = 0; r < R; ++r) {
             const int64_t row = base + r * ROWS_PER_WARP + lane / GROUP;
             const bool active = row < p.rows;
-            rows[r] = GroupRow{active, lane % GROUP, active ? window_of(p, lengths[r]) : RowWindow{0, 0},
+            rows[r] = GroupRow{active, lane % GROUP, active ? window_of_short_row(p, lengths[r]) : RowWindow{0, 0},
                                (active ? row : 0) * p.row_stride};
         }
         body(rows);

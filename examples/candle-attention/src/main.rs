@@ -178,15 +178,19 @@ fn main() -> Result<()> {
         let ours = masked_softmax(&s, Some(&lengths), Some(&lengths), options)?;
         let (theirs, nan) = candle_softmax(&s, scale, &device)?;
         let dp = max_abs_diff(&ours, &theirs)?;
-        // The softmax of the same (rounded) scores in f64, rounded to f32: how far each
-        // path is from the exact answer.
+        // The softmax of the same (rounded) scores in f64 (the crate's CPU reference, on any
+        // device), rounded to f32: how far each path is from the exact answer.
+        let cpu = Device::Cpu;
         let exact = masked_softmax(
-            &s.to_dtype(DType::F32)?,
-            Some(&lengths),
-            Some(&lengths),
+            &s.to_device(&cpu)?.to_dtype(DType::F32)?,
+            Some(&lengths.to_device(&cpu)?),
+            Some(&lengths.to_device(&cpu)?),
             options,
         )?;
-        let (ours_err, theirs_err) = (max_abs_diff(&ours, &exact)?, max_abs_diff(&theirs, &exact)?);
+        let (ours_err, theirs_err) = (
+            max_abs_diff(&ours.to_device(&cpu)?, &exact)?,
+            max_abs_diff(&theirs.to_device(&cpu)?, &exact)?,
+        );
         let dout = max_abs_diff(&layer.output(&ours, &v)?, &layer.output(&theirs, &v)?)?;
         let ours_ms = median_ms(
             || masked_softmax(&s, Some(&lengths), Some(&lengths), options),
