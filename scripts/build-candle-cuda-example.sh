@@ -13,7 +13,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 toolchain="$root/.cuda-toolchain/nvidia/cu13"
 [[ -x "$toolchain/bin/nvcc" ]] || "$root/scripts/install-cuda-toolchain.sh" >/dev/null
-stubs="$root/target/link-stubs"
+stubs="${STUB_DIR:-$root/target/link-stubs}"  # where the stub libraries go (part of RUSTFLAGS: keep it fixed)
 mkdir -p "$stubs"
 ln -sf "$toolchain/lib/libcudart.so.13" "$stubs/libcudart.so"
 make_stubs() { # make_stubs [SYMBOL...]: one stub library per CUDA library, with SYMBOLs
