@@ -279,9 +279,9 @@ __device__ __forceinline__ void cluster_forward(const T* x, T* y, const MaskPara
     REGISTER_KERNEL(masked_softmax_fwd_rows_g##G##_p##P##x##N##_##SUFFIX)
 
 // Block kernels keep 16 floats of the row per thread in registers, in blocks of up to 512
-// threads (128 registers each: no spills).
+// threads (see BLOCK_REGS_MIN_BLOCKS for their register budget).
 #define BLOCK_REGS_KERNEL(SUFFIX, T, P, N)                                                             \
-    extern "C" __global__ void __launch_bounds__(512)                                                 \
+    extern "C" __global__ void __launch_bounds__(512, BLOCK_REGS_MIN_BLOCKS(T, P))                     \
         masked_softmax_fwd_block_regs_p##P##x##N##_##SUFFIX(const T* x, T* y, MaskParams p) {          \
         block_regs_forward<T, P, N>(x, y, p);                                                          \
     }                                                                                                  \

@@ -201,10 +201,10 @@ __device__ __forceinline__ void block_stream_backward(const T* y, const T* dy, T
     }                                                                                              \
     REGISTER_KERNEL(masked_softmax_bwd_rows_g##G##_p##P##x##N##_##SUFFIX)
 
-// 16 floats (8 of y, 8 of dy) per thread in registers, in blocks of up to 512 threads (128
-// registers each).
+// 16 floats (8 of y, 8 of dy) per thread in registers, in blocks of up to 512 threads (see
+// BLOCK_REGS_MIN_BLOCKS for their register budget).
 #define BWD_BLOCK_REGS_KERNEL(SUFFIX, T, P, N)                                                      \
-    extern "C" __global__ void __launch_bounds__(512)                                              \
+    extern "C" __global__ void __launch_bounds__(512, BLOCK_REGS_MIN_BLOCKS(T, P))                  \
         masked_softmax_bwd_block_regs_p##P##x##N##_##SUFFIX BWD_SIGNATURE(T) {                      \
         block_regs_backward<T, P, N>(y, dy, dx, p);                                                 \
     }                                                                                               \

@@ -43,6 +43,16 @@ __device__ __forceinline__ void for_packs(int64_t first, int64_t end, int64_t st
     }
 }
 
+// Blocks of 512 threads per multiprocessor the block_regs kernels ask ptxas to fit
+// (`__launch_bounds__(512, n)`): 2 (64 registers each) where that does not spill, 1
+// (128 registers) for the scalar kernels and, on sm_80, f32 packs of 4, which need more.
+// Left free, ptxas spends 70-90 registers and keeps 1 block of 512 threads resident.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+#define BLOCK_REGS_MIN_BLOCKS(T, P) ((P) > 1 && sizeof(T) == 2 ? 2 : 1)
+#else
+#define BLOCK_REGS_MIN_BLOCKS(T, P) ((P) > 1 ? 2 : 1)
+#endif
+
 // Packs (or pack pairs, backward) per thread in flight in the block kernels' loops.
 constexpr int LOADS_IN_FLIGHT = 4;
 constexpr int PAIRS_IN_FLIGHT = 2;

@@ -147,8 +147,11 @@ impl Op {
     }
 }
 
-/// The spec from the scores' shape, and one i32 tensor of `2 * batch` lengths (keys, then
-/// queries; zeros where absent) on the scores' device.
+/// The spec from the scores' shape, and one tensor of `2 * batch` lengths (keys, then
+/// queries; zeros where absent) on the scores' device: i32 on the CPU (the reference checks
+/// the range: out-of-range host lengths are an error), u32 clamped into range on a GPU
+/// (candle's CUDA backend has no casts to i32, and device lengths are clamped by contract;
+/// the kernels read the u32 words as i32, equal once clamped below 2^31).
 fn prepare(
     scores: &Tensor,
     kv_lens: Option<&Tensor>,
@@ -174,24 +177,45 @@ fn prepare(
     let elem = scores.dtype().size_in_bytes();
     spec.validate(elem).map_err(candle_core::Error::wrap)?;
     let device = scores.device();
-    let part = |lens: Option<&Tensor>, what: &str| -> candle_core::Result<Tensor> {
-        match lens {
-            None => Tensor::zeros(batch, CandleDType::I32, device),
-            Some(l) => {
-                if l.dims() != [batch] {
-                    candle_core::bail!(
-                        "masked softmax: {what} lengths have shape {:?}, expected [{batch}]",
-                        l.dims()
-                    );
-                }
-                if l.dtype().is_float() {
-                    candle_core::bail!("masked softmax: {what} lengths must be integers");
-                }
-                l.to_device(device)?.to_dtype(CandleDType::I32)
-            }
+    let on_cpu = device.is_cpu();
+    let part = |lens: Option<&Tensor>, what: &str, max: usize| -> candle_core::Result<Tensor> {
+        let Some(l) = lens else {
+            let dtype = if on_cpu {
+                CandleDType::I32
+            } else {
+                CandleDType::U32
+            };
+            return Tensor::zeros(batch, dtype, device);
+        };
+        if l.dims() != [batch] {
+            candle_core::bail!(
+                "masked softmax: {what} lengths have shape {:?}, expected [{batch}]",
+                l.dims()
+            );
+        }
+        if l.dtype().is_float() {
+            candle_core::bail!("masked softmax: {what} lengths must be integers");
+        }
+        let l = l.to_device(device)?;
+        if on_cpu {
+            return l.to_dtype(CandleDType::I32);
+        }
+        // Clamped into [0, max] in a type candle's CUDA kernels support, then u32.
+        let max_u32 = u32::try_from(max).map_err(candle_core::Error::wrap)?;
+        match l.dtype() {
+            CandleDType::U32 => l.minimum(max_u32),
+            CandleDType::U8 => l.to_dtype(CandleDType::U32)?.minimum(max_u32),
+            CandleDType::I64 => l.clamp(0i64, max as i64)?.to_dtype(CandleDType::U32),
+            other => candle_core::bail!(
+                "masked softmax: {what} lengths on a GPU must be u32, i64 or u8, not {other:?} \
+                 (candle's CUDA backend cannot convert them)"
+            ),
         }
     };
-    let lengths = Tensor::cat(&[part(kv_lens, "key")?, part(q_lens, "query")?], 0)?;
+    let lengths = Tensor::cat(
+        &[part(kv_lens, "key", k_len)?, part(q_lens, "query", q_len)?],
+        0,
+    )?;
     let op = Op {
         spec,
         has_kv: kv_lens.is_some(),
@@ -384,15 +408,21 @@ mod cuda {
         cudarc::driver::CudaView<'a, i32>,
         cudarc::driver::CudaView<'a, i32>,
     )> {
-        let CudaStorageSlice::I32(all) = &lengths.slice else {
-            candle_core::bail!("masked softmax: lengths must be i32 here")
+        let CudaStorageSlice::U32(all) = &lengths.slice else {
+            candle_core::bail!("masked softmax: lengths must be u32 here")
         };
         let r = range(layout)?;
         let batch = op.batch();
-        Ok((
-            all.slice(r.start..r.start + batch),
-            all.slice(r.start + batch..r.start + 2 * batch),
-        ))
+        // SAFETY: u32 and i32 have one size and alignment, and `prepare` clamped every
+        // length below 2^31, where both read the same.
+        let as_i32 = |v: cudarc::driver::CudaView<'a, u32>| unsafe { v.transmute::<i32>(batch) };
+        match (
+            as_i32(all.slice(r.start..r.start + batch)),
+            as_i32(all.slice(r.start + batch..r.start + 2 * batch)),
+        ) {
+            (Some(kv), Some(q)) => Ok((kv, q)),
+            _ => candle_core::bail!("masked softmax: lengths tensor too short"),
+        }
     }
 
     fn device_lengths<'a>(

@@ -12,16 +12,18 @@
 //! 2. Up to 32 floats per lane: `Rows` with a whole warp per row and `packs` packs per
 //!    lane in registers.
 //! 3. Up to 16 floats per thread of a 512-thread block: [`KernelKind::BlockRegs`], a
-//!    block per row, the row in registers.
-//! 4. Rows whose keys fit in shared memory: [`KernelKind::BlockCached`], a block per row.
+//!    block per row, the row in registers (f32: up to 4096 keys).
+//! 4. f32 rows up to 8192 keys: [`KernelKind::BlockCached`], a block per row, its keys
+//!    cached in shared memory.
 //! 5. Anything longer: [`KernelKind::BlockStream`], a block per row reading the valid
 //!    scores twice.
 //!
 //! On GPUs with thread-block clusters (9.0+) the forward sends two more cases to
 //! [`KernelKind::Cluster`], a cluster of 2 to 8 blocks per row, each block a chunk of it:
-//! rows past step 2 too few to give every multiprocessor a block, and rows too long for one
-//! block's shared memory (cached in the cluster's shared memory when it fits, else read
-//! twice with the cluster's rows close together in L2).
+//! rows past step 2 too few to give every multiprocessor a block (cached in the cluster's
+//! shared memory when it fits), and 16-bit rows past step 3 (read twice, the cluster's rows
+//! close together in L2). Steps 3 to 5 and the cluster cases follow crossovers measured on
+//! an H200 with the benchmark's `--variants` (see `Problem::choose`).
 
 use crate::contract::{Causal, Padding, Spec};
 use crate::dtype::DType;
@@ -155,6 +157,11 @@ const REGS_BLOCK: u32 = 512;
 /// cluster): 512, so that each thread may use 128 registers for its loads in flight
 /// (`__launch_bounds__(512)` in the kernels).
 const LOOP_BLOCK: u32 = 512;
+
+/// Longest f32 rows the planner gives block_regs, and block_cached (measured crossovers: see
+/// `Problem::choose`).
+const WIDE_REGS_KEYS: u64 = 4096;
+const WIDE_CACHED_KEYS: u64 = 8192;
 
 impl KernelKind {
     /// Every kernel compiled for `dtype` in `direction`; the cluster kernels (forward only)
@@ -482,22 +489,30 @@ impl Problem {
                 cached: self.cluster_config(pack).1,
             };
         }
+        // Past the rows kernels, by the crossovers measured with `--variants` (H200, v4
+        // kernels, PERFORMANCE.md): f32 rows go to block_regs up to 4096 keys, block_cached
+        // up to 8192 (1.37x the floor forward and 1.25x backward at 8192, where block_regs
+        // took 2.2x and block_stream 1.47x), then block_stream (1.44x at 16384, 1.81x at
+        // 65536, 2.0x at 2^18; the cached and cluster kernels 1.6-3.9x). 16-bit rows go to
+        // block_regs up to its capacity, then forward to a streaming cluster (2.65x at
+        // 16384, 2.37x at 65536, 3.1x at 2^18: the best measured; block_cached 2.8-3.2x)
+        // and backward to block_stream (1.55x at 8192 and 16384; block_cached 2.6-3.4x).
+        let wide = self.dtype.size_in_bytes() == 4;
         let regs = KernelKind::BlockRegs {
             pack,
             packs: block_regs_packs(pack, direction),
         };
-        if self.configure(regs).is_some() {
+        if (!wide || self.k_len <= WIDE_REGS_KEYS) && self.configure(regs).is_some() {
             return regs;
         }
         let cached = KernelKind::BlockCached { pack };
-        if self.configure(cached).is_some() {
+        if wide && self.k_len <= WIDE_CACHED_KEYS && self.configure(cached).is_some() {
             return cached;
         }
-        // Too long for one block's shared memory: a cluster's, or two reads.
-        if self.clusters() {
+        if self.clusters() && !wide {
             return KernelKind::Cluster {
                 pack,
-                cached: self.cluster_config(pack).1,
+                cached: false,
             };
         }
         KernelKind::BlockStream { pack }
@@ -754,10 +769,13 @@ mod tests {
             kind(8192, DType::BF16),
             KernelKind::BlockRegs { pack: 8, packs: 2 }
         );
-        assert_eq!(kind(8196, DType::F32), KernelKind::BlockCached { pack: 4 });
+        assert_eq!(kind(4100, DType::F32), KernelKind::BlockCached { pack: 4 });
+        assert_eq!(kind(8192, DType::F32), KernelKind::BlockCached { pack: 4 });
+        assert_eq!(kind(8196, DType::F32), KernelKind::BlockStream { pack: 4 });
+        assert_eq!(kind(8200, DType::F16), KernelKind::BlockStream { pack: 8 });
         assert_eq!(
             kind(50_000, DType::F32),
-            KernelKind::BlockCached { pack: 4 }
+            KernelKind::BlockStream { pack: 4 }
         );
         assert_eq!(
             kind(1 << 20, DType::BF16),
@@ -801,15 +819,15 @@ mod tests {
         let p = plan(&Spec::new(Shape::matrix(3, 1 << 20)), DType::F32, ALIGNED);
         assert_eq!((p.grid, p.block), (3, 512));
         let p = plan(
-            &Spec::new(Shape::matrix(100_000, 8192)),
+            &Spec::new(Shape::matrix(100_000, 4096)),
             DType::F32,
             ALIGNED,
         );
-        // 2048 packs, 4 per thread: 512 threads, 4 blocks per multiprocessor.
+        // 1024 packs, 4 per thread: 256 threads, 8 blocks per multiprocessor.
         assert_eq!(p.kernel, KernelKind::BlockRegs { pack: 4, packs: 4 });
-        assert_eq!((p.block, p.grid), (512, 132 * 4));
+        assert_eq!((p.block, p.grid), (256, 132 * 8));
         let p = plan(
-            &Spec::new(Shape::matrix(100_000, 30_000)),
+            &Spec::new(Shape::matrix(100_000, 8000)),
             DType::F32,
             ALIGNED,
         );
@@ -869,10 +887,12 @@ mod tests {
         let p = plan_backward(&spec, DType::F32, H100, misaligned_dy).unwrap();
         assert_eq!(p.kernel.pack(), 1);
         // y and dy cached: 8 bytes per column.
-        let spec = Spec::new(Shape::matrix(3, 20_000));
+        let spec = Spec::new(Shape::matrix(3, 6000));
         let p = plan_backward(&spec, DType::F32, H100, ALIGNED).unwrap();
         assert_eq!(p.kernel, KernelKind::BlockCached { pack: 4 });
-        assert_eq!(p.shared_bytes as u64, 20_000 * 8 + 256);
+        assert_eq!(p.shared_bytes as u64, 6000 * 8 + 256);
+        let p = plan_backward(&spec, DType::F16, H100, ALIGNED).unwrap();
+        assert_eq!(p.kernel, KernelKind::BlockStream { pack: 8 });
         let spec = Spec::new(Shape::matrix(3, 40_000));
         let p = plan_backward(&spec, DType::F32, H100, ALIGNED).unwrap();
         assert_eq!(p.kernel, KernelKind::BlockStream { pack: 4 });
@@ -964,26 +984,43 @@ mod tests {
         let p = plan_forward(&decode, DType::F16, H100, ALIGNED).unwrap();
         assert_eq!(p.kernel, KernelKind::BlockStream { pack: 8 });
         let many = Spec::new(Shape::new(8, 32, 1, 32_768));
-        let p = plan_forward(&many, DType::F16, H100_CLUSTERS, ALIGNED).unwrap();
+        let p = plan_forward(&many, DType::F32, H100_CLUSTERS, ALIGNED).unwrap();
         assert_eq!(
             (p.kernel, p.cluster),
-            (KernelKind::BlockCached { pack: 8 }, 1)
+            (KernelKind::BlockStream { pack: 4 }, 1)
         );
-        // Many rows too long for one block's shared memory: the smallest cluster that
-        // caches them (256 KiB of f32 keys: 2 blocks), else 8 blocks reading twice.
-        let long = Spec::new(Shape::matrix(1024, 65_536));
-        let p = plan_forward(&long, DType::F32, H100_CLUSTERS, ALIGNED).unwrap();
+        // Many 16-bit rows past block_regs: a streaming cluster each, of as many blocks as
+        // a cached cluster would take (2: 16384 f32 keys per block fit).
+        let p = plan_forward(&many, DType::F16, H100_CLUSTERS, ALIGNED).unwrap();
         assert_eq!(
             (p.kernel, p.cluster),
             (
                 KernelKind::Cluster {
-                    pack: 4,
-                    cached: true
+                    pack: 8,
+                    cached: false
                 },
                 2
             )
         );
-        assert_eq!(p.grid, 132);
+        // Many rows too long for one block's shared memory: f32 streams a block per row
+        // (measured faster than the cached clusters), 16-bit a cluster per row.
+        let long = Spec::new(Shape::matrix(1024, 65_536));
+        let p = plan_forward(&long, DType::F32, H100_CLUSTERS, ALIGNED).unwrap();
+        assert_eq!(
+            (p.kernel, p.cluster),
+            (KernelKind::BlockStream { pack: 4 }, 1)
+        );
+        let p = plan_forward(&long, DType::BF16, H100_CLUSTERS, ALIGNED).unwrap();
+        assert_eq!(
+            (p.kernel, p.cluster),
+            (
+                KernelKind::Cluster {
+                    pack: 8,
+                    cached: false
+                },
+                2
+            )
+        );
         let longer = Spec::new(Shape::matrix(64, 1 << 20));
         let p = plan_forward(&longer, DType::F32, H100_CLUSTERS, ALIGNED).unwrap();
         assert_eq!(

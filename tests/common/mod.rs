@@ -132,7 +132,7 @@ pub const MODES: [Mode; 7] = [
 /// in every step of the planner's ladder.
 pub const K_LENS: &[usize] = &[
     1, 2, 3, 4, 7, 8, 15, 16, 31, 32, 33, 63, 64, 65, 100, 128, 255, 256, 500, 501, 1000, 1023,
-    1024, 1025, 2000, 3000, 4097, 20000, 20001,
+    1024, 1025, 2000, 3000, 4096, 4097, 8192, 8200, 20000, 20001,
 ];
 
 /// One random problem: spec, lengths (full and empty ones always among them), seed.
