@@ -96,7 +96,14 @@ fn normal<S: Into<candle_core::Shape>>(
 
 /// candle's path: mask from the lengths (causal, padded keys and queries), masked_fill with
 /// -inf, softmax_last_dim, then the fully masked rows (padded queries), NaN there, zeroed.
-fn candle_softmax(scores: &Tensor, scale: f64, device: &Device) -> Result<(Tensor, usize)> {
+/// `softmax_last_dim` is candle's fused kernel, which has no backward: for gradients the
+/// composed `candle_nn::ops::softmax` runs instead (`differentiable`).
+fn candle_softmax(
+    scores: &Tensor,
+    scale: f64,
+    device: &Device,
+    differentiable: bool,
+) -> Result<(Tensor, usize)> {
     let mut valid = vec![0u8; BATCH * SEQ * SEQ];
     for (b, &len) in LENGTHS.iter().enumerate() {
         let len = len as usize;
@@ -112,7 +119,11 @@ fn candle_softmax(scores: &Tensor, scale: f64, device: &Device) -> Result<(Tenso
         .to_dtype(scores.dtype())?
         .broadcast_as(scores.shape())?;
     let filled = mask.where_cond(&(scores * scale)?, &neg_inf)?;
-    let probs = candle_nn::ops::softmax_last_dim(&filled)?;
+    let probs = if differentiable {
+        candle_nn::ops::softmax(&filled, D::Minus1)?
+    } else {
+        candle_nn::ops::softmax_last_dim(&filled)?
+    };
     // Rows without a valid key came out NaN: count them, then zero them.
     let nan = probs
         .ne(&probs)?
@@ -176,7 +187,7 @@ fn main() -> Result<()> {
     for dtype in [DType::F32, DType::F16, DType::BF16] {
         let s = scores.to_dtype(dtype)?;
         let ours = masked_softmax(&s, Some(&lengths), Some(&lengths), options)?;
-        let (theirs, nan) = candle_softmax(&s, scale, &device)?;
+        let (theirs, nan) = candle_softmax(&s, scale, &device, false)?;
         let dp = max_abs_diff(&ours, &theirs)?;
         // The softmax of the same (rounded) scores in f64 (the crate's CPU reference, on any
         // device), rounded to f32: how far each path is from the exact answer.
@@ -196,7 +207,10 @@ fn main() -> Result<()> {
             || masked_softmax(&s, Some(&lengths), Some(&lengths), options),
             &device,
         )?;
-        let theirs_ms = median_ms(|| candle_softmax(&s, scale, &device).map(|r| r.0), &device)?;
+        let theirs_ms = median_ms(
+            || candle_softmax(&s, scale, &device, false).map(|r| r.0),
+            &device,
+        )?;
         println!(
             "{:<5} {dp:>11.3e} {dout:>12.3e} {ours_err:>13.3e} {theirs_err:>15.3e} {ours_ms:>9.3} {theirs_ms:>10.3} {:>9}",
             format!("{dtype:?}").to_lowercase(),
@@ -216,8 +230,42 @@ fn main() -> Result<()> {
         }
         worst = worst.max(dp);
     }
+    let grad = gradient_difference(&scores, &lengths, scale, options, &device)?;
     println!(
-        "PASS: the paths agree within each type's rounding (worst {worst:.3e}); the padded query rows are NaN in candle's path until zeroed, exact zeros in ours"
+        "PASS: the paths agree within each type's rounding (worst {worst:.3e}); the padded query rows are NaN in candle's path until zeroed, exact zeros in ours; f32 gradients of the scores through both paths (candle autograd) differ by at most {grad:.3e}"
     );
     Ok(())
+}
+
+/// The gradient of a weighted sum of the probabilities with respect to the scores, through
+/// each path (ours: the op's backward kernel; candle's: the backward of its own ops), in
+/// f32: their max abs difference, which must stay at f32 rounding.
+fn gradient_difference(
+    scores: &Tensor,
+    lengths: &Tensor,
+    scale: f64,
+    options: MaskOptions,
+    device: &Device,
+) -> Result<f32> {
+    let weights = normal(scores.shape(), 1.0, 5, device)?;
+    let grad_of = |probs: &dyn Fn(&Tensor) -> Result<Tensor>| -> Result<Tensor> {
+        let var = candle_core::Var::from_tensor(scores)?;
+        let loss = (probs(var.as_tensor())? * &weights)?.sum_all()?;
+        let grads = loss.backward()?;
+        match grads.get(var.as_tensor()) {
+            Some(g) => Ok(g.clone()),
+            None => candle_core::bail!("no gradient reached the scores"),
+        }
+    };
+    let ours = grad_of(&|s| masked_softmax(s, Some(lengths), Some(lengths), options))?;
+    let theirs = grad_of(&|s| candle_softmax(s, scale, device, true).map(|r| r.0))?;
+    let diff = max_abs_diff(&ours, &theirs)?;
+    let largest = ours.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+    // Both are f32 computations of the same gradient: a few units in the last place of its
+    // largest entry apart.
+    let tolerance = 64.0 * f32::EPSILON * largest.max(1.0);
+    if diff.is_nan() || diff > tolerance {
+        candle_core::bail!("f32 gradients differ by {diff} > {tolerance}");
+    }
+    Ok(diff)
 }
