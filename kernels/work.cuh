@@ -43,7 +43,7 @@ __device__ __forceinline__ void for_packs(int64_t first, int64_t end, int64_t st
     }
 }
 
-// Blocks of 512 threads per multiprocessor the block_regs kernels ask ptxas to fit
+// Blocks of 512 threads per multiprocessor the forward block_regs kernels ask ptxas to fit
 // (`__launch_bounds__(512, n)`): 2 (64 registers each) where that does not spill, 1
 // (128 registers) for the scalar kernels and, on sm_80, f32 packs of 4, which need more.
 // Left free, ptxas spends 70-90 registers and keeps 1 block of 512 threads resident.
