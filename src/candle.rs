@@ -6,7 +6,9 @@
 //! tensor the crate's f64 CPU reference computes the result, so the same model code runs
 //! without a GPU. With feature `candle-cuda`, on a CUDA tensor the crate's kernels run on
 //! candle's stream, reading the lengths from the device (clamped into range, as the
-//! contract says of device lengths; on the CPU, out-of-range lengths are an error).
+//! contract says of device lengths; on the CPU, out-of-range lengths are an error). On a
+//! GPU the lengths must be u32, i64 or u8: candle's CUDA backend has no conversions from
+//! other integer types, and says so with an error.
 //!
 //! ```
 //! use candle_core::{Device, Tensor};
