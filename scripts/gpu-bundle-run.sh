@@ -57,10 +57,13 @@ step() { # step NAME LOG CAP CMD...: runs CMD for at most CAP seconds (and withi
     fi
     local start=$SECONDS
     echo "=== $name" >>"$log"
+    local before
+    before=$(wc -l <"$log")
     timeout -k 5 "$cap" "$@" >>"$log" 2>&1
     local rc=$?
     printf '%-40s rc=%d %4ds (cap %ds)\n' "$name" "$rc" $((SECONDS - start)) "$cap" | tee -a "$summary"
-    tail -n 8 "$log" | grep "^test result" | sed 's/^/    /' | tee -a "$summary"
+    # Every "test result" line of this step (one per shard when sharded).
+    tail -n +$((before + 1)) "$log" | grep "^test result" | sed 's/^/    /' | tee -a "$summary"
     [[ $rc -eq 0 ]] || status=1
 }
 

@@ -7,7 +7,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 dir="$(mktemp -d)"
 tar xzf "$root/target/gpu-pack/candle-attention.tgz" -C "$dir"
 libs="$dir"
-for lib in libcublas.so.13 libcublasLt.so.13 libcurand.so.10; do
+for lib in libcublas.so.13 libcublasLt.so.13 libcurand.so.10 libnvrtc.so.13; do
     found="$(find /usr/local/cuda*/ /usr/lib /opt /usr/local/lib -name "$lib" 2>/dev/null | head -n 1)"
     [[ -z "$found" ]] && found="$(python3 -c 'import nvidia, os; print(os.path.dirname(nvidia.__path__[0]))' 2>/dev/null |
         xargs -I{} find {} -name "$lib" 2>/dev/null | head -n 1)"

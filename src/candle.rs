@@ -202,12 +202,14 @@ fn prepare(
         if on_cpu {
             return l.to_dtype(CandleDType::I32);
         }
-        // Clamped into [0, max] in a type candle's CUDA kernels support, then u32.
-        let max_u32 = u32::try_from(max).map_err(candle_core::Error::wrap)?;
+        // Clamped into [0, max] in a type candle's CUDA kernels support, then u32; never
+        // past i32::MAX, so that the kernels' i32 reading of the words is the same number
+        // (a device length cannot exceed i32::MAX anyway).
+        let max_u32 = max.min(i32::MAX as usize) as u32;
         match l.dtype() {
             CandleDType::U32 => l.minimum(max_u32),
             CandleDType::U8 => l.to_dtype(CandleDType::U32)?.minimum(max_u32),
-            CandleDType::I64 => l.clamp(0i64, max as i64)?.to_dtype(CandleDType::U32),
+            CandleDType::I64 => l.clamp(0i64, max_u32 as i64)?.to_dtype(CandleDType::U32),
             other => candle_core::bail!(
                 "masked softmax: {what} lengths on a GPU must be u32, i64 or u8, not {other:?} \
                  (candle's CUDA backend cannot convert them)"
@@ -416,7 +418,7 @@ mod cuda {
         let r = range(layout)?;
         let batch = op.batch();
         // SAFETY: u32 and i32 have one size and alignment, and `prepare` clamped every
-        // length below 2^31, where both read the same.
+        // length to at most i32::MAX, where both read the same.
         let as_i32 = |v: cudarc::driver::CudaView<'a, u32>| unsafe { v.transmute::<i32>(batch) };
         match (
             as_i32(all.slice(r.start..r.start + batch)),
