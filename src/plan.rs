@@ -674,12 +674,35 @@ mod tests {
 
     #[test]
     fn every_row_length_gets_a_compiled_kernel_that_holds_it() {
-        let cases = DType::ALL
-            .iter()
-            .flat_map(|&d| [(d, H100), (d, H100_CLUSTERS)]);
-        for (dtype, limits) in cases {
-            let compiled = KernelKind::all(dtype, limits.clusters, Direction::Forward);
-            for k_len in (1..=3000).chain([4095, 4096, 16384, 65536, 1 << 20, 3 << 20]) {
+        let cases = DType::ALL.iter().flat_map(|&d| {
+            [(d, H100), (d, H100_CLUSTERS)]
+                .into_iter()
+                .flat_map(move |(d, l)| {
+                    // Few rows (a cluster each where there are clusters) and many rows.
+                    [10, 1000].into_iter().flat_map(move |rows| {
+                        [Direction::Forward, Direction::Backward]
+                            .map(|direction| (d, l, rows, direction))
+                    })
+                })
+        });
+        let k_lens: Vec<usize> = (1..=3000)
+            .chain([
+                4095,
+                4096,
+                4097,
+                8191,
+                8192,
+                8193,
+                16384,
+                16385,
+                65536,
+                1 << 20,
+                3 << 20,
+            ])
+            .collect();
+        for (dtype, limits, rows, direction) in cases {
+            let compiled = KernelKind::all(dtype, limits.clusters, direction);
+            for &k_len in &k_lens {
                 for buffers in [
                     ALIGNED,
                     Buffers {
@@ -687,11 +710,15 @@ mod tests {
                         ..ALIGNED
                     },
                 ] {
-                    let spec = Spec::new(Shape::matrix(10, k_len));
-                    let p = plan_forward(&spec, dtype, limits, buffers).unwrap();
+                    let spec = Spec::new(Shape::matrix(rows, k_len));
+                    let p = match direction {
+                        Direction::Forward => plan_forward(&spec, dtype, limits, buffers),
+                        Direction::Backward => plan_backward(&spec, dtype, limits, buffers),
+                    }
+                    .unwrap();
                     assert!(
                         compiled.contains(&p.kernel),
-                        "{dtype:?} k={k_len}: {:?} not compiled",
+                        "{dtype:?} {direction:?} rows={rows} k={k_len}: {:?} not compiled",
                         p.kernel
                     );
                     if let Some(cap) = capacity(p.kernel) {
