@@ -17,7 +17,7 @@ include!("build_support/toolkit.rs");
 
 const DEFAULT_COMPUTE_CAP: usize = 80;
 /// Kernel files with Hopper-only kernels, compiled for sm_90 as well.
-const HOPPER_FILES: &[&str] = &["masked_softmax"];
+const HOPPER_FILES: &[&str] = &["masked_softmax", "masked_softmax_backward"];
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");

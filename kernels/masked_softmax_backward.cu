@@ -10,9 +10,14 @@
 //       dynamic shared memory (8 bytes per column).
 //   masked_softmax_bwd_block_stream_p<P>_<dtype>    one block per row, any length: a pass
 //       for the dot product, then a second read of y and dy to write.
+//   masked_softmax_bwd_cluster_{cached,stream}_p<P>_<dtype>   (sm_90+) few long rows: a
+//       thread-block cluster per row, each block a chunk of it (y and dy cached in shared
+//       memory when they fit); the blocks add their dot products through distributed
+//       shared memory.
 //
 // Only valid positions of y and dy are read; dx may alias dy (each element is read, then
 // written, by the same thread). Arguments: (const T* y, const T* dy, T* dx, MaskParams).
+#include "cluster.cuh"
 #include "emulation.cuh"
 #include "io.cuh"
 #include "ladder.cuh"
@@ -187,6 +192,84 @@ __device__ __forceinline__ void block_stream_backward(const T* y, const T* dy, T
     }
 }
 
+// ---------------------------------------------------------------- a cluster per row
+
+#if MASKED_SOFTMAX_HAS_CLUSTERS
+// The forward's cluster split (masked_softmax.cu, cluster_forward) for the backward: block
+// `rank` of a cluster of `csize` owns packs [rank * chunk, (rank + 1) * chunk) of every row
+// its cluster handles. Pass 1 sums y * dy over the chunk's valid packs (caching y and dy in
+// shared memory if CACHED); the blocks publish their sums, sync the cluster, and every
+// block adds all of them in rank order, so all agree on the row's dot product; a second
+// cluster sync keeps the published sums alive until every block has read them. Pass 2
+// writes the chunk of dx. Dynamic shared memory, laid out as the forward's:
+// [published float2 (.x: the sum)][32 float2 scratch][cache: chunk y, then chunk dy].
+template <typename T, int PACK, bool CACHED>
+__device__ __forceinline__ void cluster_backward(const T* y, const T* dy, T* dx, const MaskParams& p) {
+    const RowIndex index = RowIndex::of(p);
+    const unsigned rank = cluster_rank(), csize = cluster_size();
+    const int64_t clusters = gridDim.x / csize;
+    const int64_t row_packs = packs_in<PACK>(p.k_len);
+    const int64_t chunk = (row_packs + csize - 1) / csize;
+    const int64_t chunk_begin = min(row_packs, int64_t(rank) * chunk);
+    const int64_t chunk_end = min(row_packs, chunk_begin + chunk);
+    float2* published = dynamic_shared<float2>();
+    float* scratch = reinterpret_cast<float*>(published + 1);
+    float* cache_y = reinterpret_cast<float*>(published + 1 + WARP);
+    float* cache_dy = cache_y + chunk * PACK;
+
+    for (int64_t row = blockIdx.x / csize; row < p.rows; row += clusters) {
+        const RowWindow w = row_window(p, index, row);
+        const int64_t offset = row * p.row_stride;
+        const int64_t first = max(chunk_begin, w.start / PACK);
+        const int64_t last = min(chunk_end, (w.end + PACK - 1) / PACK);
+        const auto fetch = [&](int64_t i, PackPair<T, PACK>& raw) {
+            fetch_pair<T, PACK>(y + offset, dy + offset, i * PACK, w, raw);
+        };
+
+        float dot = 0.f;
+        for_packs<PAIRS_IN_FLIGHT, PackPair<T, PACK>>(
+            first_owned(first, chunk_begin + threadIdx.x, blockDim.x), last, blockDim.x, fetch,
+            [&](int64_t i, const PackPair<T, PACK>& raw) {
+                float ys[PACK], dys[PACK];
+                decode_pair<T, PACK>(raw, i * PACK, w, ys, dys);
+#pragma unroll
+                for (int j = 0; j < PACK; ++j) {
+                    dot += ys[j] * dys[j];
+                    if (CACHED) {
+                        cache_y[(i - chunk_begin) * PACK + j] = ys[j];
+                        cache_dy[(i - chunk_begin) * PACK + j] = dys[j];
+                    }
+                }
+            });
+        dot = block_sum(dot, scratch);
+        if (threadIdx.x == 0) published->x = dot;
+        cluster_sync();
+        float row_dot = 0.f;
+        for (unsigned r = 0; r < csize; ++r) row_dot += cluster_map(published, r)->x;
+        cluster_sync();
+
+        if (CACHED) {
+            // Thread t reads back only the slots it wrote in pass 1 (same packs, and only
+            // those inside the window: store_window asks for no others).
+            for (int64_t i = chunk_begin + threadIdx.x; i < chunk_end; i += blockDim.x) {
+                const int64_t slot = (i - chunk_begin) * PACK;
+                store_window<T, PACK>(dx + offset, i * PACK, p.k_len, w.start, w.end, [&](int j) {
+                    return softmax_grad(cache_y[slot + j], cache_dy[slot + j], row_dot, p.scale);
+                });
+            }
+        } else {
+            for_packs<PAIRS_IN_FLIGHT, PackPair<T, PACK>>(
+                chunk_begin + threadIdx.x, chunk_end, blockDim.x, fetch, [&](int64_t i, const PackPair<T, PACK>& raw) {
+                    float ys[PACK], dys[PACK];
+                    decode_pair<T, PACK>(raw, i * PACK, w, ys, dys);
+                    store_window<T, PACK>(dx + offset, i * PACK, p.k_len, w.start, w.end,
+                                          [&](int j) { return softmax_grad(ys[j], dys[j], row_dot, p.scale); });
+                });
+        }
+    }
+}
+#endif
+
 // ---------------------------------------------------------------- instantiations
 // The Rust planner (src/plan.rs, KernelKind::all with Direction::Backward) lists exactly these.
 
@@ -226,15 +309,31 @@ __device__ __forceinline__ void block_stream_backward(const T* y, const T* dy, T
     }                                                                                              \
     REGISTER_KERNEL(masked_softmax_bwd_block_stream_p##P##_##SUFFIX)
 
+#if MASKED_SOFTMAX_HAS_CLUSTERS
+#define BWD_CLUSTER_KERNEL(SUFFIX, T, P, MODE, CACHED)                                              \
+    extern "C" __global__ void __launch_bounds__(512)                                               \
+        masked_softmax_bwd_cluster_##MODE##_p##P##_##SUFFIX BWD_SIGNATURE(T) {                      \
+        cluster_backward<T, P, CACHED>(y, dy, dx, p);                                               \
+    }                                                                                              \
+    REGISTER_KERNEL(masked_softmax_bwd_cluster_##MODE##_p##P##_##SUFFIX)
+#define BWD_CLUSTER_KERNELS(SUFFIX, T, P)             \
+    BWD_CLUSTER_KERNEL(SUFFIX, T, P, cached, true)    \
+    BWD_CLUSTER_KERNEL(SUFFIX, T, P, stream, false)
+#else
+#define BWD_CLUSTER_KERNELS(SUFFIX, T, P)
+#endif
+
 // Two values per element in registers: half the forward's packs per lane (and per thread
 // in block_regs: VN = 8 / P).
 #define BWD_TYPE_KERNELS(SUFFIX, T, VP, VN, WARP_LADDER) \
     ROWS_GROUP_LADDER(BWD_ROWS_KERNEL, SUFFIX, T, VP)      \
     WARP_LADDER(BWD_ROWS_KERNEL, SUFFIX, T, VP)            \
     BWD_BLOCK_KERNELS(SUFFIX, T, VP, VN)                 \
+    BWD_CLUSTER_KERNELS(SUFFIX, T, VP)                   \
     ROWS_GROUP_LADDER(BWD_ROWS_KERNEL, SUFFIX, T, 1)     \
     ROWS_WARP_LADDER_16(BWD_ROWS_KERNEL, SUFFIX, T, 1)   \
-    BWD_BLOCK_KERNELS(SUFFIX, T, 1, 8)
+    BWD_BLOCK_KERNELS(SUFFIX, T, 1, 8)                  \
+    BWD_CLUSTER_KERNELS(SUFFIX, T, 1)
 
 BWD_TYPE_KERNELS(f32, float, 4, 2, ROWS_WARP_LADDER_4)
 BWD_TYPE_KERNELS(f16, __half, 8, 1, ROWS_WARP_LADDER_2)

@@ -18,12 +18,13 @@
 //! 5. Anything longer: [`KernelKind::BlockStream`], a block per row reading the valid
 //!    scores twice.
 //!
-//! On GPUs with thread-block clusters (9.0+) the forward sends two more cases to
-//! [`KernelKind::Cluster`], a cluster of 2 to 8 blocks per row, each block a chunk of it:
-//! rows past step 2 too few to give every multiprocessor a block (cached in the cluster's
-//! shared memory when it fits), and 16-bit rows past step 3 (read twice, the cluster's rows
-//! close together in L2). Steps 3 to 5 and the cluster cases follow crossovers measured on
-//! an H200 with the benchmark's `--variants` (see `Problem::choose`).
+//! On GPUs with thread-block clusters (9.0+) two more cases go to [`KernelKind::Cluster`],
+//! a cluster of 2 to 8 blocks per row, each block a chunk of it: rows too few to give every
+//! multiprocessor a block (cached in the cluster's shared memory when it fits), past step 2
+//! in the forward and past step 3 in the backward; and forward 16-bit rows past step 3
+//! (read twice, the cluster's rows close together in L2). Steps 3 to 5 and the cluster
+//! cases follow crossovers measured on an H200 with the benchmark's `--variants` (see
+//! `Problem::choose`).
 
 use crate::contract::{Causal, Padding, Spec};
 use crate::dtype::DType;
@@ -164,10 +165,9 @@ const WIDE_REGS_KEYS: u64 = 4096;
 const WIDE_CACHED_KEYS: u64 = 8192;
 
 impl KernelKind {
-    /// Every kernel compiled for `dtype` in `direction`; the cluster kernels (forward only)
-    /// if `clusters`, as they are in the 9.0 PTX alone.
+    /// Every kernel compiled for `dtype` in `direction`; the cluster kernels if `clusters`,
+    /// as they are in the 9.0 PTX alone.
     pub fn all(dtype: DType, clusters: bool, direction: Direction) -> Vec<KernelKind> {
-        let clusters = clusters && direction == Direction::Forward;
         let mut kinds = Vec::new();
         for pack in [vector_pack(dtype), 1] {
             let groups = [1, 2, 4, 8, 16, 32].map(|group| KernelKind::Rows {
@@ -368,7 +368,7 @@ pub fn plan_backward(
 /// Plans a launch of `kind` (any compiled kernel, not the planner's choice) for a validated
 /// `spec`, or `None` if that kernel cannot run it: a row longer than its registers hold,
 /// keys that do not fit in shared memory, vector packs on misaligned buffers, clusters
-/// where there are none or in the backward. For benchmarks and tests that compare kernels
+/// where there are none. For benchmarks and tests that compare kernels
 /// on one problem.
 pub fn plan_kernel(
     kind: KernelKind,
@@ -467,7 +467,7 @@ impl Problem {
     }
 
     fn clusters(&self) -> bool {
-        self.limits.clusters && self.direction == Direction::Forward
+        self.limits.clusters
     }
 
     /// The planner's kernel: the ladder of the module docs.
@@ -482,8 +482,15 @@ impl Problem {
             };
             return KernelKind::Rows { group, pack, packs };
         }
-        // Too few rows to give each multiprocessor a block: a cluster per row.
-        if self.clusters() && self.rows < self.sms() {
+        let regs = KernelKind::BlockRegs {
+            pack,
+            packs: block_regs_packs(pack, direction),
+        };
+        // Too few rows to give each multiprocessor a block: a cluster per row. The backward
+        // keeps block_regs where it holds the row (decode b1 and b8 x 32 heads at k=4096 took
+        // 1.04-1.46x the floor with it, H200 v5: cheaper than a cluster's two syncs).
+        let few_rows = self.clusters() && self.rows < self.sms();
+        if few_rows && (direction == Direction::Forward || self.configure(regs).is_none()) {
             return KernelKind::Cluster {
                 pack,
                 cached: self.cluster_config(pack).1,
@@ -498,10 +505,6 @@ impl Problem {
         // 16384, 2.37x at 65536, 3.1x at 2^18: the best measured; block_cached 2.8-3.2x)
         // and backward to block_stream (1.55x at 8192 and 16384; block_cached 2.6-3.4x).
         let wide = self.dtype.size_in_bytes() == 4;
-        let regs = KernelKind::BlockRegs {
-            pack,
-            packs: block_regs_packs(pack, direction),
-        };
         if (!wide || self.k_len <= WIDE_REGS_KEYS) && self.configure(regs).is_some() {
             return regs;
         }
@@ -509,7 +512,7 @@ impl Problem {
         if wide && self.k_len <= WIDE_CACHED_KEYS && self.configure(cached).is_some() {
             return cached;
         }
-        if self.clusters() && !wide {
+        if self.clusters() && !wide && direction == Direction::Forward {
             return KernelKind::Cluster {
                 pack,
                 cached: false,
@@ -523,9 +526,31 @@ impl Problem {
     /// block; 8 reading twice if no cluster holds the row.
     fn cluster_config(&self, pack: u32) -> (u64, bool) {
         match self.cached_cluster(pack) {
-            Some(cluster) => (cluster, true),
+            // Cached only if every row's cluster is resident at once: a cached block holds a
+            // multiprocessor's shared memory, so clusters beyond that would run in waves.
+            Some(cluster) => {
+                let shared = self.cluster_cache_bytes(pack, cluster);
+                (
+                    cluster,
+                    self.rows <= self.cluster_shape(pack, cluster, shared).1,
+                )
+            }
             None => (MAX_CLUSTER, false),
         }
+    }
+
+    /// Threads per block of a cluster launch with `shared` bytes per block, and how many of
+    /// its clusters are resident at once.
+    fn cluster_shape(&self, pack: u32, cluster: u64, shared: u64) -> (u32, u64) {
+        let chunk_packs = self.row_packs(pack).div_ceil(cluster);
+        let block = chunk_packs
+            .div_ceil(8)
+            .next_power_of_two()
+            .clamp(128, LOOP_BLOCK as u64) as u32;
+        let blocks_per_sm = (self.threads_per_sm() / block as u64)
+            .min(self.limits.shared_per_sm as u64 / shared)
+            .max(1);
+        (block, (self.sms() * blocks_per_sm / cluster).max(1))
     }
 
     /// The cluster size of a cached cluster launch, if one holds the row.
@@ -537,7 +562,8 @@ impl Problem {
     }
 
     fn cluster_cache_bytes(&self, pack: u32, cluster: u64) -> u64 {
-        CLUSTER_HEADER_BYTES + self.row_packs(pack).div_ceil(cluster) * pack as u64 * 4
+        let per_column = self.direction.cached_bytes_per_column();
+        CLUSTER_HEADER_BYTES + self.row_packs(pack).div_ceil(cluster) * pack as u64 * per_column
     }
 
     fn shared_limit(&self) -> u64 {
@@ -618,16 +644,8 @@ impl Problem {
                 } else {
                     CLUSTER_HEADER_BYTES
                 };
-                let chunk_packs = row_packs.div_ceil(cluster);
-                let block = chunk_packs
-                    .div_ceil(8)
-                    .next_power_of_two()
-                    .clamp(128, LOOP_BLOCK as u64) as u32;
                 // Clusters beyond those resident at once would only wait their turn.
-                let blocks_per_sm = (threads_per_sm / block as u64)
-                    .min(self.limits.shared_per_sm as u64 / shared)
-                    .max(1);
-                let resident = (sms * blocks_per_sm / cluster).max(1);
+                let (block, resident) = self.cluster_shape(pack, cluster, shared);
                 let mut launch = plan(self.rows.min(resident) * cluster, block, shared);
                 launch.cluster = cluster as u32;
                 Some(launch)
@@ -884,16 +902,16 @@ mod tests {
     }
 
     #[test]
-    fn the_backward_ladder_holds_half_as_much_per_lane_and_never_clusters() {
+    fn the_backward_ladder_holds_half_as_much_per_lane() {
         for dtype in DType::ALL {
-            let compiled = KernelKind::all(dtype, true, Direction::Backward);
-            for k_len in (1..=2100).chain([4096, 50_000, 1 << 20]) {
-                let spec = Spec::new(Shape::matrix(3, k_len));
+            let compiled = KernelKind::all(dtype, false, Direction::Backward);
+            for k_len in (1..=2100).chain([4096, 4097, 50_000, 1 << 20]) {
+                let spec = Spec::new(Shape::matrix(300, k_len));
                 let buffers = Buffers {
                     dy: 0x3000,
                     ..ALIGNED
                 };
-                let p = plan_backward(&spec, dtype, H100_CLUSTERS, buffers).unwrap();
+                let p = plan_backward(&spec, dtype, H100, buffers).unwrap();
                 assert!(
                     compiled.contains(&p.kernel),
                     "{dtype:?} k={k_len}: {:?}",
@@ -954,7 +972,15 @@ mod tests {
         );
         assert_eq!(
             KernelKind::all(DType::F32, true, Direction::Backward).len(),
-            24
+            28
+        );
+        assert_eq!(
+            KernelKind::Cluster {
+                pack: 8,
+                cached: false
+            }
+            .name(DType::BF16, Direction::Backward),
+            "masked_softmax_bwd_cluster_stream_p8_bf16"
         );
         assert_eq!(
             KernelKind::BlockRegs { pack: 8, packs: 2 }.name(DType::F16, Direction::Forward),
@@ -1064,6 +1090,90 @@ mod tests {
         let short = Spec::new(Shape::matrix(1, 1000));
         let p = plan_forward(&short, DType::F32, H100_CLUSTERS, ALIGNED).unwrap();
         assert!(matches!(p.kernel, KernelKind::Rows { .. }));
+    }
+
+    #[test]
+    fn few_rows_too_long_for_block_regs_get_a_backward_cluster_each() {
+        let with_dy = Buffers {
+            dy: 0x3000,
+            ..ALIGNED
+        };
+        // Decode, 32 heads x 1 query: at 4096 keys block_regs holds the row.
+        let decode = |k_len| Spec::new(Shape::new(1, 32, 1, k_len));
+        for dtype in DType::ALL {
+            let p = plan_backward(&decode(4096), dtype, H100_CLUSTERS, with_dy).unwrap();
+            assert!(matches!(p.kernel, KernelKind::BlockRegs { .. }), "{p:?}");
+            assert_eq!(p.cluster, 1);
+        }
+        // Past it, a cluster per row; y and dy cached (8 bytes a column) when they fit:
+        // 32768 / 4 columns per block do (256 KiB would not at 2 blocks).
+        let p = plan_backward(&decode(32_768), DType::F32, H100_CLUSTERS, with_dy).unwrap();
+        assert_eq!(
+            (p.kernel, p.cluster, p.grid),
+            (
+                KernelKind::Cluster {
+                    pack: 4,
+                    cached: true
+                },
+                4,
+                128
+            )
+        );
+        assert_eq!(p.shared_bytes as u64, 8 + 256 + 32_768 / 4 * 8);
+        // 131072 keys would need 8 blocks of 128 KiB each, one per multiprocessor: 16
+        // clusters at a time for 32 rows. So 8 blocks a row read twice, all at once.
+        let p = plan_backward(&decode(131_072), DType::F16, H100_CLUSTERS, with_dy).unwrap();
+        assert_eq!(
+            (p.kernel, p.cluster, p.grid),
+            (
+                KernelKind::Cluster {
+                    pack: 8,
+                    cached: false
+                },
+                8,
+                256
+            )
+        );
+        assert_eq!(p.shared_bytes as u64, 8 + 256);
+        // Named, the cached cluster still runs it (in two waves).
+        let kind = KernelKind::Cluster {
+            pack: 8,
+            cached: true,
+        };
+        let spec = decode(131_072);
+        let p = plan_kernel(
+            kind,
+            Direction::Backward,
+            &spec,
+            DType::F16,
+            H100_CLUSTERS,
+            with_dy,
+        );
+        let p = p.unwrap().unwrap();
+        assert_eq!((p.cluster, p.grid), (8, 128));
+        assert_eq!(p.shared_bytes as u64, 8 + 256 + 131_072 / 8 * 8);
+        // 64 rows of 2^20: no cluster holds them; 8 blocks a row, each reading twice.
+        let longest = Spec::new(Shape::matrix(64, 1 << 20));
+        let p = plan_backward(&longest, DType::F32, H100_CLUSTERS, with_dy).unwrap();
+        assert_eq!(
+            (p.kernel, p.cluster),
+            (
+                KernelKind::Cluster {
+                    pack: 4,
+                    cached: false
+                },
+                8
+            )
+        );
+        // Enough rows, or no clusters: a block per row.
+        let many = Spec::new(Shape::new(8, 32, 1, 32_768));
+        let p = plan_backward(&many, DType::F16, H100_CLUSTERS, with_dy).unwrap();
+        assert_eq!(
+            (p.kernel, p.cluster),
+            (KernelKind::BlockStream { pack: 8 }, 1)
+        );
+        let p = plan_backward(&longest, DType::F32, H100, with_dy).unwrap();
+        assert_eq!(p.kernel, KernelKind::BlockStream { pack: 4 });
     }
 
     #[test]

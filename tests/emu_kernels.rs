@@ -401,6 +401,11 @@ fn main() {
                         format!("hopper_forward_{name}_{t}_{p}"),
                         Box::new(move || dispatch!(dtype, forward_case, HOPPERISH, &c, placement)),
                     );
+                    let c = case.clone();
+                    add(
+                        format!("hopper_backward_{name}_{t}_{p}"),
+                        Box::new(move || dispatch!(dtype, backward_case, HOPPERISH, &c, placement)),
+                    );
                 }
             }
         }
