@@ -53,24 +53,29 @@ __device__ __forceinline__ void store_pack(T* dst, const float (&src)[N]) {
     *reinterpret_cast<Pack<T, N>*>(dst) = pack;
 }
 
+// Column arithmetic within a row is in an integer type I that the kernel picks: int32_t
+// where its rows are short enough (the register kernels: k_len of a few thousand, where a
+// 64-bit compare costs two instructions per pack and test), int64_t in the kernels that take
+// any k_len. Every helper below takes its columns in one type I.
+
 // Whether the N columns from `col` reach into [start, end): a pack wholly outside the
 // window is neither read nor weighed, only written (zeros).
-template <int N>
-__device__ __forceinline__ bool pack_overlaps(int64_t col, int64_t start, int64_t end) {
+template <int N, typename I>
+__device__ __forceinline__ bool pack_overlaps(I col, I start, I end) {
     return col < end && col + N > start;
 }
 
 // For a pack that straddles an edge of [start, end): the offsets [lo, hi) within the pack of
-// its columns inside, in 32-bit arithmetic (one 64-bit subtraction per edge instead of two
-// 64-bit compares per column).
+// its columns inside, in 32-bit arithmetic (one subtraction per edge instead of two compares
+// per column).
 struct PackCut {
     int lo, hi;
     __device__ __forceinline__ bool has(int j) const { return j >= lo && j < hi; }
 };
 
-template <int N>
-__device__ __forceinline__ PackCut pack_cut(int64_t col, int64_t start, int64_t end) {
-    const int64_t lo = start - col, hi = end - col;
+template <int N, typename I>
+__device__ __forceinline__ PackCut pack_cut(I col, I start, I end) {
+    const I lo = start - col, hi = end - col;
     return PackCut{lo > 0 ? int(lo) : 0, hi < N ? int(hi) : N};
 }
 
@@ -79,9 +84,8 @@ __device__ __forceinline__ PackCut pack_cut(int64_t col, int64_t start, int64_t 
 // Nothing there uses what it loads, so a thread that fetches all its packs before decoding
 // any has all their loads in flight at once; fetching and using pack by pack would wait
 // out the memory latency once per pack (the branches keep the compiler from reordering).
-template <typename T, int N>
-__device__ __forceinline__ void fetch_window(const T* row, int64_t col, int64_t start, int64_t end,
-                                             RawPack<T, N>& raw) {
+template <typename T, int N, typename I>
+__device__ __forceinline__ void fetch_window(const T* row, I col, I start, I end, RawPack<T, N>& raw) {
     using Raw = RawPack<T, N>;
     if (col >= start && col + N <= end) {
         CHECK_ALIGNED(row + col, Raw::BYTES);
@@ -112,9 +116,9 @@ __device__ __forceinline__ void fetch_window(const T* row, int64_t col, int64_t 
 
 // decode_window turns a fetched pack into f32: valid(v) for columns inside [start, end),
 // `fill` for the others.
-template <typename T, int N, typename F>
-__device__ __forceinline__ void decode_window(const RawPack<T, N>& raw, int64_t col, int64_t start, int64_t end,
-                                              float fill, F valid, float (&out)[N]) {
+template <typename T, int N, typename I, typename F>
+__device__ __forceinline__ void decode_window(const RawPack<T, N>& raw, I col, I start, I end, float fill, F valid,
+                                              float (&out)[N]) {
     if (col >= start && col + N <= end) {
 #pragma unroll
         for (int i = 0; i < N; ++i) out[i] = valid(to_f32(raw.get(i)));
@@ -129,16 +133,15 @@ __device__ __forceinline__ void decode_window(const RawPack<T, N>& raw, int64_t 
 }
 
 // The keys of a fetched pack (forward): masked columns get -inf, which weighs 0.
-template <typename T, int N>
-__device__ __forceinline__ void decode_keys(const RawPack<T, N>& raw, int64_t col, int64_t start, int64_t end,
-                                            const ScaleMap& sm, float (&keys)[N]) {
+template <typename T, int N, typename I>
+__device__ __forceinline__ void decode_keys(const RawPack<T, N>& raw, I col, I start, I end, const ScaleMap& sm,
+                                            float (&keys)[N]) {
     decode_window<T, N>(raw, col, start, end, -CUDART_INF_F, [&](float v) { return sm.key(v); }, keys);
 }
 
 // The values of a fetched pack (backward): masked columns get 0.
-template <typename T, int N>
-__device__ __forceinline__ void decode_values(const RawPack<T, N>& raw, int64_t col, int64_t start, int64_t end,
-                                              float (&values)[N]) {
+template <typename T, int N, typename I>
+__device__ __forceinline__ void decode_values(const RawPack<T, N>& raw, I col, I start, I end, float (&values)[N]) {
     decode_window<T, N>(raw, col, start, end, 0.f, [](float v) { return v; }, values);
 }
 
@@ -150,8 +153,8 @@ struct PackPair {
 };
 
 // Writes the pack at `col`: whole if it lies within [0, k_len), else element by element.
-template <typename T, int N>
-__device__ __forceinline__ void store_values(T* row, int64_t col, int64_t k_len, const float (&values)[N]) {
+template <typename T, int N, typename I>
+__device__ __forceinline__ void store_values(T* row, I col, I k_len, const float (&values)[N]) {
     if (col + N <= k_len) {
         store_pack<T, N>(row + col, values);
     } else {
@@ -165,9 +168,8 @@ __device__ __forceinline__ void store_values(T* row, int64_t col, int64_t k_len,
 // Writes the pack at `col` of a row: value(j) for its columns inside [start, end), +0.0 for
 // the others (value is not called for them); nothing past k_len. Whole packs inside or
 // outside the window skip the per-column test.
-template <typename T, int N, typename F>
-__device__ __forceinline__ void store_window(T* row, int64_t col, int64_t k_len, int64_t start, int64_t end,
-                                             F value) {
+template <typename T, int N, typename I, typename F>
+__device__ __forceinline__ void store_window(T* row, I col, I k_len, I start, I end, F value) {
     float out[N];
     if (col >= start && col + N <= end) {
 #pragma unroll
@@ -180,5 +182,5 @@ __device__ __forceinline__ void store_window(T* row, int64_t col, int64_t k_len,
 #pragma unroll
         for (int j = 0; j < N; ++j) out[j] = cut.has(j) ? value(j) : 0.f;
     }
-    store_values<T, N>(row, col, k_len, out);
+    store_values<T, N, I>(row, col, k_len, out);
 }

@@ -26,10 +26,18 @@ struct MaskParams {
     int32_t flags;           // MASK_LEFT_PADDING | MASK_CAUSAL
 };
 
-struct RowWindow {
-    int64_t start;
-    int64_t end;
+// A row's valid columns [start, end), in 64 bits (RowWindow, any k_len) or 32 bits
+// (ShortWindow, for the kernels whose rows the planner keeps to a few thousand columns).
+template <typename I>
+struct ColumnWindow {
+    I start;
+    I end;
 };
+using RowWindow = ColumnWindow<int64_t>;
+using ShortWindow = ColumnWindow<int32_t>;
+
+// A window of a row of fewer than 2^31 columns, in 32 bits.
+__device__ __forceinline__ ShortWindow narrow(RowWindow w) { return ShortWindow{int32_t(w.start), int32_t(w.end)}; }
 
 // Device lengths are clamped into [0, max] (the contract: out-of-range device lengths are
 // clamped, host lengths are rejected before launch).

@@ -43,7 +43,7 @@ __device__ __forceinline__ void rows_forward(const T* x, T* y, const MaskParams&
                                       rows[r].window.start, rows[r].window.end, raw[r][i]);
 #pragma unroll
         for (int r = 0; r < R; ++r) {
-            const RowWindow& w = rows[r].window;
+            const ShortWindow& w = rows[r].window;
             float keys[PACKS][PACK];
             float max_key = -CUDART_INF_F;
             const auto live = [&](int i) {
@@ -61,7 +61,7 @@ __device__ __forceinline__ void rows_forward(const T* x, T* y, const MaskParams&
             const bool zero_row = max_key == -CUDART_INF_F;
             const float sum = group_sum<GROUP>(weigh_keys(keys, max_key, sm, live));
             const float inv_sum = zero_row ? 0.f : 1.f / sum;
-            store_group_row<T, PACK, PACKS, GROUP>(y, rows[r], p.k_len,
+            store_group_row<T, PACK, PACKS, GROUP>(y, rows[r], int32_t(p.k_len),
                                                    [&](int i, int j) { return keys[i][j] * inv_sum; });
         }
     });
@@ -71,16 +71,18 @@ __device__ __forceinline__ void rows_forward(const T* x, T* y, const MaskParams&
 
 // The row in registers across the block: thread t holds packs t, t + blockDim, ... (PACKS
 // of them), all fetched before any is used. One read, one write, two block reductions.
-// Dynamic shared memory: 32 floats of scratch.
+// Rows of at most 512 * PACK * PACKS columns: 32-bit columns. Dynamic shared memory: 32
+// floats of scratch.
 template <typename T, int PACK, int PACKS>
 __device__ __forceinline__ void block_regs_forward(const T* x, T* y, const MaskParams& p) {
     const ScaleMap sm = ScaleMap::of(p.scale);
     const RowIndex index = RowIndex::of(p);
+    const int32_t k_len = int32_t(p.k_len);
     float* scratch = dynamic_shared<float>();
     for (int64_t row = blockIdx.x; row < p.rows; row += gridDim.x) {
-        const RowWindow w = row_window(p, index, row);
+        const ShortWindow w = narrow(row_window(p, index, row));
         const int64_t offset = row * p.row_stride;
-        const auto column = [&](int i) { return (int64_t(i) * blockDim.x + threadIdx.x) * PACK; };
+        const auto column = [&](int i) { return int32_t((i * blockDim.x + threadIdx.x) * PACK); };
 
         RawPack<T, PACK> raw[PACKS];
 #pragma unroll
@@ -102,8 +104,8 @@ __device__ __forceinline__ void block_regs_forward(const T* x, T* y, const MaskP
 
 #pragma unroll
         for (int i = 0; i < PACKS; ++i) {
-            if (column(i) >= p.k_len) break;
-            store_window<T, PACK>(y + offset, column(i), p.k_len, w.start, w.end,
+            if (column(i) >= k_len) break;
+            store_window<T, PACK>(y + offset, column(i), k_len, w.start, w.end,
                                   [&](int j) { return keys[i][j] * inv_sum; });
         }
     }

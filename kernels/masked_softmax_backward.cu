@@ -41,19 +41,19 @@ __device__ __forceinline__ void rows_backward(const T* y, const T* dy, T* dx, co
         for (int r = 0; r < R; ++r)
 #pragma unroll
             for (int i = 0; i < PACKS; ++i) {
-                const int64_t col = lane_pack_column<GROUP, PACK>(i, rows[r].member);
-                const RowWindow& w = rows[r].window;
+                const int32_t col = lane_pack_column<GROUP, PACK>(i, rows[r].member);
+                const ShortWindow& w = rows[r].window;
                 fetch_window<T, PACK>(y + rows[r].offset, col, w.start, w.end, raw[r][i].y);
                 fetch_window<T, PACK>(dy + rows[r].offset, col, w.start, w.end, raw[r][i].dy);
             }
 #pragma unroll
         for (int r = 0; r < R; ++r) {
-            const RowWindow& w = rows[r].window;
+            const ShortWindow& w = rows[r].window;
             float ys[PACKS][PACK], dys[PACKS][PACK];
             float dot = 0.f;
 #pragma unroll
             for (int i = 0; i < PACKS; ++i) {
-                const int64_t col = lane_pack_column<GROUP, PACK>(i, rows[r].member);
+                const int32_t col = lane_pack_column<GROUP, PACK>(i, rows[r].member);
                 decode_values<T, PACK>(raw[r][i].y, col, w.start, w.end, ys[i]);
                 decode_values<T, PACK>(raw[r][i].dy, col, w.start, w.end, dys[i]);
                 if (pack_overlaps<PACK>(col, w.start, w.end))  // else zeros: nothing to add
@@ -62,21 +62,23 @@ __device__ __forceinline__ void rows_backward(const T* y, const T* dy, T* dx, co
             }
             dot = group_sum<GROUP>(dot);
             store_group_row<T, PACK, PACKS, GROUP>(
-                dx, rows[r], p.k_len, [&](int i, int j) { return softmax_grad(ys[i][j], dys[i][j], dot, p.scale); });
+                dx, rows[r], int32_t(p.k_len), [&](int i, int j) { return softmax_grad(ys[i][j], dys[i][j], dot, p.scale); });
         }
     });
 }
 
 // The row's y and dy in registers across the block: thread t holds packs t, t + blockDim,
-// ... (PACKS of each), all fetched before any is used. Dynamic shared memory: 32 floats.
+// ... (PACKS of each), all fetched before any is used. Rows of at most 512 * PACK * PACKS
+// columns: 32-bit columns. Dynamic shared memory: 32 floats.
 template <typename T, int PACK, int PACKS>
 __device__ __forceinline__ void block_regs_backward(const T* y, const T* dy, T* dx, const MaskParams& p) {
     const RowIndex index = RowIndex::of(p);
+    const int32_t k_len = int32_t(p.k_len);
     float* scratch = dynamic_shared<float>();
     for (int64_t row = blockIdx.x; row < p.rows; row += gridDim.x) {
-        const RowWindow w = row_window(p, index, row);
+        const ShortWindow w = narrow(row_window(p, index, row));
         const int64_t offset = row * p.row_stride;
-        const auto column = [&](int i) { return (int64_t(i) * blockDim.x + threadIdx.x) * PACK; };
+        const auto column = [&](int i) { return int32_t((i * blockDim.x + threadIdx.x) * PACK); };
 
         PackPair<T, PACK> raw[PACKS];
 #pragma unroll
@@ -98,8 +100,8 @@ __device__ __forceinline__ void block_regs_backward(const T* y, const T* dy, T* 
 
 #pragma unroll
         for (int i = 0; i < PACKS; ++i) {
-            if (column(i) >= p.k_len) break;
-            store_window<T, PACK>(dx + offset, column(i), p.k_len, w.start, w.end,
+            if (column(i) >= k_len) break;
+            store_window<T, PACK>(dx + offset, column(i), k_len, w.start, w.end,
                                   [&](int j) { return softmax_grad(ys[i][j], dys[i][j], dot, p.scale); });
         }
     }

@@ -64,11 +64,13 @@ constexpr int PAIRS_IN_FLIGHT = 2;
 #include "reduce.cuh"
 
 // One row of a rows kernel, as a lane of the GROUP lanes that share it sees it.
+// Rows kernels hold at most 32 floats of a row per lane (1024 columns per warp), so their
+// columns are 32-bit.
 struct GroupRow {
-    bool active;       // false for lanes past the last row, which still join the shuffles
-    int member;        // lane within the group
-    RowWindow window;  // the row's valid columns (empty when inactive)
-    int64_t offset;    // element offset of the row (0 when inactive)
+    bool active;         // false for lanes past the last row, which still join the shuffles
+    int member;          // lane within the group
+    ShortWindow window;  // the row's valid columns (empty when inactive)
+    int64_t offset;      // element offset of the row (0 when inactive)
 };
 
 // Rows a lane takes at once in a rows kernel holding FLOATS values of a row per lane: with
@@ -106,7 +108,8 @@ __device__ __forceinline__ void for_each_group_rows(const MaskParams& p, Body bo
         for (int r = 0; r < R; ++r) {
             const int64_t row = base + r * ROWS_PER_WARP + lane / GROUP;
             const bool active = row < p.rows;
-            rows[r] = GroupRow{active, lane % GROUP, active ? window_of_short_row(p, lengths[r]) : RowWindow{0, 0},
+            rows[r] = GroupRow{active, lane % GROUP,
+                               active ? narrow(window_of_short_row(p, lengths[r])) : ShortWindow{0, 0},
                                (active ? row : 0) * p.row_stride};
         }
         body(rows);
@@ -114,18 +117,18 @@ __device__ __forceinline__ void for_each_group_rows(const MaskParams& p, Body bo
 }
 
 template <int GROUP, int PACK>
-__device__ __forceinline__ int64_t lane_pack_column(int i, int member) {
-    return (int64_t(i) * GROUP + member) * PACK;
+__device__ __forceinline__ int32_t lane_pack_column(int i, int member) {
+    return (i * GROUP + member) * PACK;
 }
 
 // Writes a lane's PACKS packs of row `r`: value(i, j) for element j of pack i inside the
 // row's window, exact +0.0 outside it; nothing for inactive lanes or past k_len.
 template <typename T, int PACK, int PACKS, int GROUP, typename Value>
-__device__ __forceinline__ void store_group_row(T* out, const GroupRow& r, int64_t k_len, Value value) {
+__device__ __forceinline__ void store_group_row(T* out, const GroupRow& r, int32_t k_len, Value value) {
     if (!r.active) return;
 #pragma unroll
     for (int i = 0; i < PACKS; ++i) {
-        const int64_t col = lane_pack_column<GROUP, PACK>(i, r.member);
+        const int32_t col = lane_pack_column<GROUP, PACK>(i, r.member);
         if (col >= k_len) break;
         store_window<T, PACK>(out + r.offset, col, k_len, r.window.start, r.window.end,
                               [&](int j) { return value(i, j); });
