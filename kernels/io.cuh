@@ -32,6 +32,14 @@ struct RawPack {
         }
         return v;
     }
+    // Elements 2k and 2k + 1 of a 16-bit pack, as a __half2 or __nv_bfloat162.
+    template <typename Pair>
+    __device__ __forceinline__ Pair pair_at(int k) const {
+        static_assert(sizeof(Pair) == 4 && sizeof(T) == 2, "16-bit pairs");
+        Pair v;
+        memcpy(static_cast<void*>(&v), &w[k], 4);
+        return v;
+    }
     __device__ __forceinline__ void set(int k, T v) {
         if constexpr (sizeof(T) == 4) {
             memcpy(&w[k], static_cast<const void*>(&v), 4);
@@ -43,6 +51,29 @@ struct RawPack {
         }
     }
 };
+
+// packs[i] for an index not known at compile time, by selects: indexing an array held in
+// registers with a variable would move it to local memory.
+template <typename T, int N, int PACKS>
+__device__ __forceinline__ RawPack<T, N> pick(const RawPack<T, N> (&packs)[PACKS], int i) {
+    RawPack<T, N> r = packs[0];
+#pragma unroll
+    for (int k = 1; k < PACKS; ++k)
+        if (i == k) r = packs[k];
+    return r;
+}
+
+// Tells the compiler that a fetched pack's registers may hold new values, so that nothing
+// computed from them before this point is reused after it (no instruction is emitted).
+template <typename T, int N>
+__device__ __forceinline__ void forget_values(RawPack<T, N>& raw) {
+#ifdef MASKED_SOFTMAX_EMULATION
+    (void)raw;
+#else
+#pragma unroll
+    for (int k = 0; k < RawPack<T, N>::WORDS; ++k) asm volatile("" : "+r"(raw.w[k]));
+#endif
+}
 
 template <typename T, int N>
 __device__ __forceinline__ void store_pack(T* dst, const float (&src)[N]) {

@@ -111,6 +111,116 @@ __device__ __forceinline__ void block_regs_forward(const T* x, T* y, const MaskP
     }
 }
 
+// The 16-bit variant that keeps the row as fetched: thread t holds packs t, t + blockDim, ...
+// (PACKS of them) as raw 16-bit pairs, half the registers of f32 keys, so a thread holds
+// twice the columns (and has twice the bytes in flight) for the same register budget. The
+// price: the weights are not kept but computed twice, once for the sum and once to write.
+// The max is taken over pairs in 16 bits (exact: the max of 16-bit values is one of them);
+// the weights' arithmetic is the f32 kernels' ((k - max) * log2_scale, with the key
+// k = x * key_sign formed in the same rounding by an FMA). Dynamic shared memory: 32 floats.
+template <typename T, int PACK, int PACKS>
+__device__ __forceinline__ void block_regs_forward_16bit(const T* x, T* y, const MaskParams& p) {
+    static_assert(sizeof(T) == 2 && PACK % 2 == 0, "16-bit vector packs only");
+    using Pair = typename Pair16<T>::type;
+    const ScaleMap sm = ScaleMap::of(p.scale);
+    const Pair sign2 = Pair16<T>::splat(sm.key_sign);
+    const RowIndex index = RowIndex::of(p);
+    const int32_t k_len = int32_t(p.k_len);
+    float* scratch = dynamic_shared<float>();
+    for (int64_t row = blockIdx.x; row < p.rows; row += gridDim.x) {
+        const ShortWindow w = narrow(row_window(p, index, row));
+        const int64_t offset = row * p.row_stride;
+        const auto column = [&](int i) { return int32_t((i * blockDim.x + threadIdx.x) * PACK); };
+
+        RawPack<T, PACK> raw[PACKS];
+#pragma unroll
+        for (int i = 0; i < PACKS; ++i) fetch_window<T, PACK>(x + offset, column(i), w.start, w.end, raw[i]);
+
+        // The max key: whole packs by 16-bit pairs, a pack across an edge column by column.
+        Pair max2 = Pair16<T>::splat(-CUDART_INF_F);
+        float max_key = -CUDART_INF_F;
+#pragma unroll
+        for (int i = 0; i < PACKS; ++i) {
+            const int32_t col = column(i);
+            if (col >= w.start && col + PACK <= w.end) {
+#pragma unroll
+                for (int k = 0; k < PACK / 2; ++k) max2 = Pair16<T>::max_nan(max2, Pair16<T>::mul(raw[i].template pair_at<Pair>(k), sign2));
+            } else if (pack_overlaps<PACK>(col, w.start, w.end)) {
+                const PackCut cut = pack_cut<PACK>(col, w.start, w.end);
+#pragma unroll
+                for (int j = 0; j < PACK; ++j)
+                    if (cut.has(j)) max_key = max_nan(max_key, sm.key(to_f32(raw[i].get(j))));
+            }
+        }
+        max_key = max_nan(max_key, max_nan(Pair16<T>::low(max2), Pair16<T>::high(max2)));
+        max_key = block_max(max_key, scratch);
+        // A zero row (max -inf: no valid key, or only -inf ones) weighs its keys against 0
+        // instead: its -inf keys weigh 0 (not NaN), and an inv_sum of 0 writes zeros.
+        const bool zero_row = max_key == -CUDART_INF_F;
+        if (zero_row) max_key = 0.f;
+
+        // exp(s - s_max) of a valid column holding v: compiled once for the usual scale
+        // (no test per column: see weigh_keys) and once for any other.
+        const auto weight = [&](auto plain_scale, T v) {
+            if constexpr (decltype(plain_scale)::value) {
+                return fast_exp2(fmaf(to_f32(v), sm.key_sign, -max_key) * sm.log2_scale);  // one rounding
+            } else {
+                return sm.weight(sm.key(to_f32(v)), max_key);
+            }
+        };
+        // The sum of a pack's weights (the pack at `col`; a pack across an edge column by
+        // column).
+        const auto weigh_pack = [&](auto plain_scale, const RawPack<T, PACK>& r, int32_t col) {
+            float sum = 0.f;
+            if (col >= w.start && col + PACK <= w.end) {
+#pragma unroll
+                for (int j = 0; j < PACK; ++j) sum += weight(plain_scale, r.get(j));
+            } else if (pack_overlaps<PACK>(col, w.start, w.end)) {
+                const PackCut cut = pack_cut<PACK>(col, w.start, w.end);
+#pragma unroll
+                for (int j = 0; j < PACK; ++j)
+                    if (cut.has(j)) sum += weight(plain_scale, r.get(j));
+            }
+            return sum;
+        };
+        const bool plain = sm.plain();
+        float sum = 0.f;
+        if (plain) {
+#pragma unroll
+            for (int i = 0; i < PACKS; ++i) sum += weigh_pack(CompileTimeFlag<true>{}, raw[i], column(i));
+        } else {
+            // An unusual scale: one pack at a time (picked without indexing registers), so
+            // that this cold path costs the kernel no registers.
+#pragma unroll 1
+            for (int i = 0; i < PACKS; ++i) sum += weigh_pack(CompileTimeFlag<false>{}, pick(raw, i), column(i));
+        }
+        sum = block_sum(sum, scratch);
+        const float inv_sum = zero_row ? 0.f : 1.f / sum;
+
+        // Left alone, the compiler keeps the first pass's weights alive for the second
+        // (twice the registers this kernel exists to save): make it read the pairs again.
+#pragma unroll
+        for (int i = 0; i < PACKS; ++i) forget_values(raw[i]);
+        const auto store = [&](auto plain_scale, const RawPack<T, PACK>& r, int32_t col) {
+            store_window<T, PACK>(y + offset, col, k_len, w.start, w.end,
+                                  [&](int j) { return weight(plain_scale, r.get(j)) * inv_sum; });
+        };
+        if (plain) {
+#pragma unroll
+            for (int i = 0; i < PACKS; ++i) {
+                if (column(i) >= k_len) break;
+                store(CompileTimeFlag<true>{}, raw[i], column(i));
+            }
+        } else {
+#pragma unroll 1
+            for (int i = 0; i < PACKS; ++i) {
+                if (column(i) >= k_len) break;
+                store(CompileTimeFlag<false>{}, pick(raw, i), column(i));
+            }
+        }
+    }
+}
+
 // Keys cached in shared memory: thread t owns packs t, t + blockDim, ... in every phase
 // and is the only one to touch their slots, so only the reductions need barriers.
 template <typename T, int PACK>
@@ -289,6 +399,15 @@ __device__ __forceinline__ void cluster_forward(const T* x, T* y, const MaskPara
     }                                                                                                  \
     REGISTER_KERNEL(masked_softmax_fwd_block_regs_p##P##x##N##_##SUFFIX)
 
+// The 16-bit kernels keeping raw pairs: 32 columns per thread in 64 registers, two 512-thread
+// blocks per multiprocessor.
+#define BLOCK_REGS_16BIT_KERNEL(SUFFIX, T, P, N)                                                       \
+    extern "C" __global__ void __launch_bounds__(512, 2)                                               \
+        masked_softmax_fwd_block_regs_p##P##x##N##_##SUFFIX(const T* x, T* y, MaskParams p) {          \
+        block_regs_forward_16bit<T, P, N>(x, y, p);                                                    \
+    }                                                                                                  \
+    REGISTER_KERNEL(masked_softmax_fwd_block_regs_p##P##x##N##_##SUFFIX)
+
 // The looping block kernels run at most 512 threads per block (src/plan.rs, LOOP_BLOCK).
 #define BLOCK_KERNELS(SUFFIX, T, P, N)                                                                   \
     BLOCK_REGS_KERNEL(SUFFIX, T, P, N)                                                                  \
@@ -334,3 +453,5 @@ __device__ __forceinline__ void cluster_forward(const T* x, T* y, const MaskPara
 TYPE_KERNELS(f32, float, 4, 4, ROWS_WARP_LADDER_8)
 TYPE_KERNELS(f16, __half, 8, 2, ROWS_WARP_LADDER_4)
 TYPE_KERNELS(bf16, __nv_bfloat16, 8, 2, ROWS_WARP_LADDER_4)
+BLOCK_REGS_16BIT_KERNEL(f16, __half, 8, 4)
+BLOCK_REGS_16BIT_KERNEL(bf16, __nv_bfloat16, 8, 4)

@@ -149,6 +149,14 @@ fn block_regs_packs(pack: u32, direction: Direction) -> u32 {
     }
 }
 
+/// Packs per thread of the forward 16-bit register kernel that keeps the row as fetched
+/// (raw 16-bit pairs, weights computed twice): 32 columns per thread, so rows up to 16384
+/// keys in registers. `None` where there is none (f32, single elements, the backward).
+fn block_regs_16bit_packs(dtype: DType, pack: u32, direction: Direction) -> Option<u32> {
+    let sixteen_bit_vector = dtype.size_in_bytes() == 2 && pack == vector_pack(dtype);
+    (sixteen_bit_vector && direction == Direction::Forward).then_some(32 / pack)
+}
+
 /// Threads of the largest block of a register kernel (block_regs): 512, so that each
 /// thread may use 128 registers (`__launch_bounds__(512)`); at 1024 threads a 64-register
 /// budget left the compiler spilling, and the measured crossover to the looping kernels
@@ -181,11 +189,14 @@ impl KernelKind {
                 packs: 1 << e,
             });
             kinds.extend(groups.into_iter().chain(warps));
+            kinds.push(KernelKind::BlockRegs {
+                pack,
+                packs: block_regs_packs(pack, direction),
+            });
+            if let Some(packs) = block_regs_16bit_packs(dtype, pack, direction) {
+                kinds.push(KernelKind::BlockRegs { pack, packs });
+            }
             kinds.extend([
-                KernelKind::BlockRegs {
-                    pack,
-                    packs: block_regs_packs(pack, direction),
-                },
                 KernelKind::BlockCached { pack },
                 KernelKind::BlockStream { pack },
             ]);
@@ -508,6 +519,15 @@ impl Problem {
         if (!wide || self.k_len <= WIDE_REGS_KEYS) && self.configure(regs).is_some() {
             return regs;
         }
+        // 16-bit rows block_regs cannot hold, up to 16384 keys: the 16-bit kernel that keeps
+        // raw pairs (one read; not yet measured, PERFORMANCE.md v6: predicted about 2.1x
+        // the floor at 16384 where the streaming cluster took 2.63x).
+        if let Some(packs) = block_regs_16bit_packs(self.dtype, pack, direction) {
+            let regs_16bit = KernelKind::BlockRegs { pack, packs };
+            if self.configure(regs_16bit).is_some() {
+                return regs_16bit;
+            }
+        }
         let cached = KernelKind::BlockCached { pack };
         if wide && self.k_len <= WIDE_CACHED_KEYS && self.configure(cached).is_some() {
             return cached;
@@ -817,7 +837,16 @@ mod tests {
         assert_eq!(kind(4100, DType::F32), KernelKind::BlockCached { pack: 4 });
         assert_eq!(kind(8192, DType::F32), KernelKind::BlockCached { pack: 4 });
         assert_eq!(kind(8196, DType::F32), KernelKind::BlockStream { pack: 4 });
-        assert_eq!(kind(8200, DType::F16), KernelKind::BlockStream { pack: 8 });
+        // Past 8192 16-bit keys, the raw-pair kernel: 32 columns a thread, up to 16384.
+        assert_eq!(
+            kind(8200, DType::F16),
+            KernelKind::BlockRegs { pack: 8, packs: 4 }
+        );
+        assert_eq!(
+            kind(16384, DType::BF16),
+            KernelKind::BlockRegs { pack: 8, packs: 4 }
+        );
+        assert_eq!(kind(16392, DType::F16), KernelKind::BlockStream { pack: 8 });
         assert_eq!(
             kind(50_000, DType::F32),
             KernelKind::BlockStream { pack: 4 }
@@ -968,7 +997,11 @@ mod tests {
         );
         assert_eq!(
             KernelKind::all(DType::F16, true, Direction::Forward).len(),
-            29
+            30
+        );
+        assert_eq!(
+            KernelKind::BlockRegs { pack: 8, packs: 4 }.name(DType::BF16, Direction::Forward),
+            "masked_softmax_fwd_block_regs_p8x4_bf16"
         );
         assert_eq!(
             KernelKind::all(DType::F32, true, Direction::Backward).len(),

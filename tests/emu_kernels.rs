@@ -15,7 +15,7 @@ use std::sync::Mutex;
 
 use common::{
     Case, EVERY_KERNEL_K_LENS, Runs, SPECIAL_SCALES, backward_inputs, check_runs, forward_matrix,
-    random_contract, scores_with_nan_pads, special_scores,
+    random_contract, scores_with_nan_pads, special_scores, special_stride,
 };
 use libtest_mimic::{Arguments, Completion, Trial};
 use masked_softmax::plan::{Buffers, DeviceLimits, Direction, KernelKind, plan_launch};
@@ -256,8 +256,10 @@ fn backward_case<T: Element>(
     )
 }
 
-fn special_values<T: Element>(k_len: usize, scale: f32) -> Result<(), String> {
-    let spec = Spec::new(Shape::new(4, 1, 5, k_len).with_row_stride(k_len + 1)).scale(scale);
+fn special_values<T: Element>(k_len: usize, scale: f32, aligned: bool) -> Result<(), String> {
+    let spec =
+        Spec::new(Shape::new(4, 1, 5, k_len).with_row_stride(special_stride(k_len, aligned)))
+            .scale(scale);
     let kv = [k_len as i32, 1, (k_len as i32 + 1) / 2, k_len as i32];
     let lengths = Lengths::keys(&kv);
     let x = to::<T>(special_scores(&spec, lengths, 13));
@@ -370,12 +372,14 @@ fn main() {
             format!("grid_stride_over_many_rows_{t}"),
             Box::new(move || dispatch!(dtype, many_rows)),
         );
-        for k_len in [5, 100, 1000, 3000, 20000] {
+        for k_len in [5, 100, 1000, 3000, 10000, 20000] {
             for scale in SPECIAL_SCALES {
-                add(
-                    format!("special_values_{t}_k{k_len}_scale{scale:e}"),
-                    Box::new(move || dispatch!(dtype, special_values, k_len, scale)),
-                );
+                for (aligned, layout) in [(false, "odd"), (true, "aligned")] {
+                    add(
+                        format!("special_values_{t}_k{k_len}_{layout}_scale{scale:e}"),
+                        Box::new(move || dispatch!(dtype, special_values, k_len, scale, aligned)),
+                    );
+                }
             }
         }
         for (name, mode, k_len) in forward_matrix() {

@@ -309,6 +309,16 @@ pub fn special_scores(spec: &Spec, lengths: Lengths, seed: u64) -> Vec<f64> {
     x
 }
 
+/// Row stride of the special-values trials: odd (`k_len + 1`: single-element packs) or
+/// rounded up to 8 elements, so every row is 16-byte aligned and the vector kernels run.
+pub fn special_stride(k_len: usize, aligned: bool) -> usize {
+    if aligned {
+        k_len.next_multiple_of(8)
+    } else {
+        k_len + 1
+    }
+}
+
 /// Scales that exercise the key mapping: negative, zero, tiny and huge.
 pub const SPECIAL_SCALES: [f32; 5] = [1.0, -0.7, 0.0, 1e-30, 1e30];
 
