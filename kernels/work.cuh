@@ -76,11 +76,12 @@ struct GroupRow {
 // Rows a lane takes at once in a rows kernel holding FLOATS values of a row per lane: with
 // a row of a pack or two per lane, each row's loads wait on its length and then on its
 // scores, so one row at a time leaves the memory system idle; R rows at once put R chains
-// in flight. Up to 4, and at most 16 floats of the batch per lane; 3 rows of 4 (4 rows of
-// 4 f32 and their windows spill within the 64 registers these kernels get).
+// in flight. Up to 4, and at most 16 floats of the batch per lane. (4 rows of 4 f32 spilled
+// within the 64 registers these kernels get while each lane worked out all 4 windows; v4
+// and v5 took 3. With the windows shared across the warp they fit again: 60 registers.)
 template <int FLOATS>
 __device__ __forceinline__ constexpr int rows_at_once() {
-    return FLOATS >= 16 ? 1 : (FLOATS == 4 ? 3 : (16 / FLOATS > 4 ? 4 : 16 / FLOATS));
+    return FLOATS >= 16 ? 1 : (16 / FLOATS > 4 ? 4 : 16 / FLOATS);
 }
 
 // Calls body(const GroupRow (&)[R]) for every batch of R rows a lane handles, GROUP lanes
@@ -90,27 +91,51 @@ __device__ __forceinline__ constexpr int rows_at_once() {
 template <int GROUP, int R, typename Body>
 __device__ __forceinline__ void for_each_group_rows(const MaskParams& p, Body body) {
     constexpr int ROWS_PER_WARP = WARP / GROUP;
+    constexpr int BATCH = ROWS_PER_WARP * R;  // rows a warp takes at once
     const RowIndex index = RowIndex::of(p);
     const int lane = threadIdx.x % WARP;
     const int64_t warps_per_block = blockDim.x / WARP;
     const int64_t first_warp = int64_t(blockIdx.x) * warps_per_block + threadIdx.x / WARP;
     const int64_t warp_step = int64_t(gridDim.x) * warps_per_block;
     for (int64_t base = first_warp * ROWS_PER_WARP * R; base < p.rows; base += warp_step * ROWS_PER_WARP * R) {
-        // All R rows' lengths in flight before any is used.
-        RowLengths lengths[R];
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-            const int64_t row = base + r * ROWS_PER_WARP + lane / GROUP;
-            lengths[r] = row < p.rows ? fetch_row_lengths(p, index, row) : RowLengths{0, 0, 0};
-        }
+        // Row r of a group is row base + r * ROWS_PER_WARP + lane / GROUP: batch row
+        // `r * ROWS_PER_WARP + lane / GROUP` of the warp's BATCH rows.
         GroupRow rows[R];
+        if constexpr (R > 1 && BATCH <= WARP) {
+            // The R rows' windows at once rather than one after another: lane l works out
+            // batch row l's (a length load, an index division and the mask arithmetic: more
+            // than a short row's arithmetic per element) and the groups read theirs from it
+            // with two shuffles.
+            const int64_t own_row = base + lane;
+            const bool own_active = lane < BATCH && own_row < p.rows;
+            const ShortWindow own =
+                own_active ? narrow(window_of_short_row(p, fetch_row_lengths(p, index, own_row))) : ShortWindow{0, 0};
 #pragma unroll
-        for (int r = 0; r < R; ++r) {
-            const int64_t row = base + r * ROWS_PER_WARP + lane / GROUP;
-            const bool active = row < p.rows;
-            rows[r] = GroupRow{active, lane % GROUP,
-                               active ? narrow(window_of_short_row(p, lengths[r])) : ShortWindow{0, 0},
-                               (active ? row : 0) * p.row_stride};
+            for (int r = 0; r < R; ++r) {
+                const int batch_row = r * ROWS_PER_WARP + lane / GROUP;
+                const int64_t row = base + batch_row;
+                const bool active = row < p.rows;
+                const ShortWindow window{__shfl_sync(FULL_MASK, own.start, batch_row),
+                                         __shfl_sync(FULL_MASK, own.end, batch_row)};
+                rows[r] = GroupRow{active, lane % GROUP, window, (active ? row : 0) * p.row_stride};
+            }
+        } else {
+            // One row per group, or more rows than lanes (one or two lanes per row): each
+            // lane works out its own, all R rows' lengths in flight before any is used.
+            RowLengths lengths[R];
+#pragma unroll
+            for (int r = 0; r < R; ++r) {
+                const int64_t row = base + r * ROWS_PER_WARP + lane / GROUP;
+                lengths[r] = row < p.rows ? fetch_row_lengths(p, index, row) : RowLengths{0, 0, 0};
+            }
+#pragma unroll
+            for (int r = 0; r < R; ++r) {
+                const int64_t row = base + r * ROWS_PER_WARP + lane / GROUP;
+                const bool active = row < p.rows;
+                rows[r] = GroupRow{active, lane % GROUP,
+                                   active ? narrow(window_of_short_row(p, lengths[r])) : ShortWindow{0, 0},
+                                   (active ? row : 0) * p.row_stride};
+            }
         }
         body(rows);
     }
