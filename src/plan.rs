@@ -12,7 +12,8 @@
 //! 2. Up to 32 floats per lane: `Rows` with a whole warp per row and `packs` packs per
 //!    lane in registers.
 //! 3. Up to 16 floats per thread of a 512-thread block: [`KernelKind::BlockRegs`], a
-//!    block per row, the row in registers (f32: up to 4096 keys).
+//!    block per row, the row in registers (f32: up to 4096 keys); 16-bit forward rows up
+//!    to 16384 keys in the `block_regs` kernel that keeps 32 columns a thread as raw pairs.
 //! 4. f32 rows up to 8192 keys: [`KernelKind::BlockCached`], a block per row, its keys
 //!    cached in shared memory.
 //! 5. Anything longer: [`KernelKind::BlockStream`], a block per row reading the valid
