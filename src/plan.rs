@@ -172,6 +172,8 @@ const LOOP_BLOCK: u32 = 512;
 /// `Problem::choose`).
 const WIDE_REGS_KEYS: u64 = 4096;
 const WIDE_CACHED_KEYS: u64 = 8192;
+/// Longest 16-bit backward rows the planner gives block_regs when there are many rows.
+const NARROW_BACKWARD_REGS_KEYS: u64 = 2048;
 
 impl KernelKind {
     /// Every kernel compiled for `dtype` in `direction`; the cluster kernels if `clusters`,
@@ -517,7 +519,19 @@ impl Problem {
         // 16384, 2.37x at 65536, 3.1x at 2^18: the best measured; block_cached 2.8-3.2x)
         // and backward to block_stream (1.55x at 8192 and 16384; block_cached 2.6-3.4x).
         let wide = self.dtype.size_in_bytes() == 4;
-        if (!wide || self.k_len <= WIDE_REGS_KEYS) && self.configure(regs).is_some() {
+        // The 16-bit backward block_regs holds only 8 columns a thread, so a 512-thread
+        // block per row of 4096 keys and 3 rows in flight per multiprocessor: at k=4096 and
+        // 16384 rows it took 2.55x the floor where block_stream (128 threads a row, 16 rows
+        // per multiprocessor) took 1.64x (H200, v5 variants). With few rows it stays (decode
+        // b8 x 32 heads: 1.17x).
+        let narrow_backward_streams = !wide
+            && direction == Direction::Backward
+            && self.k_len > NARROW_BACKWARD_REGS_KEYS
+            && self.rows >= 4 * self.sms();
+        if (!wide || self.k_len <= WIDE_REGS_KEYS)
+            && !narrow_backward_streams
+            && self.configure(regs).is_some()
+        {
             return regs;
         }
         // 16-bit rows block_regs cannot hold, up to 16384 keys: the 16-bit kernel that keeps
@@ -1124,6 +1138,30 @@ mod tests {
         let short = Spec::new(Shape::matrix(1, 1000));
         let p = plan_forward(&short, DType::F32, H100_CLUSTERS, ALIGNED).unwrap();
         assert!(matches!(p.kernel, KernelKind::Rows { .. }));
+    }
+
+    #[test]
+    fn many_long_16_bit_backward_rows_stream() {
+        let with_dy = Buffers {
+            dy: 0x3000,
+            ..ALIGNED
+        };
+        let kind = |rows, k_len, dtype| {
+            let spec = Spec::new(Shape::matrix(rows, k_len));
+            plan_backward(&spec, dtype, H100, with_dy).unwrap().kernel
+        };
+        let stream = KernelKind::BlockStream { pack: 8 };
+        let regs = KernelKind::BlockRegs { pack: 8, packs: 1 };
+        assert_eq!(kind(16384, 4096, DType::F16), stream);
+        assert_eq!(kind(4 * 132, 2056, DType::BF16), stream);
+        // Up to 2048 keys, or fewer rows than 4 per multiprocessor: block_regs.
+        assert_eq!(kind(16384, 2048, DType::F16), regs);
+        assert_eq!(kind(256, 4096, DType::F16), regs);
+        // f32 keeps block_regs (1.27-1.36x measured up to 4096 keys).
+        assert_eq!(
+            kind(16384, 4096, DType::F32),
+            KernelKind::BlockRegs { pack: 4, packs: 2 }
+        );
     }
 
     #[test]
