@@ -12,8 +12,9 @@
 //! 2. Up to 32 floats per lane: `Rows` with a whole warp per row and `packs` packs per
 //!    lane in registers.
 //! 3. Up to 16 floats per thread of a 512-thread block: [`KernelKind::BlockRegs`], a
-//!    block per row, the row in registers (f32: up to 4096 keys); 16-bit forward rows up
-//!    to 16384 keys in the `block_regs` kernel that keeps 32 columns a thread as raw pairs.
+//!    block per row, the row in registers (f32: up to 4096 keys). 16-bit forward rows
+//!    take the `block_regs` kernel that keeps 32 columns a thread as raw pairs, up to
+//!    16384 keys.
 //! 4. f32 rows up to 8192 keys: [`KernelKind::BlockCached`], a block per row, its keys
 //!    cached in shared memory.
 //! 5. Anything longer: [`KernelKind::BlockStream`], a block per row reading the valid
@@ -496,10 +497,12 @@ impl Problem {
             };
             return KernelKind::Rows { group, pack, packs };
         }
-        let regs = KernelKind::BlockRegs {
-            pack,
-            packs: block_regs_packs(pack, direction),
-        };
+        // 16-bit forward rows: the block_regs kernel keeping raw pairs (32 columns a thread:
+        // half the threads per row of p8x2, so twice the rows per multiprocessor, and about
+        // a quarter fewer instructions per row; not yet measured, PERFORMANCE.md v6).
+        let packs = block_regs_16bit_packs(self.dtype, pack, direction)
+            .unwrap_or_else(|| block_regs_packs(pack, direction));
+        let regs = KernelKind::BlockRegs { pack, packs };
         // Too few rows to give each multiprocessor a block: a cluster per row. The backward
         // keeps block_regs where it holds the row (decode b1 and b8 x 32 heads at k=4096 took
         // 1.04-1.46x the floor with it, H200 v5: cheaper than a cluster's two syncs).
@@ -515,9 +518,10 @@ impl Problem {
         // up to 8192 (1.37x the floor forward and 1.25x backward at 8192, where block_regs
         // took 2.2x and block_stream 1.47x), then block_stream (1.44x at 16384, 1.81x at
         // 65536, 2.0x at 2^18; the cached and cluster kernels 1.6-3.9x). 16-bit rows go to
-        // block_regs up to its capacity, then forward to a streaming cluster (2.65x at
-        // 16384, 2.37x at 65536, 3.1x at 2^18: the best measured; block_cached 2.8-3.2x)
-        // and backward to block_stream (1.55x at 8192 and 16384; block_cached 2.6-3.4x).
+        // block_regs up to its capacity (16384 keys forward, 4096 backward), then forward
+        // to a streaming cluster (2.37x at 65536, 3.1x at 2^18: the best measured;
+        // block_cached 2.8-3.2x) and backward to block_stream (1.55x at 8192 and 16384;
+        // block_cached 2.6-3.4x).
         let wide = self.dtype.size_in_bytes() == 4;
         // The 16-bit backward block_regs holds only 8 columns a thread, so a 512-thread
         // block per row of 4096 keys and 3 rows in flight per multiprocessor: at k=4096 and
@@ -533,15 +537,6 @@ impl Problem {
             && self.configure(regs).is_some()
         {
             return regs;
-        }
-        // 16-bit rows block_regs cannot hold, up to 16384 keys: the 16-bit kernel that keeps
-        // raw pairs (one read; not yet measured, PERFORMANCE.md v6: predicted about 2.1x
-        // the floor at 16384 where the streaming cluster took 2.63x).
-        if let Some(packs) = block_regs_16bit_packs(self.dtype, pack, direction) {
-            let regs_16bit = KernelKind::BlockRegs { pack, packs };
-            if self.configure(regs_16bit).is_some() {
-                return regs_16bit;
-            }
         }
         let cached = KernelKind::BlockCached { pack };
         if wide && self.k_len <= WIDE_CACHED_KEYS && self.configure(cached).is_some() {
@@ -839,7 +834,7 @@ mod tests {
         );
         assert_eq!(
             kind(1032, DType::F16),
-            KernelKind::BlockRegs { pack: 8, packs: 2 }
+            KernelKind::BlockRegs { pack: 8, packs: 4 }
         );
         assert_eq!(
             kind(4096, DType::F32),
@@ -847,12 +842,12 @@ mod tests {
         );
         assert_eq!(
             kind(8192, DType::BF16),
-            KernelKind::BlockRegs { pack: 8, packs: 2 }
+            KernelKind::BlockRegs { pack: 8, packs: 4 }
         );
         assert_eq!(kind(4100, DType::F32), KernelKind::BlockCached { pack: 4 });
         assert_eq!(kind(8192, DType::F32), KernelKind::BlockCached { pack: 4 });
         assert_eq!(kind(8196, DType::F32), KernelKind::BlockStream { pack: 4 });
-        // Past 8192 16-bit keys, the raw-pair kernel: 32 columns a thread, up to 16384.
+        // The 16-bit raw-pair kernel: 32 columns a thread, up to 16384.
         assert_eq!(
             kind(8200, DType::F16),
             KernelKind::BlockRegs { pack: 8, packs: 4 }
