@@ -26,8 +26,203 @@
 #include "reduce.cuh"
 #include "work.cuh"
 
+// ---------------------------------------------------------------- 16-bit rows as raw pairs
+//
+// The 16-bit register kernels keep their columns as fetched, two to a 32-bit register,
+// instead of as f32 keys: half the registers per column, so a thread (or lane) holds twice
+// the columns, or a warp twice the rows, and has twice the bytes in flight, for the same
+// register budget. Bytes in flight are what these kernels lack: at the same structure the
+// 16-bit kernels ran at about twice f32's time over floor (v3-v5), moving half the bytes
+// per load. The price: the weights are not kept but computed twice, once for the sum and
+// once to write (about 11 instructions per column where f32 keys take 8.5). The max is
+// taken over 16-bit pairs (exact: the max of 16-bit values is one of them); the weights'
+// arithmetic is the f32 kernels', (k - max) * log2_scale with the key k = x * key_sign,
+// here formed by one FMA in the same rounding.
+template <typename T>
+struct RawPairKeys {
+    using Pair = typename Pair16<T>::type;
+    ScaleMap sm;
+    Pair sign2;  // key_sign, twice
+
+    __device__ __forceinline__ static RawPairKeys of(float scale) {
+        const ScaleMap sm = ScaleMap::of(scale);
+        return RawPairKeys{sm, Pair16<T>::splat(sm.key_sign)};
+    }
+
+    // Running max of the keys: `pairs` over whole packs, `single` over packs across an edge.
+    struct Max {
+        Pair pairs;
+        float single;
+    };
+    __device__ __forceinline__ static Max max_empty() {
+        return Max{Pair16<T>::splat(-CUDART_INF_F), -CUDART_INF_F};
+    }
+
+    // Folds the valid columns of the pack at column `col` into `m`.
+    template <int PACK>
+    __device__ __forceinline__ void fold_max(const RawPack<T, PACK>& r, int32_t col, const ShortWindow& w,
+                                             Max& m) const {
+        if (col >= w.start && col + PACK <= w.end) {
+#pragma unroll
+            for (int k = 0; k < PACK / 2; ++k)
+                m.pairs = Pair16<T>::max_nan(m.pairs, Pair16<T>::mul(r.template pair_at<Pair>(k), sign2));
+        } else if (pack_overlaps<PACK>(col, w.start, w.end)) {
+            const PackCut cut = pack_cut<PACK>(col, w.start, w.end);
+#pragma unroll
+            for (int j = 0; j < PACK; ++j)
+                if (cut.has(j)) m.single = max_nan(m.single, sm.key(to_f32(r.get(j))));
+        }
+    }
+    __device__ __forceinline__ static float max_of(const Max& m) {
+        return max_nan(m.single, max_nan(Pair16<T>::low(m.pairs), Pair16<T>::high(m.pairs)));
+    }
+
+    // exp(s - s_max) of a valid column holding v: PLAIN for the usual scale (no test per
+    // column: see weigh_keys), else ScaleMap::weight. `max_key` must not be -inf (a zero
+    // row weighs against 0 instead, see below).
+    template <bool PLAIN>
+    __device__ __forceinline__ float weight(T v, float max_key) const {
+        if constexpr (PLAIN) {
+            return fast_exp2(fmaf(to_f32(v), sm.key_sign, -max_key) * sm.log2_scale);
+        } else {
+            return sm.weight(sm.key(to_f32(v)), max_key);
+        }
+    }
+
+    // The sum of the weights of the valid columns of the pack at `col`.
+    template <bool PLAIN, int PACK>
+    __device__ __forceinline__ float pack_sum(const RawPack<T, PACK>& r, int32_t col, const ShortWindow& w,
+                                              float max_key) const {
+        float sum = 0.f;
+        if (col >= w.start && col + PACK <= w.end) {
+#pragma unroll
+            for (int j = 0; j < PACK; ++j) sum += weight<PLAIN>(r.get(j), max_key);
+        } else if (pack_overlaps<PACK>(col, w.start, w.end)) {
+            const PackCut cut = pack_cut<PACK>(col, w.start, w.end);
+#pragma unroll
+            for (int j = 0; j < PACK; ++j)
+                if (cut.has(j)) sum += weight<PLAIN>(r.get(j), max_key);
+        }
+        return sum;
+    }
+
+    // The sum of the weights of a thread's PACKS packs (`column(i)`: pack i's column). An
+    // unusual scale goes one pack at a time, picked without indexing registers, so that
+    // its cold path costs the kernel no registers.
+    template <int PACK, int PACKS, typename Column>
+    __device__ __forceinline__ float sum(const RawPack<T, PACK> (&raw)[PACKS], Column column, const ShortWindow& w,
+                                         float max_key) const {
+        float total = 0.f;
+        if (sm.plain()) {
+#pragma unroll
+            for (int i = 0; i < PACKS; ++i) total += pack_sum<true>(raw[i], column(i), w, max_key);
+        } else {
+#pragma unroll 1
+            for (int i = 0; i < PACKS; ++i) total += pack_sum<false>(pick(raw, i), column(i), w, max_key);
+        }
+        return total;
+    }
+
+    // Writes a thread's PACKS packs of a row at `out` (nothing from column k_len on):
+    // weight * inv_sum inside the window, zeros outside. `raw` is taken by value: see
+    // forget_values.
+    template <int PACK, int PACKS, typename Column>
+    __device__ __forceinline__ void store(T* out, RawPack<T, PACK> (&raw)[PACKS], Column column, int32_t k_len,
+                                          const ShortWindow& w, float max_key, float inv_sum) const {
+        // Left alone, the compiler keeps the first pass's weights alive for the second
+        // (twice the registers this layout exists to save): make it read the pairs again.
+#pragma unroll
+        for (int i = 0; i < PACKS; ++i) forget_values(raw[i]);
+        if (sm.plain()) {
+#pragma unroll
+            for (int i = 0; i < PACKS; ++i) {
+                if (column(i) >= k_len) break;
+                store_window<T, PACK>(out, column(i), k_len, w.start, w.end,
+                                      [&](int j) { return weight<true>(raw[i].get(j), max_key) * inv_sum; });
+            }
+        } else {
+#pragma unroll 1
+            for (int i = 0; i < PACKS; ++i) {
+                if (column(i) >= k_len) break;
+                const RawPack<T, PACK> r = pick(raw, i);
+                store_window<T, PACK>(out, column(i), k_len, w.start, w.end,
+                                      [&](int j) { return weight<false>(r.get(j), max_key) * inv_sum; });
+            }
+        }
+    }
+};
+
+// A zero row (max -inf: no valid key, or only -inf ones) weighs its keys against 0 instead:
+// its -inf keys weigh 0 (not NaN), and an inv_sum of 0 writes zeros.
+__device__ __forceinline__ float weighing_max(float max_key) { return max_key == -CUDART_INF_F ? 0.f : max_key; }
+
+// The rows kernels' raw-pair form (rows_forward for 16-bit vector packs): the same loop,
+// twice the rows at once for the same registers.
+template <typename T, int PACK, int PACKS, int GROUP>
+__device__ __forceinline__ void rows_forward_16bit(const T* x, T* y, const MaskParams& p) {
+    static_assert(sizeof(T) == 2 && PACK % 2 == 0, "16-bit vector packs only");
+    constexpr int R = rows_at_once<PACK * PACKS / 2>();  // registers of PACK * PACKS / 2 floats
+    const RawPairKeys<T> keys = RawPairKeys<T>::of(p.scale);
+    const int32_t k_len = int32_t(p.k_len);
+    for_each_group_rows<GROUP, R>(p, [&](const GroupRow (&rows)[R]) {
+        // Every load of the R rows in flight, then the arithmetic.
+        RawPack<T, PACK> raw[R][PACKS];
+#pragma unroll
+        for (int r = 0; r < R; ++r)
+#pragma unroll
+            for (int i = 0; i < PACKS; ++i)
+                fetch_window<T, PACK>(x + rows[r].offset, lane_pack_column<GROUP, PACK>(i, rows[r].member),
+                                      rows[r].window.start, rows[r].window.end, raw[r][i]);
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            const ShortWindow& w = rows[r].window;
+            const auto column = [&](int i) { return lane_pack_column<GROUP, PACK>(i, rows[r].member); };
+            typename RawPairKeys<T>::Max m = RawPairKeys<T>::max_empty();
+#pragma unroll
+            for (int i = 0; i < PACKS; ++i) keys.fold_max(raw[r][i], column(i), w, m);
+            const float row_max = group_max<GROUP>(RawPairKeys<T>::max_of(m));
+            const bool zero_row = row_max == -CUDART_INF_F;
+            const float max_key = weighing_max(row_max);
+            const float sum = group_sum<GROUP>(keys.sum(raw[r], column, w, max_key));
+            const float inv_sum = zero_row ? 0.f : 1.f / sum;
+            if (rows[r].active) keys.store(y + rows[r].offset, raw[r], column, k_len, w, max_key, inv_sum);
+        }
+    });
+}
+
+// One block per row, the row's packs across the block as raw pairs (thread t holds packs
+// t, t + blockDim, ...: PACKS of them, twice the columns of block_regs_forward's f32 keys).
+// Dynamic shared memory: 32 floats of scratch.
+template <typename T, int PACK, int PACKS>
+__device__ __forceinline__ void block_regs_forward_16bit(const T* x, T* y, const MaskParams& p) {
+    static_assert(sizeof(T) == 2 && PACK % 2 == 0, "16-bit vector packs only");
+    const RawPairKeys<T> keys = RawPairKeys<T>::of(p.scale);
+    const RowIndex index = RowIndex::of(p);
+    const int32_t k_len = int32_t(p.k_len);
+    float* scratch = dynamic_shared<float>();
+    for (int64_t row = blockIdx.x; row < p.rows; row += gridDim.x) {
+        const ShortWindow w = narrow(row_window(p, index, row));
+        const int64_t offset = row * p.row_stride;
+        const auto column = [&](int i) { return int32_t((i * blockDim.x + threadIdx.x) * PACK); };
+
+        RawPack<T, PACK> raw[PACKS];
+#pragma unroll
+        for (int i = 0; i < PACKS; ++i) fetch_window<T, PACK>(x + offset, column(i), w.start, w.end, raw[i]);
+        typename RawPairKeys<T>::Max m = RawPairKeys<T>::max_empty();
+#pragma unroll
+        for (int i = 0; i < PACKS; ++i) keys.fold_max(raw[i], column(i), w, m);
+        const float row_max = block_max(RawPairKeys<T>::max_of(m), scratch);
+        const bool zero_row = row_max == -CUDART_INF_F;
+        const float max_key = weighing_max(row_max);
+        const float sum = block_sum(keys.sum(raw, column, w, max_key), scratch);
+        const float inv_sum = zero_row ? 0.f : 1.f / sum;
+        keys.store(y + offset, raw, column, k_len, w, max_key, inv_sum);
+    }
+}
+
 // ---------------------------------------------------------------- rows in registers
 
+// (16-bit vector packs take rows_forward_16bit instead, with R twice as large.)
 template <typename T, int PACK, int PACKS, int GROUP>
 __device__ __forceinline__ void rows_forward(const T* x, T* y, const MaskParams& p) {
     constexpr int R = rows_at_once<PACK * PACKS>();
@@ -107,116 +302,6 @@ __device__ __forceinline__ void block_regs_forward(const T* x, T* y, const MaskP
             if (column(i) >= k_len) break;
             store_window<T, PACK>(y + offset, column(i), k_len, w.start, w.end,
                                   [&](int j) { return keys[i][j] * inv_sum; });
-        }
-    }
-}
-
-// The 16-bit variant that keeps the row as fetched: thread t holds packs t, t + blockDim, ...
-// (PACKS of them) as raw 16-bit pairs, half the registers of f32 keys, so a thread holds
-// twice the columns (and has twice the bytes in flight) for the same register budget. The
-// price: the weights are not kept but computed twice, once for the sum and once to write.
-// The max is taken over pairs in 16 bits (exact: the max of 16-bit values is one of them);
-// the weights' arithmetic is the f32 kernels' ((k - max) * log2_scale, with the key
-// k = x * key_sign formed in the same rounding by an FMA). Dynamic shared memory: 32 floats.
-template <typename T, int PACK, int PACKS>
-__device__ __forceinline__ void block_regs_forward_16bit(const T* x, T* y, const MaskParams& p) {
-    static_assert(sizeof(T) == 2 && PACK % 2 == 0, "16-bit vector packs only");
-    using Pair = typename Pair16<T>::type;
-    const ScaleMap sm = ScaleMap::of(p.scale);
-    const Pair sign2 = Pair16<T>::splat(sm.key_sign);
-    const RowIndex index = RowIndex::of(p);
-    const int32_t k_len = int32_t(p.k_len);
-    float* scratch = dynamic_shared<float>();
-    for (int64_t row = blockIdx.x; row < p.rows; row += gridDim.x) {
-        const ShortWindow w = narrow(row_window(p, index, row));
-        const int64_t offset = row * p.row_stride;
-        const auto column = [&](int i) { return int32_t((i * blockDim.x + threadIdx.x) * PACK); };
-
-        RawPack<T, PACK> raw[PACKS];
-#pragma unroll
-        for (int i = 0; i < PACKS; ++i) fetch_window<T, PACK>(x + offset, column(i), w.start, w.end, raw[i]);
-
-        // The max key: whole packs by 16-bit pairs, a pack across an edge column by column.
-        Pair max2 = Pair16<T>::splat(-CUDART_INF_F);
-        float max_key = -CUDART_INF_F;
-#pragma unroll
-        for (int i = 0; i < PACKS; ++i) {
-            const int32_t col = column(i);
-            if (col >= w.start && col + PACK <= w.end) {
-#pragma unroll
-                for (int k = 0; k < PACK / 2; ++k) max2 = Pair16<T>::max_nan(max2, Pair16<T>::mul(raw[i].template pair_at<Pair>(k), sign2));
-            } else if (pack_overlaps<PACK>(col, w.start, w.end)) {
-                const PackCut cut = pack_cut<PACK>(col, w.start, w.end);
-#pragma unroll
-                for (int j = 0; j < PACK; ++j)
-                    if (cut.has(j)) max_key = max_nan(max_key, sm.key(to_f32(raw[i].get(j))));
-            }
-        }
-        max_key = max_nan(max_key, max_nan(Pair16<T>::low(max2), Pair16<T>::high(max2)));
-        max_key = block_max(max_key, scratch);
-        // A zero row (max -inf: no valid key, or only -inf ones) weighs its keys against 0
-        // instead: its -inf keys weigh 0 (not NaN), and an inv_sum of 0 writes zeros.
-        const bool zero_row = max_key == -CUDART_INF_F;
-        if (zero_row) max_key = 0.f;
-
-        // exp(s - s_max) of a valid column holding v: compiled once for the usual scale
-        // (no test per column: see weigh_keys) and once for any other.
-        const auto weight = [&](auto plain_scale, T v) {
-            if constexpr (decltype(plain_scale)::value) {
-                return fast_exp2(fmaf(to_f32(v), sm.key_sign, -max_key) * sm.log2_scale);  // one rounding
-            } else {
-                return sm.weight(sm.key(to_f32(v)), max_key);
-            }
-        };
-        // The sum of a pack's weights (the pack at `col`; a pack across an edge column by
-        // column).
-        const auto weigh_pack = [&](auto plain_scale, const RawPack<T, PACK>& r, int32_t col) {
-            float sum = 0.f;
-            if (col >= w.start && col + PACK <= w.end) {
-#pragma unroll
-                for (int j = 0; j < PACK; ++j) sum += weight(plain_scale, r.get(j));
-            } else if (pack_overlaps<PACK>(col, w.start, w.end)) {
-                const PackCut cut = pack_cut<PACK>(col, w.start, w.end);
-#pragma unroll
-                for (int j = 0; j < PACK; ++j)
-                    if (cut.has(j)) sum += weight(plain_scale, r.get(j));
-            }
-            return sum;
-        };
-        const bool plain = sm.plain();
-        float sum = 0.f;
-        if (plain) {
-#pragma unroll
-            for (int i = 0; i < PACKS; ++i) sum += weigh_pack(CompileTimeFlag<true>{}, raw[i], column(i));
-        } else {
-            // An unusual scale: one pack at a time (picked without indexing registers), so
-            // that this cold path costs the kernel no registers.
-#pragma unroll 1
-            for (int i = 0; i < PACKS; ++i) sum += weigh_pack(CompileTimeFlag<false>{}, pick(raw, i), column(i));
-        }
-        sum = block_sum(sum, scratch);
-        const float inv_sum = zero_row ? 0.f : 1.f / sum;
-
-        // Left alone, the compiler keeps the first pass's weights alive for the second
-        // (twice the registers this kernel exists to save): make it read the pairs again.
-#pragma unroll
-        for (int i = 0; i < PACKS; ++i) forget_values(raw[i]);
-        const auto store = [&](auto plain_scale, const RawPack<T, PACK>& r, int32_t col) {
-            store_window<T, PACK>(y + offset, col, k_len, w.start, w.end,
-                                  [&](int j) { return weight(plain_scale, r.get(j)) * inv_sum; });
-        };
-        if (plain) {
-#pragma unroll
-            for (int i = 0; i < PACKS; ++i) {
-                if (column(i) >= k_len) break;
-                store(CompileTimeFlag<true>{}, raw[i], column(i));
-            }
-        } else {
-#pragma unroll 1
-            for (int i = 0; i < PACKS; ++i) {
-                if (column(i) >= k_len) break;
-                store(CompileTimeFlag<false>{}, pick(raw, i), column(i));
-            }
         }
     }
 }
@@ -382,11 +467,17 @@ __device__ __forceinline__ void cluster_forward(const T* x, T* y, const MaskPara
 // The Rust planner (src/plan.rs, KernelKind::all) lists exactly these names.
 
 // Rows kernels run 256-thread blocks (src/plan.rs, ROWS_BLOCK); those holding 16 floats or
-// fewer of a row per lane are held to 64 registers, 4 blocks per multiprocessor.
+// fewer of a row per lane (32 columns as 16-bit raw pairs) are held to 64 registers, 4
+// blocks per multiprocessor.
+#define RAW_PAIRS(T, P) (sizeof(T) == 2 && (P) > 1)
+#define ROWS_MIN_BLOCKS(T, P, N) ((P) * (N) <= (RAW_PAIRS(T, P) ? 32 : 16) ? 4 : 1)
 #define ROWS_KERNEL(SUFFIX, T, G, P, N)                                                              \
-    extern "C" __global__ void __launch_bounds__(256, (P * N <= 16 ? 4 : 1))                         \
+    extern "C" __global__ void __launch_bounds__(256, ROWS_MIN_BLOCKS(T, P, N))                      \
         masked_softmax_fwd_rows_g##G##_p##P##x##N##_##SUFFIX(const T* x, T* y, MaskParams p) {       \
-        rows_forward<T, P, N, G>(x, y, p);                                                          \
+        if constexpr (RAW_PAIRS(T, P))                                                              \
+            rows_forward_16bit<T, P, N, G>(x, y, p);                                                \
+        else                                                                                        \
+            rows_forward<T, P, N, G>(x, y, p);                                                      \
     }                                                                                               \
     REGISTER_KERNEL(masked_softmax_fwd_rows_g##G##_p##P##x##N##_##SUFFIX)
 
