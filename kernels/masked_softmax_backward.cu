@@ -67,6 +67,52 @@ __device__ __forceinline__ void rows_backward(const T* y, const T* dy, T* dx, co
     });
 }
 
+// The rows kernels' form for 16-bit vector packs: y and dy kept as fetched (two values to a
+// register, half the registers of f32 values), so a lane takes twice the rows at once and
+// has twice the bytes in flight, converting each value twice (for the dot product, then to
+// write). A masked column inside a fetched pack holds zero bits (fetch_window), which add
+// 0 * 0 to the dot product, so only packs wholly outside the window are skipped; the
+// products and their order are rows_backward's.
+template <typename T, int PACK, int PACKS, int GROUP>
+__device__ __forceinline__ void rows_backward_16bit(const T* y, const T* dy, T* dx, const MaskParams& p) {
+    static_assert(sizeof(T) == 2 && PACK > 1, "16-bit vector packs only");
+    constexpr int R = rows_at_once<PACK * PACKS>();  // registers of 2 * PACK * PACKS / 2 floats
+    const int32_t k_len = int32_t(p.k_len);
+    for_each_group_rows<GROUP, R>(p, [&](const GroupRow (&rows)[R]) {
+        PackPair<T, PACK> raw[R][PACKS];
+#pragma unroll
+        for (int r = 0; r < R; ++r)
+#pragma unroll
+            for (int i = 0; i < PACKS; ++i) {
+                const int32_t col = lane_pack_column<GROUP, PACK>(i, rows[r].member);
+                const ShortWindow& w = rows[r].window;
+                fetch_window<T, PACK>(y + rows[r].offset, col, w.start, w.end, raw[r][i].y);
+                fetch_window<T, PACK>(dy + rows[r].offset, col, w.start, w.end, raw[r][i].dy);
+            }
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            const ShortWindow& w = rows[r].window;
+            float dot = 0.f;
+#pragma unroll
+            for (int i = 0; i < PACKS; ++i) {
+                if (!pack_overlaps<PACK>(lane_pack_column<GROUP, PACK>(i, rows[r].member), w.start, w.end)) continue;
+#pragma unroll
+                for (int j = 0; j < PACK; ++j) dot += to_f32(raw[r][i].y.get(j)) * to_f32(raw[r][i].dy.get(j));
+            }
+            dot = group_sum<GROUP>(dot);
+            // Convert again rather than keep the dot pass's values alive (see forget_values).
+#pragma unroll
+            for (int i = 0; i < PACKS; ++i) {
+                forget_values(raw[r][i].y);
+                forget_values(raw[r][i].dy);
+            }
+            store_group_row<T, PACK, PACKS, GROUP>(dx, rows[r], k_len, [&](int i, int j) {
+                return softmax_grad(to_f32(raw[r][i].y.get(j)), to_f32(raw[r][i].dy.get(j)), dot, p.scale);
+            });
+        }
+    });
+}
+
 // The row's y and dy in registers across the block: thread t holds packs t, t + blockDim,
 // ... (PACKS of each), all fetched before any is used. Rows of at most 512 * PACK * PACKS
 // columns: 32-bit columns. Dynamic shared memory: 32 floats.
@@ -278,11 +324,15 @@ __device__ __forceinline__ void cluster_backward(const T* y, const T* dy, T* dx,
 #define BWD_SIGNATURE(T) (const T* y, const T* dy, T* dx, MaskParams p)
 
 // 256-thread blocks; 4 per multiprocessor (64 registers) when a lane holds 8 or fewer
-// elements of y and of dy.
+// elements of y and of dy (16 of each as 16-bit raw pairs).
+#define BWD_RAW_PAIRS(T, P) (sizeof(T) == 2 && (P) > 1)
 #define BWD_ROWS_KERNEL(SUFFIX, T, G, P, N)                                                         \
-    extern "C" __global__ void __launch_bounds__(256, (P * N <= 8 ? 4 : 1))                         \
+    extern "C" __global__ void __launch_bounds__(256, (P * N <= (BWD_RAW_PAIRS(T, P) ? 16 : 8) ? 4 : 1)) \
         masked_softmax_bwd_rows_g##G##_p##P##x##N##_##SUFFIX BWD_SIGNATURE(T) {                     \
-        rows_backward<T, P, N, G>(y, dy, dx, p);                                                   \
+        if constexpr (BWD_RAW_PAIRS(T, P))                                                         \
+            rows_backward_16bit<T, P, N, G>(y, dy, dx, p);                                         \
+        else                                                                                       \
+            rows_backward<T, P, N, G>(y, dy, dx, p);                                               \
     }                                                                                              \
     REGISTER_KERNEL(masked_softmax_bwd_rows_g##G##_p##P##x##N##_##SUFFIX)
 
