@@ -153,6 +153,49 @@ __device__ __forceinline__ void block_regs_backward(const T* y, const T* dy, T* 
     }
 }
 
+// block_regs_backward's form for 16-bit vector packs: y and dy kept as fetched, so a thread
+// holds twice the columns of f32 values for the same registers (see rows_backward_16bit).
+// Dynamic shared memory: 32 floats.
+template <typename T, int PACK, int PACKS>
+__device__ __forceinline__ void block_regs_backward_16bit(const T* y, const T* dy, T* dx, const MaskParams& p) {
+    static_assert(sizeof(T) == 2 && PACK > 1, "16-bit vector packs only");
+    const RowIndex index = RowIndex::of(p);
+    const int32_t k_len = int32_t(p.k_len);
+    float* scratch = dynamic_shared<float>();
+    for (int64_t row = blockIdx.x; row < p.rows; row += gridDim.x) {
+        const ShortWindow w = narrow(row_window(p, index, row));
+        const int64_t offset = row * p.row_stride;
+        const auto column = [&](int i) { return int32_t((i * blockDim.x + threadIdx.x) * PACK); };
+
+        PackPair<T, PACK> raw[PACKS];
+#pragma unroll
+        for (int i = 0; i < PACKS; ++i) {
+            fetch_window<T, PACK>(y + offset, column(i), w.start, w.end, raw[i].y);
+            fetch_window<T, PACK>(dy + offset, column(i), w.start, w.end, raw[i].dy);
+        }
+        float dot = 0.f;
+#pragma unroll
+        for (int i = 0; i < PACKS; ++i) {
+            if (!pack_overlaps<PACK>(column(i), w.start, w.end)) continue;  // zero bits: masked columns add 0
+#pragma unroll
+            for (int j = 0; j < PACK; ++j) dot += to_f32(raw[i].y.get(j)) * to_f32(raw[i].dy.get(j));
+        }
+        dot = block_sum(dot, scratch);
+#pragma unroll
+        for (int i = 0; i < PACKS; ++i) {
+            forget_values(raw[i].y);
+            forget_values(raw[i].dy);
+        }
+#pragma unroll
+        for (int i = 0; i < PACKS; ++i) {
+            if (column(i) >= k_len) break;
+            store_window<T, PACK>(dx + offset, column(i), k_len, w.start, w.end, [&](int j) {
+                return softmax_grad(to_f32(raw[i].y.get(j)), to_f32(raw[i].dy.get(j)), dot, p.scale);
+            });
+        }
+    }
+}
+
 // Fetches the pair of packs at column `col` (see fetch_window), and decodes one.
 template <typename T, int PACK>
 __device__ __forceinline__ void fetch_pair(const T* y, const T* dy, int64_t col, const RowWindow& w,
@@ -361,6 +404,14 @@ __device__ __forceinline__ void cluster_backward(const T* y, const T* dy, T* dx,
     }                                                                                              \
     REGISTER_KERNEL(masked_softmax_bwd_block_stream_p##P##_##SUFFIX)
 
+// The 16-bit raw-pair block_regs: 32 columns of y and dy a thread.
+#define BWD_BLOCK_REGS_16BIT_KERNEL(SUFFIX, T, P, N)                                                \
+    extern "C" __global__ void __launch_bounds__(512)                                               \
+        masked_softmax_bwd_block_regs_p##P##x##N##_##SUFFIX BWD_SIGNATURE(T) {                      \
+        block_regs_backward_16bit<T, P, N>(y, dy, dx, p);                                           \
+    }                                                                                               \
+    REGISTER_KERNEL(masked_softmax_bwd_block_regs_p##P##x##N##_##SUFFIX)
+
 #if MASKED_SOFTMAX_HAS_CLUSTERS
 #define BWD_CLUSTER_KERNEL(SUFFIX, T, P, MODE, CACHED)                                              \
     extern "C" __global__ void __launch_bounds__(512)                                               \
@@ -390,3 +441,5 @@ __device__ __forceinline__ void cluster_backward(const T* y, const T* dy, T* dx,
 BWD_TYPE_KERNELS(f32, float, 4, 2, ROWS_WARP_LADDER_4)
 BWD_TYPE_KERNELS(f16, __half, 8, 1, ROWS_WARP_LADDER_2)
 BWD_TYPE_KERNELS(bf16, __nv_bfloat16, 8, 1, ROWS_WARP_LADDER_2)
+BWD_BLOCK_REGS_16BIT_KERNEL(f16, __half, 8, 4)
+BWD_BLOCK_REGS_16BIT_KERNEL(bf16, __nv_bfloat16, 8, 4)

@@ -151,12 +151,12 @@ fn block_regs_packs(pack: u32, direction: Direction) -> u32 {
     }
 }
 
-/// Packs per thread of the forward 16-bit register kernel that keeps the row as fetched
-/// (raw 16-bit pairs, weights computed twice): 32 columns per thread, so rows up to 16384
-/// keys in registers. `None` where there is none (f32, single elements, the backward).
-fn block_regs_16bit_packs(dtype: DType, pack: u32, direction: Direction) -> Option<u32> {
+/// Packs per thread of the 16-bit register kernels that keep the row as fetched (raw
+/// 16-bit pairs, converted twice): 32 columns per thread (of `y` and of `dy` backward), so
+/// rows up to 16384 keys in registers. `None` for f32 and single elements.
+fn block_regs_16bit_packs(dtype: DType, pack: u32) -> Option<u32> {
     let sixteen_bit_vector = dtype.size_in_bytes() == 2 && pack == vector_pack(dtype);
-    (sixteen_bit_vector && direction == Direction::Forward).then_some(32 / pack)
+    sixteen_bit_vector.then_some(32 / pack)
 }
 
 /// Threads of the largest block of a register kernel (block_regs): 512, so that each
@@ -175,6 +175,9 @@ const WIDE_REGS_KEYS: u64 = 4096;
 const WIDE_CACHED_KEYS: u64 = 8192;
 /// Longest 16-bit backward rows the planner gives block_regs when there are many rows.
 const NARROW_BACKWARD_REGS_KEYS: u64 = 2048;
+/// Longest backward rows the planner gives block_regs when there are too few rows to give
+/// every multiprocessor one (longer ones get a cluster each).
+const FEW_ROWS_BACKWARD_REGS_KEYS: u64 = 4096;
 
 impl KernelKind {
     /// Every kernel compiled for `dtype` in `direction`; the cluster kernels if `clusters`,
@@ -197,7 +200,7 @@ impl KernelKind {
                 pack,
                 packs: block_regs_packs(pack, direction),
             });
-            if let Some(packs) = block_regs_16bit_packs(dtype, pack, direction) {
+            if let Some(packs) = block_regs_16bit_packs(dtype, pack) {
                 kinds.push(KernelKind::BlockRegs { pack, packs });
             }
             kinds.extend([
@@ -497,17 +500,20 @@ impl Problem {
             };
             return KernelKind::Rows { group, pack, packs };
         }
-        // 16-bit forward rows: the block_regs kernel keeping raw pairs (32 columns a thread:
-        // half the threads per row of p8x2, so twice the rows per multiprocessor, and about
-        // a quarter fewer instructions per row; not yet measured, PERFORMANCE.md v6).
-        let packs = block_regs_16bit_packs(self.dtype, pack, direction)
+        // 16-bit rows: the block_regs kernels keeping raw pairs (32 columns a thread: a
+        // quarter (backward) or half (forward) the threads per row of the f32-value ones,
+        // so more rows per multiprocessor, and fewer instructions per row; not yet
+        // measured, PERFORMANCE.md v6).
+        let packs = block_regs_16bit_packs(self.dtype, pack)
             .unwrap_or_else(|| block_regs_packs(pack, direction));
         let regs = KernelKind::BlockRegs { pack, packs };
         // Too few rows to give each multiprocessor a block: a cluster per row. The backward
-        // keeps block_regs where it holds the row (decode b1 and b8 x 32 heads at k=4096 took
+        // keeps block_regs up to 4096 keys (decode b1 and b8 x 32 heads at k=4096 took
         // 1.04-1.46x the floor with it, H200 v5: cheaper than a cluster's two syncs).
         let few_rows = self.clusters() && self.rows < self.sms();
-        if few_rows && (direction == Direction::Forward || self.configure(regs).is_none()) {
+        let backward_regs =
+            self.k_len <= FEW_ROWS_BACKWARD_REGS_KEYS && self.configure(regs).is_some();
+        if few_rows && (direction == Direction::Forward || !backward_regs) {
             return KernelKind::Cluster {
                 pack,
                 cached: self.cluster_config(pack).1,
@@ -523,11 +529,12 @@ impl Problem {
         // block_cached 2.8-3.2x) and backward to block_stream (1.55x at 8192 and 16384;
         // block_cached 2.6-3.4x).
         let wide = self.dtype.size_in_bytes() == 4;
-        // The 16-bit backward block_regs holds only 8 columns a thread, so a 512-thread
-        // block per row of 4096 keys and 3 rows in flight per multiprocessor: at k=4096 and
-        // 16384 rows it took 2.55x the floor where block_stream (128 threads a row, 16 rows
-        // per multiprocessor) took 1.64x (H200, v5 variants). With few rows it stays (decode
-        // b8 x 32 heads: 1.17x).
+        // The 16-bit backward block_regs with f32 values (p8x1) held only 8 columns a
+        // thread, so a 512-thread block per row of 4096 keys and 3 rows in flight per
+        // multiprocessor: at k=4096 and 16384 rows it took 2.55x the floor where
+        // block_stream (128 threads a row, 16 rows per multiprocessor) took 1.64x (H200,
+        // v5 variants). Until the raw-pair p8x4 is measured there, many such rows stream;
+        // with few, block_regs stays (decode b8 x 32 heads: 1.17x with p8x1).
         let narrow_backward_streams = !wide
             && direction == Direction::Backward
             && self.k_len > NARROW_BACKWARD_REGS_KEYS
@@ -975,8 +982,9 @@ mod tests {
         let p = plan_backward(&spec, DType::F32, H100, ALIGNED).unwrap();
         assert_eq!(p.kernel, KernelKind::BlockCached { pack: 4 });
         assert_eq!(p.shared_bytes as u64, 6000 * 8 + 256);
+        // 16-bit: the raw-pair block_regs holds up to 16384 keys.
         let p = plan_backward(&spec, DType::F16, H100, ALIGNED).unwrap();
-        assert_eq!(p.kernel, KernelKind::BlockStream { pack: 8 });
+        assert_eq!(p.kernel, KernelKind::BlockRegs { pack: 8, packs: 4 });
         let spec = Spec::new(Shape::matrix(3, 40_000));
         let p = plan_backward(&spec, DType::F32, H100, ALIGNED).unwrap();
         assert_eq!(p.kernel, KernelKind::BlockStream { pack: 4 });
@@ -1015,6 +1023,10 @@ mod tests {
         );
         assert_eq!(
             KernelKind::all(DType::F32, true, Direction::Backward).len(),
+            28
+        );
+        assert_eq!(
+            KernelKind::all(DType::BF16, true, Direction::Backward).len(),
             28
         );
         assert_eq!(
@@ -1146,7 +1158,7 @@ mod tests {
             plan_backward(&spec, dtype, H100, with_dy).unwrap().kernel
         };
         let stream = KernelKind::BlockStream { pack: 8 };
-        let regs = KernelKind::BlockRegs { pack: 8, packs: 1 };
+        let regs = KernelKind::BlockRegs { pack: 8, packs: 4 };
         assert_eq!(kind(16384, 4096, DType::F16), stream);
         assert_eq!(kind(4 * 132, 2056, DType::BF16), stream);
         // Up to 2048 keys, or fewer rows than 4 per multiprocessor: block_regs.
