@@ -85,7 +85,8 @@ __device__ __forceinline__ void store_pack(T* dst, const float (&src)[N]) {
 }
 
 // Column arithmetic within a row is in an integer type I that the kernel picks: int32_t
-// where its rows are short enough (the register kernels: k_len of a few thousand, where a
+// where its rows are short enough (the register kernels, up to 16384 columns, which the
+// planner's capacity checks guarantee: src/plan.rs, Problem::configure; where a
 // 64-bit compare costs two instructions per pack and test), int64_t in the kernels that take
 // any k_len. Every helper below takes its columns in one type I.
 

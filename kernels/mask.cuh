@@ -27,7 +27,8 @@ struct MaskParams {
 };
 
 // A row's valid columns [start, end), in 64 bits (RowWindow, any k_len) or 32 bits
-// (ShortWindow, for the kernels whose rows the planner keeps to a few thousand columns).
+// (ShortWindow, for the register kernels, whose rows the planner keeps to at most 16384
+// columns: src/plan.rs, Problem::configure).
 template <typename I>
 struct ColumnWindow {
     I start;

@@ -124,8 +124,8 @@ struct RawPairKeys {
     }
 
     // Writes a thread's PACKS packs of a row at `out` (nothing from column k_len on):
-    // weight * inv_sum inside the window, zeros outside. `raw` is taken by value: see
-    // forget_values.
+    // weight * inv_sum inside the window, zeros outside. Marks `raw` as rewritten first
+    // (forget_values; no instruction), so it is for the row's last use.
     template <int PACK, int PACKS, typename Column>
     __device__ __forceinline__ void store(T* out, RawPack<T, PACK> (&raw)[PACKS], Column column, int32_t k_len,
                                           const ShortWindow& w, float max_key, float inv_sum) const {
@@ -154,7 +154,9 @@ struct RawPairKeys {
 
 // A zero row (max -inf: no valid key, or only -inf ones) weighs its keys against 0 instead:
 // its -inf keys weigh 0 (not NaN), and an inv_sum of 0 writes zeros.
-__device__ __forceinline__ float weighing_max(float max_key) { return max_key == -CUDART_INF_F ? 0.f : max_key; }
+__device__ __forceinline__ float max_to_weigh_against(float max_key) {
+    return max_key == -CUDART_INF_F ? 0.f : max_key;
+}
 
 // The rows kernels' raw-pair form (rows_forward for 16-bit vector packs): the same loop,
 // twice the rows at once for the same registers.
@@ -182,7 +184,7 @@ __device__ __forceinline__ void rows_forward_16bit(const T* x, T* y, const MaskP
             for (int i = 0; i < PACKS; ++i) keys.fold_max(raw[r][i], column(i), w, m);
             const float row_max = group_max<GROUP>(RawPairKeys<T>::max_of(m));
             const bool zero_row = row_max == -CUDART_INF_F;
-            const float max_key = weighing_max(row_max);
+            const float max_key = max_to_weigh_against(row_max);
             const float sum = group_sum<GROUP>(keys.sum(raw[r], column, w, max_key));
             const float inv_sum = zero_row ? 0.f : 1.f / sum;
             if (rows[r].active) keys.store(y + rows[r].offset, raw[r], column, k_len, w, max_key, inv_sum);
@@ -213,7 +215,7 @@ __device__ __forceinline__ void block_regs_forward_16bit(const T* x, T* y, const
         for (int i = 0; i < PACKS; ++i) keys.fold_max(raw[i], column(i), w, m);
         const float row_max = block_max(RawPairKeys<T>::max_of(m), scratch);
         const bool zero_row = row_max == -CUDART_INF_F;
-        const float max_key = weighing_max(row_max);
+        const float max_key = max_to_weigh_against(row_max);
         const float sum = block_sum(keys.sum(raw, column, w, max_key), scratch);
         const float inv_sum = zero_row ? 0.f : 1.f / sum;
         keys.store(y + offset, raw, column, k_len, w, max_key, inv_sum);
@@ -469,7 +471,6 @@ __device__ __forceinline__ void cluster_forward(const T* x, T* y, const MaskPara
 // Rows kernels run 256-thread blocks (src/plan.rs, ROWS_BLOCK); those holding 16 floats or
 // fewer of a row per lane (32 columns as 16-bit raw pairs) are held to 64 registers, 4
 // blocks per multiprocessor.
-#define RAW_PAIRS(T, P) (sizeof(T) == 2 && (P) > 1)
 #define ROWS_MIN_BLOCKS(T, P, N) ((P) * (N) <= (RAW_PAIRS(T, P) ? 32 : 16) ? 4 : 1)
 #define ROWS_KERNEL(SUFFIX, T, G, P, N)                                                              \
     extern "C" __global__ void __launch_bounds__(256, ROWS_MIN_BLOCKS(T, P, N))                      \

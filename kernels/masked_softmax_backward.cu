@@ -368,11 +368,10 @@ __device__ __forceinline__ void cluster_backward(const T* y, const T* dy, T* dx,
 
 // 256-thread blocks; 4 per multiprocessor (64 registers) when a lane holds 8 or fewer
 // elements of y and of dy (16 of each as 16-bit raw pairs).
-#define BWD_RAW_PAIRS(T, P) (sizeof(T) == 2 && (P) > 1)
 #define BWD_ROWS_KERNEL(SUFFIX, T, G, P, N)                                                         \
-    extern "C" __global__ void __launch_bounds__(256, (P * N <= (BWD_RAW_PAIRS(T, P) ? 16 : 8) ? 4 : 1)) \
+    extern "C" __global__ void __launch_bounds__(256, (P * N <= (RAW_PAIRS(T, P) ? 16 : 8) ? 4 : 1)) \
         masked_softmax_bwd_rows_g##G##_p##P##x##N##_##SUFFIX BWD_SIGNATURE(T) {                     \
-        if constexpr (BWD_RAW_PAIRS(T, P))                                                         \
+        if constexpr (RAW_PAIRS(T, P))                                                             \
             rows_backward_16bit<T, P, N, G>(y, dy, dx, p);                                         \
         else                                                                                       \
             rows_backward<T, P, N, G>(y, dy, dx, p);                                               \

@@ -45,12 +45,6 @@ template <> struct Pair16<__nv_bfloat16> {
     __device__ __forceinline__ static float high(type v) { return __high2float(v); }
 };
 
-// A bool as a type, to compile a lambda once per value (`if constexpr` on it inside).
-template <bool B>
-struct CompileTimeFlag {
-    static constexpr bool value = B;
-};
-
 // max(a, b), NaN if either is NaN (fmaxf would drop the NaN).
 __device__ __forceinline__ float max_nan(float a, float b) {
 #ifdef MASKED_SOFTMAX_EMULATION
@@ -78,20 +72,26 @@ __device__ __forceinline__ float fast_exp2(float x) {
 
 // The scale, split into the sign that orders keys and the magnitude that weighs them.
 struct ScaleMap {
+    static constexpr float LOG2E = 1.4426950408889634f;
     float key_sign;    // +1, -1, or 0 for scale 0 (then keys are 0, or NaN for +-inf and NaN)
     float log2_scale;  // |scale| * log2(e): exp(d * |scale|) = 2^(d * log2_scale)
+    float abs_scale;   // |scale|
 
     __device__ __forceinline__ static ScaleMap of(float scale) {
-        return ScaleMap{scale > 0.f ? 1.f : (scale < 0.f ? -1.f : 0.f), fabsf(scale) * 1.4426950408889634f};
+        return ScaleMap{scale > 0.f ? 1.f : (scale < 0.f ? -1.f : 0.f), fabsf(scale) * LOG2E, fabsf(scale)};
     }
     __device__ __forceinline__ float key(float x) const { return x * key_sign; }
     // 0 < |scale| * log2(e) < inf: then a -inf key weighs 0 without a test, as
     // ex2((-inf - max_key) * log2_scale) = ex2(-inf) = +0 (for a finite or +inf max key).
+    // (log2_scale overflows past |scale| of about 2.4e38: weight() handles those.)
     __device__ __forceinline__ bool plain() const { return log2_scale > 0.f && log2_scale < CUDART_INF_F; }
-    // exp(s - s_max) for a key `k` and the row's max key `max_key`. A -inf key (a masked
-    // slot, or a -inf score) weighs exactly 0, at scale 0 too, where -inf * 0 would be NaN.
+    // exp(s - s_max) for a key `k` and the row's max key `max_key`, for any finite scale. A
+    // -inf key (a masked slot, or a -inf score) weighs exactly 0, at scale 0 too, where
+    // -inf * 0 would be NaN. The scale and log2(e) multiply one after the other, so that a
+    // scale whose log2_scale overflows still gives the max key weight 1 (not 0 * inf = NaN)
+    // and the others their weight (the first product overflows only where the weight is 0).
     __device__ __forceinline__ float weight(float k, float max_key) const {
-        return k == -CUDART_INF_F ? 0.f : fast_exp2((k - max_key) * log2_scale);
+        return k == -CUDART_INF_F ? 0.f : fast_exp2((k - max_key) * abs_scale * LOG2E);
     }
 };
 

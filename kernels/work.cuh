@@ -53,6 +53,10 @@ __device__ __forceinline__ void for_packs(int64_t first, int64_t end, int64_t st
 #define BLOCK_REGS_MIN_BLOCKS(T, P) ((P) > 1 ? 2 : 1)
 #endif
 
+// Whether a kernel of type T and packs of P keeps its 16-bit columns as fetched, two to a
+// register ("raw pairs", masked_softmax.cu's RawPairKeys): the 16-bit vector kernels.
+#define RAW_PAIRS(T, P) (sizeof(T) == 2 && (P) > 1)
+
 // Packs (or pack pairs, backward) per thread in flight in the block kernels' loops.
 constexpr int LOADS_IN_FLIGHT = 4;
 constexpr int PAIRS_IN_FLIGHT = 2;

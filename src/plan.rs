@@ -174,7 +174,7 @@ const LOOP_BLOCK: u32 = 512;
 const WIDE_REGS_KEYS: u64 = 4096;
 const WIDE_CACHED_KEYS: u64 = 8192;
 /// Longest 16-bit backward rows the planner gives block_regs when there are many rows.
-const NARROW_BACKWARD_REGS_KEYS: u64 = 2048;
+const MANY_ROWS_16BIT_BACKWARD_REGS_KEYS: u64 = 2048;
 /// Longest backward rows the planner gives block_regs when there are too few rows to give
 /// every multiprocessor one (longer ones get a cluster each).
 const FEW_ROWS_BACKWARD_REGS_KEYS: u64 = 4096;
@@ -358,6 +358,10 @@ const BLOCK_SCRATCH_BYTES: u64 = 32 * 8;
 const CLUSTER_HEADER_BYTES: u64 = 8 + BLOCK_SCRATCH_BYTES;
 /// The largest portable cluster.
 const MAX_CLUSTER: u64 = 8;
+/// 32-bit registers per multiprocessor (every GPU of compute capability 8.0 and newer).
+const REGISTERS_PER_SM: u64 = 64 * 1024;
+/// Registers per thread the cluster kernels take at most (ptxas, sm_90: 40-64).
+const CLUSTER_KERNEL_REGISTERS: u64 = 64;
 
 fn prev_power_of_two(n: u64) -> u64 {
     if n == 0 { 0 } else { 1 << n.ilog2() }
@@ -524,10 +528,10 @@ impl Problem {
         // up to 8192 (1.37x the floor forward and 1.25x backward at 8192, where block_regs
         // took 2.2x and block_stream 1.47x), then block_stream (1.44x at 16384, 1.81x at
         // 65536, 2.0x at 2^18; the cached and cluster kernels 1.6-3.9x). 16-bit rows go to
-        // block_regs up to its capacity (16384 keys forward, 4096 backward), then forward
-        // to a streaming cluster (2.37x at 65536, 3.1x at 2^18: the best measured;
-        // block_cached 2.8-3.2x) and backward to block_stream (1.55x at 8192 and 16384;
-        // block_cached 2.6-3.4x).
+        // block_regs up to its capacity (16384 keys; backward with many rows, 2048: see
+        // above), then forward to a streaming cluster (2.37x at 65536, 3.1x at 2^18: the
+        // best measured; block_cached 2.8-3.2x) and backward to block_stream (1.55x at 8192
+        // and 16384; block_cached 2.6-3.4x).
         let wide = self.dtype.size_in_bytes() == 4;
         // The 16-bit backward block_regs with f32 values (p8x1) held only 8 columns a
         // thread, so a 512-thread block per row of 4096 keys and 3 rows in flight per
@@ -535,12 +539,12 @@ impl Problem {
         // block_stream (128 threads a row, 16 rows per multiprocessor) took 1.64x (H200,
         // v5 variants). Until the raw-pair p8x4 is measured there, many such rows stream;
         // with few, block_regs stays (decode b8 x 32 heads: 1.17x with p8x1).
-        let narrow_backward_streams = !wide
+        let many_16bit_backward_rows_stream = !wide
             && direction == Direction::Backward
-            && self.k_len > NARROW_BACKWARD_REGS_KEYS
+            && self.k_len > MANY_ROWS_16BIT_BACKWARD_REGS_KEYS
             && self.rows >= 4 * self.sms();
         if (!wide || self.k_len <= WIDE_REGS_KEYS)
-            && !narrow_backward_streams
+            && !many_16bit_backward_rows_stream
             && self.configure(regs).is_some()
         {
             return regs;
@@ -558,9 +562,10 @@ impl Problem {
         KernelKind::BlockStream { pack }
     }
 
-    /// Blocks per cluster and whether their chunks fit in shared memory: the fewest blocks
-    /// (2 to 8) whose chunks fit, but no fewer than it takes to give every multiprocessor a
-    /// block; 8 reading twice if no cluster holds the row.
+    /// Blocks per cluster and whether their chunks are cached in shared memory: the fewest
+    /// blocks (2 to 8) whose chunks fit, but no fewer than it takes to give every
+    /// multiprocessor a block, cached if every row's cluster is then resident, else
+    /// streaming at that size; 8 streaming if no cluster holds the row.
     fn cluster_config(&self, pack: u32) -> (u64, bool) {
         match self.cached_cluster(pack) {
             // Cached only if every row's cluster is resident at once: a cached block holds a
@@ -577,15 +582,19 @@ impl Problem {
     }
 
     /// Threads per block of a cluster launch with `shared` bytes per block, and how many of
-    /// its clusters are resident at once.
+    /// its clusters are resident at once: blocks per multiprocessor by threads, shared
+    /// memory and registers (the cluster kernels take up to CLUSTER_KERNEL_REGISTERS).
+    /// Packing clusters into GPCs can leave fewer resident still.
     fn cluster_shape(&self, pack: u32, cluster: u64, shared: u64) -> (u32, u64) {
         let chunk_packs = self.row_packs(pack).div_ceil(cluster);
         let block = chunk_packs
             .div_ceil(8)
             .next_power_of_two()
             .clamp(128, LOOP_BLOCK as u64) as u32;
+        let by_registers = REGISTERS_PER_SM / (CLUSTER_KERNEL_REGISTERS * block as u64);
         let blocks_per_sm = (self.threads_per_sm() / block as u64)
             .min(self.limits.shared_per_sm as u64 / shared)
+            .min(by_registers)
             .max(1);
         (block, (self.sms() * blocks_per_sm / cluster).max(1))
     }

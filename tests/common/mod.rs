@@ -319,8 +319,9 @@ pub fn special_stride(k_len: usize, aligned: bool) -> usize {
     }
 }
 
-/// Scales that exercise the key mapping: negative, zero, tiny and huge.
-pub const SPECIAL_SCALES: [f32; 5] = [1.0, -0.7, 0.0, 1e-30, 1e30];
+/// Scales that exercise the key mapping: negative, zero, tiny, huge, and so huge that
+/// `|scale| * log2(e)` overflows f32 (past about 2.4e38).
+pub const SPECIAL_SCALES: [f32; 6] = [1.0, -0.7, 0.0, 1e-30, 1e30, -3e38];
 
 /// A random valid contract for fuzzing the kernels, from `seed`: any shape with up to about
 /// `max_elements` scores (k_len 1 to 3000, skewed small), any row stride, padding side,
