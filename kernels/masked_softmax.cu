@@ -169,12 +169,7 @@ __device__ __forceinline__ void rows_forward_16bit(const T* x, T* y, const MaskP
     for_each_group_rows<GROUP, R>(p, [&](const GroupRow (&rows)[R]) {
         // Every load of the R rows in flight, then the arithmetic.
         RawPack<T, PACK> raw[R][PACKS];
-#pragma unroll
-        for (int r = 0; r < R; ++r)
-#pragma unroll
-            for (int i = 0; i < PACKS; ++i)
-                fetch_window<T, PACK>(x + rows[r].offset, lane_pack_column<GROUP, PACK>(i, rows[r].member),
-                                      rows[r].window.start, rows[r].window.end, raw[r][i]);
+        fetch_group_rows<T, PACK, PACKS, GROUP, R>(x, rows, raw);
 #pragma unroll
         for (int r = 0; r < R; ++r) {
             const ShortWindow& w = rows[r].window;
@@ -199,17 +194,13 @@ template <typename T, int PACK, int PACKS>
 __device__ __forceinline__ void block_regs_forward_16bit(const T* x, T* y, const MaskParams& p) {
     static_assert(sizeof(T) == 2 && PACK % 2 == 0, "16-bit vector packs only");
     const RawPairKeys<T> keys = RawPairKeys<T>::of(p.scale);
-    const RowIndex index = RowIndex::of(p);
     const int32_t k_len = int32_t(p.k_len);
     float* scratch = dynamic_shared<float>();
-    for (int64_t row = blockIdx.x; row < p.rows; row += gridDim.x) {
-        const ShortWindow w = narrow(row_window(p, index, row));
-        const int64_t offset = row * p.row_stride;
-        const auto column = [&](int i) { return int32_t((i * blockDim.x + threadIdx.x) * PACK); };
-
+    for_each_block_row(p, [&](const BlockRow& row) {
+        const ShortWindow& w = row.window;
+        const auto column = [](int i) { return block_pack_column<PACK>(i); };
         RawPack<T, PACK> raw[PACKS];
-#pragma unroll
-        for (int i = 0; i < PACKS; ++i) fetch_window<T, PACK>(x + offset, column(i), w.start, w.end, raw[i]);
+        fetch_block_row<T, PACK, PACKS>(x + row.offset, w, raw);
         typename RawPairKeys<T>::Max m = RawPairKeys<T>::max_empty();
 #pragma unroll
         for (int i = 0; i < PACKS; ++i) keys.fold_max(raw[i], column(i), w, m);
@@ -218,8 +209,8 @@ __device__ __forceinline__ void block_regs_forward_16bit(const T* x, T* y, const
         const float max_key = max_to_weigh_against(row_max);
         const float sum = block_sum(keys.sum(raw, column, w, max_key), scratch);
         const float inv_sum = zero_row ? 0.f : 1.f / sum;
-        keys.store(y + offset, raw, column, k_len, w, max_key, inv_sum);
-    }
+        keys.store(y + row.offset, raw, column, k_len, w, max_key, inv_sum);
+    });
 }
 
 // ---------------------------------------------------------------- rows in registers
@@ -232,12 +223,7 @@ __device__ __forceinline__ void rows_forward(const T* x, T* y, const MaskParams&
     for_each_group_rows<GROUP, R>(p, [&](const GroupRow (&rows)[R]) {
         // Every load of the R rows in flight, then the arithmetic.
         RawPack<T, PACK> raw[R][PACKS];
-#pragma unroll
-        for (int r = 0; r < R; ++r)
-#pragma unroll
-            for (int i = 0; i < PACKS; ++i)
-                fetch_window<T, PACK>(x + rows[r].offset, lane_pack_column<GROUP, PACK>(i, rows[r].member),
-                                      rows[r].window.start, rows[r].window.end, raw[r][i]);
+        fetch_group_rows<T, PACK, PACKS, GROUP, R>(x, rows, raw);
 #pragma unroll
         for (int r = 0; r < R; ++r) {
             const ShortWindow& w = rows[r].window;
@@ -273,17 +259,13 @@ __device__ __forceinline__ void rows_forward(const T* x, T* y, const MaskParams&
 template <typename T, int PACK, int PACKS>
 __device__ __forceinline__ void block_regs_forward(const T* x, T* y, const MaskParams& p) {
     const ScaleMap sm = ScaleMap::of(p.scale);
-    const RowIndex index = RowIndex::of(p);
     const int32_t k_len = int32_t(p.k_len);
     float* scratch = dynamic_shared<float>();
-    for (int64_t row = blockIdx.x; row < p.rows; row += gridDim.x) {
-        const ShortWindow w = narrow(row_window(p, index, row));
-        const int64_t offset = row * p.row_stride;
-        const auto column = [&](int i) { return int32_t((i * blockDim.x + threadIdx.x) * PACK); };
-
+    for_each_block_row(p, [&](const BlockRow& row) {
+        const ShortWindow& w = row.window;
+        const auto column = [](int i) { return block_pack_column<PACK>(i); };
         RawPack<T, PACK> raw[PACKS];
-#pragma unroll
-        for (int i = 0; i < PACKS; ++i) fetch_window<T, PACK>(x + offset, column(i), w.start, w.end, raw[i]);
+        fetch_block_row<T, PACK, PACKS>(x + row.offset, w, raw);
         float keys[PACKS][PACK];
         float max_key = -CUDART_INF_F;
         const auto live = [&](int i) { return pack_overlaps<PACK>(column(i), w.start, w.end); };
@@ -302,10 +284,10 @@ __device__ __forceinline__ void block_regs_forward(const T* x, T* y, const MaskP
 #pragma unroll
         for (int i = 0; i < PACKS; ++i) {
             if (column(i) >= k_len) break;
-            store_window<T, PACK>(y + offset, column(i), k_len, w.start, w.end,
+            store_window<T, PACK>(y + row.offset, column(i), k_len, w.start, w.end,
                                   [&](int j) { return keys[i][j] * inv_sum; });
         }
-    }
+    });
 }
 
 // Keys cached in shared memory: thread t owns packs t, t + blockDim, ... in every phase

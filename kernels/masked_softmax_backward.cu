@@ -37,15 +37,7 @@ __device__ __forceinline__ void rows_backward(const T* y, const T* dy, T* dx, co
     for_each_group_rows<GROUP, R>(p, [&](const GroupRow (&rows)[R]) {
         // Every load of the R rows in flight, then the arithmetic.
         PackPair<T, PACK> raw[R][PACKS];
-#pragma unroll
-        for (int r = 0; r < R; ++r)
-#pragma unroll
-            for (int i = 0; i < PACKS; ++i) {
-                const int32_t col = lane_pack_column<GROUP, PACK>(i, rows[r].member);
-                const ShortWindow& w = rows[r].window;
-                fetch_window<T, PACK>(y + rows[r].offset, col, w.start, w.end, raw[r][i].y);
-                fetch_window<T, PACK>(dy + rows[r].offset, col, w.start, w.end, raw[r][i].dy);
-            }
+        fetch_group_row_pairs<T, PACK, PACKS, GROUP, R>(y, dy, rows, raw);
 #pragma unroll
         for (int r = 0; r < R; ++r) {
             const ShortWindow& w = rows[r].window;
@@ -80,15 +72,7 @@ __device__ __forceinline__ void rows_backward_16bit(const T* y, const T* dy, T* 
     const int32_t k_len = int32_t(p.k_len);
     for_each_group_rows<GROUP, R>(p, [&](const GroupRow (&rows)[R]) {
         PackPair<T, PACK> raw[R][PACKS];
-#pragma unroll
-        for (int r = 0; r < R; ++r)
-#pragma unroll
-            for (int i = 0; i < PACKS; ++i) {
-                const int32_t col = lane_pack_column<GROUP, PACK>(i, rows[r].member);
-                const ShortWindow& w = rows[r].window;
-                fetch_window<T, PACK>(y + rows[r].offset, col, w.start, w.end, raw[r][i].y);
-                fetch_window<T, PACK>(dy + rows[r].offset, col, w.start, w.end, raw[r][i].dy);
-            }
+        fetch_group_row_pairs<T, PACK, PACKS, GROUP, R>(y, dy, rows, raw);
 #pragma unroll
         for (int r = 0; r < R; ++r) {
             const ShortWindow& w = rows[r].window;
@@ -118,20 +102,13 @@ __device__ __forceinline__ void rows_backward_16bit(const T* y, const T* dy, T* 
 // columns: 32-bit columns. Dynamic shared memory: 32 floats.
 template <typename T, int PACK, int PACKS>
 __device__ __forceinline__ void block_regs_backward(const T* y, const T* dy, T* dx, const MaskParams& p) {
-    const RowIndex index = RowIndex::of(p);
     const int32_t k_len = int32_t(p.k_len);
     float* scratch = dynamic_shared<float>();
-    for (int64_t row = blockIdx.x; row < p.rows; row += gridDim.x) {
-        const ShortWindow w = narrow(row_window(p, index, row));
-        const int64_t offset = row * p.row_stride;
-        const auto column = [&](int i) { return int32_t((i * blockDim.x + threadIdx.x) * PACK); };
-
+    for_each_block_row(p, [&](const BlockRow& row) {
+        const ShortWindow& w = row.window;
+        const auto column = [](int i) { return block_pack_column<PACK>(i); };
         PackPair<T, PACK> raw[PACKS];
-#pragma unroll
-        for (int i = 0; i < PACKS; ++i) {
-            fetch_window<T, PACK>(y + offset, column(i), w.start, w.end, raw[i].y);
-            fetch_window<T, PACK>(dy + offset, column(i), w.start, w.end, raw[i].dy);
-        }
+        fetch_block_row_pairs<T, PACK, PACKS>(y + row.offset, dy + row.offset, w, raw);
         float ys[PACKS][PACK], dys[PACKS][PACK];
         float dot = 0.f;
 #pragma unroll
@@ -147,10 +124,10 @@ __device__ __forceinline__ void block_regs_backward(const T* y, const T* dy, T* 
 #pragma unroll
         for (int i = 0; i < PACKS; ++i) {
             if (column(i) >= k_len) break;
-            store_window<T, PACK>(dx + offset, column(i), k_len, w.start, w.end,
+            store_window<T, PACK>(dx + row.offset, column(i), k_len, w.start, w.end,
                                   [&](int j) { return softmax_grad(ys[i][j], dys[i][j], dot, p.scale); });
         }
-    }
+    });
 }
 
 // block_regs_backward's form for 16-bit vector packs: y and dy kept as fetched, so a thread
@@ -159,20 +136,13 @@ __device__ __forceinline__ void block_regs_backward(const T* y, const T* dy, T* 
 template <typename T, int PACK, int PACKS>
 __device__ __forceinline__ void block_regs_backward_16bit(const T* y, const T* dy, T* dx, const MaskParams& p) {
     static_assert(sizeof(T) == 2 && PACK > 1, "16-bit vector packs only");
-    const RowIndex index = RowIndex::of(p);
     const int32_t k_len = int32_t(p.k_len);
     float* scratch = dynamic_shared<float>();
-    for (int64_t row = blockIdx.x; row < p.rows; row += gridDim.x) {
-        const ShortWindow w = narrow(row_window(p, index, row));
-        const int64_t offset = row * p.row_stride;
-        const auto column = [&](int i) { return int32_t((i * blockDim.x + threadIdx.x) * PACK); };
-
+    for_each_block_row(p, [&](const BlockRow& row) {
+        const ShortWindow& w = row.window;
+        const auto column = [](int i) { return block_pack_column<PACK>(i); };
         PackPair<T, PACK> raw[PACKS];
-#pragma unroll
-        for (int i = 0; i < PACKS; ++i) {
-            fetch_window<T, PACK>(y + offset, column(i), w.start, w.end, raw[i].y);
-            fetch_window<T, PACK>(dy + offset, column(i), w.start, w.end, raw[i].dy);
-        }
+        fetch_block_row_pairs<T, PACK, PACKS>(y + row.offset, dy + row.offset, w, raw);
         float dot = 0.f;
 #pragma unroll
         for (int i = 0; i < PACKS; ++i) {
@@ -189,11 +159,11 @@ __device__ __forceinline__ void block_regs_backward_16bit(const T* y, const T* d
 #pragma unroll
         for (int i = 0; i < PACKS; ++i) {
             if (column(i) >= k_len) break;
-            store_window<T, PACK>(dx + offset, column(i), k_len, w.start, w.end, [&](int j) {
+            store_window<T, PACK>(dx + row.offset, column(i), k_len, w.start, w.end, [&](int j) {
                 return softmax_grad(to_f32(raw[i].y.get(j)), to_f32(raw[i].dy.get(j)), dot, p.scale);
             });
         }
-    }
+    });
 }
 
 // Fetches the pair of packs at column `col` (see fetch_window), and decodes one.

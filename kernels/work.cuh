@@ -150,6 +150,33 @@ __device__ __forceinline__ int32_t lane_pack_column(int i, int member) {
     return (i * GROUP + member) * PACK;
 }
 
+// Fetches a lane's PACKS packs of each of its R rows (in flight together: see fetch_window).
+template <typename T, int PACK, int PACKS, int GROUP, int R>
+__device__ __forceinline__ void fetch_group_rows(const T* in, const GroupRow (&rows)[R],
+                                                 RawPack<T, PACK> (&raw)[R][PACKS]) {
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int i = 0; i < PACKS; ++i)
+            fetch_window<T, PACK>(in + rows[r].offset, lane_pack_column<GROUP, PACK>(i, rows[r].member),
+                                  rows[r].window.start, rows[r].window.end, raw[r][i]);
+}
+
+// The same for the backward's two inputs: the packs of y and of dy at the same columns.
+template <typename T, int PACK, int PACKS, int GROUP, int R>
+__device__ __forceinline__ void fetch_group_row_pairs(const T* y, const T* dy, const GroupRow (&rows)[R],
+                                                      PackPair<T, PACK> (&raw)[R][PACKS]) {
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int i = 0; i < PACKS; ++i) {
+            const int32_t col = lane_pack_column<GROUP, PACK>(i, rows[r].member);
+            const ShortWindow& w = rows[r].window;
+            fetch_window<T, PACK>(y + rows[r].offset, col, w.start, w.end, raw[r][i].y);
+            fetch_window<T, PACK>(dy + rows[r].offset, col, w.start, w.end, raw[r][i].dy);
+        }
+}
+
 // Writes a lane's PACKS packs of row `r`: value(i, j) for element j of pack i inside the
 // row's window, exact +0.0 outside it; nothing for inactive lanes or past k_len.
 template <typename T, int PACK, int PACKS, int GROUP, typename Value>
@@ -161,5 +188,46 @@ __device__ __forceinline__ void store_group_row(T* out, const GroupRow& r, int32
         if (col >= k_len) break;
         store_window<T, PACK>(out + r.offset, col, k_len, r.window.start, r.window.end,
                               [&](int j) { return value(i, j); });
+    }
+}
+
+// ---------------------------------------------------------------- block_regs kernels
+
+// One row of a block_regs kernel (a block per row, the row in registers across the block).
+// Its rows are at most 512 * 32 columns (src/plan.rs, Problem::configure): 32-bit columns.
+struct BlockRow {
+    ShortWindow window;  // the row's valid columns
+    int64_t offset;      // element offset of the row
+};
+
+// Calls body(const BlockRow&) for every row the block handles (a grid-stride loop).
+template <typename Body>
+__device__ __forceinline__ void for_each_block_row(const MaskParams& p, Body body) {
+    const RowIndex index = RowIndex::of(p);
+    for (int64_t row = blockIdx.x; row < p.rows; row += gridDim.x)
+        body(BlockRow{narrow(row_window(p, index, row)), row * p.row_stride});
+}
+
+// Column of a thread's pack i: thread t holds packs t, t + blockDim, t + 2 blockDim, ...
+template <int PACK>
+__device__ __forceinline__ int32_t block_pack_column(int i) {
+    return int32_t((i * blockDim.x + threadIdx.x) * PACK);
+}
+
+// Fetches a thread's PACKS packs of a row (in flight together: see fetch_window).
+template <typename T, int PACK, int PACKS>
+__device__ __forceinline__ void fetch_block_row(const T* row, const ShortWindow& w, RawPack<T, PACK> (&raw)[PACKS]) {
+#pragma unroll
+    for (int i = 0; i < PACKS; ++i) fetch_window<T, PACK>(row, block_pack_column<PACK>(i), w.start, w.end, raw[i]);
+}
+
+// The same for the backward's two inputs.
+template <typename T, int PACK, int PACKS>
+__device__ __forceinline__ void fetch_block_row_pairs(const T* y, const T* dy, const ShortWindow& w,
+                                                      PackPair<T, PACK> (&raw)[PACKS]) {
+#pragma unroll
+    for (int i = 0; i < PACKS; ++i) {
+        fetch_window<T, PACK>(y, block_pack_column<PACK>(i), w.start, w.end, raw[i].y);
+        fetch_window<T, PACK>(dy, block_pack_column<PACK>(i), w.start, w.end, raw[i].dy);
     }
 }
