@@ -3,7 +3,11 @@
 // cooperative groups, with the emulator's equivalents, so kernels say what they mean.
 // MASKED_SOFTMAX_HAS_CLUSTERS is 1 where the cluster kernels are compiled.
 #pragma once
+#include <stdint.h>
+
 #include "emulation.cuh"
+#include "mask.cuh"
+#include "work.cuh"
 
 #if defined(MASKED_SOFTMAX_EMULATION)
 #define MASKED_SOFTMAX_HAS_CLUSTERS 1
@@ -32,4 +36,24 @@ __device__ __forceinline__ T* cluster_map(T* local, unsigned rank) {
 
 #else
 #define MASKED_SOFTMAX_HAS_CLUSTERS 0
+#endif
+
+#if MASKED_SOFTMAX_HAS_CLUSTERS
+// The chunk of every row that a block of a cluster owns: with `blocks` blocks per cluster,
+// block `rank` takes packs [begin, end) (chunks of `size` packs, the last ones shorter or
+// empty), of rows blockIdx.x / blocks, + clusters, + 2 clusters, ...
+struct ClusterChunk {
+    unsigned rank, blocks;
+    int64_t clusters;  // clusters in the grid
+    int64_t size, begin, end;
+
+    template <int PACK>
+    __device__ __forceinline__ static ClusterChunk of(const MaskParams& p) {
+        const unsigned rank = cluster_rank(), blocks = cluster_size();
+        const int64_t row_packs = packs_in<PACK>(p.k_len);
+        const int64_t size = (row_packs + blocks - 1) / blocks;
+        const int64_t begin = min(row_packs, int64_t(rank) * size);
+        return ClusterChunk{rank, blocks, gridDim.x / blocks, size, begin, min(row_packs, begin + size)};
+    }
+};
 #endif

@@ -373,8 +373,8 @@ __device__ __forceinline__ void block_stream_forward(const T* x, T* y, const Mas
 // ---------------------------------------------------------------- a cluster per row
 
 #if MASKED_SOFTMAX_HAS_CLUSTERS
-// Block `rank` of a cluster of `csize` owns packs [rank * chunk, (rank + 1) * chunk) of
-// every row its cluster handles. Pass 1 gathers the chunk's statistics (caching its keys in
+// Each block of a cluster owns a chunk of every row its cluster handles (ClusterChunk,
+// cluster.cuh). Pass 1 gathers the chunk's statistics (caching its keys in
 // shared memory if CACHED); the blocks publish them in shared memory, sync the cluster, and
 // every block merges all of them in the same order, so all agree; a second cluster sync
 // keeps the published statistics alive until every block has read them. Pass 2 writes the
@@ -383,41 +383,36 @@ template <typename T, int PACK, bool CACHED>
 __device__ __forceinline__ void cluster_forward(const T* x, T* y, const MaskParams& p) {
     const ScaleMap sm = ScaleMap::of(p.scale);
     const RowIndex index = RowIndex::of(p);
-    const unsigned rank = cluster_rank(), csize = cluster_size();
-    const int64_t clusters = gridDim.x / csize;
-    const int64_t row_packs = packs_in<PACK>(p.k_len);
-    const int64_t chunk = (row_packs + csize - 1) / csize;
-    const int64_t chunk_begin = min(row_packs, int64_t(rank) * chunk);
-    const int64_t chunk_end = min(row_packs, chunk_begin + chunk);
+    const ClusterChunk chunk = ClusterChunk::of<PACK>(p);
     float2* published = dynamic_shared<float2>();
     float2* scratch = published + 1;
     float* cache = reinterpret_cast<float*>(scratch + WARP);
 
-    for (int64_t row = blockIdx.x / csize; row < p.rows; row += clusters) {
+    for (int64_t row = blockIdx.x / chunk.blocks; row < p.rows; row += chunk.clusters) {
         const RowWindow w = row_window(p, index, row);
         const int64_t offset = row * p.row_stride;
-        const int64_t first = max(chunk_begin, w.start / PACK);
-        const int64_t last = min(chunk_end, (w.end + PACK - 1) / PACK);
+        const int64_t first = max(chunk.begin, w.start / PACK);
+        const int64_t last = min(chunk.end, (w.end + PACK - 1) / PACK);
         const auto fetch = [&](int64_t i, RawPack<T, PACK>& raw) {
             fetch_window<T, PACK>(x + offset, i * PACK, w.start, w.end, raw);
         };
 
         SoftmaxStats st = stats_empty();
         for_packs<LOADS_IN_FLIGHT, RawPack<T, PACK>>(
-            first_owned(first, chunk_begin + threadIdx.x, blockDim.x), last, blockDim.x, fetch,
+            first_owned(first, chunk.begin + threadIdx.x, blockDim.x), last, blockDim.x, fetch,
             [&](int64_t i, const RawPack<T, PACK>& raw) {
                 float keys[PACK];
                 decode_keys<T, PACK>(raw, i * PACK, w.start, w.end, sm, keys);
                 stats_add(st, keys, sm);
                 if (CACHED)
 #pragma unroll
-                    for (int j = 0; j < PACK; ++j) cache[(i - chunk_begin) * PACK + j] = keys[j];
+                    for (int j = 0; j < PACK; ++j) cache[(i - chunk.begin) * PACK + j] = keys[j];
             });
         st = block_stats_merge(st, scratch, sm);
         if (threadIdx.x == 0) *published = make_float2(st.max_key, st.sum);
         cluster_sync();
         SoftmaxStats row_stats = stats_empty();
-        for (unsigned r = 0; r < csize; ++r) {
+        for (unsigned r = 0; r < chunk.blocks; ++r) {
             const float2 part = *cluster_map(published, r);
             row_stats = stats_merge(row_stats, SoftmaxStats{part.x, part.y}, sm);
         }
@@ -429,14 +424,14 @@ __device__ __forceinline__ void cluster_forward(const T* x, T* y, const MaskPara
                                   [&](int j) { return probability(r, keys[j], sm); });
         };
         if (CACHED) {
-            for (int64_t i = chunk_begin + threadIdx.x; i < chunk_end; i += blockDim.x) {
+            for (int64_t i = chunk.begin + threadIdx.x; i < chunk.end; i += blockDim.x) {
                 float keys[PACK];
 #pragma unroll
-                for (int j = 0; j < PACK; ++j) keys[j] = cache[(i - chunk_begin) * PACK + j];
+                for (int j = 0; j < PACK; ++j) keys[j] = cache[(i - chunk.begin) * PACK + j];
                 store(i, keys);
             }
         } else {
-            for_packs<LOADS_IN_FLIGHT, RawPack<T, PACK>>(chunk_begin + threadIdx.x, chunk_end, blockDim.x, fetch,
+            for_packs<LOADS_IN_FLIGHT, RawPack<T, PACK>>(chunk.begin + threadIdx.x, chunk.end, blockDim.x, fetch,
                                                       [&](int64_t i, const RawPack<T, PACK>& raw) {
                                                           float keys[PACK];
                                                           decode_keys<T, PACK>(raw, i * PACK, w.start, w.end, sm, keys);

@@ -256,9 +256,9 @@ __device__ __forceinline__ void block_stream_backward(const T* y, const T* dy, T
 // ---------------------------------------------------------------- a cluster per row
 
 #if MASKED_SOFTMAX_HAS_CLUSTERS
-// The forward's cluster split (masked_softmax.cu, cluster_forward) for the backward: block
-// `rank` of a cluster of `csize` owns packs [rank * chunk, (rank + 1) * chunk) of every row
-// its cluster handles. Pass 1 sums y * dy over the chunk's valid packs (caching y and dy in
+// The forward's cluster split (masked_softmax.cu, cluster_forward) for the backward: each
+// block of a cluster owns a chunk of every row its cluster handles (ClusterChunk,
+// cluster.cuh). Pass 1 sums y * dy over the chunk's valid packs (caching y and dy in
 // shared memory if CACHED); the blocks publish their sums, sync the cluster, and every
 // block adds all of them in rank order, so all agree on the row's dot product; a second
 // cluster sync keeps the published sums alive until every block has read them. Pass 2
@@ -267,29 +267,24 @@ __device__ __forceinline__ void block_stream_backward(const T* y, const T* dy, T
 template <typename T, int PACK, bool CACHED>
 __device__ __forceinline__ void cluster_backward(const T* y, const T* dy, T* dx, const MaskParams& p) {
     const RowIndex index = RowIndex::of(p);
-    const unsigned rank = cluster_rank(), csize = cluster_size();
-    const int64_t clusters = gridDim.x / csize;
-    const int64_t row_packs = packs_in<PACK>(p.k_len);
-    const int64_t chunk = (row_packs + csize - 1) / csize;
-    const int64_t chunk_begin = min(row_packs, int64_t(rank) * chunk);
-    const int64_t chunk_end = min(row_packs, chunk_begin + chunk);
+    const ClusterChunk chunk = ClusterChunk::of<PACK>(p);
     float2* published = dynamic_shared<float2>();
     float* scratch = reinterpret_cast<float*>(published + 1);
     float* cache_y = reinterpret_cast<float*>(published + 1 + WARP);
-    float* cache_dy = cache_y + chunk * PACK;
+    float* cache_dy = cache_y + chunk.size * PACK;
 
-    for (int64_t row = blockIdx.x / csize; row < p.rows; row += clusters) {
+    for (int64_t row = blockIdx.x / chunk.blocks; row < p.rows; row += chunk.clusters) {
         const RowWindow w = row_window(p, index, row);
         const int64_t offset = row * p.row_stride;
-        const int64_t first = max(chunk_begin, w.start / PACK);
-        const int64_t last = min(chunk_end, (w.end + PACK - 1) / PACK);
+        const int64_t first = max(chunk.begin, w.start / PACK);
+        const int64_t last = min(chunk.end, (w.end + PACK - 1) / PACK);
         const auto fetch = [&](int64_t i, PackPair<T, PACK>& raw) {
             fetch_pair<T, PACK>(y + offset, dy + offset, i * PACK, w, raw);
         };
 
         float dot = 0.f;
         for_packs<PAIRS_IN_FLIGHT, PackPair<T, PACK>>(
-            first_owned(first, chunk_begin + threadIdx.x, blockDim.x), last, blockDim.x, fetch,
+            first_owned(first, chunk.begin + threadIdx.x, blockDim.x), last, blockDim.x, fetch,
             [&](int64_t i, const PackPair<T, PACK>& raw) {
                 float ys[PACK], dys[PACK];
                 decode_pair<T, PACK>(raw, i * PACK, w, ys, dys);
@@ -297,8 +292,8 @@ __device__ __forceinline__ void cluster_backward(const T* y, const T* dy, T* dx,
                 for (int j = 0; j < PACK; ++j) {
                     dot += ys[j] * dys[j];
                     if (CACHED) {
-                        cache_y[(i - chunk_begin) * PACK + j] = ys[j];
-                        cache_dy[(i - chunk_begin) * PACK + j] = dys[j];
+                        cache_y[(i - chunk.begin) * PACK + j] = ys[j];
+                        cache_dy[(i - chunk.begin) * PACK + j] = dys[j];
                     }
                 }
             });
@@ -306,21 +301,21 @@ __device__ __forceinline__ void cluster_backward(const T* y, const T* dy, T* dx,
         if (threadIdx.x == 0) published->x = dot;
         cluster_sync();
         float row_dot = 0.f;
-        for (unsigned r = 0; r < csize; ++r) row_dot += cluster_map(published, r)->x;
+        for (unsigned r = 0; r < chunk.blocks; ++r) row_dot += cluster_map(published, r)->x;
         cluster_sync();
 
         if (CACHED) {
             // Thread t reads back only the slots it wrote in pass 1 (same packs, and only
             // those inside the window: store_window asks for no others).
-            for (int64_t i = chunk_begin + threadIdx.x; i < chunk_end; i += blockDim.x) {
-                const int64_t slot = (i - chunk_begin) * PACK;
+            for (int64_t i = chunk.begin + threadIdx.x; i < chunk.end; i += blockDim.x) {
+                const int64_t slot = (i - chunk.begin) * PACK;
                 store_window<T, PACK>(dx + offset, i * PACK, p.k_len, w.start, w.end, [&](int j) {
                     return softmax_grad(cache_y[slot + j], cache_dy[slot + j], row_dot, p.scale);
                 });
             }
         } else {
             for_packs<PAIRS_IN_FLIGHT, PackPair<T, PACK>>(
-                chunk_begin + threadIdx.x, chunk_end, blockDim.x, fetch, [&](int64_t i, const PackPair<T, PACK>& raw) {
+                chunk.begin + threadIdx.x, chunk.end, blockDim.x, fetch, [&](int64_t i, const PackPair<T, PACK>& raw) {
                     float ys[PACK], dys[PACK];
                     decode_pair<T, PACK>(raw, i * PACK, w, ys, dys);
                     store_window<T, PACK>(dx + offset, i * PACK, p.k_len, w.start, w.end,
