@@ -504,13 +504,22 @@ impl Problem {
             };
             return KernelKind::Rows { group, pack, packs };
         }
-        // 16-bit rows: the block_regs kernels keeping raw pairs (32 columns a thread: a
+        // Many 16-bit rows: the block_regs kernels keeping raw pairs (32 columns a thread: a
         // quarter (backward) or half (forward) the threads per row of the f32-value ones,
-        // so more rows per multiprocessor, and fewer instructions per row; not yet
-        // measured, PERFORMANCE.md v6).
-        let packs = block_regs_16bit_packs(self.dtype, pack)
-            .unwrap_or_else(|| block_regs_packs(pack, direction));
-        let regs = KernelKind::BlockRegs { pack, packs };
+        // so more rows per multiprocessor and fewer instructions per row; not yet
+        // measured, PERFORMANCE.md v6). With fewer rows than 4 per multiprocessor (decode)
+        // the f32-value kernels, measured there, spread a row over more threads; the
+        // raw-pair ones take the rows those cannot hold.
+        let f32_values = KernelKind::BlockRegs {
+            pack,
+            packs: block_regs_packs(pack, direction),
+        };
+        let regs = match block_regs_16bit_packs(self.dtype, pack) {
+            Some(packs) if self.rows >= 4 * self.sms() || self.configure(f32_values).is_none() => {
+                KernelKind::BlockRegs { pack, packs }
+            }
+            _ => f32_values,
+        };
         // Too few rows to give each multiprocessor a block: a cluster per row. The backward
         // keeps block_regs up to 4096 keys (decode b1 and b8 x 32 heads at k=4096 took
         // 1.04-1.46x the floor with it, H200 v5: cheaper than a cluster's two syncs).
@@ -873,6 +882,10 @@ mod tests {
             KernelKind::BlockRegs { pack: 8, packs: 4 }
         );
         assert_eq!(kind(16392, DType::F16), KernelKind::BlockStream { pack: 8 });
+        // Fewer rows than 4 per multiprocessor keep the f32-key p8x2 where it holds the row.
+        let few = |k: usize| plan(&Spec::new(Shape::matrix(256, k)), DType::F16, ALIGNED).kernel;
+        assert_eq!(few(4096), KernelKind::BlockRegs { pack: 8, packs: 2 });
+        assert_eq!(few(10_000), KernelKind::BlockRegs { pack: 8, packs: 4 });
         assert_eq!(
             kind(50_000, DType::F32),
             KernelKind::BlockStream { pack: 4 }
@@ -1172,7 +1185,10 @@ mod tests {
         assert_eq!(kind(4 * 132, 2056, DType::BF16), stream);
         // Up to 2048 keys, or fewer rows than 4 per multiprocessor: block_regs.
         assert_eq!(kind(16384, 2048, DType::F16), regs);
-        assert_eq!(kind(256, 4096, DType::F16), regs);
+        assert_eq!(
+            kind(256, 4096, DType::F16),
+            KernelKind::BlockRegs { pack: 8, packs: 1 }
+        );
         // f32 keeps block_regs (1.27-1.36x measured up to 4096 keys).
         assert_eq!(
             kind(16384, 4096, DType::F32),
