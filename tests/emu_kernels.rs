@@ -256,7 +256,14 @@ fn backward_case<T: Element>(
     )
 }
 
-fn special_values<T: Element>(k_len: usize, scale: f32, aligned: bool) -> Result<(), String> {
+/// The special scores and scales through the planner's kernel on `limits` (HOPPERISH: the
+/// 20 rows of 20000 keys take the cluster kernels).
+fn special_values<T: Element>(
+    limits: DeviceLimits,
+    k_len: usize,
+    scale: f32,
+    aligned: bool,
+) -> Result<(), String> {
     let spec =
         Spec::new(Shape::new(4, 1, 5, k_len).with_row_stride(special_stride(k_len, aligned)))
             .scale(scale);
@@ -264,7 +271,7 @@ fn special_values<T: Element>(k_len: usize, scale: f32, aligned: bool) -> Result
     let lengths = Lengths::keys(&kv);
     let x = to::<T>(special_scores(&spec, lengths, 13));
     check(
-        A100ISH,
+        limits,
         Direction::Forward,
         &spec,
         lengths,
@@ -377,8 +384,18 @@ fn main() {
                 for (aligned, layout) in [(false, "odd"), (true, "aligned")] {
                     add(
                         format!("special_values_{t}_k{k_len}_{layout}_scale{scale:e}"),
-                        Box::new(move || dispatch!(dtype, special_values, k_len, scale, aligned)),
+                        Box::new(move || {
+                            dispatch!(dtype, special_values, A100ISH, k_len, scale, aligned)
+                        }),
                     );
+                    if k_len == 20000 {
+                        add(
+                            format!("hopper_special_values_{t}_k{k_len}_{layout}_scale{scale:e}"),
+                            Box::new(move || {
+                                dispatch!(dtype, special_values, HOPPERISH, k_len, scale, aligned)
+                            }),
+                        );
+                    }
                 }
             }
         }
