@@ -26,19 +26,20 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(flo
     return __float2bfloat16_rn(v);
 }
 
-// Pairs of 16-bit values (__half2, __nv_bfloat162), for arithmetic on two at once.
-template <typename T> struct Pair16;
-template <> struct Pair16<__half> {
+// Pairs of 16-bit values (__half2, __nv_bfloat162), for arithmetic on two at once. The
+// CUDA intrinsics are overloaded for both pair types; only the type and the splat differ.
+template <typename T> struct Pair16Of;
+template <> struct Pair16Of<__half> {
     using type = __half2;
     __device__ __forceinline__ static type splat(float v) { return __float2half2_rn(v); }
-    __device__ __forceinline__ static type mul(type a, type b) { return __hmul2(a, b); }
-    __device__ __forceinline__ static type max_nan(type a, type b) { return __hmax2_nan(a, b); }
-    __device__ __forceinline__ static float low(type v) { return __low2float(v); }
-    __device__ __forceinline__ static float high(type v) { return __high2float(v); }
 };
-template <> struct Pair16<__nv_bfloat16> {
+template <> struct Pair16Of<__nv_bfloat16> {
     using type = __nv_bfloat162;
     __device__ __forceinline__ static type splat(float v) { return __float2bfloat162_rn(v); }
+};
+template <typename T>
+struct Pair16 : Pair16Of<T> {
+    using type = typename Pair16Of<T>::type;
     __device__ __forceinline__ static type mul(type a, type b) { return __hmul2(a, b); }
     __device__ __forceinline__ static type max_nan(type a, type b) { return __hmax2_nan(a, b); }
     __device__ __forceinline__ static float low(type v) { return __low2float(v); }
