@@ -21,9 +21,16 @@ use crate::reference;
 
 /// How close an output must be to the f64 reference.
 ///
-/// An element passes when `|actual - expected| <= abs + rel * |expected|`; a row's valid
-/// probabilities must sum to one within `row_sum`. Masked positions must be exactly zero
-/// whatever the tolerance.
+/// A forward element passes when `|actual - expected| <= abs + rel * |expected|`; a row's
+/// valid probabilities must sum to one within `row_sum`. Masked positions must be exactly
+/// zero whatever the tolerance.
+///
+/// A backward element `dx_j = scale * y_j * (dy_j - sum_i y_i dy_i)` is judged relative to
+/// the size of what it is computed from, not to its own: where `dy_j` and the sum nearly
+/// cancel, `dx_j` is small while f32 rounding of the sum is not. It passes when
+/// `|actual - expected| <= abs + rel * max(|expected|, m_j)` with
+/// `m_j = |scale * y_j| * (|dy_j| + sum_i |y_i dy_i|)` over the row's valid positions (the
+/// error bound of the computation in f32 is a small multiple of `m_j` times 2^-24).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Tolerance {
     /// Absolute part of the element bound.
@@ -168,7 +175,7 @@ pub fn forward_with<T: Element>(
     check_buffer("y", y.len(), &spec.shape)?;
     let mut expected = vec![0f64; spec.shape.required_len()?];
     reference::forward_into(spec, lengths, x, &mut expected)?;
-    compare_rows(spec, lengths, y, &expected, tolerance, true)
+    compare_rows(spec, lengths, y, &expected, tolerance, Check::RowSums)
 }
 
 /// Compares a backward output `dx` with the reference's gradient from `y` and `dy`.
@@ -194,7 +201,53 @@ pub fn backward_with<T: Element>(
     check_buffer("dx", dx.len(), &spec.shape)?;
     let mut expected = vec![0f64; spec.shape.required_len()?];
     reference::backward_into(spec, lengths, y, dy, &mut expected)?;
-    compare_rows(spec, lengths, dx, &expected, tolerance, false)
+    let magnitudes = backward_magnitudes(spec, &lengths, y, dy)?;
+    compare_rows(
+        spec,
+        lengths,
+        dx,
+        &expected,
+        tolerance,
+        Check::Backward { magnitudes },
+    )
+}
+
+/// `m_j = |scale * y_j| * (|dy_j| + sum_i |y_i dy_i|)` at every valid position (see
+/// [`Tolerance`]); 0 elsewhere.
+fn backward_magnitudes<T: Element>(
+    spec: &Spec,
+    lengths: &Lengths,
+    y: &[T],
+    dy: &[T],
+) -> Result<Vec<f64>> {
+    let shape = &spec.shape;
+    let mut m = vec![0f64; shape.required_len()?];
+    let scale = (spec.scale as f64).abs();
+    for row in 0..shape.rows()? {
+        let window = crate::mask::window_of_row(spec, lengths, row);
+        let base = row * shape.row_stride;
+        let pair = |j: usize| (y[base + j].to_f64(), dy[base + j].to_f64());
+        let dot: f64 = window
+            .range()
+            .map(|j| {
+                let (y, dy) = pair(j);
+                (y * dy).abs()
+            })
+            .sum();
+        for j in window.range() {
+            let (y, dy) = pair(j);
+            m[base + j] = scale * y.abs() * (dy.abs() + dot);
+        }
+    }
+    Ok(m)
+}
+
+/// What compare_rows checks beyond each element's error.
+enum Check {
+    /// Valid positions sum to one (forward); elements are judged against their own size.
+    RowSums,
+    /// Elements are judged against the size of the terms they come from (backward).
+    Backward { magnitudes: Vec<f64> },
 }
 
 fn compare_rows<T: Element>(
@@ -203,7 +256,7 @@ fn compare_rows<T: Element>(
     actual: &[T],
     expected: &[f64],
     tolerance: Tolerance,
-    check_row_sums: bool,
+    check: Check,
 ) -> Result<Report> {
     let shape = &spec.shape;
     let rows = shape.rows()?;
@@ -245,7 +298,13 @@ fn compare_rows<T: Element>(
             sum += a;
             expected_sum += e;
             let error = (a - e).abs();
-            let bound = tolerance.abs + tolerance.rel * e.abs();
+            let size = match &check {
+                Check::Backward { magnitudes } if magnitudes[base + col].is_finite() => {
+                    e.abs().max(magnitudes[base + col])
+                }
+                _ => e.abs(),
+            };
+            let bound = tolerance.abs + tolerance.rel * size;
             let both_nan = a.is_nan() && e.is_nan();
             let same_inf = a.is_infinite() && a == e;
             let excess = if both_nan || same_inf {
@@ -270,7 +329,7 @@ fn compare_rows<T: Element>(
             }
         }
         // A row with a finite expected sum of 1 (not empty, not all -inf, no NaN) must sum to 1.
-        if check_row_sums && expected_sum.is_finite() && expected_sum > 0.5 {
+        if matches!(check, Check::RowSums) && expected_sum.is_finite() && expected_sum > 0.5 {
             let err = (sum - 1.0).abs();
             if err.is_nan() || err > tolerance.row_sum {
                 report.bad_row_sums += 1;

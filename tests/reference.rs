@@ -348,6 +348,32 @@ fn compare_reports_wrong_values_nonzero_pads_and_bad_sums() {
     assert!(report.to_string().starts_with("FAIL"));
 }
 
+#[test]
+fn compare_judges_the_backward_by_the_size_of_its_terms() {
+    // dy_1 nearly cancels sum(y * dy) = 0.5 * 1000 + 0.5 * 1000.001: dx_1 is about
+    // -1e-3 * 0.25, while one f32 rounding of the sum (about 6e-5) moves it by 3e-5.
+    let spec = Spec::new(Shape::matrix(1, 2));
+    let lengths = Lengths::keys(&[2]);
+    let y = [0.5f32, 0.5];
+    let dy = [1000.0f32, 1000.001];
+    let mut dx = [0f32; 2];
+    reference::backward(&spec, lengths, &y, &dy, &mut dx).unwrap();
+    assert!(
+        compare::backward(&spec, lengths, &y, &dy, &dx)
+            .unwrap()
+            .passed()
+    );
+
+    // One f32 rounding of the sum, passed on: within the terms' size (m = 0.5 * 2000).
+    let rounded = [dx[0] + 3e-5, dx[1] + 3e-5];
+    let report = compare::backward(&spec, lengths, &y, &dy, &rounded).unwrap();
+    assert!(report.passed(), "{report}");
+    // A wrong sum (one term dropped) is far outside it.
+    let wrong = [0.5 * (1000.0 - 500.0005), 0.5 * (1000.001 - 500.0005)];
+    let report = compare::backward(&spec, lengths, &y, &dy, &wrong).unwrap();
+    assert_eq!(report.out_of_tolerance, 2, "{report}");
+}
+
 mod properties {
     use super::*;
     use masked_softmax::Causal;
