@@ -4,7 +4,7 @@
 // The scaled score is s = scale * x, but kernels never form it: they compare "keys"
 // k = x * sign(scale) (exact; 0 * x for scale 0) and compute exp(s - s_max) as
 // exp((k - k_max) * |scale|), whose argument is <= 0. So no finite score can overflow, at
-// any scale, and the result is the f64 reference's up to f32 rounding. The contract's
+// any scale (see ScaleMap for k - k_max at tiny and huge scales), and the result is the f64 reference's up to f32 rounding. The contract's
 // special values fall out of three rules: the max is NaN-propagating (a NaN score makes
 // the row NaN), a key of -inf weighs exactly 0, and a row whose max key is -inf (no valid
 // key, or only -inf) is all zeros.
@@ -82,17 +82,27 @@ struct ScaleMap {
         return ScaleMap{scale > 0.f ? 1.f : (scale < 0.f ? -1.f : 0.f), fabsf(scale) * LOG2E, fabsf(scale)};
     }
     __device__ __forceinline__ float key(float x) const { return x * key_sign; }
-    // 0 < |scale| * log2(e) < inf: then a -inf key weighs 0 without a test, as
-    // ex2((-inf - max_key) * log2_scale) = ex2(-inf) = +0 (for a finite or +inf max key).
-    // (log2_scale overflows past |scale| of about 2.4e38: weight() handles those.)
-    __device__ __forceinline__ bool plain() const { return log2_scale > 0.f && log2_scale < CUDART_INF_F; }
+    // Below this |scale|, k - max_key can overflow f32 (two finite keys more than FLT_MAX
+    // apart) where the weight, exp((k - max_key) * |scale|), is not 0. From it on, such a
+    // gap times |scale| is past 2^64, and ex2(-inf) = 0 is the weight.
+    static constexpr float PLAIN_MIN_SCALE = 0x1p-64f;
+    // PLAIN_MIN_SCALE <= |scale| and |scale| * log2(e) < inf: then a -inf key weighs 0
+    // without a test, as ex2((-inf - max_key) * log2_scale) = ex2(-inf) = +0 (for a finite
+    // or +inf max key). Other scales take weight().
+    __device__ __forceinline__ bool plain() const {
+        return abs_scale >= PLAIN_MIN_SCALE && log2_scale < CUDART_INF_F;
+    }
     // exp(s - s_max) for a key `k` and the row's max key `max_key`, for any finite scale. A
     // -inf key (a masked slot, or a -inf score) weighs exactly 0, at scale 0 too, where
-    // -inf * 0 would be NaN. The scale and log2(e) multiply one after the other, so that a
-    // scale whose log2_scale overflows still gives the max key weight 1 (not 0 * inf = NaN)
-    // and the others their weight (the first product overflows only where the weight is 0).
+    // -inf * 0 would be NaN. Nothing overflows where the weight is not 0:
+    // - the difference is halved, (k - max_key) / 2 in one FMA (exact but for subnormal
+    //   keys, which weigh 1 at the scales where this matters), so two finite keys more than
+    //   FLT_MAX apart still give a finite gap (tiny scales);
+    // - |scale| and 2 log2(e) multiply one after the other, so that a scale whose
+    //   log2_scale overflows still gives the max key weight 1 (not 0 * inf = NaN) and the
+    //   others theirs (the first product overflows only where the weight is 0).
     __device__ __forceinline__ float weight(float k, float max_key) const {
-        return k == -CUDART_INF_F ? 0.f : fast_exp2((k - max_key) * abs_scale * LOG2E);
+        return k == -CUDART_INF_F ? 0.f : fast_exp2(fmaf(k, 0.5f, -0.5f * max_key) * abs_scale * (2.f * LOG2E));
     }
 };
 

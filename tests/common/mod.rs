@@ -321,7 +321,7 @@ pub fn special_stride(k_len: usize, aligned: bool) -> usize {
 
 /// Scales that exercise the key mapping: negative, zero, tiny, huge, and so huge that
 /// `|scale| * log2(e)` overflows f32 (past about 2.4e38).
-pub const SPECIAL_SCALES: [f32; 6] = [1.0, -0.7, 0.0, 1e-30, 1e30, -3e38];
+pub const SPECIAL_SCALES: [f32; 8] = [1.0, -0.7, 0.0, 1e-30, 1e-38, -1e-40, 1e30, -3e38];
 
 /// A random valid contract for fuzzing the kernels, from `seed`: any shape with up to about
 /// `max_elements` scores (k_len 1 to 3000, skewed small), any row stride, padding side,
@@ -355,11 +355,12 @@ pub fn random_contract(seed: u64, max_elements: usize) -> (Spec, Vec<i32>, Optio
             window: Some(rng.range(1, k_len as i64 + 2) as usize),
         }),
     };
-    let scale = match rng.range(0, 7) {
+    let scale = match rng.range(0, 8) {
         0 => 0.0,
         1 => -1.3,
         2 => 1e-30,
         3 => 3e30,
+        4 => -1e-39,
         _ => (rng.uniform() * 4.0) as f32 + 0.01,
     };
     let padding = if rng.range(0, 1) == 0 {
