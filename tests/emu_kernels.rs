@@ -14,8 +14,8 @@ use std::ffi::c_void;
 use std::sync::Mutex;
 
 use common::{
-    Case, EVERY_KERNEL_K_LENS, Runs, SPECIAL_SCALES, backward_inputs, check_runs, forward_matrix,
-    random_contract, scores_with_nan_pads, special_scores, special_stride,
+    Case, DIRECTIONS, EVERY_KERNEL_K_LENS, Runs, SPECIAL_SCALES, backward_inputs, check_runs,
+    forward_matrix, random_contract, scores_with_nan_pads, special_inputs, special_stride,
 };
 use libtest_mimic::{Arguments, Completion, Trial};
 use masked_softmax::plan::{Buffers, DeviceLimits, Direction, KernelKind, plan_launch};
@@ -260,6 +260,7 @@ fn backward_case<T: Element>(
 /// 20 rows of 20000 keys take the cluster kernels).
 fn special_values<T: Element>(
     limits: DeviceLimits,
+    direction: Direction,
     k_len: usize,
     scale: f32,
     aligned: bool,
@@ -269,15 +270,12 @@ fn special_values<T: Element>(
             .scale(scale);
     let kv = [k_len as i32, 1, (k_len as i32 + 1) / 2, k_len as i32];
     let lengths = Lengths::keys(&kv);
-    let x = to::<T>(special_scores(&spec, lengths, 13));
-    check(
-        limits,
-        Direction::Forward,
-        &spec,
-        lengths,
-        &[&x],
-        Placement::Start,
-    )
+    let inputs: Vec<Vec<T>> = special_inputs(direction, &spec, lengths)
+        .into_iter()
+        .map(to::<T>)
+        .collect();
+    let inputs: Vec<&[T]> = inputs.iter().map(Vec::as_slice).collect();
+    check(limits, direction, &spec, lengths, &inputs, Placement::Start)
 }
 
 fn seed_example<T: Element>() -> Result<(), String> {
@@ -379,22 +377,42 @@ fn main() {
             format!("grid_stride_over_many_rows_{t}"),
             Box::new(move || dispatch!(dtype, many_rows)),
         );
-        for k_len in [5, 100, 1000, 3000, 10000, 20000] {
-            for scale in SPECIAL_SCALES {
-                for (aligned, layout) in [(false, "odd"), (true, "aligned")] {
-                    add(
-                        format!("special_values_{t}_k{k_len}_{layout}_scale{scale:e}"),
-                        Box::new(move || {
-                            dispatch!(dtype, special_values, A100ISH, k_len, scale, aligned)
-                        }),
-                    );
-                    if k_len == 20000 {
+        for (direction, d) in DIRECTIONS {
+            for k_len in [5, 100, 1000, 3000, 10000, 20000] {
+                for scale in SPECIAL_SCALES {
+                    for (aligned, layout) in [(false, "odd"), (true, "aligned")] {
+                        let name =
+                            format!("special_values_{d}_{t}_k{k_len}_{layout}_scale{scale:e}");
                         add(
-                            format!("hopper_special_values_{t}_k{k_len}_{layout}_scale{scale:e}"),
+                            name.clone(),
                             Box::new(move || {
-                                dispatch!(dtype, special_values, HOPPERISH, k_len, scale, aligned)
+                                dispatch!(
+                                    dtype,
+                                    special_values,
+                                    A100ISH,
+                                    direction,
+                                    k_len,
+                                    scale,
+                                    aligned
+                                )
                             }),
                         );
+                        if k_len == 20000 {
+                            add(
+                                format!("hopper_{name}"),
+                                Box::new(move || {
+                                    dispatch!(
+                                        dtype,
+                                        special_values,
+                                        HOPPERISH,
+                                        direction,
+                                        k_len,
+                                        scale,
+                                        aligned
+                                    )
+                                }),
+                            );
+                        }
                     }
                 }
             }

@@ -13,8 +13,8 @@ use common::dispatch;
 use std::sync::Arc;
 
 use common::{
-    Case, EVERY_KERNEL_K_LENS, Runs, SPECIAL_SCALES, backward_inputs, check_runs, forward_matrix,
-    random_contract, scores_with_nan_pads, special_scores, special_stride,
+    Case, DIRECTIONS, EVERY_KERNEL_K_LENS, Runs, SPECIAL_SCALES, backward_inputs, check_runs,
+    forward_matrix, random_contract, scores_with_nan_pads, special_inputs, special_stride,
 };
 use cudarc::driver::{CudaContext, DeviceRepr};
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
@@ -137,6 +137,7 @@ fn backward_case<T: Element + DeviceRepr>(g: &Gpu, case: &Case) -> TestResult {
 
 fn special_values<T: Element + DeviceRepr>(
     g: &Gpu,
+    direction: Direction,
     k_len: usize,
     scale: f32,
     aligned: bool,
@@ -146,18 +147,12 @@ fn special_values<T: Element + DeviceRepr>(
             .scale(scale);
     let kv = [k_len as i32, 1, (k_len as i32 + 1) / 2, k_len as i32];
     let lengths = Lengths::keys(&kv);
-    let x: Vec<T> = special_scores(&spec, lengths, 13)
+    let inputs: Vec<Vec<T>> = special_inputs(direction, &spec, lengths)
         .into_iter()
-        .map(T::from_f64)
+        .map(|v| v.into_iter().map(T::from_f64).collect())
         .collect();
-    check(
-        g,
-        Direction::Forward,
-        &spec,
-        lengths,
-        (Some(&kv), None),
-        &[&x],
-    )
+    let inputs: Vec<&[T]> = inputs.iter().map(Vec::as_slice).collect();
+    check(g, direction, &spec, lengths, (Some(&kv), None), &inputs)
 }
 
 fn seed_example<T: Element + DeviceRepr>(g: &Gpu) -> TestResult {
@@ -739,15 +734,25 @@ fn main() {
             format!("grid_stride_over_many_rows_{t}"),
             Box::new(move |g| dispatch!(dtype, many_rows, g)),
         );
-        for k_len in [5, 100, 1000, 3000, 10000, 20000, 300_000] {
-            for scale in SPECIAL_SCALES {
-                for (aligned, layout) in [(false, "odd"), (true, "aligned")] {
-                    add(
-                        format!("special_values_{t}_k{k_len}_{layout}_scale{scale:e}"),
-                        Box::new(move |g| {
-                            dispatch!(dtype, special_values, g, k_len, scale, aligned)
-                        }),
-                    );
+        for (direction, d) in DIRECTIONS {
+            for k_len in [5, 100, 1000, 3000, 10000, 20000, 300_000] {
+                for scale in SPECIAL_SCALES {
+                    for (aligned, layout) in [(false, "odd"), (true, "aligned")] {
+                        add(
+                            format!("special_values_{d}_{t}_k{k_len}_{layout}_scale{scale:e}"),
+                            Box::new(move |g| {
+                                dispatch!(
+                                    dtype,
+                                    special_values,
+                                    g,
+                                    direction,
+                                    k_len,
+                                    scale,
+                                    aligned
+                                )
+                            }),
+                        );
+                    }
                 }
             }
         }

@@ -309,6 +309,42 @@ pub fn special_scores(spec: &Spec, lengths: Lengths, seed: u64) -> Vec<f64> {
     x
 }
 
+/// Both directions, with the short names trials use.
+pub const DIRECTIONS: [(Direction, &str); 2] =
+    [(Direction::Forward, "fwd"), (Direction::Backward, "bwd")];
+
+/// Inputs of the special-value trials for `direction`, from `special_scores`: the scores
+/// (forward), or `y` and `dy` (backward). The backward's `y` is the forward's output on
+/// special scores (NaN rows, zero rows, probabilities of exactly 1 and 0, NaN pads); its `dy`
+/// is special scores again, the huge ones cut from 3e38 to 1e30, so that the kernels' f32
+/// sums of `y * dy` overflow only where the f64 reference's result does.
+pub fn special_inputs(direction: Direction, spec: &Spec, lengths: Lengths) -> Vec<Vec<f64>> {
+    let x = special_scores(spec, lengths, 13);
+    match direction {
+        Direction::Forward => vec![x],
+        Direction::Backward => {
+            let mut y = vec![f64::NAN; x.len()];
+            masked_softmax::reference::forward_into(spec, lengths, &x, &mut y).unwrap();
+            for (y, x) in y.iter_mut().zip(&x) {
+                if x.is_nan() {
+                    *y = f64::NAN; // keep the pads NaN
+                }
+            }
+            let dy = special_scores(spec, lengths, 29)
+                .into_iter()
+                .map(|v| {
+                    if v.is_finite() {
+                        v.clamp(-1e30, 1e30)
+                    } else {
+                        v
+                    }
+                })
+                .collect();
+            vec![y, dy]
+        }
+    }
+}
+
 /// Row stride of the special-values trials: odd (`k_len + 1`: single-element packs) or
 /// rounded up to 8 elements, so every row is 16-byte aligned and the vector kernels run.
 pub fn special_stride(k_len: usize, aligned: bool) -> usize {
