@@ -321,13 +321,16 @@ __device__ __forceinline__ void block_cached_forward(const T* x, T* y, const Mas
         const bool zero_row = max_key == -CUDART_INF_F;
 
         float sum = 0.f;
-        for (int64_t i = mine; i < end_pack && !zero_row; i += blockDim.x)
+        if (!zero_row)
+            with_plain_scale(sm, [&](auto plain) {
+                for (int64_t i = mine; i < end_pack; i += blockDim.x)
 #pragma unroll
-            for (int j = 0; j < PACK; ++j) {
-                const float weight = sm.weight(cache[i * PACK + j], max_key);
-                cache[i * PACK + j] = weight;
-                sum += weight;
-            }
+                    for (int j = 0; j < PACK; ++j) {
+                        const float weight = sm.weigh<decltype(plain)::value>(cache[i * PACK + j], max_key);
+                        cache[i * PACK + j] = weight;
+                        sum += weight;
+                    }
+            });
         sum = block_sum(sum, scratch);
         const float inv_sum = zero_row ? 0.f : 1.f / sum;
 
@@ -351,22 +354,25 @@ __device__ __forceinline__ void block_stream_forward(const T* x, T* y, const Mas
             fetch_window<T, PACK>(x + offset, i * PACK, w.start, w.end, raw);
         };
 
-        SoftmaxStats st = stats_empty();
-        for_packs<LOADS_IN_FLIGHT, RawPack<T, PACK>>(first_pack + threadIdx.x, end_pack, blockDim.x, fetch,
-                                                  [&](int64_t i, const RawPack<T, PACK>& raw) {
-                                                      float keys[PACK];
-                                                      decode_keys<T, PACK>(raw, i * PACK, w.start, w.end, sm, keys);
-                                                      stats_add(st, keys, sm);
-                                                  });
-        const RowSoftmax r = row_softmax(block_stats_merge(st, scratch, sm));
+        with_plain_scale(sm, [&](auto plain) {
+            constexpr bool PLAIN = decltype(plain)::value;
+            SoftmaxStats st = stats_empty();
+            for_packs<LOADS_IN_FLIGHT, RawPack<T, PACK>>(first_pack + threadIdx.x, end_pack, blockDim.x, fetch,
+                                                      [&](int64_t i, const RawPack<T, PACK>& raw) {
+                                                          float keys[PACK];
+                                                          decode_keys<T, PACK>(raw, i * PACK, w.start, w.end, sm, keys);
+                                                          stats_add<PLAIN>(st, keys, sm);
+                                                      });
+            const RowSoftmax r = row_softmax(block_stats_merge(st, scratch, sm));
 
-        for_packs<LOADS_IN_FLIGHT, RawPack<T, PACK>>(
-            threadIdx.x, packs_in<PACK>(p.k_len), blockDim.x, fetch, [&](int64_t i, const RawPack<T, PACK>& raw) {
-                float keys[PACK];
-                decode_keys<T, PACK>(raw, i * PACK, w.start, w.end, sm, keys);
-                store_window<T, PACK>(y + offset, i * PACK, p.k_len, w.start, w.end,
-                                      [&](int j) { return probability(r, keys[j], sm); });
-            });
+            for_packs<LOADS_IN_FLIGHT, RawPack<T, PACK>>(
+                threadIdx.x, packs_in<PACK>(p.k_len), blockDim.x, fetch, [&](int64_t i, const RawPack<T, PACK>& raw) {
+                    float keys[PACK];
+                    decode_keys<T, PACK>(raw, i * PACK, w.start, w.end, sm, keys);
+                    store_window<T, PACK>(y + offset, i * PACK, p.k_len, w.start, w.end,
+                                          [&](int j) { return probability<PLAIN>(r, keys[j], sm); });
+                });
+        });
     }
 }
 
@@ -397,47 +403,50 @@ __device__ __forceinline__ void cluster_forward(const T* x, T* y, const MaskPara
             fetch_window<T, PACK>(x + offset, i * PACK, w.start, w.end, raw);
         };
 
-        SoftmaxStats st = stats_empty();
-        for_packs<LOADS_IN_FLIGHT, RawPack<T, PACK>>(
-            first_owned(first, chunk.begin + threadIdx.x, blockDim.x), last, blockDim.x, fetch,
-            [&](int64_t i, const RawPack<T, PACK>& raw) {
-                float keys[PACK];
-                decode_keys<T, PACK>(raw, i * PACK, w.start, w.end, sm, keys);
-                stats_add(st, keys, sm);
-                if (CACHED)
+        with_plain_scale(sm, [&](auto plain) {
+            constexpr bool PLAIN = decltype(plain)::value;
+            SoftmaxStats st = stats_empty();
+            for_packs<LOADS_IN_FLIGHT, RawPack<T, PACK>>(
+                first_owned(first, chunk.begin + threadIdx.x, blockDim.x), last, blockDim.x, fetch,
+                [&](int64_t i, const RawPack<T, PACK>& raw) {
+                    float keys[PACK];
+                    decode_keys<T, PACK>(raw, i * PACK, w.start, w.end, sm, keys);
+                    stats_add<PLAIN>(st, keys, sm);
+                    if (CACHED)
 #pragma unroll
-                    for (int j = 0; j < PACK; ++j) cache[(i - chunk.begin) * PACK + j] = keys[j];
-            });
-        st = block_stats_merge(st, scratch, sm);
-        if (threadIdx.x == 0) *published = make_float2(st.max_key, st.sum);
-        cluster_sync();
-        SoftmaxStats row_stats = stats_empty();
-        for (unsigned r = 0; r < chunk.blocks; ++r) {
-            const float2 part = *cluster_map(published, r);
-            row_stats = stats_merge(row_stats, SoftmaxStats{part.x, part.y}, sm);
-        }
-        cluster_sync();
-        const RowSoftmax r = row_softmax(row_stats);
-
-        const auto store = [&](int64_t i, const float (&keys)[PACK]) {
-            store_window<T, PACK>(y + offset, i * PACK, p.k_len, w.start, w.end,
-                                  [&](int j) { return probability(r, keys[j], sm); });
-        };
-        if (CACHED) {
-            for (int64_t i = chunk.begin + threadIdx.x; i < chunk.end; i += blockDim.x) {
-                float keys[PACK];
-#pragma unroll
-                for (int j = 0; j < PACK; ++j) keys[j] = cache[(i - chunk.begin) * PACK + j];
-                store(i, keys);
+                        for (int j = 0; j < PACK; ++j) cache[(i - chunk.begin) * PACK + j] = keys[j];
+                });
+            st = block_stats_merge(st, scratch, sm);
+            if (threadIdx.x == 0) *published = make_float2(st.max_key, st.sum);
+            cluster_sync();
+            SoftmaxStats row_stats = stats_empty();
+            for (unsigned r = 0; r < chunk.blocks; ++r) {
+                const float2 part = *cluster_map(published, r);
+                row_stats = stats_merge(row_stats, SoftmaxStats{part.x, part.y}, sm);
             }
-        } else {
-            for_packs<LOADS_IN_FLIGHT, RawPack<T, PACK>>(chunk.begin + threadIdx.x, chunk.end, blockDim.x, fetch,
-                                                      [&](int64_t i, const RawPack<T, PACK>& raw) {
-                                                          float keys[PACK];
-                                                          decode_keys<T, PACK>(raw, i * PACK, w.start, w.end, sm, keys);
-                                                          store(i, keys);
-                                                      });
-        }
+            cluster_sync();
+            const RowSoftmax r = row_softmax(row_stats);
+
+            const auto store = [&](int64_t i, const float (&keys)[PACK]) {
+                store_window<T, PACK>(y + offset, i * PACK, p.k_len, w.start, w.end,
+                                      [&](int j) { return probability<PLAIN>(r, keys[j], sm); });
+            };
+            if (CACHED) {
+                for (int64_t i = chunk.begin + threadIdx.x; i < chunk.end; i += blockDim.x) {
+                    float keys[PACK];
+#pragma unroll
+                    for (int j = 0; j < PACK; ++j) keys[j] = cache[(i - chunk.begin) * PACK + j];
+                    store(i, keys);
+                }
+            } else {
+                for_packs<LOADS_IN_FLIGHT, RawPack<T, PACK>>(chunk.begin + threadIdx.x, chunk.end, blockDim.x, fetch,
+                                                          [&](int64_t i, const RawPack<T, PACK>& raw) {
+                                                              float keys[PACK];
+                                                              decode_keys<T, PACK>(raw, i * PACK, w.start, w.end, sm, keys);
+                                                              store(i, keys);
+                                                          });
+            }
+        });
     }
 }
 #endif

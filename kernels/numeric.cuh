@@ -15,6 +15,8 @@
 #include <cuda_fp16.h>
 #include <math_constants.h>
 
+#include <type_traits>
+
 __device__ __forceinline__ float to_f32(float v) { return v; }
 __device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
 __device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
@@ -104,7 +106,28 @@ struct ScaleMap {
     __device__ __forceinline__ float weight(float k, float max_key) const {
         return k == -CUDART_INF_F ? 0.f : fast_exp2(fmaf(k, 0.5f, -0.5f * max_key) * abs_scale * (2.f * LOG2E));
     }
+    // weight(), or for the usual scale (PLAIN: plain() holds) one subtract, one multiply
+    // and one ex2, with no test: a -inf key weighs ex2(-inf) = 0 against a max key that is
+    // not -inf.
+    template <bool PLAIN>
+    __device__ __forceinline__ float weigh(float k, float max_key) const {
+        if constexpr (PLAIN)
+            return fast_exp2((k - max_key) * log2_scale);
+        else
+            return weight(k, max_key);
+    }
 };
+
+// Runs body(std::true_type) where the scale is the usual one (ScaleMap::plain()), else
+// body(std::false_type): the looping kernels branch once per launch and then take the
+// per-column code without the tests the unusual scales need.
+template <typename Body>
+__device__ __forceinline__ void with_plain_scale(const ScaleMap& sm, Body body) {
+    if (sm.plain())
+        body(std::true_type{});
+    else
+        body(std::false_type{});
+}
 
 // Turns a thread's keys into weights against the row's max key (all 0 in a zero row, whose
 // max is -inf) and returns their sum: the middle of every register-resident kernel. Packs
@@ -155,15 +178,16 @@ struct SoftmaxStats {
 __device__ __forceinline__ SoftmaxStats stats_empty() { return SoftmaxStats{-CUDART_INF_F, 0.f}; }
 
 // Adds N keys (online softmax): one rescale of the running sum per N keys, not per key.
-template <int N>
+// PLAIN: see ScaleMap::weigh (here max_key is never -inf).
+template <bool PLAIN, int N>
 __device__ __forceinline__ void stats_add(SoftmaxStats& st, const float (&keys)[N], const ScaleMap& sm) {
     float max_key = st.max_key;
 #pragma unroll
     for (int j = 0; j < N; ++j) max_key = max_nan(max_key, keys[j]);
     if (max_key == -CUDART_INF_F) return;  // nothing but -inf so far: everything weighs 0
-    float sum = st.sum * sm.weight(st.max_key, max_key);  // an empty st weighs 0 * 0
+    float sum = st.sum * sm.weigh<PLAIN>(st.max_key, max_key);  // an empty st weighs 0 * 0
 #pragma unroll
-    for (int j = 0; j < N; ++j) sum += sm.weight(keys[j], max_key);
+    for (int j = 0; j < N; ++j) sum += sm.weigh<PLAIN>(keys[j], max_key);
     st = SoftmaxStats{max_key, sum};
 }
 
@@ -179,6 +203,8 @@ __device__ __forceinline__ SoftmaxStats stats_merge(SoftmaxStats a, SoftmaxStats
 
 // A row's final statistics, ready to write: the max key and the reciprocal of the sum (one
 // division per row; each element is then a multiply), or `zero` for a row with no weight.
+// A zero row's keys are all -inf, and its max key is taken as 0: then every key weighs
+// ex2(-inf) = 0 and the plain path needs no test per column (-inf - -inf would be NaN).
 struct RowSoftmax {
     float max_key;
     float inv_sum;
@@ -187,10 +213,14 @@ struct RowSoftmax {
 
 __device__ __forceinline__ RowSoftmax row_softmax(SoftmaxStats st) {
     const bool zero = st.max_key == -CUDART_INF_F;
-    return RowSoftmax{st.max_key, zero ? 0.f : 1.f / st.sum, zero};
+    return RowSoftmax{zero ? 0.f : st.max_key, zero ? 0.f : 1.f / st.sum, zero};
 }
 
-// The probability of key `k` (0 in a zero row).
+// The probability of key `k` (0 in a zero row). PLAIN: see ScaleMap::weigh.
+template <bool PLAIN>
 __device__ __forceinline__ float probability(const RowSoftmax& r, float k, const ScaleMap& sm) {
-    return r.zero ? 0.f : sm.weight(k, r.max_key) * r.inv_sum;
+    if constexpr (PLAIN)
+        return sm.weigh<true>(k, r.max_key) * r.inv_sum;
+    else
+        return r.zero ? 0.f : sm.weight(k, r.max_key) * r.inv_sum;
 }

@@ -21,10 +21,19 @@ __device__ __forceinline__ T* dynamic_shared() {
 #endif
 }
 
+// x mod step for a step of at most 65535 (a block's threads), in 32-bit arithmetic:
+// x = hi 2^32 + lo, and every product below stays under 2^32. A 64-bit % is a called
+// subroutine in SASS, and the registers live across the call spill around it.
+__device__ __forceinline__ uint32_t mod_small(uint64_t x, uint32_t step) {
+    const uint32_t two32 = (0u - step) % step;  // 2^32 mod step
+    return ((uint32_t(x >> 32) % step) * two32 + uint32_t(x) % step) % step;
+}
+
 // The first pack at or after `first` that thread `t` owns when thread t owns packs
-// t, t + step, t + 2 step, ...
-__device__ __forceinline__ int64_t first_owned(int64_t first, int64_t t, int64_t step) {
-    return first + ((t - first) % step + step) % step;
+// t, t + step, t + 2 step, ... (step: at most 65535).
+__device__ __forceinline__ int64_t first_owned(int64_t first, int64_t t, uint32_t step) {
+    const int64_t ahead = t - first;  // the answer is first + (ahead mod step), mod taken >= 0
+    return first + (ahead >= 0 ? mod_small(uint64_t(ahead), step) : (step - mod_small(uint64_t(-ahead), step)) % step);
 }
 
 // Calls use(i, item) for the packs i = first, first + step, ... below end, after
