@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # profile.sh OUT_DIR [TYPE:K_LEN:DIRECTION:KERNEL ...]: Nsight Compute on single launches
 # of the benchmark's sweep cases, for tuning: speed of light, warp stall reasons,
-# occupancy, launch statistics. One ncu-<type>-k<k_len>-<direction>.txt per profile.
+# occupancy, launch statistics, pipe utilization and instruction mix. One
+# ncu-<type>-k<k_len>-<direction>.txt per profile; KERNEL must match the planner's kernel
+# for the case (profile.sh runs the benchmark without --variants).
 # (Bundled next to run.sh; ncu must be on PATH or in /usr/local/cuda/bin.)
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -17,6 +19,7 @@ for spec in "$@"; do
     timeout -k 5 "${PROFILE_TIMEOUT:-60}" "$ncu" --clock-control none \
         --section SpeedOfLight --section WarpStateStats --section Occupancy \
         --section LaunchStats --section MemoryWorkloadAnalysis \
+        --section ComputeWorkloadAnalysis --section InstructionStats \
         -k "regex:$kernel" --launch-skip 2 -c 1 \
         "$here"/bin/bench-throughput --types "$dtype" --directions "$direction" --cases sweep \
         --k-lens "$k" --mib 64 --repeats 3 --no-baseline --out "$out/bench-scratch" \

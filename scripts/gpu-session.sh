@@ -8,6 +8,14 @@
 #
 # Example device command (carry target/gpu-pack, the packed bundle, which this unpacks):
 #   scripts/gpu-session.sh --sanitize --bench "$OUT"
+#
+# After run.sh, two optional steps, also into results.tgz, each with a line in summary.txt:
+#   VARIANT_ARGS="--cases sweep --k-lens 4096,65536"  bench-throughput --variants with
+#                                                      these arguments (into variants/)
+#   PROFILE_SPECS="f16:262144:forward:block_stream_p8 ..."  profile.sh (Nsight Compute) on
+#                                                      these kernels (into profile/)
+# DEADLINE (seconds, as run.sh reads it) bounds them too: a step is skipped with less
+# than 30 s left.
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 args=("$@")
@@ -20,6 +28,34 @@ fi
 work="$(mktemp -d)"
 "$root/target/gpu-bundle/run.sh" "${args[@]}" "$work"
 status=$?
+bundle="$root/target/gpu-bundle"
+left() { [[ "${DEADLINE:-0}" -le 0 ]] && echo 600 || echo $((DEADLINE - SECONDS)); }
+if [[ -n "${VARIANT_ARGS:-}" ]]; then
+    if [[ $(left) -ge 30 ]]; then
+        start=$SECONDS
+        # shellcheck disable=SC2086
+        timeout -k 5 "$(left)" "$bundle/bin/bench-throughput" --variants $VARIANT_ARGS \
+            --out "$work/variants" >"$work/variants.log" 2>&1
+        rc=$?
+        printf '%-40s rc=%d %4ds\n' "variants" "$rc" $((SECONDS - start)) >>"$work/summary.txt"
+        [[ $rc -eq 0 ]] || status=1
+    else
+        echo "variants                                 SKIPPED (deadline)" >>"$work/summary.txt"
+    fi
+fi
+if [[ -n "${PROFILE_SPECS:-}" ]]; then
+    if [[ $(left) -ge 30 ]]; then
+        start=$SECONDS
+        # shellcheck disable=SC2086
+        timeout -k 5 "$(left)" "$bundle/profile.sh" "$work/profile" $PROFILE_SPECS >"$work/profile.log" 2>&1
+        rc=$?
+        printf '%-40s rc=%d %4ds\n' "profile" "$rc" $((SECONDS - start)) >>"$work/summary.txt"
+        sed 's/^/    /' "$work/profile.log" >>"$work/summary.txt"
+        [[ $rc -eq 0 ]] || status=1
+    else
+        echo "profile                                  SKIPPED (deadline)" >>"$work/summary.txt"
+    fi
+fi
 cp "$work/summary.txt" "$out/" 2>/dev/null
 # The device tool returns the end of stdout: put the first failures there too.
 for log in "$work"/tests.log "$work"/demo.log "$work"/sanitize-*.log; do
