@@ -4,6 +4,7 @@
 # occupancy, launch statistics, pipe utilization and instruction mix. One
 # ncu-<type>-k<k_len>-<direction>.txt per profile; KERNEL must match the planner's kernel
 # for the case (profile.sh runs the benchmark without --variants).
+# PROFILE_MIB (default 256, the sweep's) sets the case size, and so the rows and the kernel.
 # (Bundled next to run.sh; ncu must be on PATH or in /usr/local/cuda/bin.)
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -22,7 +23,7 @@ for spec in "$@"; do
         --section ComputeWorkloadAnalysis --section InstructionStats \
         -k "regex:$kernel" --launch-skip 2 -c 1 \
         "$here"/bin/bench-throughput --types "$dtype" --directions "$direction" --cases sweep \
-        --k-lens "$k" --mib 64 --repeats 3 --no-baseline --out "$out/bench-scratch" \
+        --k-lens "$k" --mib "${PROFILE_MIB:-256}" --repeats 3 --no-baseline --out "$out/bench-scratch" \
         >"$log" 2>&1
     rc=$?
     [[ $rc -eq 0 ]] || status=1
