@@ -17,6 +17,7 @@ use std::fmt;
 use crate::contract::{Lengths, Spec, check_buffer};
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
+use crate::plan::Direction;
 use crate::reference;
 
 /// How close an output must be to the f64 reference.
@@ -82,6 +83,10 @@ pub struct Location {
 /// What a comparison found. `Display` prints a one-paragraph summary.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Report {
+    /// What was compared: a forward's probabilities (each element judged against its own
+    /// size, rows summing to one) or a backward's gradient (each element judged against the
+    /// size of its terms; see [`Tolerance`]).
+    pub direction: Direction,
     /// The tolerance the verdict used.
     pub tolerance: Tolerance,
     /// Rows compared.
@@ -124,11 +129,14 @@ impl Report {
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let relative_to = match self.direction {
+            Direction::Forward => "the value",
+            Direction::Backward => "its terms",
+        };
         write!(
             f,
             "{} over {} rows: max abs error {:.3e}, max rel error {:.3e}, {} elements out of tolerance \
-             (abs {:.1e} + rel {:.1e}), {} masked positions not exactly 0, {} rows not summing to 1 \
-             (max |sum - 1| {:.3e})",
+             (abs {:.1e} + rel {:.1e} of {relative_to}), {} masked positions not exactly 0",
             if self.passed() { "PASS" } else { "FAIL" },
             self.rows,
             self.max_abs_error,
@@ -137,9 +145,14 @@ impl fmt::Display for Report {
             self.tolerance.abs,
             self.tolerance.rel,
             self.nonzero_masked,
-            self.bad_row_sums,
-            self.max_row_sum_error,
         )?;
+        if self.direction == Direction::Forward {
+            write!(
+                f,
+                ", {} rows not summing to 1 (max |sum - 1| {:.3e})",
+                self.bad_row_sums, self.max_row_sum_error
+            )?;
+        }
         if let Some(w) = self.worst {
             write!(
                 f,
@@ -261,6 +274,10 @@ fn compare_rows<T: Element>(
     let shape = &spec.shape;
     let rows = shape.rows()?;
     let mut report = Report {
+        direction: match check {
+            Check::RowSums => Direction::Forward,
+            Check::Backward { .. } => Direction::Backward,
+        },
         tolerance,
         rows,
         max_abs_error: 0.0,

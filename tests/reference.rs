@@ -372,6 +372,11 @@ fn compare_judges_the_backward_by_the_size_of_its_terms() {
     let wrong = [0.5 * (1000.0 - 500.0005), 0.5 * (1000.001 - 500.0005)];
     let report = compare::backward(&spec, lengths, &y, &dy, &wrong).unwrap();
     assert_eq!(report.out_of_tolerance, 2, "{report}");
+    assert!(
+        report.to_string().contains("rel 1.0e-5 of its terms"),
+        "{report}"
+    );
+    assert!(!report.to_string().contains("summing to 1"), "{report}");
 }
 
 mod properties {
