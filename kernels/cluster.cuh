@@ -39,6 +39,22 @@ __device__ __forceinline__ T* cluster_map(T* local, unsigned rank) {
 #endif
 
 #if MASKED_SOFTMAX_HAS_CLUSTERS
+// A cluster kernel's dynamic shared memory: the block's published part of the row's
+// reduction (one float2, padded to 16 bytes), 32 float2 of block-reduction scratch, then
+// the chunk's cache, 16-byte aligned so that a pack moves as one 16-byte access (with the
+// cache 8 bytes off, packs of 4 floats went as two 8-byte accesses and bank conflicts).
+// src/plan.rs (CLUSTER_HEADER_BYTES) counts the same bytes.
+struct ClusterShared {
+    float2* published;
+    float2* scratch;
+    float* cache;
+
+    __device__ __forceinline__ static ClusterShared of() {
+        float2* base = dynamic_shared<float2>();
+        return ClusterShared{base, base + 2, reinterpret_cast<float*>(base + 2 + WARP)};
+    }
+};
+
 // The chunk of every row that a block of a cluster owns: with `blocks` blocks per cluster,
 // block `rank` takes packs [begin, end) (chunks of `size` packs, the last ones shorter or
 // empty), of rows blockIdx.x / blocks, + clusters, + 2 clusters, ...

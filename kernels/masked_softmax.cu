@@ -384,15 +384,16 @@ __device__ __forceinline__ void block_stream_forward(const T* x, T* y, const Mas
 // shared memory if CACHED); the blocks publish them in shared memory, sync the cluster, and
 // every block merges all of them in the same order, so all agree; a second cluster sync
 // keeps the published statistics alive until every block has read them. Pass 2 writes the
-// chunk. Dynamic shared memory: [published float2][32 float2 scratch][cache].
+// chunk. Dynamic shared memory: ClusterShared.
 template <typename T, int PACK, bool CACHED>
 __device__ __forceinline__ void cluster_forward(const T* x, T* y, const MaskParams& p) {
     const ScaleMap sm = ScaleMap::of(p.scale);
     const RowIndex index = RowIndex::of(p);
     const ClusterChunk chunk = ClusterChunk::of<PACK>(p);
-    float2* published = dynamic_shared<float2>();
-    float2* scratch = published + 1;
-    float* cache = reinterpret_cast<float*>(scratch + WARP);
+    const ClusterShared shared = ClusterShared::of();
+    float2* published = shared.published;
+    float2* scratch = shared.scratch;
+    float* cache = shared.cache;
 
     for (int64_t row = blockIdx.x / chunk.blocks; row < p.rows; row += chunk.clusters) {
         const RowWindow w = row_window(p, index, row);

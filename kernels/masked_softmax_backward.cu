@@ -204,11 +204,12 @@ __device__ __forceinline__ void block_cached_backward(const T* y, const T* dy, T
                 float ys[PACK], dys[PACK];
                 decode_pair<T, PACK>(raw, i * PACK, w, ys, dys);
 #pragma unroll
-                for (int j = 0; j < PACK; ++j) {
-                    dot += ys[j] * dys[j];
-                    cache_y[i * PACK + j] = ys[j];
-                    cache_dy[i * PACK + j] = dys[j];
-                }
+                for (int j = 0; j < PACK; ++j) dot += ys[j] * dys[j];
+                // y's pack, then dy's: 16-byte stores (see cluster_backward).
+#pragma unroll
+                for (int j = 0; j < PACK; ++j) cache_y[i * PACK + j] = ys[j];
+#pragma unroll
+                for (int j = 0; j < PACK; ++j) cache_dy[i * PACK + j] = dys[j];
             });
         dot = block_sum(dot, scratch);
 
@@ -262,15 +263,16 @@ __device__ __forceinline__ void block_stream_backward(const T* y, const T* dy, T
 // shared memory if CACHED); the blocks publish their sums, sync the cluster, and every
 // block adds all of them in rank order, so all agree on the row's dot product; a second
 // cluster sync keeps the published sums alive until every block has read them. Pass 2
-// writes the chunk of dx. Dynamic shared memory, laid out as the forward's:
-// [published float2 (.x: the sum)][32 float2 scratch][cache: chunk y, then chunk dy].
+// writes the chunk of dx. Dynamic shared memory: ClusterShared, as the forward's (the
+// published float2's .x holds the sum; the cache holds the chunk's y, then its dy).
 template <typename T, int PACK, bool CACHED>
 __device__ __forceinline__ void cluster_backward(const T* y, const T* dy, T* dx, const MaskParams& p) {
     const RowIndex index = RowIndex::of(p);
     const ClusterChunk chunk = ClusterChunk::of<PACK>(p);
-    float2* published = dynamic_shared<float2>();
-    float* scratch = reinterpret_cast<float*>(published + 1);
-    float* cache_y = reinterpret_cast<float*>(published + 1 + WARP);
+    const ClusterShared shared = ClusterShared::of();
+    float2* published = shared.published;
+    float* scratch = reinterpret_cast<float*>(shared.scratch);
+    float* cache_y = shared.cache;
     float* cache_dy = cache_y + chunk.size * PACK;
 
     for (int64_t row = blockIdx.x / chunk.blocks; row < p.rows; row += chunk.clusters) {
@@ -289,12 +291,15 @@ __device__ __forceinline__ void cluster_backward(const T* y, const T* dy, T* dx,
                 float ys[PACK], dys[PACK];
                 decode_pair<T, PACK>(raw, i * PACK, w, ys, dys);
 #pragma unroll
-                for (int j = 0; j < PACK; ++j) {
-                    dot += ys[j] * dys[j];
-                    if (CACHED) {
-                        cache_y[(i - chunk.begin) * PACK + j] = ys[j];
-                        cache_dy[(i - chunk.begin) * PACK + j] = dys[j];
-                    }
+                for (int j = 0; j < PACK; ++j) dot += ys[j] * dys[j];
+                if (CACHED) {
+                    // y's pack, then dy's: one 16-byte store each (interleaved, the two
+                    // might alias for all the compiler knows, and went one float at a time).
+                    const int64_t slot = (i - chunk.begin) * PACK;
+#pragma unroll
+                    for (int j = 0; j < PACK; ++j) cache_y[slot + j] = ys[j];
+#pragma unroll
+                    for (int j = 0; j < PACK; ++j) cache_dy[slot + j] = dys[j];
                 }
             });
         dot = block_sum(dot, scratch);

@@ -354,8 +354,9 @@ impl LaunchPlan {
 const ROWS_BLOCK: u32 = 256;
 /// Per-warp reduction scratch at the end of a block kernel's shared memory (32 float2).
 const BLOCK_SCRATCH_BYTES: u64 = 32 * 8;
-/// A cluster kernel's shared memory before its cache: published statistics + scratch.
-const CLUSTER_HEADER_BYTES: u64 = 8 + BLOCK_SCRATCH_BYTES;
+/// A cluster kernel's shared memory before its cache (kernels/cluster.cuh, ClusterShared):
+/// published statistics (8 bytes, padded to 16 so the cache is 16-byte aligned) + scratch.
+const CLUSTER_HEADER_BYTES: u64 = 16 + BLOCK_SCRATCH_BYTES;
 /// The largest portable cluster.
 const MAX_CLUSTER: u64 = 8;
 /// 32-bit registers per multiprocessor (every GPU of compute capability 8.0 and newer).
@@ -1096,7 +1097,7 @@ mod tests {
         );
         assert_eq!((p.cluster, p.grid), (4, 128));
         // 131072 / 4 keys of 4 bytes per block fit in shared memory.
-        assert_eq!(p.shared_bytes as u64, 8 + 256 + 131_072 / 4 * 4);
+        assert_eq!(p.shared_bytes as u64, 16 + 256 + 131_072 / 4 * 4);
         // One row of 2^20 f32: 8 blocks of 512 KiB chunks do not fit: read twice.
         let one = Spec::new(Shape::matrix(1, 1 << 20));
         let p = plan_forward(&one, DType::F32, H100_CLUSTERS, ALIGNED).unwrap();
@@ -1223,7 +1224,7 @@ mod tests {
                 128
             )
         );
-        assert_eq!(p.shared_bytes as u64, 8 + 256 + 32_768 / 4 * 8);
+        assert_eq!(p.shared_bytes as u64, 16 + 256 + 32_768 / 4 * 8);
         // 131072 keys would need 8 blocks of 128 KiB each, one per multiprocessor: 16
         // clusters at a time for 32 rows. So 8 blocks a row read twice, all at once.
         let p = plan_backward(&decode(131_072), DType::F16, H100_CLUSTERS, with_dy).unwrap();
@@ -1238,7 +1239,7 @@ mod tests {
                 256
             )
         );
-        assert_eq!(p.shared_bytes as u64, 8 + 256);
+        assert_eq!(p.shared_bytes as u64, 16 + 256);
         // Named, the cached cluster still runs it (in two waves).
         let kind = KernelKind::Cluster {
             pack: 8,
@@ -1255,7 +1256,7 @@ mod tests {
         );
         let p = p.unwrap().unwrap();
         assert_eq!((p.cluster, p.grid), (8, 128));
-        assert_eq!(p.shared_bytes as u64, 8 + 256 + 131_072 / 8 * 8);
+        assert_eq!(p.shared_bytes as u64, 16 + 256 + 131_072 / 8 * 8);
         // 64 rows of 2^20: no cluster holds them; 8 blocks a row, each reading twice.
         let longest = Spec::new(Shape::matrix(64, 1 << 20));
         let p = plan_backward(&longest, DType::F32, H100_CLUSTERS, with_dy).unwrap();

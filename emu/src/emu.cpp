@@ -22,6 +22,9 @@ namespace {
 constexpr size_t kStackBytes = 256 * 1024;
 constexpr unsigned kMaxThreads = 1024;
 constexpr unsigned kMaxCluster = 16;
+// Bytes past a block's dynamic shared memory that must still hold the fill pattern after a
+// launch: a kernel whose layout outgrows what the planner allocated is caught here.
+constexpr size_t kSharedGuardBytes = 1024;
 
 // A rendezvous point: `expected` fibers arrive, then all of them go on.
 struct Barrier {
@@ -189,7 +192,8 @@ bool run_cluster(Launch& l, unsigned first) {
         for (unsigned w = 0; w < warps; ++w) b.warp_barriers[w].expected = std::min(32u, per_block - 32 * w);
         b.warp_slots.assign(32 * warps, 0);
         b.barrier = Barrier{per_block, 0, 0};
-        b.shared.assign(l.shared_bytes, 0xA5);  // garbage, as on a GPU
+        // Garbage, as on a GPU, and a guard band past the end that must stay untouched.
+        b.shared.assign(l.shared_bytes + kSharedGuardBytes, 0xA5);
     }
     l.cluster_barrier = Barrier{n, 0, 0};
     for (unsigned t = 0; t < n; ++t) {
@@ -219,6 +223,18 @@ bool run_cluster(Launch& l, unsigned first) {
             l.error = what;
             return false;
         }
+    }
+    for (unsigned r = 0; r < l.cluster; ++r) {
+        const std::vector<unsigned char>& shared = l.blocks[r].shared;
+        for (size_t i = l.shared_bytes; i < shared.size(); ++i)
+            if (shared[i] != 0xA5) {
+                char what[200];
+                std::snprintf(what, sizeof what,
+                              "block %u wrote past its %u bytes of dynamic shared memory (at byte %zu)",
+                              first + r, l.shared_bytes, i);
+                l.error = what;
+                return false;
+            }
     }
     return true;
 }

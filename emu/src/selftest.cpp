@@ -52,3 +52,11 @@ extern "C" __global__ void selftest_cluster_ring(int32_t* out) {
     emu::cluster_barrier();
 }
 EMU_REGISTER_KERNEL(selftest_cluster_ring)
+
+// Writes `words` 32-bit words into its dynamic shared memory: past its end when the launch
+// gave it fewer bytes.
+extern "C" __global__ void selftest_shared_overrun(int words) {
+    int32_t* mine = static_cast<int32_t*>(emu::dynamic_shared_memory());
+    for (int i = int(threadIdx.x); i < words; i += int(blockDim.x)) mine[i] = i;
+}
+EMU_REGISTER_KERNEL(selftest_shared_overrun)

@@ -1,5 +1,6 @@
 //! The emulator against known answers: shuffles as PTX defines them, block barriers with
-//! shared memory, and the faults it must report (divergent shuffles, misaligned vectors).
+//! shared memory, and the faults it must report (divergent shuffles, misaligned vectors,
+//! writes past a block's dynamic shared memory).
 
 use std::ffi::c_void;
 
@@ -181,4 +182,24 @@ fn clusters_share_memory_between_their_blocks() {
     let bad = Dims { cluster: 3, ..d };
     let err = unsafe { launch("selftest_cluster_ring", bad, &mut [arg(&mut o)]) }.unwrap_err();
     assert!(err.contains("cluster"), "{err}");
+}
+
+#[test]
+fn writing_past_the_dynamic_shared_memory_is_reported() {
+    require_emulator!();
+    let d = |shared_bytes: u32| Dims {
+        grid: [2, 1, 1],
+        block: [32, 1, 1],
+        cluster: 1,
+        shared_bytes,
+    };
+    let mut words = 16i32;
+    // 16 words in 64 bytes: fine; in 56 bytes: the last two land in the guard band.
+    unsafe { launch("selftest_shared_overrun", d(64), &mut [arg(&mut words)]) }.unwrap();
+    let err =
+        unsafe { launch("selftest_shared_overrun", d(56), &mut [arg(&mut words)]) }.unwrap_err();
+    assert!(
+        err.contains("wrote past its 56 bytes of dynamic shared memory"),
+        "{err}"
+    );
 }
