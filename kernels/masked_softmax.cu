@@ -357,12 +357,12 @@ __device__ __forceinline__ void block_stream_forward(const T* x, T* y, const Mas
         with_plain_scale(sm, [&](auto plain) {
             constexpr bool PLAIN = decltype(plain)::value;
             SoftmaxStats st = stats_empty();
-            for_packs<LOADS_IN_FLIGHT, RawPack<T, PACK>>(first_pack + threadIdx.x, end_pack, blockDim.x, fetch,
-                                                      [&](int64_t i, const RawPack<T, PACK>& raw) {
-                                                          float keys[PACK];
-                                                          decode_keys<T, PACK>(raw, i * PACK, w.start, w.end, sm, keys);
-                                                          stats_add<PLAIN>(st, keys, sm);
-                                                      });
+            for_packs<LOADS_IN_FLIGHT, RawPack<T, PACK>>(
+                first_pack + threadIdx.x, end_pack, blockDim.x, fetch, [&](int64_t i, const RawPack<T, PACK>& raw) {
+                    float keys[PACK];
+                    decode_keys<T, PACK>(raw, i * PACK, w.start, w.end, sm, keys);
+                    stats_add<PLAIN>(st, keys, sm);
+                });
             const RowSoftmax r = row_softmax(block_stats_merge(st, scratch, sm));
 
             for_packs<LOADS_IN_FLIGHT, RawPack<T, PACK>>(
@@ -440,12 +440,13 @@ __device__ __forceinline__ void cluster_forward(const T* x, T* y, const MaskPara
                     store(i, keys);
                 }
             } else {
-                for_packs<LOADS_IN_FLIGHT, RawPack<T, PACK>>(chunk.begin + threadIdx.x, chunk.end, blockDim.x, fetch,
-                                                          [&](int64_t i, const RawPack<T, PACK>& raw) {
-                                                              float keys[PACK];
-                                                              decode_keys<T, PACK>(raw, i * PACK, w.start, w.end, sm, keys);
-                                                              store(i, keys);
-                                                          });
+                for_packs<LOADS_IN_FLIGHT, RawPack<T, PACK>>(
+                    chunk.begin + threadIdx.x, chunk.end, blockDim.x, fetch,
+                    [&](int64_t i, const RawPack<T, PACK>& raw) {
+                        float keys[PACK];
+                        decode_keys<T, PACK>(raw, i * PACK, w.start, w.end, sm, keys);
+                        store(i, keys);
+                    });
             }
         });
     }

@@ -4,10 +4,11 @@
 // The scaled score is s = scale * x, but kernels never form it: they compare "keys"
 // k = x * sign(scale) (exact; 0 * x for scale 0) and compute exp(s - s_max) as
 // exp((k - k_max) * |scale|), whose argument is <= 0. So no finite score can overflow, at
-// any scale (see ScaleMap for k - k_max at tiny and huge scales), and the result is the f64 reference's up to f32 rounding. The contract's
-// special values fall out of three rules: the max is NaN-propagating (a NaN score makes
-// the row NaN), a key of -inf weighs exactly 0, and a row whose max key is -inf (no valid
-// key, or only -inf) is all zeros.
+// any scale (ScaleMap::weight says how k - k_max stays finite at tiny and huge scales),
+// and the result is the f64 reference's up to f32 rounding. The contract's special values
+// fall out of three rules: the max is NaN-propagating (a NaN score makes the row NaN), a
+// key of -inf weighs exactly 0, and a row whose max key is -inf (no valid key, or only
+// -inf) is all zeros.
 #pragma once
 #include <stdint.h>
 
@@ -119,7 +120,7 @@ struct ScaleMap {
 };
 
 // Runs body(std::true_type) where the scale is the usual one (ScaleMap::plain()), else
-// body(std::false_type): the looping kernels branch once per launch and then take the
+// body(std::false_type): the looping kernels branch once per row and then take the
 // per-column code without the tests the unusual scales need.
 template <typename Body>
 __device__ __forceinline__ void with_plain_scale(const ScaleMap& sm, Body body) {
