@@ -203,3 +203,74 @@ fn writing_past_the_dynamic_shared_memory_is_reported() {
         "{err}"
     );
 }
+
+#[test]
+fn first_owned_and_mod_small_match_64_bit_arithmetic() {
+    require_emulator!();
+    // Random cases (xorshift) over the whole i64 range of columns, both signs of t - first,
+    // steps up to 65535, plus the edges.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let (mut first, mut t, mut step) = (Vec::new(), Vec::new(), Vec::new());
+    for s in [1u32, 2, 3, 512, 1000, 1024, 65535] {
+        for f in [0i64, 1, 4095, u32::MAX as i64, 1 << 32, i64::MAX / 2] {
+            for d in [-70_000i64, -1, 0, 1, 65_534, 70_000] {
+                first.push(f);
+                t.push((f + d).max(0));
+                step.push(s);
+            }
+        }
+    }
+    while first.len() < 20_000 {
+        let f = (next() >> (next() % 64)) as i64 & i64::MAX;
+        let near = next() % 2 == 0;
+        let d = (next() % 200_000) as i64 - 100_000;
+        first.push(f);
+        t.push(if near {
+            (f + d).max(0)
+        } else {
+            (next() >> (next() % 64)) as i64 & i64::MAX
+        });
+        step.push(1 + (next() % if next() % 3 == 0 { 65535 } else { 1024 }) as u32);
+    }
+    let n = first.len();
+    let buffers = (
+        GuardedBuffer::from_slice(&first, Placement::Start),
+        GuardedBuffer::from_slice(&t, Placement::Start),
+        GuardedBuffer::from_slice(&step, Placement::Start),
+        GuardedBuffer::from_slice(&vec![-1i64; n], Placement::End),
+        GuardedBuffer::from_slice(&vec![u32::MAX; n], Placement::End),
+    );
+    let mut ptrs = [
+        buffers.0.addr(),
+        buffers.1.addr(),
+        buffers.2.addr(),
+        buffers.3.addr(),
+        buffers.4.addr(),
+    ];
+    let mut count = n as i32;
+    let [a, b, c, d, e] = &mut ptrs;
+    unsafe {
+        launch(
+            "selftest_first_owned",
+            dims(1, 256),
+            &mut [arg(a), arg(b), arg(c), arg(d), arg(e), arg(&mut count)],
+        )
+    }
+    .unwrap();
+    for i in 0..n {
+        let (f, ti, s) = (first[i], t[i], step[i] as i64);
+        let want = f + (ti - f).rem_euclid(s);
+        assert_eq!(buffers.3.as_slice()[i], want, "first_owned({f}, {ti}, {s})");
+        assert_eq!(
+            buffers.4.as_slice()[i] as i64,
+            (f as u64 % s as u64) as i64,
+            "mod_small({f}, {s})"
+        );
+    }
+}
