@@ -38,6 +38,12 @@
 // taken over 16-bit pairs (exact: the max of 16-bit values is one of them); the weights'
 // arithmetic is the f32 kernels', (k - max) * log2_scale with the key k = x * key_sign,
 // here formed by one FMA in the same rounding.
+// A zero row (max -inf: no valid key, or only -inf ones) weighs its keys against 0 instead:
+// its -inf keys weigh 0 (not NaN), and an inv_sum of 0 writes zeros.
+__device__ __forceinline__ float max_to_weigh_against(float max_key) {
+    return max_key == -CUDART_INF_F ? 0.f : max_key;
+}
+
 template <typename T>
 struct RawPairKeys {
     using Pair = typename Pair16<T>::type;
@@ -150,13 +156,25 @@ struct RawPairKeys {
             }
         }
     }
-};
 
-// A zero row (max -inf: no valid key, or only -inf ones) weighs its keys against 0 instead:
-// its -inf keys weigh 0 (not NaN), and an inv_sum of 0 writes zeros.
-__device__ __forceinline__ float max_to_weigh_against(float max_key) {
-    return max_key == -CUDART_INF_F ? 0.f : max_key;
-}
+    // A row from a thread's PACKS packs: their max and weights, combined across the row's
+    // threads by reduce_max and reduce_sum, then written at `out` if `write` (threads with
+    // no row still take part in the reductions).
+    template <int PACK, int PACKS, typename Column, typename ReduceMax, typename ReduceSum>
+    __device__ __forceinline__ void softmax_row(T* out, RawPack<T, PACK> (&raw)[PACKS], Column column, int32_t k_len,
+                                                const ShortWindow& w, bool write, ReduceMax reduce_max,
+                                                ReduceSum reduce_sum) const {
+        Max m = max_empty();
+#pragma unroll
+        for (int i = 0; i < PACKS; ++i) fold_max(raw[i], column(i), w, m);
+        const float row_max = reduce_max(max_of(m));
+        const bool zero_row = row_max == -CUDART_INF_F;
+        const float max_key = max_to_weigh_against(row_max);
+        const float total = reduce_sum(sum(raw, column, w, max_key));
+        const float inv_sum = zero_row ? 0.f : 1.f / total;
+        if (write) store(out, raw, column, k_len, w, max_key, inv_sum);
+    }
+};
 
 // The rows kernels' raw-pair form (rows_forward for 16-bit vector packs): the same loop,
 // twice the rows at once for the same registers.
@@ -174,15 +192,8 @@ __device__ __forceinline__ void rows_forward_16bit(const T* x, T* y, const MaskP
         for (int r = 0; r < R; ++r) {
             const ShortWindow& w = rows[r].window;
             const auto column = [&](int i) { return lane_pack_column<GROUP, PACK>(i, rows[r].member); };
-            typename RawPairKeys<T>::Max m = RawPairKeys<T>::max_empty();
-#pragma unroll
-            for (int i = 0; i < PACKS; ++i) keys.fold_max(raw[r][i], column(i), w, m);
-            const float row_max = group_max<GROUP>(RawPairKeys<T>::max_of(m));
-            const bool zero_row = row_max == -CUDART_INF_F;
-            const float max_key = max_to_weigh_against(row_max);
-            const float sum = group_sum<GROUP>(keys.sum(raw[r], column, w, max_key));
-            const float inv_sum = zero_row ? 0.f : 1.f / sum;
-            if (rows[r].active) keys.store(y + rows[r].offset, raw[r], column, k_len, w, max_key, inv_sum);
+            keys.softmax_row(y + rows[r].offset, raw[r], column, k_len, w, rows[r].active, group_max<GROUP>,
+                             group_sum<GROUP>);
         }
     });
 }
@@ -201,15 +212,9 @@ __device__ __forceinline__ void block_regs_forward_16bit(const T* x, T* y, const
         const auto column = [](int i) { return block_pack_column<PACK>(i); };
         RawPack<T, PACK> raw[PACKS];
         fetch_block_row<T, PACK, PACKS>(x + row.offset, w, raw);
-        typename RawPairKeys<T>::Max m = RawPairKeys<T>::max_empty();
-#pragma unroll
-        for (int i = 0; i < PACKS; ++i) keys.fold_max(raw[i], column(i), w, m);
-        const float row_max = block_max(RawPairKeys<T>::max_of(m), scratch);
-        const bool zero_row = row_max == -CUDART_INF_F;
-        const float max_key = max_to_weigh_against(row_max);
-        const float sum = block_sum(keys.sum(raw, column, w, max_key), scratch);
-        const float inv_sum = zero_row ? 0.f : 1.f / sum;
-        keys.store(y + row.offset, raw, column, k_len, w, max_key, inv_sum);
+        keys.softmax_row(
+            y + row.offset, raw, column, k_len, w, true, [&](float v) { return block_max(v, scratch); },
+            [&](float v) { return block_sum(v, scratch); });
     });
 }
 

@@ -59,12 +59,41 @@ __device__ __forceinline__ void rows_backward(const T* y, const T* dy, T* dx, co
     });
 }
 
+// sum(y * dy) over a thread's PACKS raw pairs. A masked column inside a fetched pack holds
+// zero bits (fetch_window) and adds 0 * 0, so only packs wholly outside the window are
+// skipped; the products and their order are the f32-value kernels'.
+template <typename T, int PACK, int PACKS, typename Column>
+__device__ __forceinline__ float raw_pair_dot(const PackPair<T, PACK> (&raw)[PACKS], Column column,
+                                              const ShortWindow& w) {
+    float dot = 0.f;
+#pragma unroll
+    for (int i = 0; i < PACKS; ++i) {
+        if (!pack_overlaps<PACK>(column(i), w.start, w.end)) continue;
+#pragma unroll
+        for (int j = 0; j < PACK; ++j) dot += to_f32(raw[i].y.get(j)) * to_f32(raw[i].dy.get(j));
+    }
+    return dot;
+}
+
+// The gradient at column j of raw pair `pair`, converted again rather than kept alive from
+// the dot product: call forget_pairs on the packs first (see forget_values).
+template <typename T, int PACK>
+__device__ __forceinline__ float raw_pair_grad(const PackPair<T, PACK>& pair, int j, float dot, float scale) {
+    return softmax_grad(to_f32(pair.y.get(j)), to_f32(pair.dy.get(j)), dot, scale);
+}
+template <typename T, int PACK, int PACKS>
+__device__ __forceinline__ void forget_pairs(PackPair<T, PACK> (&raw)[PACKS]) {
+#pragma unroll
+    for (int i = 0; i < PACKS; ++i) {
+        forget_values(raw[i].y);
+        forget_values(raw[i].dy);
+    }
+}
+
 // The rows kernels' form for 16-bit vector packs: y and dy kept as fetched (two values to a
 // register, half the registers of f32 values), so a lane takes twice the rows at once and
 // has twice the bytes in flight, converting each value twice (for the dot product, then to
-// write). A masked column inside a fetched pack holds zero bits (fetch_window), which add
-// 0 * 0 to the dot product, so only packs wholly outside the window are skipped; the
-// products and their order are rows_backward's.
+// write).
 template <typename T, int PACK, int PACKS, int GROUP>
 __device__ __forceinline__ void rows_backward_16bit(const T* y, const T* dy, T* dx, const MaskParams& p) {
     static_assert(sizeof(T) == 2 && PACK > 1, "16-bit vector packs only");
@@ -75,24 +104,11 @@ __device__ __forceinline__ void rows_backward_16bit(const T* y, const T* dy, T* 
         fetch_group_row_pairs<T, PACK, PACKS, GROUP, R>(y, dy, rows, raw);
 #pragma unroll
         for (int r = 0; r < R; ++r) {
-            const ShortWindow& w = rows[r].window;
-            float dot = 0.f;
-#pragma unroll
-            for (int i = 0; i < PACKS; ++i) {
-                if (!pack_overlaps<PACK>(lane_pack_column<GROUP, PACK>(i, rows[r].member), w.start, w.end)) continue;
-#pragma unroll
-                for (int j = 0; j < PACK; ++j) dot += to_f32(raw[r][i].y.get(j)) * to_f32(raw[r][i].dy.get(j));
-            }
-            dot = group_sum<GROUP>(dot);
-            // Convert again rather than keep the dot pass's values alive (see forget_values).
-#pragma unroll
-            for (int i = 0; i < PACKS; ++i) {
-                forget_values(raw[r][i].y);
-                forget_values(raw[r][i].dy);
-            }
-            store_group_row<T, PACK, PACKS, GROUP>(dx, rows[r], k_len, [&](int i, int j) {
-                return softmax_grad(to_f32(raw[r][i].y.get(j)), to_f32(raw[r][i].dy.get(j)), dot, p.scale);
-            });
+            const auto column = [&](int i) { return lane_pack_column<GROUP, PACK>(i, rows[r].member); };
+            const float dot = group_sum<GROUP>(raw_pair_dot(raw[r], column, rows[r].window));
+            forget_pairs(raw[r]);
+            store_group_row<T, PACK, PACKS, GROUP>(
+                dx, rows[r], k_len, [&](int i, int j) { return raw_pair_grad(raw[r][i], j, dot, p.scale); });
         }
     });
 }
@@ -143,25 +159,13 @@ __device__ __forceinline__ void block_regs_backward_16bit(const T* y, const T* d
         const auto column = [](int i) { return block_pack_column<PACK>(i); };
         PackPair<T, PACK> raw[PACKS];
         fetch_block_row_pairs<T, PACK, PACKS>(y + row.offset, dy + row.offset, w, raw);
-        float dot = 0.f;
-#pragma unroll
-        for (int i = 0; i < PACKS; ++i) {
-            if (!pack_overlaps<PACK>(column(i), w.start, w.end)) continue;  // zero bits: masked columns add 0
-#pragma unroll
-            for (int j = 0; j < PACK; ++j) dot += to_f32(raw[i].y.get(j)) * to_f32(raw[i].dy.get(j));
-        }
-        dot = block_sum(dot, scratch);
-#pragma unroll
-        for (int i = 0; i < PACKS; ++i) {
-            forget_values(raw[i].y);
-            forget_values(raw[i].dy);
-        }
+        const float dot = block_sum(raw_pair_dot(raw, column, w), scratch);
+        forget_pairs(raw);
 #pragma unroll
         for (int i = 0; i < PACKS; ++i) {
             if (column(i) >= k_len) break;
-            store_window<T, PACK>(dx + row.offset, column(i), k_len, w.start, w.end, [&](int j) {
-                return softmax_grad(to_f32(raw[i].y.get(j)), to_f32(raw[i].dy.get(j)), dot, p.scale);
-            });
+            store_window<T, PACK>(dx + row.offset, column(i), k_len, w.start, w.end,
+                                  [&](int j) { return raw_pair_grad(raw[i], j, dot, p.scale); });
         }
     });
 }

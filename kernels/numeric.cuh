@@ -120,8 +120,8 @@ struct ScaleMap {
 };
 
 // Runs body(std::true_type) where the scale is the usual one (ScaleMap::plain()), else
-// body(std::false_type): the looping kernels branch once per row and then take the
-// per-column code without the tests the unusual scales need.
+// body(std::false_type): kernels branch once per row and then take the per-column code
+// without the tests the unusual scales need.
 template <typename Body>
 __device__ __forceinline__ void with_plain_scale(const ScaleMap& sm, Body body) {
     if (sm.plain())
@@ -145,27 +145,18 @@ __device__ __forceinline__ float weigh_keys(float (&keys)[PACKS][PACK], float ma
             for (int j = 0; j < PACK; ++j) keys[i][j] = 0.f;
         return sum;
     }
-    if (sm.plain()) {  // the usual scale: one subtract, one multiply and one ex2 per key
+    // The usual scale: one subtract, one multiply and one ex2 per key (ScaleMap::weigh).
+    with_plain_scale(sm, [&](auto plain) {
 #pragma unroll
         for (int i = 0; i < PACKS; ++i) {
             if (!live(i)) continue;
 #pragma unroll
             for (int j = 0; j < PACK; ++j) {
-                keys[i][j] = fast_exp2((keys[i][j] - max_key) * sm.log2_scale);
+                keys[i][j] = sm.weigh<decltype(plain)::value>(keys[i][j], max_key);
                 sum += keys[i][j];
             }
         }
-        return sum;
-    }
-#pragma unroll
-    for (int i = 0; i < PACKS; ++i) {
-        if (!live(i)) continue;
-#pragma unroll
-        for (int j = 0; j < PACK; ++j) {
-            keys[i][j] = sm.weight(keys[i][j], max_key);
-            sum += keys[i][j];
-        }
-    }
+    });
     return sum;
 }
 
