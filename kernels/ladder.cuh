@@ -12,6 +12,26 @@
     ROWS(SUFFIX, T, 16, P, 1)                 \
     ROWS(SUFFIX, T, 32, P, 1)
 
+// Short rows of 16-byte packs over fewer lanes: 8 or 16 lanes per row (8 lanes of 16 bytes
+// fill a 128-byte line) with 2 or 4 packs each (src/plan.rs, rows_shape), so that a row's
+// two reductions take 3 or 4 shuffle steps instead of 5 and each lane spreads its per-row
+// work over more columns. _2: up to 2 packs per lane (the 16-bit backward); _4: up to 4.
+#define ROWS_SPLIT_LADDER_2(ROWS, SUFFIX, T, P) \
+    ROWS(SUFFIX, T, 8, P, 2)                    \
+    ROWS(SUFFIX, T, 16, P, 2)
+#define ROWS_SPLIT_LADDER_4(ROWS, SUFFIX, T, P) \
+    ROWS(SUFFIX, T, 8, P, 2)                    \
+    ROWS(SUFFIX, T, 8, P, 4)                    \
+    ROWS(SUFFIX, T, 16, P, 4)
+
+// Tiny rows of single elements (rows misaligned for 16-byte packs, up to 8 columns): one
+// lane per row holding 2, 4 or 8 columns, so a warp has 32 rows (times rows_at_once) in
+// flight where the group ladder's G lanes of one column each hold 32 / G.
+#define ROWS_LANE_LADDER(ROWS, SUFFIX, T) \
+    ROWS(SUFFIX, T, 1, 1, 2)              \
+    ROWS(SUFFIX, T, 1, 1, 4)              \
+    ROWS(SUFFIX, T, 1, 1, 8)
+
 // Medium rows: a whole warp per row, 2 .. MAX packs per lane (src/plan.rs, max_packs: 32
 // floats of the row per lane forward, 16 of y and 16 of dy backward).
 #define ROWS_WARP_LADDER_2(ROWS, SUFFIX, T, P) ROWS(SUFFIX, T, 32, P, 2)

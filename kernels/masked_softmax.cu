@@ -526,13 +526,15 @@ __device__ __forceinline__ void cluster_forward(const T* x, T* y, const MaskPara
 // the block_regs kernels hold VN = 16 / P packs per thread (8 single elements: the scalar
 // path needs more registers per element).
 #define TYPE_KERNELS(SUFFIX, T, VP, VN, WARP_LADDER) \
-    ROWS_GROUP_LADDER(ROWS_KERNEL, SUFFIX, T, VP)      \
-    WARP_LADDER(ROWS_KERNEL, SUFFIX, T, VP)            \
+    ROWS_GROUP_LADDER(ROWS_KERNEL, SUFFIX, T, VP)    \
+    ROWS_SPLIT_LADDER_4(ROWS_KERNEL, SUFFIX, T, VP)  \
+    WARP_LADDER(ROWS_KERNEL, SUFFIX, T, VP)          \
     BLOCK_KERNELS(SUFFIX, T, VP, VN)                 \
     CLUSTER_KERNELS(SUFFIX, T, VP)                   \
     ROWS_GROUP_LADDER(ROWS_KERNEL, SUFFIX, T, 1)     \
+    ROWS_LANE_LADDER(ROWS_KERNEL, SUFFIX, T)         \
     ROWS_WARP_LADDER_32(ROWS_KERNEL, SUFFIX, T, 1)   \
-    BLOCK_KERNELS(SUFFIX, T, 1, 8)                  \
+    BLOCK_KERNELS(SUFFIX, T, 1, 8)                   \
     CLUSTER_KERNELS(SUFFIX, T, 1)
 
 TYPE_KERNELS(f32, float, 4, 4, ROWS_WARP_LADDER_8)

@@ -401,18 +401,20 @@ __device__ __forceinline__ void cluster_backward(const T* y, const T* dy, T* dx,
 
 // Two values per element in registers: half the forward's packs per lane (and per thread
 // in block_regs: VN = 8 / P).
-#define BWD_TYPE_KERNELS(SUFFIX, T, VP, VN, WARP_LADDER) \
-    ROWS_GROUP_LADDER(BWD_ROWS_KERNEL, SUFFIX, T, VP)      \
-    WARP_LADDER(BWD_ROWS_KERNEL, SUFFIX, T, VP)            \
-    BWD_BLOCK_KERNELS(SUFFIX, T, VP, VN)                 \
-    BWD_CLUSTER_KERNELS(SUFFIX, T, VP)                   \
-    ROWS_GROUP_LADDER(BWD_ROWS_KERNEL, SUFFIX, T, 1)     \
-    ROWS_WARP_LADDER_16(BWD_ROWS_KERNEL, SUFFIX, T, 1)   \
-    BWD_BLOCK_KERNELS(SUFFIX, T, 1, 8)                  \
+#define BWD_TYPE_KERNELS(SUFFIX, T, VP, VN, WARP_LADDER, SPLIT_LADDER) \
+    ROWS_GROUP_LADDER(BWD_ROWS_KERNEL, SUFFIX, T, VP)                  \
+    SPLIT_LADDER(BWD_ROWS_KERNEL, SUFFIX, T, VP)                       \
+    WARP_LADDER(BWD_ROWS_KERNEL, SUFFIX, T, VP)                        \
+    BWD_BLOCK_KERNELS(SUFFIX, T, VP, VN)                               \
+    BWD_CLUSTER_KERNELS(SUFFIX, T, VP)                                 \
+    ROWS_GROUP_LADDER(BWD_ROWS_KERNEL, SUFFIX, T, 1)                   \
+    ROWS_LANE_LADDER(BWD_ROWS_KERNEL, SUFFIX, T)                       \
+    ROWS_WARP_LADDER_16(BWD_ROWS_KERNEL, SUFFIX, T, 1)                 \
+    BWD_BLOCK_KERNELS(SUFFIX, T, 1, 8)                                 \
     BWD_CLUSTER_KERNELS(SUFFIX, T, 1)
 
-BWD_TYPE_KERNELS(f32, float, 4, 2, ROWS_WARP_LADDER_4)
-BWD_TYPE_KERNELS(f16, __half, 8, 1, ROWS_WARP_LADDER_2)
-BWD_TYPE_KERNELS(bf16, __nv_bfloat16, 8, 1, ROWS_WARP_LADDER_2)
+BWD_TYPE_KERNELS(f32, float, 4, 2, ROWS_WARP_LADDER_4, ROWS_SPLIT_LADDER_4)
+BWD_TYPE_KERNELS(f16, __half, 8, 1, ROWS_WARP_LADDER_2, ROWS_SPLIT_LADDER_2)
+BWD_TYPE_KERNELS(bf16, __nv_bfloat16, 8, 1, ROWS_WARP_LADDER_2, ROWS_SPLIT_LADDER_2)
 BWD_BLOCK_REGS_16BIT_KERNEL(f16, __half, 8, 4)
 BWD_BLOCK_REGS_16BIT_KERNEL(bf16, __nv_bfloat16, 8, 4)

@@ -7,10 +7,12 @@
 //! floats of a row in registers in a rows kernel, 16 in a block kernel, half that in the
 //! backward, which holds `y` and `dy`):
 //!
-//! 1. `k_len <= 32 P`: [`KernelKind::Rows`] with `group` lanes per row, several rows per
-//!    warp, one pack per lane, so short rows are neither launch- nor shuffle-bound.
+//! 1. Short rows: [`KernelKind::Rows`] with `group` lanes per row and several rows per
+//!    warp, so short rows are neither launch- nor shuffle-bound. 16-byte packs: up to 8
+//!    lanes with a pack each, then up to 4 packs per lane on 8 or 16 lanes. Single
+//!    elements: a lane per row up to 8 columns, then a lane per column.
 //! 2. Up to 32 floats per lane: `Rows` with a whole warp per row and `packs` packs per
-//!    lane in registers.
+//!    lane in registers (`rows_shape`).
 //! 3. Up to 16 floats per thread of a 512-thread block: [`KernelKind::BlockRegs`], a
 //!    block per row, the row in registers (f32: up to 4096 keys). 16-bit forward rows
 //!    take the `block_regs` kernel that keeps 32 columns a thread as raw pairs, up to
@@ -140,6 +142,46 @@ fn max_packs(pack: u32, direction: Direction) -> u32 {
     }
 }
 
+/// Packs per lane a rows kernel of 16-byte packs fills before it spreads a row over more
+/// lanes, and the fewest lanes it spreads one over (8 lanes of 16 bytes fill a 128-byte
+/// line). On the H200 (v5) one pack per lane cost 2.3x the floor for f32 at k=32-128, where
+/// 4 packs per lane (k=512) cost 1.21x at the same bytes: with one pack per lane each
+/// row's two 5-step warp reductions and its window are spread over 4 columns.
+const ROWS_PACKS_PER_LANE: u32 = 4;
+const ROWS_MIN_VECTOR_GROUP: u32 = 8;
+
+/// Lanes per row and packs per lane of the rows kernel for rows of `k_len <= 32 * pack *
+/// max_packs` columns: the smallest kernel that holds the row.
+/// - Single elements (misaligned rows) up to TINY_ROW_KEYS: a lane per row, holding all of it.
+/// - Single elements past that: a lane per column up to 32, then more columns per lane.
+/// - 16-byte packs: up to ROWS_PACKS_PER_LANE packs per lane over at least
+///   ROWS_MIN_VECTOR_GROUP lanes (fewer only for rows of fewer packs), up to 32 lanes.
+fn rows_shape(pack: u32, direction: Direction, k_len: u64) -> (u32, u32) {
+    let row_packs = k_len.div_ceil(pack as u64).next_power_of_two() as u32;
+    if pack == 1 {
+        if k_len <= TINY_ROW_KEYS {
+            return (1, row_packs);
+        }
+        let group = row_packs.min(WARP_SIZE);
+        return (group, row_packs / group);
+    }
+    let per_lane = ROWS_PACKS_PER_LANE.min(max_packs(pack, direction));
+    let group = (row_packs / per_lane)
+        .max(row_packs.min(ROWS_MIN_VECTOR_GROUP))
+        .min(WARP_SIZE);
+    (group, row_packs / group)
+}
+
+/// The rows kernels of 16-byte packs with 8 or 16 lanes per row and several packs per lane
+/// (`ROWS_SPLIT_LADDER_{2,4}` in kernels/ladder.cuh): those [`rows_shape`] picks.
+fn split_rows(pack: u32, direction: Direction) -> &'static [(u32, u32)] {
+    match (pack, max_packs(pack, direction)) {
+        (1, _) => &[],
+        (_, n) if n >= 4 => &[(8, 2), (8, 4), (16, 4)],
+        _ => &[(8, 2), (16, 2)],
+    }
+}
+
 /// Packs per thread of the block-per-row register kernels: 16 floats per thread (8 of `y`
 /// and 8 of `dy` backward); 8 single elements in the forward's scalar fallback, which needs
 /// more registers per element.
@@ -169,6 +211,13 @@ const REGS_BLOCK: u32 = 512;
 /// (`__launch_bounds__(512)` in the kernels).
 const LOOP_BLOCK: u32 = 512;
 
+/// Longest rows of single elements (rows misaligned for 16-byte packs) the planner gives one
+/// lane each (`rows_g1_p1x{2,4,8}`) instead of a group of lanes with one column each. At
+/// k=7, 8 lanes a row kept 16 rows (about 256 bytes of valid f32 scores) in flight per
+/// warp and took 5x the floor (f32) and 9.5x (16-bit) on the H200 (v3-v5); a lane per row
+/// keeps 64 rows, 4 times the bytes, and spends no shuffles. Not yet measured (v7).
+const TINY_ROW_KEYS: u64 = 8;
+
 /// Longest f32 rows the planner gives block_regs, and block_cached (measured crossovers: see
 /// `Problem::choose`).
 const WIDE_REGS_KEYS: u64 = 4096;
@@ -195,7 +244,20 @@ impl KernelKind {
                 pack,
                 packs: 1 << e,
             });
-            kinds.extend(groups.into_iter().chain(warps));
+            // One lane per row with several single elements: tiny misaligned rows.
+            let lanes = (pack == 1)
+                .then_some([2, 4, 8])
+                .into_iter()
+                .flatten()
+                .map(|packs| KernelKind::Rows {
+                    group: 1,
+                    pack,
+                    packs,
+                });
+            let split = split_rows(pack, direction)
+                .iter()
+                .map(|&(group, packs)| KernelKind::Rows { group, pack, packs });
+            kinds.extend(groups.into_iter().chain(split).chain(lanes).chain(warps));
             kinds.push(KernelKind::BlockRegs {
                 pack,
                 packs: block_regs_packs(pack, direction),
@@ -498,11 +560,7 @@ impl Problem {
         let (pack, direction) = (self.pack, self.direction);
         let p = pack as u64;
         if self.k_len <= 32 * p * max_packs(pack, direction) as u64 {
-            let (group, packs) = if self.k_len <= 32 * p {
-                (self.k_len.div_ceil(p).next_power_of_two() as u32, 1)
-            } else {
-                (32, self.k_len.div_ceil(32 * p).next_power_of_two() as u32)
-            };
+            let (group, packs) = rows_shape(pack, direction, self.k_len);
             return KernelKind::Rows { group, pack, packs };
         }
         // Many 16-bit rows: the block_regs kernels keeping raw pairs (32 columns a thread: a
@@ -815,6 +873,40 @@ mod tests {
     }
 
     #[test]
+    fn tiny_rows_of_single_elements_take_a_lane_each() {
+        // k=7 misaligns 16-byte packs in every row after the first: single elements.
+        for dtype in [DType::F32, DType::F16, DType::BF16] {
+            for (k, kind) in [
+                (1, (1, 1)),
+                (3, (1, 4)),
+                (7, (1, 8)),
+                (8, (1, 8)),
+                (9, (16, 1)),
+            ] {
+                let spec = Spec::new(Shape::matrix(1000, k));
+                let (group, packs) = kind;
+                let want = KernelKind::Rows {
+                    group,
+                    pack: 1,
+                    packs,
+                };
+                let fwd = plan(&spec, dtype, ALIGNED);
+                let bwd = plan_backward(&spec, dtype, H100, ALIGNED).unwrap();
+                if k % vector_pack(dtype) as usize != 0 {
+                    assert_eq!(fwd.kernel, want, "{dtype:?} k={k}");
+                    assert_eq!(bwd.kernel, want, "{dtype:?} k={k} backward");
+                }
+                // Even rows that align still take a lane each when a buffer does not.
+                let odd = Buffers {
+                    x: 0x1002,
+                    ..ALIGNED
+                };
+                assert_eq!(plan(&spec, dtype, odd).kernel, want, "{dtype:?} k={k}");
+            }
+        }
+    }
+
+    #[test]
     fn the_ladder_by_row_length() {
         let kind =
             |k: usize, dtype| plan(&Spec::new(Shape::matrix(1000, k)), dtype, ALIGNED).kernel;
@@ -827,19 +919,65 @@ mod tests {
             }
         );
         assert_eq!(
-            kind(64, DType::F32),
+            kind(32, DType::F32),
             KernelKind::Rows {
-                group: 16,
+                group: 8,
                 pack: 4,
                 packs: 1
+            }
+        );
+        // Past 8 lanes, more packs per lane (up to 4), then more lanes.
+        assert_eq!(
+            kind(64, DType::F32),
+            KernelKind::Rows {
+                group: 8,
+                pack: 4,
+                packs: 2
             }
         );
         assert_eq!(
             kind(128, DType::F32),
             KernelKind::Rows {
+                group: 8,
+                pack: 4,
+                packs: 4
+            }
+        );
+        assert_eq!(
+            kind(256, DType::BF16),
+            KernelKind::Rows {
+                group: 8,
+                pack: 8,
+                packs: 4
+            }
+        );
+        assert_eq!(
+            kind(500, DType::F32),
+            KernelKind::Rows {
                 group: 32,
                 pack: 4,
-                packs: 1
+                packs: 4
+            }
+        );
+        let backward = |k: usize, dtype| {
+            plan_backward(&Spec::new(Shape::matrix(1000, k)), dtype, H100, ALIGNED)
+                .unwrap()
+                .kernel
+        };
+        assert_eq!(
+            backward(256, DType::F16),
+            KernelKind::Rows {
+                group: 16,
+                pack: 8,
+                packs: 2
+            }
+        );
+        assert_eq!(
+            backward(256, DType::F32),
+            KernelKind::Rows {
+                group: 16,
+                pack: 4,
+                packs: 4
             }
         );
         assert_eq!(
@@ -1030,15 +1168,15 @@ mod tests {
         );
         assert_eq!(
             KernelKind::all(DType::F32, false, Direction::Forward).len(),
-            26
+            32
         );
         assert_eq!(
             KernelKind::all(DType::F32, true, Direction::Forward).len(),
-            30
+            36
         );
         assert_eq!(
             KernelKind::all(DType::F16, true, Direction::Forward).len(),
-            30
+            36
         );
         assert_eq!(
             KernelKind::BlockRegs { pack: 8, packs: 4 }.name(DType::BF16, Direction::Forward),
@@ -1046,11 +1184,11 @@ mod tests {
         );
         assert_eq!(
             KernelKind::all(DType::F32, true, Direction::Backward).len(),
-            28
+            34
         );
         assert_eq!(
             KernelKind::all(DType::BF16, true, Direction::Backward).len(),
-            28
+            33
         );
         assert_eq!(
             KernelKind::Cluster {

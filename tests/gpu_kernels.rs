@@ -667,7 +667,7 @@ fn in_sanitize_subset(name: &str) -> bool {
         || (name.starts_with("long_rows_right") && name.ends_with("k65536"))
         || (name.starts_with("every_kernel")
             && name.contains("_right_")
-            && ["_k1032", "_k16384", "_k20001"]
+            && ["_k7", "_k64", "_k1032", "_k16384", "_k20001"]
                 .iter()
                 .any(|k| name.ends_with(k)))
 }

@@ -432,8 +432,9 @@ pub(crate) use dispatch;
 
 /// `k_len` on both sides of each kernel's capacity, for the trials that run every kernel by
 /// name (the GPU suite adds longer rows the emulator cannot afford).
-pub const EVERY_KERNEL_K_LENS: &[usize] =
-    &[1, 33, 1000, 1032, 4097, 8192, 8200, 16384, 16388, 20001];
+pub const EVERY_KERNEL_K_LENS: &[usize] = &[
+    1, 3, 7, 33, 64, 1000, 1032, 4097, 8192, 8200, 16384, 16388, 20001,
+];
 
 /// The "every kernel by name" trials: `(name, dtype, direction, case)` for each type, each
 /// of `k_lens`, right padding and causal-left-with-query-lengths, forward and backward.
