@@ -28,7 +28,7 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::Ptx;
 use masked_softmax::cuda::{CudaSoftmax, DeviceLengths, module_ptx, open_device};
-use masked_softmax::plan::{Buffers, Direction, KernelKind, plan_launch};
+use masked_softmax::plan::{Buffers, Direction, KernelKind, WARP_SIZE, plan_launch};
 use masked_softmax::{DType, Element, Lengths, Shape, Spec, bf16, f16, mask};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -67,7 +67,8 @@ struct Args {
     /// Skip the unfused baseline (it needs 2.25x the scores' memory more).
     #[arg(long)]
     no_baseline: bool,
-    /// Also time every other block and cluster kernel that can run each case (named with
+    /// Also time every other block and cluster kernel that can run each case, and the rows
+    /// kernels the planner's size rule allows (named with
     /// `forward_with_kernel`/`backward_with_kernel`), as rows of group "variant": for
     /// checking the planner's crossovers.
     #[arg(long)]
@@ -335,7 +336,8 @@ fn input_sets(bytes: usize) -> usize {
 }
 
 /// The planner's kernel on `case` (and, with `variants`, every other block or cluster
-/// kernel of the same pack width that can run it): one row each.
+/// kernel of the same pack width that can run it, and the rows kernels of its size): one
+/// row each.
 fn run_case<T: Element + DeviceRepr>(
     env: &Env,
     case: &Case,
@@ -450,7 +452,16 @@ fn run_case<T: Element + DeviceRepr>(
     let others = KernelKind::all(T::DTYPE, limits.clusters, direction)
         .into_iter()
         .filter(|k| *k != planned && k.pack() == planned.pack())
-        .filter(|k| !matches!(k, KernelKind::Rows { .. }));
+        .filter(|k| match *k {
+            // Rows kernels only as the planner would size them (the smallest that holds the
+            // row): a lane per row against a group of lanes for tiny rows.
+            KernelKind::Rows { group, pack, packs } => {
+                let capacity = (group * pack * packs) as usize;
+                capacity >= spec.shape.k_len && capacity < 2 * spec.shape.k_len
+            }
+            // A block per row of at most a warp's packs: far slower, and slow to time.
+            _ => spec.shape.k_len > (WARP_SIZE * planned.pack()) as usize,
+        });
     for kind in others {
         let mut launch = |set: usize| -> Result<bool> {
             let (input, out) = (&ins[set], &mut outs[set]);
