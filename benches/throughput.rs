@@ -45,11 +45,12 @@ struct Args {
     /// Directions: forward, backward.
     #[arg(long, value_delimiter = ',', default_value = "forward,backward")]
     directions: Vec<String>,
-    /// Case groups: sweep (k_len 1..2^20), prefill, decode, rows (row-count sweep).
+    /// Case groups: sweep (k_len 1..2^20), odd (k_len 77, 1001, 4097: rows misaligned for
+    /// 16-byte packs), prefill, decode, rows (row-count sweep).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "sweep,prefill,decode,rows"
+        default_value = "sweep,odd,prefill,decode,rows"
     )]
     cases: Vec<String>,
     /// Where results.json, results.csv and bandwidth.svg go.
@@ -272,6 +273,21 @@ fn cases(args: &Args) -> Vec<Case> {
             let rows = (args.mib << 20) / (4 * k);
             cases.push(Case {
                 group: "sweep",
+                name: format!("k{k}"),
+                spec: Spec::new(Shape::matrix(rows, k)),
+                kv: lengths(rows, k),
+                q: None,
+                latency_bound: false,
+            });
+        }
+    }
+    if want("odd") {
+        // Row lengths that misalign 16-byte packs in most rows (odd k_len: CLIP's 77, and
+        // one past the sweep's lengths), which run the single-element kernels.
+        for k in [77, 1001, 4097] {
+            let rows = (args.mib << 20) / (4 * k);
+            cases.push(Case {
+                group: "odd",
                 name: format!("k{k}"),
                 spec: Spec::new(Shape::matrix(rows, k)),
                 kv: lengths(rows, k),
