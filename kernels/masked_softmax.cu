@@ -1,8 +1,8 @@
 // Length-masked softmax forward, one family of kernels, picked by src/plan.rs:
 //
-//   masked_softmax_fwd_rows_g<G>_p<P>x<N>_<dtype>   GROUP = G lanes per row (G rows per
-//       warp for G < 32), each lane holding N packs of P elements in registers: one read
-//       of the valid scores, one write of the row. For rows up to G * P * N columns.
+//   masked_softmax_fwd_rows_g<G>_p<P>x<N>_<dtype>   GROUP = G lanes per row (32 / G rows
+//       per warp), each lane holding N packs of P elements in registers: one read of the
+//       valid scores, one write of the row. For rows up to G * P * N columns.
 //   masked_softmax_fwd_block_regs_p<P>x<N>_<dtype>  one block per row (64..512 threads),
 //       N packs of P elements per thread in registers (N * P = 16): one read, one write.
 //       For rows up to 512 * 16 columns.

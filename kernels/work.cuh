@@ -98,7 +98,7 @@ __device__ __forceinline__ constexpr int rows_at_once() {
 }
 
 // Calls body(const GroupRow (&)[R]) for every batch of R rows a lane handles, GROUP lanes
-// per row (GROUP rows per warp below 32), over a grid-stride loop that is warp-uniform:
+// per row (32 / GROUP rows per warp), over a grid-stride loop that is warp-uniform:
 // every lane of a warp makes the same calls, so a body may shuffle across the warp with a
 // full mask. Lane `member` of a group owns the packs at columns (i * GROUP + member) * PACK.
 template <int GROUP, int R, typename Body>
