@@ -339,9 +339,11 @@ __device__ __forceinline__ void block_cached_forward(const T* x, T* y, const Mas
         sum = block_sum(sum, scratch);
         const float inv_sum = zero_row ? 0.f : 1.f / sum;
 
+        // A zero row's cache still holds its keys (-inf: no weights were taken), and
+        // -inf * 0 is NaN: write its zeros without reading them.
         for (int64_t i = threadIdx.x; i < packs_in<PACK>(p.k_len); i += blockDim.x)
             store_window<T, PACK>(y + offset, i * PACK, p.k_len, w.start, w.end,
-                                  [&](int j) { return cache[i * PACK + j] * inv_sum; });
+                                  [&](int j) { return zero_row ? 0.f : cache[i * PACK + j] * inv_sum; });
     }
 }
 

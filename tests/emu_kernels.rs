@@ -193,6 +193,37 @@ fn every_kernel<T: Element>(direction: Direction, case: &Case) -> Result<(), Str
         Direction::Forward => vec![&x],
         Direction::Backward => vec![&y, &dy],
     };
+    every_kernel_on(direction, &case.spec, case.lengths(), &inputs)
+}
+
+/// Every compiled kernel on the special values (zero rows of -inf keys, NaN, +-inf, huge and
+/// subnormal scores): the planner's kernels meet them in `special_values`, but only where
+/// the planner sends those shapes.
+fn every_kernel_special<T: Element>(
+    direction: Direction,
+    k_len: usize,
+    scale: f32,
+    aligned: bool,
+) -> Result<(), String> {
+    let spec =
+        Spec::new(Shape::new(4, 1, 5, k_len).with_row_stride(special_stride(k_len, aligned)))
+            .scale(scale);
+    let kv = [k_len as i32, 1, (k_len as i32 + 1) / 2, k_len as i32];
+    let lengths = Lengths::keys(&kv);
+    let inputs: Vec<Vec<T>> = special_inputs(direction, &spec, lengths)
+        .into_iter()
+        .map(to::<T>)
+        .collect();
+    let inputs: Vec<&[T]> = inputs.iter().map(Vec::as_slice).collect();
+    every_kernel_on(direction, &spec, lengths, &inputs)
+}
+
+fn every_kernel_on<T: Element>(
+    direction: Direction,
+    spec: &Spec,
+    lengths: Lengths,
+    inputs: &[&[T]],
+) -> Result<(), String> {
     let mut ran = 0;
     for kind in KernelKind::all(T::DTYPE, true, direction) {
         for (placement, _) in PLACEMENTS {
@@ -201,9 +232,9 @@ fn every_kernel<T: Element>(direction: Direction, case: &Case) -> Result<(), Str
                 limits: BIG_SHARED,
                 kind: Some(kind),
                 direction,
-                spec: &case.spec,
-                lengths: case.lengths(),
-                inputs: &inputs,
+                spec,
+                lengths,
+                inputs,
                 placement,
             };
             match emulation.check() {
@@ -378,7 +409,7 @@ fn main() {
             Box::new(move || dispatch!(dtype, many_rows)),
         );
         for (direction, d) in DIRECTIONS {
-            for k_len in [5, 100, 1000, 3000, 10000, 20000] {
+            for k_len in [5, 100, 1000, 3000, 5000, 10000, 20000] {
                 for scale in SPECIAL_SCALES {
                     for (aligned, layout) in [(false, "odd"), (true, "aligned")] {
                         let name =
@@ -457,6 +488,34 @@ fn main() {
             name,
             Box::new(move || dispatch!(dtype, every_kernel, direction, &case)),
         );
+    }
+    // Every kernel on the special values, at the usual and a negative scale, in rows of
+    // single elements and of 16-byte packs.
+    for dtype in DType::ALL {
+        let t = dtype.kernel_suffix();
+        for (direction, d) in DIRECTIONS {
+            for k_len in [7, 64, 1000, 5000] {
+                for scale in [1.0f32, -0.7] {
+                    for (aligned, layout) in [(false, "odd"), (true, "aligned")] {
+                        add(
+                            format!(
+                                "every_kernel_special_{d}_{t}_k{k_len}_{layout}_scale{scale:e}"
+                            ),
+                            Box::new(move || {
+                                dispatch!(
+                                    dtype,
+                                    every_kernel_special,
+                                    direction,
+                                    k_len,
+                                    scale,
+                                    aligned
+                                )
+                            }),
+                        );
+                    }
+                }
+            }
+        }
     }
     // 2400 random contracts (800 per type), forward and backward, in trials of 50.
     for chunk in 0..48u64 {

@@ -332,22 +332,60 @@ fn host_lengths_on_two_streams(_: &Gpu) -> TestResult {
 /// Every compiled kernel of a direction that can run `case`, named rather than planned, into
 /// a poisoned output: each must match the reference.
 fn every_kernel<T: Element + DeviceRepr>(g: &Gpu, direction: Direction, case: &Case) -> TestResult {
+    let x = case.scores::<T>();
+    let (y, dy) = backward_inputs(&case.spec, case.lengths(), case.seed);
+    let (y, dy) = (to::<T>(y), to::<T>(dy));
+    let inputs: Vec<&[T]> = match direction {
+        Direction::Forward => vec![&x],
+        Direction::Backward => vec![&y, &dy],
+    };
+    every_kernel_on(g, direction, &case.spec, case.lengths(), &inputs)
+}
+
+/// Every compiled kernel on the special values (see `special_values`), which the planner's
+/// kernels meet only where the planner sends those shapes.
+fn every_kernel_special<T: Element + DeviceRepr>(
+    g: &Gpu,
+    direction: Direction,
+    k_len: usize,
+    scale: f32,
+    aligned: bool,
+) -> TestResult {
+    let spec =
+        Spec::new(Shape::new(4, 1, 5, k_len).with_row_stride(special_stride(k_len, aligned)))
+            .scale(scale);
+    let kv = [k_len as i32, 1, (k_len as i32 + 1) / 2, k_len as i32];
+    let lengths = Lengths::keys(&kv);
+    let inputs: Vec<Vec<T>> = special_inputs(direction, &spec, lengths)
+        .into_iter()
+        .map(to::<T>)
+        .collect();
+    let inputs: Vec<&[T]> = inputs.iter().map(Vec::as_slice).collect();
+    every_kernel_on(g, direction, &spec, lengths, &inputs)
+}
+
+/// Every compiled kernel of `direction` that can run the problem, each into a poisoned
+/// output (`inputs`: `[x]` forward, `[y, dy]` backward).
+fn every_kernel_on<T: Element + DeviceRepr>(
+    g: &Gpu,
+    direction: Direction,
+    spec: &Spec,
+    host_lengths: Lengths,
+    inputs: &[&[T]],
+) -> TestResult {
     let stream = g.ctx.new_stream()?;
-    let spec = &case.spec;
-    let kv = stream.clone_htod(&case.kv)?;
-    let q = case.q.as_ref().map(|q| stream.clone_htod(q)).transpose()?;
+    let kv = host_lengths
+        .kv
+        .map(|kv| stream.clone_htod(kv))
+        .transpose()?;
+    let q = host_lengths.q.map(|q| stream.clone_htod(q)).transpose()?;
     let lengths = DeviceLengths {
-        kv: Some(&kv),
+        kv: kv.as_ref().map(|kv| kv as _),
         q: q.as_ref().map(|q| q as _),
     };
-    let x = case.scores::<T>();
-    let (y, dy) = backward_inputs(spec, case.lengths(), case.seed);
-    let (y, dy) = (to::<T>(y), to::<T>(dy));
-    let (first, second) = match direction {
-        Direction::Forward => (stream.clone_htod(&x)?, None),
-        Direction::Backward => (stream.clone_htod(&y)?, Some(stream.clone_htod(&dy)?)),
-    };
-    let poison = vec![T::from_f64(f64::NAN); x.len()];
+    let first = stream.clone_htod(inputs[0])?;
+    let second = inputs.get(1).map(|dy| stream.clone_htod(*dy)).transpose()?;
+    let poison = vec![T::from_f64(f64::NAN); inputs[0].len()];
     let mut ran = 0;
     for kind in KernelKind::all(T::DTYPE, g.softmax.limits().clusters, direction) {
         let mut out = stream.clone_htod(&poison)?;
@@ -365,8 +403,10 @@ fn every_kernel<T: Element + DeviceRepr>(g: &Gpu, direction: Direction, case: &C
         ran += 1;
         let out = stream.clone_dtoh(&out)?;
         let report = match direction {
-            Direction::Forward => compare::forward(spec, case.lengths(), &x, &out),
-            Direction::Backward => compare::backward(spec, case.lengths(), &y, &dy, &out),
+            Direction::Forward => compare::forward(spec, host_lengths, inputs[0], &out),
+            Direction::Backward => {
+                compare::backward(spec, host_lengths, inputs[0], inputs[1], &out)
+            }
         }?;
         report
             .into_result()
@@ -665,6 +705,7 @@ fn in_sanitize_subset(name: &str) -> bool {
             && !name.contains("_k300000_"))
         || (modes.iter().any(|m| name.starts_with(m)) && sizes.iter().any(|k| name.contains(k)))
         || (name.starts_with("long_rows_right") && name.ends_with("k65536"))
+        || (name.starts_with("every_kernel_special") && name.ends_with("_k5000_aligned_scale1e0"))
         || (name.starts_with("every_kernel")
             && name.contains("_right_")
             && ["_k7", "_k64", "_k1032", "_k16384", "_k20001"]
@@ -735,7 +776,7 @@ fn main() {
             Box::new(move |g| dispatch!(dtype, many_rows, g)),
         );
         for (direction, d) in DIRECTIONS {
-            for k_len in [5, 100, 1000, 3000, 10000, 20000, 300_000] {
+            for k_len in [5, 100, 1000, 3000, 5000, 10000, 20000, 300_000] {
                 for scale in SPECIAL_SCALES {
                     for (aligned, layout) in [(false, "odd"), (true, "aligned")] {
                         add(
@@ -783,6 +824,35 @@ fn main() {
                     format!("long_rows_backward_{}_{t}_k{k_len}", mode.name),
                     Box::new(move |g| dispatch!(dtype, backward_case, g, &case)),
                 );
+            }
+        }
+    }
+    // Every kernel on the special values, at the usual and a negative scale, in rows of
+    // single elements and of 16-byte packs.
+    for dtype in DType::ALL {
+        let t = dtype.kernel_suffix();
+        for (direction, d) in DIRECTIONS {
+            for k_len in [7, 64, 1000, 5000] {
+                for scale in [1.0f32, -0.7] {
+                    for (aligned, layout) in [(false, "odd"), (true, "aligned")] {
+                        add(
+                            format!(
+                                "every_kernel_special_{d}_{t}_k{k_len}_{layout}_scale{scale:e}"
+                            ),
+                            Box::new(move |g| {
+                                dispatch!(
+                                    dtype,
+                                    every_kernel_special,
+                                    g,
+                                    direction,
+                                    k_len,
+                                    scale,
+                                    aligned
+                                )
+                            }),
+                        );
+                    }
+                }
             }
         }
     }
