@@ -240,6 +240,18 @@ fn cases(args: &Args) -> Vec<Case> {
     let mut lengths = |n: usize, max: usize| -> Vec<i32> {
         (0..n).map(|_| rng.random_range(1..=max as i32)).collect()
     };
+    // A matrix of `--mib` MiB of f32 scores (16-bit types: the same rows, half the bytes).
+    let mut matrix = |group: &'static str, k: usize| {
+        let rows = (args.mib << 20) / (4 * k);
+        Case {
+            group,
+            name: format!("k{k}"),
+            spec: Spec::new(Shape::matrix(rows, k)),
+            kv: lengths(rows, k),
+            q: None,
+            latency_bound: false,
+        }
+    };
     let mut cases = Vec::new();
     let want = |g: &str| args.cases.iter().any(|c| c == g);
     if want("sweep") {
@@ -269,31 +281,14 @@ fn cases(args: &Args) -> Vec<Case> {
             .iter()
             .filter(|k| args.k_lens.is_empty() || args.k_lens.contains(k))
         {
-            // Sized for f32; 16-bit types get the same row count (half the bytes).
-            let rows = (args.mib << 20) / (4 * k);
-            cases.push(Case {
-                group: "sweep",
-                name: format!("k{k}"),
-                spec: Spec::new(Shape::matrix(rows, k)),
-                kv: lengths(rows, k),
-                q: None,
-                latency_bound: false,
-            });
+            cases.push(matrix("sweep", k));
         }
     }
     if want("odd") {
         // Row lengths that misalign 16-byte packs in most rows (odd k_len: CLIP's 77, and
         // one past the sweep's lengths), which run the single-element kernels.
         for k in [77, 1001, 4097] {
-            let rows = (args.mib << 20) / (4 * k);
-            cases.push(Case {
-                group: "odd",
-                name: format!("k{k}"),
-                spec: Spec::new(Shape::matrix(rows, k)),
-                kv: lengths(rows, k),
-                q: None,
-                latency_bound: false,
-            });
+            cases.push(matrix("odd", k));
         }
     }
     if want("prefill") {

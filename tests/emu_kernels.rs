@@ -14,8 +14,8 @@ use std::ffi::c_void;
 use std::sync::Mutex;
 
 use common::{
-    Case, DIRECTIONS, EVERY_KERNEL_K_LENS, Runs, SPECIAL_SCALES, backward_inputs, check_runs,
-    forward_matrix, random_contract, scores_with_nan_pads, special_inputs, special_stride,
+    Case, EVERY_KERNEL_K_LENS, Runs, SPECIAL_SCALES, SpecialCase, SpecialTrial, backward_inputs,
+    check_runs, forward_matrix, random_contract, scores_with_nan_pads, special_trials,
 };
 use libtest_mimic::{Arguments, Completion, Trial};
 use masked_softmax::plan::{Buffers, DeviceLimits, Direction, KernelKind, plan_launch};
@@ -186,36 +186,22 @@ fn check<T: Element>(
 /// both buffer placements, so the vector kernels run where they are aligned): each must
 /// match the reference.
 fn every_kernel<T: Element>(direction: Direction, case: &Case) -> Result<(), String> {
-    let x = case.scores::<T>();
-    let (y, dy) = backward_inputs(&case.spec, case.lengths(), case.seed);
-    let (y, dy) = (to::<T>(y), to::<T>(dy));
-    let inputs: Vec<&[T]> = match direction {
-        Direction::Forward => vec![&x],
-        Direction::Backward => vec![&y, &dy],
-    };
+    let inputs = case.inputs::<T>(direction);
+    let inputs: Vec<&[T]> = inputs.iter().map(Vec::as_slice).collect();
     every_kernel_on(direction, &case.spec, case.lengths(), &inputs)
 }
 
 /// Every compiled kernel on the special values (zero rows of -inf keys, NaN, +-inf, huge and
 /// subnormal scores): the planner's kernels meet them in `special_values`, but only where
 /// the planner sends those shapes.
-fn every_kernel_special<T: Element>(
-    direction: Direction,
-    k_len: usize,
-    scale: f32,
-    aligned: bool,
-) -> Result<(), String> {
-    let spec =
-        Spec::new(Shape::new(4, 1, 5, k_len).with_row_stride(special_stride(k_len, aligned)))
-            .scale(scale);
-    let kv = [k_len as i32, 1, (k_len as i32 + 1) / 2, k_len as i32];
-    let lengths = Lengths::keys(&kv);
-    let inputs: Vec<Vec<T>> = special_inputs(direction, &spec, lengths)
-        .into_iter()
-        .map(to::<T>)
-        .collect();
-    let inputs: Vec<&[T]> = inputs.iter().map(Vec::as_slice).collect();
-    every_kernel_on(direction, &spec, lengths, &inputs)
+fn every_kernel_special<T: Element>(t: SpecialTrial) -> Result<(), String> {
+    let case = SpecialCase::<T>::new(t);
+    every_kernel_on(
+        t.direction,
+        &case.spec,
+        case.lengths(),
+        &case.input_slices(),
+    )
 }
 
 fn every_kernel_on<T: Element>(
@@ -289,24 +275,17 @@ fn backward_case<T: Element>(
 
 /// The special scores and scales through the planner's kernel on `limits` (HOPPERISH: the
 /// 20 rows of 20000 keys take the cluster kernels).
-fn special_values<T: Element>(
-    limits: DeviceLimits,
-    direction: Direction,
-    k_len: usize,
-    scale: f32,
-    aligned: bool,
-) -> Result<(), String> {
-    let spec =
-        Spec::new(Shape::new(4, 1, 5, k_len).with_row_stride(special_stride(k_len, aligned)))
-            .scale(scale);
-    let kv = [k_len as i32, 1, (k_len as i32 + 1) / 2, k_len as i32];
-    let lengths = Lengths::keys(&kv);
-    let inputs: Vec<Vec<T>> = special_inputs(direction, &spec, lengths)
-        .into_iter()
-        .map(to::<T>)
-        .collect();
-    let inputs: Vec<&[T]> = inputs.iter().map(Vec::as_slice).collect();
-    check(limits, direction, &spec, lengths, &inputs, Placement::Start)
+fn special_values<T: Element>(limits: DeviceLimits, t: SpecialTrial) -> Result<(), String> {
+    let case = SpecialCase::<T>::new(t);
+    let inputs = case.input_slices();
+    check(
+        limits,
+        t.direction,
+        &case.spec,
+        case.lengths(),
+        &inputs,
+        Placement::Start,
+    )
 }
 
 fn seed_example<T: Element>() -> Result<(), String> {
@@ -408,46 +387,6 @@ fn main() {
             format!("grid_stride_over_many_rows_{t}"),
             Box::new(move || dispatch!(dtype, many_rows)),
         );
-        for (direction, d) in DIRECTIONS {
-            for k_len in [5, 100, 1000, 3000, 5000, 10000, 20000] {
-                for scale in SPECIAL_SCALES {
-                    for (aligned, layout) in [(false, "odd"), (true, "aligned")] {
-                        let name =
-                            format!("special_values_{d}_{t}_k{k_len}_{layout}_scale{scale:e}");
-                        add(
-                            name.clone(),
-                            Box::new(move || {
-                                dispatch!(
-                                    dtype,
-                                    special_values,
-                                    A100ISH,
-                                    direction,
-                                    k_len,
-                                    scale,
-                                    aligned
-                                )
-                            }),
-                        );
-                        if k_len == 20000 {
-                            add(
-                                format!("hopper_{name}"),
-                                Box::new(move || {
-                                    dispatch!(
-                                        dtype,
-                                        special_values,
-                                        HOPPERISH,
-                                        direction,
-                                        k_len,
-                                        scale,
-                                        aligned
-                                    )
-                                }),
-                            );
-                        }
-                    }
-                }
-            }
-        }
         for (name, mode, k_len) in forward_matrix() {
             let case = Case::new(mode, k_len, MAX_ELEMENTS);
             for (placement, p) in PLACEMENTS {
@@ -489,33 +428,26 @@ fn main() {
             Box::new(move || dispatch!(dtype, every_kernel, direction, &case)),
         );
     }
-    // Every kernel on the special values, at the usual and a negative scale, in rows of
-    // single elements and of 16-byte packs.
-    for dtype in DType::ALL {
-        let t = dtype.kernel_suffix();
-        for (direction, d) in DIRECTIONS {
-            for k_len in [7, 64, 1000, 5000] {
-                for scale in [1.0f32, -0.7] {
-                    for (aligned, layout) in [(false, "odd"), (true, "aligned")] {
-                        add(
-                            format!(
-                                "every_kernel_special_{d}_{t}_k{k_len}_{layout}_scale{scale:e}"
-                            ),
-                            Box::new(move || {
-                                dispatch!(
-                                    dtype,
-                                    every_kernel_special,
-                                    direction,
-                                    k_len,
-                                    scale,
-                                    aligned
-                                )
-                            }),
-                        );
-                    }
-                }
-            }
+    // The special values through the planner's kernels (HOPPERISH: 20 rows of 20000 keys
+    // take the clusters), and through every kernel at the usual and a negative scale.
+    for t in special_trials(&[5, 100, 1000, 3000, 5000, 10000, 20000], &SPECIAL_SCALES) {
+        let name = format!("special_values_{}", t.name());
+        add(
+            name.clone(),
+            Box::new(move || dispatch!(t.dtype, special_values, A100ISH, t)),
+        );
+        if t.k_len == 20000 {
+            add(
+                format!("hopper_{name}"),
+                Box::new(move || dispatch!(t.dtype, special_values, HOPPERISH, t)),
+            );
         }
+    }
+    for t in special_trials(&[7, 64, 1000, 5000], &[1.0, -0.7]) {
+        add(
+            format!("every_kernel_special_{}", t.name()),
+            Box::new(move || dispatch!(t.dtype, every_kernel_special, t)),
+        );
     }
     // 2400 random contracts (800 per type), forward and backward, in trials of 50.
     for chunk in 0..48u64 {

@@ -13,8 +13,8 @@ use common::dispatch;
 use std::sync::Arc;
 
 use common::{
-    Case, DIRECTIONS, EVERY_KERNEL_K_LENS, Runs, SPECIAL_SCALES, backward_inputs, check_runs,
-    forward_matrix, random_contract, scores_with_nan_pads, special_inputs, special_stride,
+    Case, EVERY_KERNEL_K_LENS, Runs, SPECIAL_SCALES, SpecialCase, SpecialTrial, backward_inputs,
+    check_runs, forward_matrix, random_contract, scores_with_nan_pads, special_trials,
 };
 use cudarc::driver::{CudaContext, DeviceRepr};
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
@@ -135,24 +135,17 @@ fn backward_case<T: Element + DeviceRepr>(g: &Gpu, case: &Case) -> TestResult {
     )
 }
 
-fn special_values<T: Element + DeviceRepr>(
-    g: &Gpu,
-    direction: Direction,
-    k_len: usize,
-    scale: f32,
-    aligned: bool,
-) -> TestResult {
-    let spec =
-        Spec::new(Shape::new(4, 1, 5, k_len).with_row_stride(special_stride(k_len, aligned)))
-            .scale(scale);
-    let kv = [k_len as i32, 1, (k_len as i32 + 1) / 2, k_len as i32];
-    let lengths = Lengths::keys(&kv);
-    let inputs: Vec<Vec<T>> = special_inputs(direction, &spec, lengths)
-        .into_iter()
-        .map(|v| v.into_iter().map(T::from_f64).collect())
-        .collect();
-    let inputs: Vec<&[T]> = inputs.iter().map(Vec::as_slice).collect();
-    check(g, direction, &spec, lengths, (Some(&kv), None), &inputs)
+fn special_values<T: Element + DeviceRepr>(g: &Gpu, t: SpecialTrial) -> TestResult {
+    let case = SpecialCase::<T>::new(t);
+    let inputs = case.input_slices();
+    check(
+        g,
+        t.direction,
+        &case.spec,
+        case.lengths(),
+        (Some(&case.kv), None),
+        &inputs,
+    )
 }
 
 fn seed_example<T: Element + DeviceRepr>(g: &Gpu) -> TestResult {
@@ -332,36 +325,22 @@ fn host_lengths_on_two_streams(_: &Gpu) -> TestResult {
 /// Every compiled kernel of a direction that can run `case`, named rather than planned, into
 /// a poisoned output: each must match the reference.
 fn every_kernel<T: Element + DeviceRepr>(g: &Gpu, direction: Direction, case: &Case) -> TestResult {
-    let x = case.scores::<T>();
-    let (y, dy) = backward_inputs(&case.spec, case.lengths(), case.seed);
-    let (y, dy) = (to::<T>(y), to::<T>(dy));
-    let inputs: Vec<&[T]> = match direction {
-        Direction::Forward => vec![&x],
-        Direction::Backward => vec![&y, &dy],
-    };
+    let inputs = case.inputs::<T>(direction);
+    let inputs: Vec<&[T]> = inputs.iter().map(Vec::as_slice).collect();
     every_kernel_on(g, direction, &case.spec, case.lengths(), &inputs)
 }
 
 /// Every compiled kernel on the special values (see `special_values`), which the planner's
 /// kernels meet only where the planner sends those shapes.
-fn every_kernel_special<T: Element + DeviceRepr>(
-    g: &Gpu,
-    direction: Direction,
-    k_len: usize,
-    scale: f32,
-    aligned: bool,
-) -> TestResult {
-    let spec =
-        Spec::new(Shape::new(4, 1, 5, k_len).with_row_stride(special_stride(k_len, aligned)))
-            .scale(scale);
-    let kv = [k_len as i32, 1, (k_len as i32 + 1) / 2, k_len as i32];
-    let lengths = Lengths::keys(&kv);
-    let inputs: Vec<Vec<T>> = special_inputs(direction, &spec, lengths)
-        .into_iter()
-        .map(to::<T>)
-        .collect();
-    let inputs: Vec<&[T]> = inputs.iter().map(Vec::as_slice).collect();
-    every_kernel_on(g, direction, &spec, lengths, &inputs)
+fn every_kernel_special<T: Element + DeviceRepr>(g: &Gpu, t: SpecialTrial) -> TestResult {
+    let case = SpecialCase::<T>::new(t);
+    every_kernel_on(
+        g,
+        t.direction,
+        &case.spec,
+        case.lengths(),
+        &case.input_slices(),
+    )
 }
 
 /// Every compiled kernel of `direction` that can run the problem, each into a poisoned
@@ -775,28 +754,6 @@ fn main() {
             format!("grid_stride_over_many_rows_{t}"),
             Box::new(move |g| dispatch!(dtype, many_rows, g)),
         );
-        for (direction, d) in DIRECTIONS {
-            for k_len in [5, 100, 1000, 3000, 5000, 10000, 20000, 300_000] {
-                for scale in SPECIAL_SCALES {
-                    for (aligned, layout) in [(false, "odd"), (true, "aligned")] {
-                        add(
-                            format!("special_values_{d}_{t}_k{k_len}_{layout}_scale{scale:e}"),
-                            Box::new(move |g| {
-                                dispatch!(
-                                    dtype,
-                                    special_values,
-                                    g,
-                                    direction,
-                                    k_len,
-                                    scale,
-                                    aligned
-                                )
-                            }),
-                        );
-                    }
-                }
-            }
-        }
         for (name, mode, k_len) in forward_matrix() {
             let case = Case::new(mode, k_len, MAX_ELEMENTS);
             let c = case.clone();
@@ -827,34 +784,22 @@ fn main() {
             }
         }
     }
-    // Every kernel on the special values, at the usual and a negative scale, in rows of
-    // single elements and of 16-byte packs.
-    for dtype in DType::ALL {
-        let t = dtype.kernel_suffix();
-        for (direction, d) in DIRECTIONS {
-            for k_len in [7, 64, 1000, 5000] {
-                for scale in [1.0f32, -0.7] {
-                    for (aligned, layout) in [(false, "odd"), (true, "aligned")] {
-                        add(
-                            format!(
-                                "every_kernel_special_{d}_{t}_k{k_len}_{layout}_scale{scale:e}"
-                            ),
-                            Box::new(move |g| {
-                                dispatch!(
-                                    dtype,
-                                    every_kernel_special,
-                                    g,
-                                    direction,
-                                    k_len,
-                                    scale,
-                                    aligned
-                                )
-                            }),
-                        );
-                    }
-                }
-            }
-        }
+    // The special values through the planner's kernels, and through every kernel at the
+    // usual and a negative scale.
+    for t in special_trials(
+        &[5, 100, 1000, 3000, 5000, 10000, 20000, 300_000],
+        &SPECIAL_SCALES,
+    ) {
+        add(
+            format!("special_values_{}", t.name()),
+            Box::new(move |g| dispatch!(t.dtype, special_values, g, t)),
+        );
+    }
+    for t in special_trials(&[7, 64, 1000, 5000], &[1.0, -0.7]) {
+        add(
+            format!("every_kernel_special_{}", t.name()),
+            Box::new(move |g| dispatch!(t.dtype, every_kernel_special, g, t)),
+        );
     }
     // Every kernel that can run a problem, named: both sides of each kernel's capacity.
     let k_lens: Vec<usize> = EVERY_KERNEL_K_LENS

@@ -188,6 +188,20 @@ impl Case {
             .map(T::from_f64)
             .collect()
     }
+
+    /// The inputs of `direction` in storage type `T`: `[x]` (the scores), or `[y, dy]`
+    /// (`backward_inputs`).
+    pub fn inputs<T: Element>(&self, direction: Direction) -> Vec<Vec<T>> {
+        match direction {
+            Direction::Forward => vec![self.scores()],
+            Direction::Backward => {
+                let (y, dy) = backward_inputs(&self.spec, self.lengths(), self.seed);
+                [y, dy]
+                    .map(|v| v.into_iter().map(T::from_f64).collect())
+                    .into()
+            }
+        }
+    }
 }
 
 /// Every (name, mode, k_len) of the random forward matrix.
@@ -342,6 +356,90 @@ pub fn special_inputs(direction: Direction, spec: &Spec, lengths: Lengths) -> Ve
                 .collect();
             vec![y, dy]
         }
+    }
+}
+
+/// One special-values trial: type, direction, row length, scale, and whether the row stride
+/// keeps 16-byte packs aligned (`special_stride`).
+#[derive(Clone, Copy, Debug)]
+pub struct SpecialTrial {
+    pub dtype: DType,
+    pub direction: Direction,
+    pub k_len: usize,
+    pub scale: f32,
+    pub aligned: bool,
+}
+
+impl SpecialTrial {
+    /// The trial name's tail, e.g. `fwd_f32_k5000_odd_scale1e0`.
+    pub fn name(&self) -> String {
+        let d = DIRECTIONS
+            .iter()
+            .find(|(direction, _)| *direction == self.direction)
+            .map_or("?", |(_, d)| d);
+        let layout = if self.aligned { "aligned" } else { "odd" };
+        format!(
+            "{d}_{}_k{}_{layout}_scale{:e}",
+            self.dtype.kernel_suffix(),
+            self.k_len,
+            self.scale
+        )
+    }
+}
+
+/// Every type, direction, layout and each of `k_lens` and `scales`.
+pub fn special_trials(k_lens: &[usize], scales: &[f32]) -> Vec<SpecialTrial> {
+    let mut trials = Vec::new();
+    for dtype in DType::ALL {
+        for (direction, _) in DIRECTIONS {
+            for &k_len in k_lens {
+                for &scale in scales {
+                    for aligned in [false, true] {
+                        trials.push(SpecialTrial {
+                            dtype,
+                            direction,
+                            k_len,
+                            scale,
+                            aligned,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    trials
+}
+
+/// The special-values problem of a trial: 4 batch entries of 5 query rows of `k_len` keys
+/// (key lengths k_len, 1, half and k_len), and its inputs from `special_inputs`, in the
+/// storage type.
+pub struct SpecialCase<T> {
+    pub spec: Spec,
+    pub kv: [i32; 4],
+    pub inputs: Vec<Vec<T>>,
+}
+
+impl<T: Element> SpecialCase<T> {
+    pub fn new(t: SpecialTrial) -> Self {
+        let spec = Spec::new(
+            Shape::new(4, 1, 5, t.k_len).with_row_stride(special_stride(t.k_len, t.aligned)),
+        )
+        .scale(t.scale);
+        let kv = [t.k_len as i32, 1, (t.k_len as i32 + 1) / 2, t.k_len as i32];
+        let inputs = special_inputs(t.direction, &spec, Lengths::keys(&kv))
+            .into_iter()
+            .map(|v| v.into_iter().map(T::from_f64).collect())
+            .collect();
+        SpecialCase { spec, kv, inputs }
+    }
+
+    pub fn lengths(&self) -> Lengths<'_> {
+        Lengths::keys(&self.kv)
+    }
+
+    /// The inputs as slices: `[x]` forward, `[y, dy]` backward.
+    pub fn input_slices(&self) -> Vec<&[T]> {
+        self.inputs.iter().map(Vec::as_slice).collect()
     }
 }
 
