@@ -471,6 +471,64 @@ fn beyond_2_31_elements(g: &Gpu) -> TestResult {
     Ok(())
 }
 
+/// 2^31 rows and more (query rows of one key, f16, 4.3 GB per buffer): the kernels' 64-bit
+/// row decomposition and mask arithmetic, which no smaller problem reaches (RowIndex and
+/// window_of_short_row in kernels/mask.cuh switch at 2^31 rows). The query length
+/// (i32::MAX, the most a length can say) pads the rows from 2^31 - 1 on, which hold NaN.
+/// Rows at both ends and across 2^31 are checked, forward and backward in place.
+fn beyond_2_31_rows(g: &Gpu) -> TestResult {
+    let q_len = (1usize << 31) + 5;
+    let q_valid = i32::MAX as usize;
+    let spec = Spec::new(Shape::new(1, 1, q_len, 1)).scale(0.5);
+    let stream = g.ctx.new_stream()?;
+    let kv_dev = stream.clone_htod(&[1i32])?;
+    let q_dev = stream.clone_htod(&[i32::MAX])?;
+    let lengths = DeviceLengths::keys_and_queries(&kv_dev, &q_dev);
+    // (row, score, gradient): a -inf row (zero), a NaN row, finite rows, padded NaN rows.
+    let nan = f16::from_f64(f64::NAN);
+    let rows = [
+        (0, f16::from_f64(f64::NEG_INFINITY), f16::ONE),
+        (1, nan, f16::ONE),
+        (q_valid - 2, f16::from_f64(-3.0), nan),
+        (q_valid - 1, f16::from_f64(3.0), f16::from_f64(2.0)),
+        (q_valid, nan, nan),
+        (1 << 31, nan, nan),
+        (q_len - 1, nan, nan),
+    ];
+    let mut x = stream.alloc_zeros::<f16>(q_len)?;
+    let mut grad = stream.alloc_zeros::<f16>(q_len)?;
+    for &(row, score, dy) in &rows {
+        stream.memcpy_htod(&[score], &mut x.slice_mut(row..row + 1))?;
+        stream.memcpy_htod(&[dy], &mut grad.slice_mut(row..row + 1))?;
+    }
+    let mut y = stream.alloc_zeros::<f16>(q_len)?;
+    g.softmax.forward(&stream, &spec, lengths, &x, &mut y)?;
+    g.softmax
+        .backward_in_place(&stream, &spec, lengths, &y, &mut grad)?;
+    let one = Spec::new(Shape::matrix(1, 1)).scale(0.5);
+    for &(row, score, dy) in &rows {
+        let y_row = stream.clone_dtoh(&y.slice(row..row + 1))?;
+        let dx_row = stream.clone_dtoh(&grad.slice(row..row + 1))?;
+        if row >= q_valid {
+            if y_row[0].to_bits() != 0 || dx_row[0].to_bits() != 0 {
+                return Err(format!(
+                    "padded row {row}: y {:?}, dx {:?}, not +0",
+                    y_row[0], dx_row[0]
+                )
+                .into());
+            }
+            continue;
+        }
+        compare::forward(&one, Lengths::none(), &[score], &y_row)?
+            .into_result()
+            .map_err(|e| format!("forward row {row}: {e}"))?;
+        compare::backward(&one, Lengths::none(), &y_row, &[dy], &dx_row)?
+            .into_result()
+            .map_err(|e| format!("backward row {row}: {e}"))?;
+    }
+    Ok(())
+}
+
 /// Out of device memory: with the device full, a call that must grow the handle's staging
 /// buffer (host lengths for a larger batch than any before) is `Error::Driver` with
 /// `CUDA_ERROR_OUT_OF_MEMORY`, not a panic or an abort, and the handle works again once
@@ -825,6 +883,7 @@ fn main() {
         "beyond_2_31_elements".into(),
         Box::new(beyond_2_31_elements),
     );
+    add("beyond_2_31_rows".into(), Box::new(beyond_2_31_rows));
     add(
         "foreign_context_is_an_error".into(),
         Box::new(foreign_context),
