@@ -38,12 +38,7 @@
 // taken over 16-bit pairs (exact: the max of 16-bit values is one of them); the weights'
 // arithmetic is the f32 kernels', (k - max) * log2_scale with the key k = x * key_sign,
 // here formed by one FMA in the same rounding.
-// A zero row (max -inf: no valid key, or only -inf ones) weighs its keys against 0 instead:
-// its -inf keys weigh 0 (not NaN), and an inv_sum of 0 writes zeros.
-__device__ __forceinline__ float max_to_weigh_against(float max_key) {
-    return max_key == -CUDART_INF_F ? 0.f : max_key;
-}
-
+// A zero row weighs its keys against 0 (max_to_weigh_against) and writes zeros.
 template <typename T>
 struct RawPairKeys {
     using Pair = typename Pair16<T>::type;
@@ -325,25 +320,25 @@ __device__ __forceinline__ void block_cached_forward(const T* x, T* y, const Mas
         max_key = block_max(max_key, scratch);
         const bool zero_row = max_key == -CUDART_INF_F;
 
+        // The cache turns from keys into weights; a zero row's -inf keys weigh 0 (against 0),
+        // so that no -inf is left to meet an inv_sum of 0 (-inf * 0 is NaN).
+        const float weigh_against = max_to_weigh_against(max_key);
         float sum = 0.f;
-        if (!zero_row)
-            with_plain_scale(sm, [&](auto plain) {
-                for (int64_t i = mine; i < end_pack; i += blockDim.x)
+        with_plain_scale(sm, [&](auto plain) {
+            for (int64_t i = mine; i < end_pack; i += blockDim.x)
 #pragma unroll
-                    for (int j = 0; j < PACK; ++j) {
-                        const float weight = sm.weigh<decltype(plain)::value>(cache[i * PACK + j], max_key);
-                        cache[i * PACK + j] = weight;
-                        sum += weight;
-                    }
-            });
+                for (int j = 0; j < PACK; ++j) {
+                    const float weight = sm.weigh<decltype(plain)::value>(cache[i * PACK + j], weigh_against);
+                    cache[i * PACK + j] = weight;
+                    sum += weight;
+                }
+        });
         sum = block_sum(sum, scratch);
         const float inv_sum = zero_row ? 0.f : 1.f / sum;
 
-        // A zero row's cache still holds its keys (-inf: no weights were taken), and
-        // -inf * 0 is NaN: write its zeros without reading them.
         for (int64_t i = threadIdx.x; i < packs_in<PACK>(p.k_len); i += blockDim.x)
             store_window<T, PACK>(y + offset, i * PACK, p.k_len, w.start, w.end,
-                                  [&](int j) { return zero_row ? 0.f : cache[i * PACK + j] * inv_sum; });
+                                  [&](int j) { return cache[i * PACK + j] * inv_sum; });
     }
 }
 

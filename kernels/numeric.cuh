@@ -203,9 +203,15 @@ struct RowSoftmax {
     bool zero;
 };
 
+// The max key to weigh a row's keys against: a zero row's (-inf: no valid key, or only -inf
+// ones) is taken as 0, so that its -inf keys weigh 0 (not NaN) with no test per key.
+__device__ __forceinline__ float max_to_weigh_against(float max_key) {
+    return max_key == -CUDART_INF_F ? 0.f : max_key;
+}
+
 __device__ __forceinline__ RowSoftmax row_softmax(SoftmaxStats st) {
     const bool zero = st.max_key == -CUDART_INF_F;
-    return RowSoftmax{zero ? 0.f : st.max_key, zero ? 0.f : 1.f / st.sum, zero};
+    return RowSoftmax{max_to_weigh_against(st.max_key), zero ? 0.f : 1.f / st.sum, zero};
 }
 
 // The probability of key `k` (0 in a zero row). PLAIN: see ScaleMap::weigh.

@@ -172,11 +172,13 @@ fn rows_shape(pack: u32, direction: Direction, k_len: u64) -> (u32, u32) {
     (group, row_packs / group)
 }
 
-/// The rows kernels of 16-byte packs with 8 or 16 lanes per row and several packs per lane
-/// (`ROWS_SPLIT_LADDER_{2,4}` in kernels/ladder.cuh): those [`rows_shape`] picks.
-fn split_rows(pack: u32, direction: Direction) -> &'static [(u32, u32)] {
+/// `(group, packs)` of the rows kernels besides the group and warp ladders, those
+/// [`rows_shape`] picks for short rows (kernels/ladder.cuh): single elements a lane per row
+/// with 2, 4 or 8 each (`ROWS_LANE_LADDER`); 16-byte packs 8 or 16 lanes per row with
+/// several packs each (`ROWS_SPLIT_LADDER_{2,4}`).
+fn short_rows(pack: u32, direction: Direction) -> &'static [(u32, u32)] {
     match (pack, max_packs(pack, direction)) {
-        (1, _) => &[],
+        (1, _) => &[(1, 2), (1, 4), (1, 8)],
         (_, n) if n >= 4 => &[(8, 2), (8, 4), (16, 4)],
         _ => &[(8, 2), (16, 2)],
     }
@@ -244,20 +246,10 @@ impl KernelKind {
                 pack,
                 packs: 1 << e,
             });
-            // One lane per row with several single elements: tiny misaligned rows.
-            let lanes = (pack == 1)
-                .then_some([2, 4, 8])
-                .into_iter()
-                .flatten()
-                .map(|packs| KernelKind::Rows {
-                    group: 1,
-                    pack,
-                    packs,
-                });
-            let split = split_rows(pack, direction)
+            let short = short_rows(pack, direction)
                 .iter()
                 .map(|&(group, packs)| KernelKind::Rows { group, pack, packs });
-            kinds.extend(groups.into_iter().chain(split).chain(lanes).chain(warps));
+            kinds.extend(groups.into_iter().chain(short).chain(warps));
             kinds.push(KernelKind::BlockRegs {
                 pack,
                 packs: block_regs_packs(pack, direction),
