@@ -27,8 +27,11 @@
 #include "work.cuh"
 
 // The gradient of one valid position.
+// y * (dy - dot) first: scale * y can underflow to 0 in f32 (a tiny scale times a small
+// probability, e.g. -1e-40 * 3e-6) and then meet an infinite dy - dot as 0 * inf = NaN,
+// where the exact product is infinite (H100, k=300000, f16 dy overflowing to inf).
 __device__ __forceinline__ float softmax_grad(float y, float dy, float dot, float scale) {
-    return scale * y * (dy - dot);
+    return y * (dy - dot) * scale;
 }
 
 template <typename T, int PACK, int PACKS, int GROUP>
