@@ -28,7 +28,9 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::Ptx;
 use masked_softmax::cuda::{CudaSoftmax, DeviceLengths, module_ptx, open_device};
-use masked_softmax::plan::{Buffers, Direction, KernelKind, WARP_SIZE, plan_launch};
+use masked_softmax::plan::{
+    Buffers, Direction, KernelKind, MASK_SHIFTED_PACKS, WARP_SIZE, plan_launch,
+};
 use masked_softmax::{DType, Element, Lengths, Shape, Spec, bf16, f16, mask};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -45,8 +47,8 @@ struct Args {
     /// Directions: forward, backward.
     #[arg(long, value_delimiter = ',', default_value = "forward,backward")]
     directions: Vec<String>,
-    /// Case groups: sweep (k_len 1..2^20), odd (k_len 77, 1001, 4097: rows misaligned for
-    /// 16-byte packs), prefill, decode, rows (row-count sweep).
+    /// Case groups: sweep (k_len 1..2^20), odd (k_len 77, 1001, 4097 and decode at 4097:
+    /// rows off 16-byte boundaries), prefill, decode, rows (row-count sweep).
     #[arg(
         long,
         value_delimiter = ',',
@@ -285,10 +287,23 @@ fn cases(args: &Args) -> Vec<Case> {
         }
     }
     if want("odd") {
-        // Row lengths that misalign 16-byte packs in most rows (odd k_len: CLIP's 77, and
-        // one past the sweep's lengths), which run the single-element kernels.
+        // Row lengths that put most rows off 16-byte boundaries (odd k_len: CLIP's 77, and
+        // one past the sweep's lengths), which the vector kernels see shifted (the variants
+        // add the single-element kernels); and decode with a cache one key past a power
+        // of two.
         for k in [77, 1001, 4097] {
             cases.push(matrix("odd", k));
+        }
+        for batch in [1, 8] {
+            let k = 4097;
+            cases.push(Case {
+                group: "odd",
+                name: format!("decode_b{batch}h32q1k{k}"),
+                spec: Spec::new(Shape::new(batch, 32, 1, k)).scale(0.125),
+                kv: lengths(batch, k),
+                q: None,
+                latency_bound: true,
+            });
         }
     }
     if want("prefill") {
@@ -408,9 +423,11 @@ fn run_case<T: Element + DeviceRepr>(
     })?;
 
     let limits = env.softmax.limits();
-    let planned = plan_launch(None, direction, spec, T::DTYPE, limits, Buffers::default())?
-        .ok_or("the planner always has a kernel")?
-        .kernel;
+    let planned_launch = plan_launch(None, direction, spec, T::DTYPE, limits, Buffers::default())?
+        .ok_or("the planner always has a kernel")?;
+    let planned = planned_launch.kernel;
+    // Rows the vector kernels see shifted: the single-element kernels are the alternative.
+    let shifted = planned_launch.params.flags & MASK_SHIFTED_PACKS != 0;
     let kernel = planned.name(T::DTYPE, direction);
 
     let unfused_us = match env.baseline {
@@ -462,7 +479,7 @@ fn run_case<T: Element + DeviceRepr>(
     }
     let others = KernelKind::all(T::DTYPE, limits.clusters, direction)
         .into_iter()
-        .filter(|k| *k != planned && k.pack() == planned.pack())
+        .filter(|k| *k != planned && (k.pack() == planned.pack() || shifted && k.pack() == 1))
         .filter(|k| match *k {
             // Rows kernels only as the planner would size them (the smallest that holds the
             // row): a lane per row against a group of lanes for tiny rows.

@@ -14,6 +14,9 @@
 
 __device__ __forceinline__ unsigned cluster_rank() { return emu::cluster_rank(); }
 __device__ __forceinline__ unsigned cluster_size() { return emu::cluster_size(); }
+// The cluster's index in the grid, and the clusters in the grid (1-D grids).
+__device__ __forceinline__ unsigned cluster_id() { return blockIdx.x / emu::cluster_size(); }
+__device__ __forceinline__ unsigned cluster_count() { return gridDim.x / emu::cluster_size(); }
 __device__ __forceinline__ void cluster_sync() { emu::cluster_barrier(); }
 // The object at `local` (in this block's dynamic shared memory) as block `rank` holds it.
 template <typename T>
@@ -28,6 +31,19 @@ __device__ __forceinline__ T* cluster_map(T* local, unsigned rank) {
 
 __device__ __forceinline__ unsigned cluster_rank() { return cooperative_groups::this_cluster().block_rank(); }
 __device__ __forceinline__ unsigned cluster_size() { return cooperative_groups::this_cluster().num_blocks(); }
+// Read from special registers rather than worked out by a division: a divided value stays
+// live across a kernel's row loop, where the 16-bit backward's streaming cluster (held to
+// 64 registers) spilled it.
+__device__ __forceinline__ unsigned cluster_id() {
+    unsigned id;
+    asm("mov.u32 %0, %%clusterid.x;" : "=r"(id));
+    return id;
+}
+__device__ __forceinline__ unsigned cluster_count() {
+    unsigned n;
+    asm("mov.u32 %0, %%nclusterid.x;" : "=r"(n));
+    return n;
+}
 __device__ __forceinline__ void cluster_sync() { cooperative_groups::this_cluster().sync(); }
 template <typename T>
 __device__ __forceinline__ T* cluster_map(T* local, unsigned rank) {
@@ -56,20 +72,20 @@ struct ClusterShared {
 };
 
 // The chunk of every row that a block of a cluster owns: with `blocks` blocks per cluster,
-// block `rank` takes packs [begin, end) (chunks of `size` packs, the last ones shorter or
-// empty), of rows blockIdx.x / blocks, + clusters, + 2 clusters, ...
+// block `rank` takes packs [begin, end) of rows of `columns` columns (chunks of `size`
+// packs, the last ones shorter or empty), of rows cluster_id(), + cluster_count(), + 2
+// cluster_count(), ...
 struct ClusterChunk {
     unsigned rank, blocks;
-    int64_t clusters;  // clusters in the grid
     int64_t size, begin, end;
 
     template <int PACK>
-    __device__ __forceinline__ static ClusterChunk of(const MaskParams& p) {
+    __device__ __forceinline__ static ClusterChunk of(int64_t columns) {
         const unsigned rank = cluster_rank(), blocks = cluster_size();
-        const int64_t row_packs = packs_in<PACK>(p.k_len);
+        const int64_t row_packs = packs_in<PACK>(columns);
         const int64_t size = (row_packs + blocks - 1) / blocks;
         const int64_t begin = min(row_packs, int64_t(rank) * size);
-        return ClusterChunk{rank, blocks, gridDim.x / blocks, size, begin, min(row_packs, begin + size)};
+        return ClusterChunk{rank, blocks, size, begin, min(row_packs, begin + size)};
     }
 };
 #endif

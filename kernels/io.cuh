@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "emulation.cuh"
+#include "mask.cuh"
 #include "numeric.cuh"
 
 template <typename T, int N>
@@ -184,24 +185,26 @@ struct PackPair {
     RawPack<T, N> dy;
 };
 
-// Writes the pack at `col`: whole if it lies within [0, k_len), else element by element.
+// Writes the pack at `col`: whole if it lies within the row's own columns `own` ([0, k_len),
+// or [lead, lead + k_len) with shifted packs: see PackShift), else element by element
+// those inside (none for a pack wholly outside).
 template <typename T, int N, typename I>
-__device__ __forceinline__ void store_values(T* row, I col, I k_len, const float (&values)[N]) {
-    if (col + N <= k_len) {
+__device__ __forceinline__ void store_values(T* row, I col, ColumnWindow<I> own, const float (&values)[N]) {
+    if (col >= own.start && col + N <= own.end) {
         store_pack<T, N>(row + col, values);
-    } else {
-        const int left = int(k_len - col);  // in (0, N): callers write only packs that start before k_len
+    } else if (N > 1) {
+        const PackCut cut = pack_cut<N>(col, own.start, own.end);
 #pragma unroll
         for (int i = 0; i < N; ++i)
-            if (i < left) row[col + i] = from_f32<T>(values[i]);
+            if (cut.has(i)) row[col + i] = from_f32<T>(values[i]);
     }
 }
 
 // Writes the pack at `col` of a row: value(j) for its columns inside [start, end), +0.0 for
-// the others (value is not called for them); nothing past k_len. Whole packs inside or
-// outside the window skip the per-column test.
+// the others (value is not called for them); nothing outside the row's own columns `own`.
+// Whole packs inside or outside the window skip the per-column test.
 template <typename T, int N, typename I, typename F>
-__device__ __forceinline__ void store_window(T* row, I col, I k_len, I start, I end, F value) {
+__device__ __forceinline__ void store_window(T* row, I col, ColumnWindow<I> own, I start, I end, F value) {
     float out[N];
     if (col >= start && col + N <= end) {
 #pragma unroll
@@ -214,5 +217,43 @@ __device__ __forceinline__ void store_window(T* row, I col, I k_len, I start, I 
 #pragma unroll
         for (int j = 0; j < N; ++j) out[j] = cut.has(j) ? value(j) : 0.f;
     }
-    store_values<T, N, I>(row, col, k_len, out);
+    store_values<T, N, I>(row, col, own, out);
+}
+
+// ---------------------------------------------------------------- shifted packs
+//
+// Rows that start off a 16-byte boundary (an odd row stride, or buffers that sit alike off
+// one: MASK_SHIFTED_PACKS, set by src/plan.rs) would leave a kernel of 16-byte packs only
+// single elements. Instead the kernel sees each row from the boundary before it: the row
+// begins `lead` elements earlier, its own columns are [lead, lead + k_len) and its window
+// moves alike. Every whole pack is then aligned; the pack at each end of the row straddles
+// the edge of its own columns and goes element by element (reads stay inside the window,
+// writes inside the row: a neighbouring row's elements in the same 16 bytes are never
+// touched). Rows take up to PACK - 1 columns more: the planner sizes kernels for
+// k_len + PACK - 1 when the flag is set (src/plan.rs, Problem::columns).
+template <typename T, int PACK>
+struct PackShift {
+    // The kernel's first buffer and flags, both kernel parameters: worked out from them
+    // per row rather than kept, so that nothing stays live across a kernel's row loop.
+    const T* buffer;
+    int32_t flags;
+
+    __device__ __forceinline__ static PackShift of(const T* buffer, const MaskParams& p) {
+        return PackShift{buffer, p.flags};
+    }
+    __device__ __forceinline__ bool on() const { return PACK > 1 && (flags & MASK_SHIFTED_PACKS) != 0; }
+    // Elements between the 16-byte boundary and the row at element `offset` (PACK divides
+    // 2^32, so the low 32 bits decide).
+    __device__ __forceinline__ int32_t lead(int64_t offset) const {
+        const uint32_t first = uint32_t(reinterpret_cast<uintptr_t>(buffer) / sizeof(T));
+        return on() ? int32_t((first + uint32_t(offset)) % PACK) : 0;
+    }
+    // The most columns a row of k_len spans in its frame.
+    __device__ __forceinline__ int64_t columns(int64_t k_len) const { return on() ? k_len + PACK - 1 : k_len; }
+};
+
+// A row's window moved into its frame.
+template <typename I>
+__device__ __forceinline__ ColumnWindow<I> shifted(ColumnWindow<I> w, I lead) {
+    return ColumnWindow<I>{I(w.start + lead), I(w.end + lead)};
 }

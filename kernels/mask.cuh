@@ -10,6 +10,21 @@
 // Flags of MaskParams::flags.
 #define MASK_LEFT_PADDING 1
 #define MASK_CAUSAL 2
+// Not a mask: rows are seen from the 16-byte boundary before them (io.cuh, PackShift).
+#define MASK_SHIFTED_PACKS 4
+
+// n / d for a divisor fixed for the whole launch, without a divide instruction: for n and d
+// below 2^31, n / d = (umulhi(n, magic) + n) >> shift (Granlund and Montgomery, in the form
+// PyTorch's IntDivider uses). A hardware-less 64-bit division costs dozens of instructions
+// per row, which short rows (k_len 1..64) cannot afford. The host works out magic and
+// shift (src/plan.rs, FastDivisor::of) and passes them in MaskParams: computed here, they
+// took registers for the whole kernel, which the cluster kernels, held to 64, spilled.
+struct FastDivisor {
+    uint32_t magic;
+    uint32_t shift;
+
+    __device__ __forceinline__ uint32_t divide(uint32_t n) const { return (__umulhi(n, magic) + n) >> shift; }
+};
 
 // Kernel parameters shared by every kernel. Must match `KernelParams` in src/cuda.rs
 // field for field (all 8-byte fields first, so no padding differs between compilers).
@@ -23,7 +38,9 @@ struct MaskParams {
     int64_t row_stride;      // elements between row starts, >= k_len
     int64_t window;          // sliding window in keys; 0 = unlimited (causal only)
     float scale;             // applied to every valid score before the softmax
-    int32_t flags;           // MASK_LEFT_PADDING | MASK_CAUSAL
+    int32_t flags;           // MASK_LEFT_PADDING | MASK_CAUSAL | MASK_SHIFTED_PACKS
+    FastDivisor per_batch;   // by heads * q_len (when rows < 2^31)
+    FastDivisor per_query;   // by q_len (when rows < 2^31)
 };
 
 // A row's valid columns [start, end), in 64 bits (RowWindow, any k_len) or 32 bits
@@ -47,36 +64,15 @@ __device__ __forceinline__ I clamp_length(I v, I max) {
     return v < 0 ? I(0) : (v > max ? max : v);
 }
 
-// n / d for a divisor fixed for the whole launch, without a divide instruction: for n and d
-// below 2^31, n / d = (umulhi(n, magic) + n) >> shift (Granlund and Montgomery, in the form
-// PyTorch's IntDivider uses). A hardware-less 64-bit division costs dozens of instructions
-// per row, which short rows (k_len 1..64) cannot afford.
-struct FastDivisor {
-    uint32_t magic;
-    uint32_t shift;
-
-    __device__ __forceinline__ static FastDivisor of(uint32_t d) {
-        const uint32_t shift = d <= 1 ? 0 : 32 - __clz(int(d - 1));  // ceil(log2 d)
-        const uint64_t magic = ((uint64_t(1) << 32) * ((uint64_t(1) << shift) - d)) / d + 1;
-        return FastDivisor{uint32_t(magic), shift};
-    }
-    __device__ __forceinline__ uint32_t divide(uint32_t n) const { return (__umulhi(n, magic) + n) >> shift; }
-};
-
-// Splits a row index into its batch entry and query position. Built once per thread;
-// launches of 2^31 rows or more take the 64-bit division instead.
+// Splits a row index into its batch entry and query position: launches of 2^31 rows or
+// more take the 64-bit division instead.
 struct RowIndex {
     bool fast;
     FastDivisor per_batch;  // by heads * q_len
     FastDivisor per_query;  // by q_len
 
     __device__ __forceinline__ static RowIndex of(const MaskParams& p) {
-        RowIndex r{p.rows < (int64_t(1) << 31), {1, 0}, {1, 0}};
-        if (r.fast) {
-            r.per_batch = FastDivisor::of(uint32_t(p.heads * p.q_len));
-            r.per_query = FastDivisor::of(uint32_t(p.q_len));
-        }
-        return r;
+        return RowIndex{p.rows < (int64_t(1) << 31), p.per_batch, p.per_query};
     }
 };
 

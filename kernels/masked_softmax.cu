@@ -124,11 +124,11 @@ struct RawPairKeys {
         return total;
     }
 
-    // Writes a thread's PACKS packs of a row at `out` (nothing from column k_len on):
-    // weight * inv_sum inside the window, zeros outside. Marks `raw` as rewritten first
-    // (forget_values; no instruction), so it is for the row's last use.
+    // Writes a thread's PACKS packs of a row at `out` (nothing outside the row's own
+    // columns `own`): weight * inv_sum inside the window, zeros outside. Marks `raw` as
+    // rewritten first (forget_values; no instruction), so it is for the row's last use.
     template <int PACK, int PACKS, typename Column>
-    __device__ __forceinline__ void store(T* out, RawPack<T, PACK> (&raw)[PACKS], Column column, int32_t k_len,
+    __device__ __forceinline__ void store(T* out, RawPack<T, PACK> (&raw)[PACKS], Column column, ShortWindow own,
                                           const ShortWindow& w, float max_key, float inv_sum) const {
         // Left alone, the compiler keeps the first pass's weights alive for the second
         // (twice the registers this layout exists to save): make it read the pairs again.
@@ -137,16 +137,16 @@ struct RawPairKeys {
         if (sm.plain()) {
 #pragma unroll
             for (int i = 0; i < PACKS; ++i) {
-                if (column(i) >= k_len) break;
-                store_window<T, PACK>(out, column(i), k_len, w.start, w.end,
+                if (column(i) >= own.end) break;
+                store_window<T, PACK>(out, column(i), own, w.start, w.end,
                                       [&](int j) { return weight<true>(raw[i].get(j), max_key) * inv_sum; });
             }
         } else {
 #pragma unroll 1
             for (int i = 0; i < PACKS; ++i) {
-                if (column(i) >= k_len) break;
+                if (column(i) >= own.end) break;
                 const RawPack<T, PACK> r = pick(raw, i);
-                store_window<T, PACK>(out, column(i), k_len, w.start, w.end,
+                store_window<T, PACK>(out, column(i), own, w.start, w.end,
                                       [&](int j) { return weight<false>(r.get(j), max_key) * inv_sum; });
             }
         }
@@ -156,7 +156,7 @@ struct RawPairKeys {
     // threads by reduce_max and reduce_sum, then written at `out` if `write` (threads with
     // no row still take part in the reductions).
     template <int PACK, int PACKS, typename Column, typename ReduceMax, typename ReduceSum>
-    __device__ __forceinline__ void softmax_row(T* out, RawPack<T, PACK> (&raw)[PACKS], Column column, int32_t k_len,
+    __device__ __forceinline__ void softmax_row(T* out, RawPack<T, PACK> (&raw)[PACKS], Column column, ShortWindow own,
                                                 const ShortWindow& w, bool write, ReduceMax reduce_max,
                                                 ReduceSum reduce_sum) const {
         Max m = max_empty();
@@ -167,7 +167,7 @@ struct RawPairKeys {
         const float max_key = max_to_weigh_against(row_max);
         const float total = reduce_sum(sum(raw, column, w, max_key));
         const float inv_sum = zero_row ? 0.f : 1.f / total;
-        if (write) store(out, raw, column, k_len, w, max_key, inv_sum);
+        if (write) store(out, raw, column, own, w, max_key, inv_sum);
     }
 };
 
@@ -179,7 +179,7 @@ __device__ __forceinline__ void rows_forward_16bit(const T* x, T* y, const MaskP
     constexpr int R = rows_at_once<PACK * PACKS / 2>();  // registers of PACK * PACKS / 2 floats
     const RawPairKeys<T> keys = RawPairKeys<T>::of(p.scale);
     const int32_t k_len = int32_t(p.k_len);
-    for_each_group_rows<GROUP, R>(p, [&](const GroupRow (&rows)[R]) {
+    for_each_group_rows<GROUP, R>(p, PackShift<T, PACK>::of(x, p), [&](const GroupRow (&rows)[R]) {
         // Every load of the R rows in flight, then the arithmetic.
         RawPack<T, PACK> raw[R][PACKS];
         fetch_group_rows<T, PACK, PACKS, GROUP, R>(x, rows, raw);
@@ -187,7 +187,8 @@ __device__ __forceinline__ void rows_forward_16bit(const T* x, T* y, const MaskP
         for (int r = 0; r < R; ++r) {
             const ShortWindow& w = rows[r].window;
             const auto column = [&](int i) { return lane_pack_column<GROUP, PACK>(i, rows[r].member); };
-            keys.softmax_row(y + rows[r].offset, raw[r], column, k_len, w, rows[r].active, group_max<GROUP>,
+            const ShortWindow own{rows[r].lead, rows[r].lead + k_len};
+            keys.softmax_row(y + rows[r].offset, raw[r], column, own, w, rows[r].active, group_max<GROUP>,
                              group_sum<GROUP>);
         }
     });
@@ -200,15 +201,14 @@ template <typename T, int PACK, int PACKS>
 __device__ __forceinline__ void block_regs_forward_16bit(const T* x, T* y, const MaskParams& p) {
     static_assert(sizeof(T) == 2 && PACK % 2 == 0, "16-bit vector packs only");
     const RawPairKeys<T> keys = RawPairKeys<T>::of(p.scale);
-    const int32_t k_len = int32_t(p.k_len);
     float* scratch = dynamic_shared<float>();
-    for_each_block_row(p, [&](const BlockRow& row) {
+    for_each_block_row(p, PackShift<T, PACK>::of(x, p), [&](const BlockRow& row) {
         const ShortWindow& w = row.window;
         const auto column = [](int i) { return block_pack_column<PACK>(i); };
         RawPack<T, PACK> raw[PACKS];
         fetch_block_row<T, PACK, PACKS>(x + row.offset, w, raw);
         keys.softmax_row(
-            y + row.offset, raw, column, k_len, w, true, [&](float v) { return block_max(v, scratch); },
+            y + row.offset, raw, column, row.own, w, true, [&](float v) { return block_max(v, scratch); },
             [&](float v) { return block_sum(v, scratch); });
     });
 }
@@ -220,7 +220,7 @@ template <typename T, int PACK, int PACKS, int GROUP>
 __device__ __forceinline__ void rows_forward(const T* x, T* y, const MaskParams& p) {
     constexpr int R = rows_at_once<PACK * PACKS>();
     const ScaleMap sm = ScaleMap::of(p.scale);
-    for_each_group_rows<GROUP, R>(p, [&](const GroupRow (&rows)[R]) {
+    for_each_group_rows<GROUP, R>(p, PackShift<T, PACK>::of(x, p), [&](const GroupRow (&rows)[R]) {
         // Every load of the R rows in flight, then the arithmetic.
         RawPack<T, PACK> raw[R][PACKS];
         fetch_group_rows<T, PACK, PACKS, GROUP, R>(x, rows, raw);
@@ -259,9 +259,8 @@ __device__ __forceinline__ void rows_forward(const T* x, T* y, const MaskParams&
 template <typename T, int PACK, int PACKS>
 __device__ __forceinline__ void block_regs_forward(const T* x, T* y, const MaskParams& p) {
     const ScaleMap sm = ScaleMap::of(p.scale);
-    const int32_t k_len = int32_t(p.k_len);
     float* scratch = dynamic_shared<float>();
-    for_each_block_row(p, [&](const BlockRow& row) {
+    for_each_block_row(p, PackShift<T, PACK>::of(x, p), [&](const BlockRow& row) {
         const ShortWindow& w = row.window;
         const auto column = [](int i) { return block_pack_column<PACK>(i); };
         RawPack<T, PACK> raw[PACKS];
@@ -283,8 +282,8 @@ __device__ __forceinline__ void block_regs_forward(const T* x, T* y, const MaskP
 
 #pragma unroll
         for (int i = 0; i < PACKS; ++i) {
-            if (column(i) >= k_len) break;
-            store_window<T, PACK>(y + row.offset, column(i), k_len, w.start, w.end,
+            if (column(i) >= row.own.end) break;
+            store_window<T, PACK>(y + row.offset, column(i), row.own, w.start, w.end,
                                   [&](int j) { return keys[i][j] * inv_sum; });
         }
     });
@@ -296,11 +295,13 @@ template <typename T, int PACK>
 __device__ __forceinline__ void block_cached_forward(const T* x, T* y, const MaskParams& p) {
     const ScaleMap sm = ScaleMap::of(p.scale);
     const RowIndex index = RowIndex::of(p);
+    const PackShift<T, PACK> shift = PackShift<T, PACK>::of(x, p);
     float* cache = dynamic_shared<float>();
-    float* scratch = cache + packs_in<PACK>(p.k_len) * PACK;
+    float* scratch = cache + packs_in<PACK>(shift.columns(p.k_len)) * PACK;
     for (int64_t row = blockIdx.x; row < p.rows; row += gridDim.x) {
-        const RowWindow w = row_window(p, index, row);
-        const int64_t offset = row * p.row_stride;
+        const RowFrame f = RowFrame::of(p, shift, index, row);
+        const RowWindow& w = f.window;
+        const int64_t offset = f.offset;
         const int64_t first_pack = w.start / PACK, end_pack = (w.end + PACK - 1) / PACK;
         const int64_t mine = first_owned(first_pack, threadIdx.x, blockDim.x);
 
@@ -336,8 +337,8 @@ __device__ __forceinline__ void block_cached_forward(const T* x, T* y, const Mas
         sum = block_sum(sum, scratch);
         const float inv_sum = zero_row ? 0.f : 1.f / sum;
 
-        for (int64_t i = threadIdx.x; i < packs_in<PACK>(p.k_len); i += blockDim.x)
-            store_window<T, PACK>(y + offset, i * PACK, p.k_len, w.start, w.end,
+        for (int64_t i = threadIdx.x; i < packs_in<PACK>(f.own(p).end); i += blockDim.x)
+            store_window<T, PACK>(y + offset, i * PACK, f.own(p), w.start, w.end,
                                   [&](int j) { return cache[i * PACK + j] * inv_sum; });
     }
 }
@@ -347,10 +348,12 @@ template <typename T, int PACK>
 __device__ __forceinline__ void block_stream_forward(const T* x, T* y, const MaskParams& p) {
     const ScaleMap sm = ScaleMap::of(p.scale);
     const RowIndex index = RowIndex::of(p);
+    const PackShift<T, PACK> shift = PackShift<T, PACK>::of(x, p);
     float2* scratch = dynamic_shared<float2>();
     for (int64_t row = blockIdx.x; row < p.rows; row += gridDim.x) {
-        const RowWindow w = row_window(p, index, row);
-        const int64_t offset = row * p.row_stride;
+        const RowFrame f = RowFrame::of(p, shift, index, row);
+        const RowWindow& w = f.window;
+        const int64_t offset = f.offset;
         const int64_t first_pack = w.start / PACK, end_pack = (w.end + PACK - 1) / PACK;
         const auto fetch = [&](int64_t i, RawPack<T, PACK>& raw) {
             fetch_window<T, PACK>(x + offset, i * PACK, w.start, w.end, raw);
@@ -368,10 +371,10 @@ __device__ __forceinline__ void block_stream_forward(const T* x, T* y, const Mas
             const RowSoftmax r = row_softmax(block_stats_merge(st, scratch, sm));
 
             for_packs<LOADS_IN_FLIGHT, RawPack<T, PACK>>(
-                threadIdx.x, packs_in<PACK>(p.k_len), blockDim.x, fetch, [&](int64_t i, const RawPack<T, PACK>& raw) {
+                threadIdx.x, packs_in<PACK>(f.own(p).end), blockDim.x, fetch, [&](int64_t i, const RawPack<T, PACK>& raw) {
                     float keys[PACK];
                     decode_keys<T, PACK>(raw, i * PACK, w.start, w.end, sm, keys);
-                    store_window<T, PACK>(y + offset, i * PACK, p.k_len, w.start, w.end,
+                    store_window<T, PACK>(y + offset, i * PACK, f.own(p), w.start, w.end,
                                           [&](int j) { return probability<PLAIN>(r, keys[j], sm); });
                 });
         });
@@ -391,15 +394,17 @@ template <typename T, int PACK, bool CACHED>
 __device__ __forceinline__ void cluster_forward(const T* x, T* y, const MaskParams& p) {
     const ScaleMap sm = ScaleMap::of(p.scale);
     const RowIndex index = RowIndex::of(p);
-    const ClusterChunk chunk = ClusterChunk::of<PACK>(p);
+    const PackShift<T, PACK> shift = PackShift<T, PACK>::of(x, p);
+    const ClusterChunk chunk = ClusterChunk::of<PACK>(shift.columns(p.k_len));
     const ClusterShared shared = ClusterShared::of();
     float2* published = shared.published;
     float2* scratch = shared.scratch;
     float* cache = shared.cache;
 
-    for (int64_t row = blockIdx.x / chunk.blocks; row < p.rows; row += chunk.clusters) {
-        const RowWindow w = row_window(p, index, row);
-        const int64_t offset = row * p.row_stride;
+    for (int64_t row = cluster_id(); row < p.rows; row += cluster_count()) {
+        const RowFrame f = RowFrame::of(p, shift, index, row);
+        const RowWindow& w = f.window;
+        const int64_t offset = f.offset;
         const int64_t first = max(chunk.begin, w.start / PACK);
         const int64_t last = min(chunk.end, (w.end + PACK - 1) / PACK);
         const auto fetch = [&](int64_t i, RawPack<T, PACK>& raw) {
@@ -431,7 +436,7 @@ __device__ __forceinline__ void cluster_forward(const T* x, T* y, const MaskPara
             const RowSoftmax r = row_softmax(row_stats);
 
             const auto store = [&](int64_t i, const float (&keys)[PACK]) {
-                store_window<T, PACK>(y + offset, i * PACK, p.k_len, w.start, w.end,
+                store_window<T, PACK>(y + offset, i * PACK, f.own(p), w.start, w.end,
                                       [&](int j) { return probability<PLAIN>(r, keys[j], sm); });
             };
             if (CACHED) {

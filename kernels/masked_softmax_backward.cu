@@ -37,7 +37,7 @@ __device__ __forceinline__ float softmax_grad(float y, float dy, float dot, floa
 template <typename T, int PACK, int PACKS, int GROUP>
 __device__ __forceinline__ void rows_backward(const T* y, const T* dy, T* dx, const MaskParams& p) {
     constexpr int R = rows_at_once<2 * PACK * PACKS>();
-    for_each_group_rows<GROUP, R>(p, [&](const GroupRow (&rows)[R]) {
+    for_each_group_rows<GROUP, R>(p, PackShift<T, PACK>::of(y, p), [&](const GroupRow (&rows)[R]) {
         // Every load of the R rows in flight, then the arithmetic.
         PackPair<T, PACK> raw[R][PACKS];
         fetch_group_row_pairs<T, PACK, PACKS, GROUP, R>(y, dy, rows, raw);
@@ -102,7 +102,7 @@ __device__ __forceinline__ void rows_backward_16bit(const T* y, const T* dy, T* 
     static_assert(sizeof(T) == 2 && PACK > 1, "16-bit vector packs only");
     constexpr int R = rows_at_once<PACK * PACKS>();  // registers of 2 * PACK * PACKS / 2 floats
     const int32_t k_len = int32_t(p.k_len);
-    for_each_group_rows<GROUP, R>(p, [&](const GroupRow (&rows)[R]) {
+    for_each_group_rows<GROUP, R>(p, PackShift<T, PACK>::of(y, p), [&](const GroupRow (&rows)[R]) {
         PackPair<T, PACK> raw[R][PACKS];
         fetch_group_row_pairs<T, PACK, PACKS, GROUP, R>(y, dy, rows, raw);
 #pragma unroll
@@ -121,9 +121,8 @@ __device__ __forceinline__ void rows_backward_16bit(const T* y, const T* dy, T* 
 // columns: 32-bit columns. Dynamic shared memory: 32 floats.
 template <typename T, int PACK, int PACKS>
 __device__ __forceinline__ void block_regs_backward(const T* y, const T* dy, T* dx, const MaskParams& p) {
-    const int32_t k_len = int32_t(p.k_len);
     float* scratch = dynamic_shared<float>();
-    for_each_block_row(p, [&](const BlockRow& row) {
+    for_each_block_row(p, PackShift<T, PACK>::of(y, p), [&](const BlockRow& row) {
         const ShortWindow& w = row.window;
         const auto column = [](int i) { return block_pack_column<PACK>(i); };
         PackPair<T, PACK> raw[PACKS];
@@ -142,8 +141,8 @@ __device__ __forceinline__ void block_regs_backward(const T* y, const T* dy, T* 
 
 #pragma unroll
         for (int i = 0; i < PACKS; ++i) {
-            if (column(i) >= k_len) break;
-            store_window<T, PACK>(dx + row.offset, column(i), k_len, w.start, w.end,
+            if (column(i) >= row.own.end) break;
+            store_window<T, PACK>(dx + row.offset, column(i), row.own, w.start, w.end,
                                   [&](int j) { return softmax_grad(ys[i][j], dys[i][j], dot, p.scale); });
         }
     });
@@ -155,9 +154,8 @@ __device__ __forceinline__ void block_regs_backward(const T* y, const T* dy, T* 
 template <typename T, int PACK, int PACKS>
 __device__ __forceinline__ void block_regs_backward_16bit(const T* y, const T* dy, T* dx, const MaskParams& p) {
     static_assert(sizeof(T) == 2 && PACK > 1, "16-bit vector packs only");
-    const int32_t k_len = int32_t(p.k_len);
     float* scratch = dynamic_shared<float>();
-    for_each_block_row(p, [&](const BlockRow& row) {
+    for_each_block_row(p, PackShift<T, PACK>::of(y, p), [&](const BlockRow& row) {
         const ShortWindow& w = row.window;
         const auto column = [](int i) { return block_pack_column<PACK>(i); };
         PackPair<T, PACK> raw[PACKS];
@@ -166,8 +164,8 @@ __device__ __forceinline__ void block_regs_backward_16bit(const T* y, const T* d
         forget_pairs(raw);
 #pragma unroll
         for (int i = 0; i < PACKS; ++i) {
-            if (column(i) >= k_len) break;
-            store_window<T, PACK>(dx + row.offset, column(i), k_len, w.start, w.end,
+            if (column(i) >= row.own.end) break;
+            store_window<T, PACK>(dx + row.offset, column(i), row.own, w.start, w.end,
                                   [&](int j) { return raw_pair_grad(raw[i], j, dot, p.scale); });
         }
     });
@@ -194,13 +192,15 @@ __device__ __forceinline__ void decode_pair(const PackPair<T, PACK>& raw, int64_
 template <typename T, int PACK>
 __device__ __forceinline__ void block_cached_backward(const T* y, const T* dy, T* dx, const MaskParams& p) {
     const RowIndex index = RowIndex::of(p);
-    const int64_t row_packs = packs_in<PACK>(p.k_len);
+    const PackShift<T, PACK> shift = PackShift<T, PACK>::of(y, p);
+    const int64_t row_packs = packs_in<PACK>(shift.columns(p.k_len));
     float* cache_y = dynamic_shared<float>();
     float* cache_dy = cache_y + row_packs * PACK;
     float* scratch = cache_dy + row_packs * PACK;
     for (int64_t row = blockIdx.x; row < p.rows; row += gridDim.x) {
-        const RowWindow w = row_window(p, index, row);
-        const int64_t offset = row * p.row_stride;
+        const RowFrame f = RowFrame::of(p, shift, index, row);
+        const RowWindow& w = f.window;
+        const int64_t offset = f.offset;
         const int64_t first_pack = w.start / PACK, end_pack = (w.end + PACK - 1) / PACK;
 
         float dot = 0.f;
@@ -220,8 +220,8 @@ __device__ __forceinline__ void block_cached_backward(const T* y, const T* dy, T
             });
         dot = block_sum(dot, scratch);
 
-        for (int64_t i = threadIdx.x; i < row_packs; i += blockDim.x)
-            store_window<T, PACK>(dx + offset, i * PACK, p.k_len, w.start, w.end, [&](int j) {
+        for (int64_t i = threadIdx.x; i < packs_in<PACK>(f.own(p).end); i += blockDim.x)
+            store_window<T, PACK>(dx + offset, i * PACK, f.own(p), w.start, w.end, [&](int j) {
                 return softmax_grad(cache_y[i * PACK + j], cache_dy[i * PACK + j], dot, p.scale);
             });
     }
@@ -232,10 +232,12 @@ __device__ __forceinline__ void block_cached_backward(const T* y, const T* dy, T
 template <typename T, int PACK>
 __device__ __forceinline__ void block_stream_backward(const T* y, const T* dy, T* dx, const MaskParams& p) {
     const RowIndex index = RowIndex::of(p);
+    const PackShift<T, PACK> shift = PackShift<T, PACK>::of(y, p);
     float* scratch = dynamic_shared<float>();
     for (int64_t row = blockIdx.x; row < p.rows; row += gridDim.x) {
-        const RowWindow w = row_window(p, index, row);
-        const int64_t offset = row * p.row_stride;
+        const RowFrame f = RowFrame::of(p, shift, index, row);
+        const RowWindow& w = f.window;
+        const int64_t offset = f.offset;
         const int64_t first_pack = w.start / PACK, end_pack = (w.end + PACK - 1) / PACK;
         const auto fetch = [&](int64_t i, PackPair<T, PACK>& raw) {
             fetch_pair<T, PACK>(y + offset, dy + offset, i * PACK, w, raw);
@@ -252,10 +254,10 @@ __device__ __forceinline__ void block_stream_backward(const T* y, const T* dy, T
         dot = block_sum(dot, scratch);
 
         for_packs<PAIRS_IN_FLIGHT, PackPair<T, PACK>>(
-            threadIdx.x, packs_in<PACK>(p.k_len), blockDim.x, fetch, [&](int64_t i, const PackPair<T, PACK>& raw) {
+            threadIdx.x, packs_in<PACK>(f.own(p).end), blockDim.x, fetch, [&](int64_t i, const PackPair<T, PACK>& raw) {
                 float ys[PACK], dys[PACK];
                 decode_pair<T, PACK>(raw, i * PACK, w, ys, dys);
-                store_window<T, PACK>(dx + offset, i * PACK, p.k_len, w.start, w.end,
+                store_window<T, PACK>(dx + offset, i * PACK, f.own(p), w.start, w.end,
                                       [&](int j) { return softmax_grad(ys[j], dys[j], dot, p.scale); });
             });
     }
@@ -275,16 +277,18 @@ __device__ __forceinline__ void block_stream_backward(const T* y, const T* dy, T
 template <typename T, int PACK, bool CACHED>
 __device__ __forceinline__ void cluster_backward(const T* y, const T* dy, T* dx, const MaskParams& p) {
     const RowIndex index = RowIndex::of(p);
-    const ClusterChunk chunk = ClusterChunk::of<PACK>(p);
+    const PackShift<T, PACK> shift = PackShift<T, PACK>::of(y, p);
+    const ClusterChunk chunk = ClusterChunk::of<PACK>(shift.columns(p.k_len));
     const ClusterShared shared = ClusterShared::of();
     float2* published = shared.published;
     float* scratch = reinterpret_cast<float*>(shared.scratch);
     float* cache_y = shared.cache;
     float* cache_dy = cache_y + chunk.size * PACK;
 
-    for (int64_t row = blockIdx.x / chunk.blocks; row < p.rows; row += chunk.clusters) {
-        const RowWindow w = row_window(p, index, row);
-        const int64_t offset = row * p.row_stride;
+    for (int64_t row = cluster_id(); row < p.rows; row += cluster_count()) {
+        const RowFrame f = RowFrame::of(p, shift, index, row);
+        const RowWindow& w = f.window;
+        const int64_t offset = f.offset;
         const int64_t first = max(chunk.begin, w.start / PACK);
         const int64_t last = min(chunk.end, (w.end + PACK - 1) / PACK);
         const auto fetch = [&](int64_t i, PackPair<T, PACK>& raw) {
@@ -321,7 +325,7 @@ __device__ __forceinline__ void cluster_backward(const T* y, const T* dy, T* dx,
             // those inside the window: store_window asks for no others).
             for (int64_t i = chunk.begin + threadIdx.x; i < chunk.end; i += blockDim.x) {
                 const int64_t slot = (i - chunk.begin) * PACK;
-                store_window<T, PACK>(dx + offset, i * PACK, p.k_len, w.start, w.end, [&](int j) {
+                store_window<T, PACK>(dx + offset, i * PACK, f.own(p), w.start, w.end, [&](int j) {
                     return softmax_grad(cache_y[slot + j], cache_dy[slot + j], row_dot, p.scale);
                 });
             }
@@ -330,7 +334,7 @@ __device__ __forceinline__ void cluster_backward(const T* y, const T* dy, T* dx,
                 chunk.begin + threadIdx.x, chunk.end, blockDim.x, fetch, [&](int64_t i, const PackPair<T, PACK>& raw) {
                     float ys[PACK], dys[PACK];
                     decode_pair<T, PACK>(raw, i * PACK, w, ys, dys);
-                    store_window<T, PACK>(dx + offset, i * PACK, p.k_len, w.start, w.end,
+                    store_window<T, PACK>(dx + offset, i * PACK, f.own(p), w.start, w.end,
                                           [&](int j) { return softmax_grad(ys[j], dys[j], row_dot, p.scale); });
                 });
         }

@@ -70,6 +70,31 @@ __device__ __forceinline__ void for_packs(int64_t first, int64_t end, int64_t st
 constexpr int LOADS_IN_FLIGHT = 4;
 constexpr int PAIRS_IN_FLIGHT = 2;
 
+// ---------------------------------------------------------------- looping kernels
+
+#include "io.cuh"
+#include "mask.cuh"
+
+// A row of a kernel that loops over it (block_cached, block_stream, cluster: any length,
+// 64-bit columns), seen from its frame (PackShift).
+struct RowFrame {
+    RowWindow window;  // the row's valid columns in its frame
+    int64_t offset;    // element offset of the frame
+    int32_t lead;      // columns of the frame before the row
+
+    template <typename T, int PACK>
+    __device__ __forceinline__ static RowFrame of(const MaskParams& p, const PackShift<T, PACK>& shift,
+                                                  const RowIndex& index, int64_t row) {
+        const int64_t offset = row * p.row_stride;
+        const int32_t lead = shift.lead(offset);
+        return RowFrame{shifted(row_window(p, index, row), int64_t(lead)), offset - lead, lead};
+    }
+    // The row's own columns, [lead, lead + k_len): worked out where used, from k_len (a
+    // kernel parameter), rather than kept in registers across the row (the cluster kernels,
+    // held to 64 registers, spilled).
+    __device__ __forceinline__ RowWindow own(const MaskParams& p) const { return RowWindow{lead, lead + p.k_len}; }
+};
+
 // ---------------------------------------------------------------- rows kernels
 
 #include "io.cuh"
@@ -82,9 +107,18 @@ constexpr int PAIRS_IN_FLIGHT = 2;
 struct GroupRow {
     bool active;         // false for lanes past the last row, which still join the shuffles
     int member;          // lane within the group
-    ShortWindow window;  // the row's valid columns (empty when inactive)
-    int64_t offset;      // element offset of the row (0 when inactive)
+    ShortWindow window;  // the row's valid columns in its frame (empty when inactive)
+    int64_t offset;      // element offset of the row's frame (0 when inactive)
+    int32_t lead;        // the row's own columns are [lead, lead + k_len) (PackShift)
 };
+
+// A row at element `offset` with valid columns `w`, seen from its frame (PackShift).
+template <typename T, int PACK>
+__device__ __forceinline__ GroupRow group_row(bool active, int member, ShortWindow w, int64_t offset,
+                                              const PackShift<T, PACK>& shift) {
+    const int32_t lead = active ? shift.lead(offset) : 0;
+    return GroupRow{active, member, shifted(w, lead), offset - lead, lead};
+}
 
 // Rows a lane takes at once in a rows kernel holding FLOATS values of a row per lane: with
 // a row of a pack or two per lane, each row's loads wait on its length and then on its
@@ -98,11 +132,12 @@ __device__ __forceinline__ constexpr int rows_at_once() {
 }
 
 // Calls body(const GroupRow (&)[R]) for every batch of R rows a lane handles, GROUP lanes
-// per row (32 / GROUP rows per warp), over a grid-stride loop that is warp-uniform:
+// per row (32 / GROUP rows per warp), each seen from its frame by `shift`, over a
+// grid-stride loop that is warp-uniform:
 // every lane of a warp makes the same calls, so a body may shuffle across the warp with a
 // full mask. Lane `member` of a group owns the packs at columns (i * GROUP + member) * PACK.
-template <int GROUP, int R, typename Body>
-__device__ __forceinline__ void for_each_group_rows(const MaskParams& p, Body body) {
+template <int GROUP, int R, typename T, int PACK, typename Body>
+__device__ __forceinline__ void for_each_group_rows(const MaskParams& p, const PackShift<T, PACK>& shift, Body body) {
     constexpr int ROWS_PER_WARP = WARP / GROUP;
     constexpr int BATCH = ROWS_PER_WARP * R;  // rows a warp takes at once
     const RowIndex index = RowIndex::of(p);
@@ -130,7 +165,7 @@ __device__ __forceinline__ void for_each_group_rows(const MaskParams& p, Body bo
                 const bool active = row < p.rows;
                 const ShortWindow window{__shfl_sync(FULL_MASK, own.start, batch_row),
                                          __shfl_sync(FULL_MASK, own.end, batch_row)};
-                rows[r] = GroupRow{active, lane % GROUP, window, (active ? row : 0) * p.row_stride};
+                rows[r] = group_row(active, lane % GROUP, window, (active ? row : 0) * p.row_stride, shift);
             }
         } else {
             // One row per group, or more rows than lanes (one or two lanes per row): each
@@ -145,9 +180,9 @@ __device__ __forceinline__ void for_each_group_rows(const MaskParams& p, Body bo
             for (int r = 0; r < R; ++r) {
                 const int64_t row = base + r * ROWS_PER_WARP + lane / GROUP;
                 const bool active = row < p.rows;
-                rows[r] = GroupRow{active, lane % GROUP,
-                                   active ? narrow(window_of_short_row(p, lengths[r])) : ShortWindow{0, 0},
-                                   (active ? row : 0) * p.row_stride};
+                rows[r] = group_row(active, lane % GROUP,
+                                    active ? narrow(window_of_short_row(p, lengths[r])) : ShortWindow{0, 0},
+                                    (active ? row : 0) * p.row_stride, shift);
             }
         }
         body(rows);
@@ -187,15 +222,16 @@ __device__ __forceinline__ void fetch_group_row_pairs(const T* y, const T* dy, c
 }
 
 // Writes a lane's PACKS packs of row `r`: value(i, j) for element j of pack i inside the
-// row's window, exact +0.0 outside it; nothing for inactive lanes or past k_len.
+// row's window, exact +0.0 outside it; nothing for inactive lanes or outside the row.
 template <typename T, int PACK, int PACKS, int GROUP, typename Value>
 __device__ __forceinline__ void store_group_row(T* out, const GroupRow& r, int32_t k_len, Value value) {
     if (!r.active) return;
+    const ShortWindow own{r.lead, r.lead + k_len};
 #pragma unroll
     for (int i = 0; i < PACKS; ++i) {
         const int32_t col = lane_pack_column<GROUP, PACK>(i, r.member);
-        if (col >= k_len) break;
-        store_window<T, PACK>(out + r.offset, col, k_len, r.window.start, r.window.end,
+        if (col >= own.end) break;
+        store_window<T, PACK>(out + r.offset, col, own, r.window.start, r.window.end,
                               [&](int j) { return value(i, j); });
     }
 }
@@ -205,16 +241,22 @@ __device__ __forceinline__ void store_group_row(T* out, const GroupRow& r, int32
 // One row of a block_regs kernel (a block per row, the row in registers across the block).
 // Its rows are at most 512 * 32 columns (src/plan.rs, Problem::configure): 32-bit columns.
 struct BlockRow {
-    ShortWindow window;  // the row's valid columns
-    int64_t offset;      // element offset of the row
+    ShortWindow window;  // the row's valid columns in its frame
+    int64_t offset;      // element offset of the row's frame
+    ShortWindow own;     // the row's own columns in its frame: [lead, lead + k_len) (PackShift)
 };
 
-// Calls body(const BlockRow&) for every row the block handles (a grid-stride loop).
-template <typename Body>
-__device__ __forceinline__ void for_each_block_row(const MaskParams& p, Body body) {
+// Calls body(const BlockRow&) for every row the block handles (a grid-stride loop), each
+// seen from its frame by `shift`.
+template <typename T, int PACK, typename Body>
+__device__ __forceinline__ void for_each_block_row(const MaskParams& p, const PackShift<T, PACK>& shift, Body body) {
     const RowIndex index = RowIndex::of(p);
-    for (int64_t row = blockIdx.x; row < p.rows; row += gridDim.x)
-        body(BlockRow{narrow(row_window(p, index, row)), row * p.row_stride});
+    for (int64_t row = blockIdx.x; row < p.rows; row += gridDim.x) {
+        const int64_t offset = row * p.row_stride;
+        const int32_t lead = shift.lead(offset);
+        body(BlockRow{shifted(narrow(row_window(p, index, row)), lead), offset - lead,
+                      ShortWindow{lead, int32_t(lead + p.k_len)}});
+    }
 }
 
 // Column of a thread's pack i: thread t holds packs t, t + blockDim, t + 2 blockDim, ...

@@ -3,22 +3,24 @@
 //! launcher ([`crate::cuda`]) and the CPU emulator the tests run the kernels on.
 //!
 //! The ladder, by row length `k_len` (P = elements per pack: 16 bytes' worth when every
-//! buffer and the row stride keep packs aligned, else 1; each thread keeps at most 32
+//! buffer sits alike against 16-byte boundaries, else 1; rows that start off a boundary,
+//! as odd row strides make them, are seen from the boundary before them and take up to
+//! P - 1 more columns: kernels/io.cuh, `PackShift`; each thread keeps at most 32
 //! floats of a row in registers in a rows kernel, 16 in a block kernel, half that in the
 //! backward, which holds `y` and `dy`):
 //!
 //! 1. Short rows: [`KernelKind::Rows`] with `group` lanes per row and several rows per
 //!    warp, so short rows are neither launch- nor shuffle-bound. 16-byte packs: up to 8
-//!    lanes with a pack each, then up to 4 packs per lane on 8 or 16 lanes. Single
-//!    elements: a lane per row up to 8 columns, then a lane per column.
+//!    lanes with a pack each, then (forward) up to 4 packs per lane on 8 or 16 lanes.
+//!    Single elements: a lane per column (16-bit rows up to 8 columns: a lane per row).
 //! 2. Up to 32 floats per lane: `Rows` with a whole warp per row and `packs` packs per
 //!    lane in registers (`rows_shape`).
 //! 3. Up to 16 floats per thread of a 512-thread block: [`KernelKind::BlockRegs`], a
-//!    block per row, the row in registers (f32: up to 4096 keys). 16-bit forward rows
-//!    take the `block_regs` kernel that keeps 32 columns a thread as raw pairs, up to
-//!    16384 keys.
-//! 4. f32 rows up to 8192 keys: [`KernelKind::BlockCached`], a block per row, its keys
-//!    cached in shared memory.
+//!    block per row, the row in registers (f32: up to 4096 keys). Many 16-bit rows take
+//!    the `block_regs` kernel that keeps 32 columns a thread as raw pairs, up to 16384
+//!    keys.
+//! 4. f32 rows up to 8192 keys (backward: 16384): [`KernelKind::BlockCached`], a block
+//!    per row, its keys (or `y` and `dy`) cached in shared memory.
 //! 5. Anything longer: [`KernelKind::BlockStream`], a block per row reading the valid
 //!    scores twice.
 //!
@@ -27,8 +29,8 @@
 //! multiprocessor a block (cached in the cluster's shared memory when it fits), past step 2
 //! in the forward and past step 3 in the backward; and forward 16-bit rows past step 3
 //! (read twice, the cluster's rows close together in L2). Steps 3 to 5 and the cluster
-//! cases follow crossovers measured on an H200 with the benchmark's `--variants` (see
-//! `Problem::choose`).
+//! cases follow crossovers measured on an H200 and an H100 with the benchmark's
+//! `--variants` (see `Problem::choose`).
 
 use crate::contract::{Causal, Padding, Spec};
 use crate::dtype::DType;
@@ -151,19 +153,32 @@ const ROWS_PACKS_PER_LANE: u32 = 4;
 const ROWS_MIN_VECTOR_GROUP: u32 = 8;
 
 /// Lanes per row and packs per lane of the rows kernel for rows of `k_len <= 32 * pack *
-/// max_packs` columns: the smallest kernel that holds the row.
-/// - Single elements (misaligned rows) up to TINY_ROW_KEYS: a lane per row, holding all of it.
+/// max_packs` columns: the smallest kernel that holds the row. By the H100 variants of v7
+/// (PERFORMANCE.md, "v7 measured"):
+/// - Single elements (misaligned rows) of 16-bit types up to TINY_ROW_KEYS: a lane per row,
+///   holding all of it (k=7: 3.40x the floor against 4.65x forward, 3.08x against 3.22x
+///   backward). f32 keeps 8 lanes a row there (2.41x against 2.59x forward, 2.06x against
+///   2.61x backward).
 /// - Single elements past that: a lane per column up to 32, then more columns per lane.
-/// - 16-byte packs: up to ROWS_PACKS_PER_LANE packs per lane over at least
-///   ROWS_MIN_VECTOR_GROUP lanes (fewer only for rows of fewer packs), up to 32 lanes.
-fn rows_shape(pack: u32, direction: Direction, k_len: u64) -> (u32, u32) {
+/// - 16-byte packs, forward: up to ROWS_PACKS_PER_LANE packs per lane over at least
+///   ROWS_MIN_VECTOR_GROUP lanes (fewer only for rows of fewer packs), up to 32 lanes
+///   (f16 k=128: 2.11x against 2.67x with a pack a lane).
+/// - 16-byte packs, backward: a lane per pack up to 32, then more packs per lane (f32
+///   k=128: 1.24x against 1.32x with 4 packs a lane on 8 lanes; f16 1.77x against 1.89x).
+fn rows_shape(dtype: DType, pack: u32, direction: Direction, k_len: u64) -> (u32, u32) {
     let row_packs = k_len.div_ceil(pack as u64).next_power_of_two() as u32;
+    let one_per_lane = || {
+        let group = row_packs.min(WARP_SIZE);
+        (group, row_packs / group)
+    };
     if pack == 1 {
-        if k_len <= TINY_ROW_KEYS {
+        if k_len <= TINY_ROW_KEYS && dtype.size_in_bytes() == 2 {
             return (1, row_packs);
         }
-        let group = row_packs.min(WARP_SIZE);
-        return (group, row_packs / group);
+        return one_per_lane();
+    }
+    if direction == Direction::Backward {
+        return one_per_lane();
     }
     let per_lane = ROWS_PACKS_PER_LANE.min(max_packs(pack, direction));
     let group = (row_packs / per_lane)
@@ -213,19 +228,24 @@ const REGS_BLOCK: u32 = 512;
 /// (`__launch_bounds__(512)` in the kernels).
 const LOOP_BLOCK: u32 = 512;
 
-/// Longest rows of single elements (rows misaligned for 16-byte packs) the planner gives one
-/// lane each (`rows_g1_p1x{2,4,8}`) instead of a group of lanes with one column each. At
-/// k=7, 8 lanes a row kept 16 rows (about 256 bytes of valid f32 scores) in flight per
-/// warp and took 5x the floor (f32) and 9.5x (16-bit) on the H200 (v3-v5); a lane per row
-/// keeps 64 rows, 4 times the bytes, and spends no shuffles. Not yet measured (v7).
+/// Shortest rows, in packs, that kernels of 16-byte packs take where rows start off 16-byte
+/// boundaries (odd row strides, buffers offset alike): shorter ones go to single elements.
+/// Seen shifted (kernels/io.cuh, PackShift), a row's first and last packs go element by
+/// element, so at 8 packs a quarter of its packs do. Not yet measured (v8).
+const SHIFTED_MIN_PACKS: u64 = 8;
+
+/// Longest 16-bit rows of single elements (rows misaligned for 16-byte packs) the planner
+/// gives one lane each (`rows_g1_p1x{2,4,8}`) instead of a group of lanes with one column
+/// each: a lane per row keeps 4 times the rows in flight per warp and spends no shuffles.
+/// Measured at k=7 on the H100 (v7): 16-bit 3.40x the floor against 4.65x forward; f32
+/// lost (2.59x against 2.41x), so f32 keeps the group ladder (`rows_shape`).
 const TINY_ROW_KEYS: u64 = 8;
 
-/// Longest f32 rows the planner gives block_regs, and block_cached (measured crossovers: see
-/// `Problem::choose`).
+/// Longest f32 rows the planner gives block_regs, and block_cached forward and backward
+/// (measured crossovers: see `Problem::choose`).
 const WIDE_REGS_KEYS: u64 = 4096;
 const WIDE_CACHED_KEYS: u64 = 8192;
-/// Longest 16-bit backward rows the planner gives block_regs when there are many rows.
-const MANY_ROWS_16BIT_BACKWARD_REGS_KEYS: u64 = 2048;
+const WIDE_CACHED_BACKWARD_KEYS: u64 = 16384;
 /// Longest backward rows the planner gives block_regs when there are too few rows to give
 /// every multiprocessor one (longer ones get a cluster each).
 const FEW_ROWS_BACKWARD_REGS_KEYS: u64 = 4096;
@@ -334,16 +354,59 @@ pub struct KernelParams {
     pub window: i64,
     /// Scale applied to the scores.
     pub scale: f32,
-    /// [`MASK_LEFT_PADDING`] | [`MASK_CAUSAL`].
+    /// [`MASK_LEFT_PADDING`] | [`MASK_CAUSAL`] | [`MASK_SHIFTED_PACKS`].
     pub flags: i32,
+    /// Divides a row index by `heads * q_len` (launches of fewer than 2^31 rows).
+    pub per_batch: FastDivisor,
+    /// Divides a row index by `q_len` (launches of fewer than 2^31 rows).
+    pub per_query: FastDivisor,
 }
 
-const _: () = assert!(std::mem::size_of::<KernelParams>() == 72);
+const _: () = assert!(std::mem::size_of::<KernelParams>() == 88);
+
+/// `n / d` for every `n` and `d` below 2^31 as `(umulhi(n, magic) + n) >> shift`
+/// (Granlund and Montgomery, in the form PyTorch's IntDivider uses): the kernels split row
+/// indices with it (`FastDivisor` in kernels/mask.cuh), worked out here once per launch.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FastDivisor {
+    /// The multiplier.
+    pub magic: u32,
+    /// The final shift.
+    pub shift: u32,
+}
+
+impl FastDivisor {
+    /// The divisor `d` (at least 1, below 2^31); 1 for 0 or anything larger, which no
+    /// launch of fewer than 2^31 rows divides by.
+    pub fn of(d: u64) -> FastDivisor {
+        let d = if (1..1 << 31).contains(&d) { d } else { 1 };
+        let shift = if d <= 1 {
+            0
+        } else {
+            64 - (d - 1).leading_zeros()
+        }; // ceil(log2 d)
+        let magic = ((1u64 << 32) * ((1u64 << shift) - d)) / d + 1;
+        FastDivisor {
+            magic: magic as u32,
+            shift,
+        }
+    }
+
+    /// `n / d`, as the kernels work it out.
+    pub fn divide(self, n: u32) -> u32 {
+        let high = ((n as u64 * self.magic as u64) >> 32) as u32;
+        ((high as u64 + n as u64) >> self.shift) as u32
+    }
+}
 
 /// [`KernelParams::flags`] bit: left padding.
 pub const MASK_LEFT_PADDING: i32 = 1;
 /// [`KernelParams::flags`] bit: causal masking.
 pub const MASK_CAUSAL: i32 = 2;
+/// [`KernelParams::flags`] bit, set by the planner: kernels of 16-byte packs see rows from
+/// the 16-byte boundary before them (kernels/io.cuh, PackShift).
+pub const MASK_SHIFTED_PACKS: i32 = 4;
 
 impl KernelParams {
     /// From a spec (validated: every size then fits in i64, since it fits in isize bytes)
@@ -371,6 +434,8 @@ impl KernelParams {
             window,
             scale: spec.scale,
             flags,
+            per_batch: FastDivisor::of(shape.heads.checked_mul(shape.q_len).unwrap_or(0) as u64),
+            per_query: FastDivisor::of(shape.q_len as u64),
         })
     }
 }
@@ -456,7 +521,7 @@ pub fn plan_kernel(
     buffers: Buffers,
 ) -> Result<Option<LaunchPlan>> {
     let problem = Problem::new(spec, dtype, limits, buffers, direction)?;
-    if kind.pack() != 1 && kind.pack() != problem.pack {
+    if kind.pack() != 1 && !problem.vectors {
         return Ok(None);
     }
     Ok(problem.configure(kind))
@@ -501,8 +566,14 @@ struct Problem {
     limits: DeviceLimits,
     rows: u64,
     k_len: u64,
-    /// Elements per pack the buffers allow.
+    /// Elements per pack of the planner's kernel.
     pack: u32,
+    /// Whether kernels of 16-byte packs can run the problem: every buffer sits alike
+    /// against 16-byte boundaries.
+    vectors: bool,
+    /// Whether rows start off 16-byte boundaries, so kernels of 16-byte packs see them
+    /// shifted (kernels/io.cuh, PackShift): up to a pack minus one more columns a row.
+    shifted: bool,
 }
 
 impl Problem {
@@ -515,19 +586,28 @@ impl Problem {
     ) -> Result<Self> {
         let params = KernelParams::new(spec, buffers.kv_lens, buffers.q_lens)?;
         let elem = dtype.size_in_bytes() as u64;
-        // 16-byte packs only if every pack of every row of every buffer is 16-byte aligned.
-        let aligned = [buffers.x, buffers.y, buffers.dy]
-            .iter()
-            .all(|a| a % 16 == 0)
-            && (spec.shape.row_stride as u64 * elem) % 16 == 0;
+        // 16-byte packs where every buffer's element j of a row lies at the same place
+        // against a 16-byte boundary; shifted where that place is not the boundary.
+        let first = buffers.x % 16;
+        let inputs = match direction {
+            Direction::Forward => &[buffers.y][..],
+            Direction::Backward => &[buffers.y, buffers.dy][..],
+        };
+        let vectors = first % elem == 0 && inputs.iter().all(|a| a % 16 == first);
+        let shifted = first != 0 || (spec.shape.row_stride as u64 * elem) % 16 != 0;
+        let k_len = spec.shape.k_len as u64;
+        let pack = vector_pack(dtype);
+        let vector = vectors && (!shifted || k_len >= SHIFTED_MIN_PACKS * pack as u64);
         Ok(Problem {
             params,
             direction,
             dtype,
             limits,
             rows: spec.shape.rows()? as u64,
-            k_len: spec.shape.k_len as u64,
-            pack: if aligned { vector_pack(dtype) } else { 1 },
+            k_len,
+            pack: if vector { pack } else { 1 },
+            vectors,
+            shifted,
         })
     }
 
@@ -539,8 +619,18 @@ impl Problem {
         self.limits.max_threads_per_sm.max(WARP_SIZE) as u64
     }
 
+    /// Columns a row spans for kernels of `pack` elements a pack: `k_len`, and up to a pack
+    /// minus one more where rows are seen shifted (kernels/io.cuh, PackShift).
+    fn columns(&self, pack: u32) -> u64 {
+        if pack > 1 && self.shifted {
+            self.k_len + pack as u64 - 1
+        } else {
+            self.k_len
+        }
+    }
+
     fn row_packs(&self, pack: u32) -> u64 {
-        self.k_len.div_ceil(pack as u64)
+        self.columns(pack).div_ceil(pack as u64)
     }
 
     fn clusters(&self) -> bool {
@@ -551,16 +641,19 @@ impl Problem {
     fn choose(&self) -> KernelKind {
         let (pack, direction) = (self.pack, self.direction);
         let p = pack as u64;
-        if self.k_len <= 32 * p * max_packs(pack, direction) as u64 {
-            let (group, packs) = rows_shape(pack, direction, self.k_len);
+        let columns = self.columns(pack);
+        if columns <= 32 * p * max_packs(pack, direction) as u64 {
+            let (group, packs) = rows_shape(self.dtype, pack, direction, columns);
             return KernelKind::Rows { group, pack, packs };
         }
         // Many 16-bit rows: the block_regs kernels keeping raw pairs (32 columns a thread: a
         // quarter (backward) or half (forward) the threads per row of the f32-value ones,
-        // so more rows per multiprocessor and fewer instructions per row; not yet
-        // measured, PERFORMANCE.md v6). With fewer rows than 4 per multiprocessor (decode)
-        // the f32-value kernels, measured there, spread a row over more threads; the
-        // raw-pair ones take the rows those cannot hold.
+        // so more rows per multiprocessor and fewer instructions per row). H100, v7
+        // variants: forward k=4096 1.27x the floor against 1.53x with p8x2, backward 1.19x
+        // against 1.84x with p8x1 and 1.32x with block_stream (16384 keys: 1.39x against
+        // 1.40x). With fewer rows than 4 per multiprocessor (decode) the f32-value kernels,
+        // measured there, spread a row over more threads; the raw-pair ones take the rows
+        // those cannot hold.
         let f32_values = KernelKind::BlockRegs {
             pack,
             packs: block_regs_packs(pack, direction),
@@ -584,33 +677,25 @@ impl Problem {
             };
         }
         // Past the rows kernels, by the crossovers measured with `--variants` (H200, v4
-        // kernels, PERFORMANCE.md): f32 rows go to block_regs up to 4096 keys, block_cached
-        // up to 8192 (1.37x the floor forward and 1.25x backward at 8192, where block_regs
-        // took 2.2x and block_stream 1.47x), then block_stream (1.44x at 16384, 1.81x at
-        // 65536, 2.0x at 2^18; the cached and cluster kernels 1.6-3.9x). 16-bit rows go to
-        // block_regs up to its capacity (16384 keys; backward with many rows, 2048: see
-        // above), then forward to a streaming cluster (2.37x at 65536, 3.1x at 2^18: the
-        // best measured; block_cached 2.8-3.2x) and backward to block_stream (1.55x at 8192
-        // and 16384; block_cached 2.6-3.4x).
+        // kernels, and H100, v7: PERFORMANCE.md): f32 rows go to block_regs up to 4096
+        // keys, block_cached up to 8192 forward (1.37x the floor at 8192 on the H200, where
+        // block_regs took 2.2x and block_stream 1.47x) and 16384 backward (H100: 1.29x
+        // against block_stream's 1.37x at 16384, where the forward's block_cached lost,
+        // 1.31x against 1.28x), then block_stream (H100: 1.28x at 16384, 1.52x at 65536,
+        // 1.66x at 2^18; the clusters 1.24-2.9x). 16-bit rows go to block_regs up to its
+        // capacity (16384 keys), then forward to a streaming cluster (H100: 1.71x at 65536
+        // against block_stream's 2.47x; even at 2^18) and backward to block_stream (1.62x
+        // at 65536 against the streaming cluster's 2.00x).
         let wide = self.dtype.size_in_bytes() == 4;
-        // The 16-bit backward block_regs with f32 values (p8x1) held only 8 columns a
-        // thread, so a 512-thread block per row of 4096 keys and 3 rows in flight per
-        // multiprocessor: at k=4096 and 16384 rows it took 2.55x the floor where
-        // block_stream (128 threads a row, 16 rows per multiprocessor) took 1.64x (H200,
-        // v5 variants). Until the raw-pair p8x4 is measured there, many such rows stream;
-        // with few, block_regs stays (decode b8 x 32 heads: 1.17x with p8x1).
-        let many_16bit_backward_rows_stream = !wide
-            && direction == Direction::Backward
-            && self.k_len > MANY_ROWS_16BIT_BACKWARD_REGS_KEYS
-            && self.rows >= 4 * self.sms();
-        if (!wide || self.k_len <= WIDE_REGS_KEYS)
-            && !many_16bit_backward_rows_stream
-            && self.configure(regs).is_some()
-        {
+        if (!wide || self.k_len <= WIDE_REGS_KEYS) && self.configure(regs).is_some() {
             return regs;
         }
         let cached = KernelKind::BlockCached { pack };
-        if wide && self.k_len <= WIDE_CACHED_KEYS && self.configure(cached).is_some() {
+        let cached_keys = match direction {
+            Direction::Forward => WIDE_CACHED_KEYS,
+            Direction::Backward => WIDE_CACHED_BACKWARD_KEYS,
+        };
+        if wide && self.k_len <= cached_keys && self.configure(cached).is_some() {
             return cached;
         }
         if self.clusters() && !wide && direction == Direction::Forward {
@@ -683,6 +768,11 @@ impl Problem {
         let row_packs = self.row_packs(pack);
         let sms = self.sms();
         let threads_per_sm = self.threads_per_sm();
+        let columns = self.columns(pack);
+        let mut params = self.params;
+        if columns != self.k_len {
+            params.flags |= MASK_SHIFTED_PACKS;
+        }
         let plan = |grid: u64, block: u32, shared_bytes: u64| LaunchPlan {
             kernel: kind,
             direction: self.direction,
@@ -691,7 +781,7 @@ impl Problem {
             block,
             cluster: 1,
             shared_bytes: shared_bytes as u32,
-            params: self.params,
+            params,
         };
         // The looping block kernels: about 8 packs per thread, 128 to LOOP_BLOCK threads.
         let loop_block = row_packs
@@ -700,7 +790,7 @@ impl Problem {
             .clamp(128, LOOP_BLOCK as u64) as u32;
         match kind {
             KernelKind::Rows { group, packs, .. } => {
-                if self.k_len > (group * pack * packs) as u64 {
+                if columns > (group * pack * packs) as u64 {
                     return None;
                 }
                 let rows_per_block = (ROWS_BLOCK / WARP_SIZE * (WARP_SIZE / group)) as u64;
@@ -709,7 +799,7 @@ impl Problem {
                 Some(plan(grid, ROWS_BLOCK, 0))
             }
             KernelKind::BlockRegs { packs, .. } => {
-                if self.k_len > (REGS_BLOCK * pack * packs) as u64 {
+                if columns > (REGS_BLOCK * pack * packs) as u64 {
                     return None;
                 }
                 let block = row_packs
@@ -833,6 +923,12 @@ mod tests {
                         x: 0x1002,
                         ..ALIGNED
                     },
+                    Buffers {
+                        x: 0x1004,
+                        y: 0x2004,
+                        dy: 0x3004,
+                        ..ALIGNED
+                    },
                 ] {
                     let spec = Spec::new(Shape::matrix(rows, k_len));
                     let p = match direction {
@@ -845,12 +941,18 @@ mod tests {
                         "{dtype:?} {direction:?} rows={rows} k={k_len}: {:?} not compiled",
                         p.kernel
                     );
+                    // Shifted rows span up to a pack minus one more columns.
+                    let columns = if p.params.flags & MASK_SHIFTED_PACKS != 0 {
+                        k_len as u64 + p.kernel.pack() as u64 - 1
+                    } else {
+                        k_len as u64
+                    };
                     if let Some(cap) = capacity(p.kernel) {
-                        assert!(cap >= k_len as u64, "{:?} holds {cap} < {k_len}", p.kernel);
+                        assert!(cap >= columns, "{:?} holds {cap} < {columns}", p.kernel);
                         // The smallest kernel that holds the row: half its capacity would not.
                         if let KernelKind::Rows { group, packs, .. } = p.kernel {
                             assert!(
-                                group * packs == 1 || cap / 2 < k_len as u64,
+                                group * packs == 1 || cap / 2 < columns,
                                 "{:?} for {k_len}",
                                 p.kernel
                             );
@@ -866,17 +968,23 @@ mod tests {
 
     #[test]
     fn tiny_rows_of_single_elements_take_a_lane_each() {
-        // k=7 misaligns 16-byte packs in every row after the first: single elements.
+        // k=7 misaligns 16-byte packs in every row after the first: single elements. 16-bit
+        // rows up to 8 keys take a lane each; f32 rows a lane per column.
         for dtype in [DType::F32, DType::F16, DType::BF16] {
-            for (k, kind) in [
-                (1, (1, 1)),
-                (3, (1, 4)),
-                (7, (1, 8)),
-                (8, (1, 8)),
-                (9, (16, 1)),
+            let lane_per_row = dtype.size_in_bytes() == 2;
+            for (k, lane_shape, column_shape) in [
+                (1, (1, 1), (1, 1)),
+                (3, (1, 4), (4, 1)),
+                (7, (1, 8), (8, 1)),
+                (8, (1, 8), (8, 1)),
+                (9, (16, 1), (16, 1)),
             ] {
                 let spec = Spec::new(Shape::matrix(1000, k));
-                let (group, packs) = kind;
+                let (group, packs) = if lane_per_row {
+                    lane_shape
+                } else {
+                    column_shape
+                };
                 let want = KernelKind::Rows {
                     group,
                     pack: 1,
@@ -888,7 +996,7 @@ mod tests {
                     assert_eq!(fwd.kernel, want, "{dtype:?} k={k}");
                     assert_eq!(bwd.kernel, want, "{dtype:?} k={k} backward");
                 }
-                // Even rows that align still take a lane each when a buffer does not.
+                // Even rows that align take the same when a buffer does not.
                 let odd = Buffers {
                     x: 0x1002,
                     ..ALIGNED
@@ -956,22 +1064,22 @@ mod tests {
                 .unwrap()
                 .kernel
         };
-        assert_eq!(
-            backward(256, DType::F16),
-            KernelKind::Rows {
-                group: 16,
-                pack: 8,
-                packs: 2
-            }
-        );
-        assert_eq!(
-            backward(256, DType::F32),
-            KernelKind::Rows {
-                group: 16,
-                pack: 4,
-                packs: 4
-            }
-        );
+        // The backward: a pack a lane up to 32 lanes, then more packs a lane.
+        for (dtype, pack, k, group, packs) in [
+            (DType::F32, 4, 64, 16, 1),
+            (DType::F32, 4, 128, 32, 1),
+            (DType::F32, 4, 256, 32, 2),
+            (DType::F32, 4, 512, 32, 4),
+            (DType::F16, 8, 128, 16, 1),
+            (DType::BF16, 8, 256, 32, 1),
+            (DType::F16, 8, 512, 32, 2),
+        ] {
+            assert_eq!(
+                backward(k, dtype),
+                KernelKind::Rows { group, pack, packs },
+                "{dtype:?} k={k}"
+            );
+        }
         assert_eq!(
             kind(1000, DType::F32),
             KernelKind::Rows {
@@ -1028,9 +1136,12 @@ mod tests {
     }
 
     #[test]
-    fn misalignment_falls_back_to_single_elements() {
+    fn rows_off_16_byte_boundaries_shift_or_fall_back_to_single_elements() {
         let spec = Spec::new(Shape::matrix(8, 1000));
-        assert_eq!(plan(&spec, DType::F32, ALIGNED).kernel.pack(), 4);
+        let shifted = |p: &LaunchPlan| p.params.flags & MASK_SHIFTED_PACKS != 0;
+        let p = plan(&spec, DType::F32, ALIGNED);
+        assert_eq!((p.kernel.pack(), shifted(&p)), (4, false));
+        // Buffers that sit differently against 16-byte boundaries: single elements.
         for buffers in [
             Buffers {
                 x: 0x1004,
@@ -1040,14 +1151,64 @@ mod tests {
                 y: 0x2008,
                 ..ALIGNED
             },
+            Buffers {
+                x: 0x1002,
+                y: 0x2002,
+                ..ALIGNED
+            },
         ] {
-            assert_eq!(plan(&spec, DType::F32, buffers).kernel.pack(), 1);
+            let p = plan(&spec, DType::F32, buffers);
+            assert_eq!((p.kernel.pack(), shifted(&p)), (1, false), "{buffers:?}");
         }
-        // A row stride that is not a whole number of packs misaligns every other row.
+        // Alike: shifted packs.
+        let alike = Buffers {
+            x: 0x1004,
+            y: 0x2004,
+            ..ALIGNED
+        };
+        let p = plan(&spec, DType::F32, alike);
+        assert_eq!((p.kernel.pack(), shifted(&p)), (4, true));
+        // A row stride that is not a whole number of packs: shifted packs.
         let odd = Spec::new(Shape::matrix(8, 1000).with_row_stride(1002));
-        assert_eq!(plan(&odd, DType::F16, ALIGNED).kernel.pack(), 1);
+        let p = plan(&odd, DType::F16, ALIGNED);
+        assert_eq!((p.kernel.pack(), shifted(&p)), (8, true));
+        // The row takes up to 7 columns more: 1007 fits 32 lanes of 4 packs of 8.
+        assert_eq!(
+            p.kernel,
+            KernelKind::Rows {
+                group: 32,
+                pack: 8,
+                packs: 4
+            }
+        );
         let even = Spec::new(Shape::matrix(8, 1000).with_row_stride(1008));
-        assert_eq!(plan(&even, DType::F16, ALIGNED).kernel.pack(), 8);
+        let p = plan(&even, DType::F16, ALIGNED);
+        assert_eq!((p.kernel.pack(), shifted(&p)), (8, false));
+        // 1024 keys shifted need 1031 columns: past the rows kernels.
+        let full = Spec::new(Shape::matrix(8, 1024).with_row_stride(1025));
+        let p = plan(&full, DType::F16, ALIGNED);
+        assert_eq!(p.kernel, KernelKind::BlockRegs { pack: 8, packs: 2 });
+        // Rows shorter than 8 packs take single elements.
+        for (k, dtype, pack) in [
+            (31, DType::F32, 1),
+            (32, DType::F32, 4),
+            (63, DType::BF16, 1),
+            (64, DType::BF16, 8),
+        ] {
+            let spec = Spec::new(Shape::matrix(8, k).with_row_stride(k + 3));
+            assert_eq!(plan(&spec, dtype, ALIGNED).kernel.pack(), pack, "k={k}");
+        }
+        // The backward's dy sits alike too, or single elements.
+        for (dy, pack) in [(0x3004, 4), (0x3008, 1)] {
+            let buffers = Buffers { dy, ..alike };
+            let p = plan_backward(&spec, DType::F32, H100, buffers).unwrap();
+            assert_eq!(p.kernel.pack(), pack, "dy={dy:#x}");
+            // A named vector kernel runs only where the buffers sit alike.
+            let named = KernelKind::BlockStream { pack: 4 };
+            let launch =
+                plan_kernel(named, Direction::Backward, &spec, DType::F32, H100, buffers).unwrap();
+            assert_eq!(launch.is_some(), pack == 4);
+        }
     }
 
     #[test]
@@ -1301,7 +1462,7 @@ mod tests {
     }
 
     #[test]
-    fn many_long_16_bit_backward_rows_stream() {
+    fn long_backward_rows_by_the_h100_crossovers() {
         let with_dy = Buffers {
             dy: 0x3000,
             ..ALIGNED
@@ -1310,20 +1471,31 @@ mod tests {
             let spec = Spec::new(Shape::matrix(rows, k_len));
             plan_backward(&spec, dtype, H100, with_dy).unwrap().kernel
         };
-        let stream = KernelKind::BlockStream { pack: 8 };
+        // 16-bit: the raw-pair block_regs up to its 16384 keys, then block_stream.
         let regs = KernelKind::BlockRegs { pack: 8, packs: 4 };
-        assert_eq!(kind(16384, 4096, DType::F16), stream);
-        assert_eq!(kind(4 * 132, 2056, DType::BF16), stream);
-        // Up to 2048 keys, or fewer rows than 4 per multiprocessor: block_regs.
-        assert_eq!(kind(16384, 2048, DType::F16), regs);
+        assert_eq!(kind(16384, 4096, DType::F16), regs);
+        assert_eq!(kind(4 * 132, 16384, DType::BF16), regs);
+        assert_eq!(
+            kind(4 * 132, 16392, DType::BF16),
+            KernelKind::BlockStream { pack: 8 }
+        );
+        // Fewer rows than 4 per multiprocessor: the f32-value block_regs where it holds the row.
         assert_eq!(
             kind(256, 4096, DType::F16),
             KernelKind::BlockRegs { pack: 8, packs: 1 }
         );
-        // f32 keeps block_regs (1.27-1.36x measured up to 4096 keys).
+        // f32: block_regs up to 4096 keys, block_cached up to 16384, then block_stream.
         assert_eq!(
             kind(16384, 4096, DType::F32),
             KernelKind::BlockRegs { pack: 4, packs: 2 }
+        );
+        assert_eq!(
+            kind(1000, 16384, DType::F32),
+            KernelKind::BlockCached { pack: 4 }
+        );
+        assert_eq!(
+            kind(1000, 16388, DType::F32),
+            KernelKind::BlockStream { pack: 4 }
         );
     }
 
@@ -1409,6 +1581,29 @@ mod tests {
         );
         let p = plan_backward(&longest, DType::F32, H100, with_dy).unwrap();
         assert_eq!(p.kernel, KernelKind::BlockStream { pack: 4 });
+    }
+
+    #[test]
+    fn fast_divisors_divide_exactly_below_2_31() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut divisors: Vec<u64> = (1..=300).chain([(1 << 31) - 1, 1 << 30, 3 << 29]).collect();
+        divisors.extend((0..300).map(|_| 1 + next() % ((1 << 31) - 1)));
+        for d in divisors {
+            let f = FastDivisor::of(d);
+            let mut numerators: Vec<u32> = vec![0, 1, d as u32 - 1, d as u32, (1 << 31) - 1];
+            numerators.extend((0..200).map(|_| (next() % (1 << 31)) as u32));
+            numerators.extend((0..50).map(|_| ((next() % 64) * d).min((1 << 31) - 1) as u32));
+            for n in numerators {
+                assert_eq!(f.divide(n) as u64, n as u64 / d, "{n} / {d}");
+            }
+        }
+        assert_eq!(FastDivisor::of(0), FastDivisor::of(1));
     }
 
     #[test]

@@ -742,10 +742,11 @@ fn in_sanitize_subset(name: &str) -> bool {
             && !name.contains("_k300000_"))
         || (modes.iter().any(|m| name.starts_with(m)) && sizes.iter().any(|k| name.contains(k)))
         || (name.starts_with("long_rows_right") && name.ends_with("k65536"))
-        || (name.starts_with("every_kernel_special") && name.ends_with("_k5000_aligned_scale1e0"))
+        || (name.starts_with("every_kernel_special")
+            && (name.ends_with("_k5000_aligned_scale1e0") || name.ends_with("_k5000_odd_scale1e0")))
         || (name.starts_with("every_kernel")
             && name.contains("_right_")
-            && ["_k7", "_k64", "_k1032", "_k16384", "_k20001"]
+            && ["_k7", "_k64", "_k1021", "_k1032", "_k16384", "_k20001"]
                 .iter()
                 .any(|k| name.ends_with(k)))
 }

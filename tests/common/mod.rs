@@ -128,7 +128,8 @@ pub const MODES: [Mode; 7] = [
 ];
 
 /// Row lengths on both sides of every warp and vector boundary, and long rows.
-/// With odd lengths (odd strides: single-element packs) and even ones (16-byte packs)
+/// With odd lengths (odd strides: rows at every place against 16-byte boundaries, seen
+/// shifted by the vector kernels or taken by single elements) and even ones (16-byte packs)
 /// in every step of the planner's ladder.
 pub const K_LENS: &[usize] = &[
     1, 2, 3, 4, 7, 8, 15, 16, 31, 32, 33, 63, 64, 65, 100, 128, 255, 256, 500, 501, 1000, 1023,
@@ -151,8 +152,9 @@ impl Case {
         let mut rng = Lcg(seed);
         let (batch, heads) = (4, 2);
         let q_len = (max_elements / (batch * heads * k_len)).clamp(1, 9);
-        // Odd rows get an odd stride, which breaks 16-byte alignment of every other row.
-        let row_stride = if k_len % 2 == 1 { k_len + 3 } else { k_len };
+        // Odd rows get an odd stride, which puts rows at every place against 16-byte
+        // boundaries (every lead of a shifted pack: kernels/io.cuh, PackShift).
+        let row_stride = if k_len % 2 == 1 { k_len + 2 } else { k_len };
         let shape = Shape::new(batch, heads, q_len, k_len).with_row_stride(row_stride);
         let k = k_len as i64;
         let kv = vec![k as i32, 0, rng.range(0, k) as i32, rng.range(1, k) as i32];
@@ -529,9 +531,11 @@ macro_rules! dispatch {
 pub(crate) use dispatch;
 
 /// `k_len` on both sides of each kernel's capacity, for the trials that run every kernel by
-/// name (the GPU suite adds longer rows the emulator cannot afford).
+/// name (the GPU suite adds longer rows the emulator cannot afford). Odd ones have odd
+/// strides, so the vector kernels see them shifted: 1021 fills 1024 columns of f32 packs
+/// and 16377 the 16384 of the 16-bit raw-pair block_regs with the lead at its largest.
 pub const EVERY_KERNEL_K_LENS: &[usize] = &[
-    1, 3, 7, 33, 64, 1000, 1032, 4097, 8192, 8200, 16384, 16388, 20001,
+    1, 3, 7, 33, 64, 1000, 1021, 1032, 4097, 8192, 8200, 16377, 16384, 16388, 20001,
 ];
 
 /// The "every kernel by name" trials: `(name, dtype, direction, case)` for each type, each
