@@ -1,6 +1,7 @@
 // Packs: PACK consecutive elements moved as one access (16 bytes when PACK * sizeof(T) is
-// 16). The launch planner picks PACK > 1 only when both buffers and the row stride keep
-// every pack aligned; otherwise the same kernels run with PACK = 1.
+// 16). The launch planner picks PACK > 1 when every buffer sits alike against 16-byte
+// boundaries, seeing rows that start off one shifted (PackShift, below); otherwise the
+// same kernels run with PACK = 1.
 #pragma once
 #include <stdint.h>
 #include <string.h>

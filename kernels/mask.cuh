@@ -26,7 +26,7 @@ struct FastDivisor {
     __device__ __forceinline__ uint32_t divide(uint32_t n) const { return (__umulhi(n, magic) + n) >> shift; }
 };
 
-// Kernel parameters shared by every kernel. Must match `KernelParams` in src/cuda.rs
+// Kernel parameters shared by every kernel. Must match `KernelParams` in src/plan.rs
 // field for field (all 8-byte fields first, so no padding differs between compilers).
 struct MaskParams {
     const int32_t* kv_lens;  // valid keys per batch entry, or null for all k_len

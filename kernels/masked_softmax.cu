@@ -523,7 +523,8 @@ __device__ __forceinline__ void cluster_forward(const T* x, T* y, const MaskPara
 #define CLUSTER_KERNELS(SUFFIX, T, P)
 #endif
 
-// Per type: 16-byte packs (P = 16 / sizeof(T)) where aligned, single elements otherwise;
+// Per type: 16-byte packs (P = 16 / sizeof(T)) where the buffers sit alike against 16-byte
+// boundaries (rows off them seen shifted: io.cuh, PackShift), single elements otherwise;
 // warp-per-row kernels up to 32 floats per lane (WARP_LADDER: 8 packs of f32, 4 of 16-bit);
 // the block_regs kernels hold VN = 16 / P packs per thread (8 single elements: the scalar
 // path needs more registers per element).

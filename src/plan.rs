@@ -5,7 +5,8 @@
 //! The ladder, by row length `k_len` (P = elements per pack: 16 bytes' worth when every
 //! buffer sits alike against 16-byte boundaries, else 1; rows that start off a boundary,
 //! as odd row strides make them, are seen from the boundary before them and take up to
-//! P - 1 more columns: kernels/io.cuh, `PackShift`; each thread keeps at most 32
+//! P - 1 more columns (kernels/io.cuh, `PackShift`), or single elements if shorter than
+//! `SHIFTED_MIN_PACKS` packs; each thread keeps at most 32
 //! floats of a row in registers in a rows kernel, 16 in a block kernel, half that in the
 //! backward, which holds `y` and `dy`):
 //!
@@ -246,9 +247,11 @@ const TINY_ROW_KEYS: u64 = 8;
 const WIDE_REGS_KEYS: u64 = 4096;
 const WIDE_CACHED_KEYS: u64 = 8192;
 const WIDE_CACHED_BACKWARD_KEYS: u64 = 16384;
-/// Longest backward rows the planner gives block_regs when there are too few rows to give
-/// every multiprocessor one (longer ones get a cluster each).
-const FEW_ROWS_BACKWARD_REGS_KEYS: u64 = 4096;
+/// Longest rows the planner gives block_regs when there are too few rows to give every
+/// multiprocessor one (longer ones get a cluster each). Decode b1 x 32 heads at k=4096,
+/// H100 v7 variants: forward f32 1.54x the floor against the cached cluster's 2.00x, f16
+/// 1.43x against 1.89x; backward 1.37x against 1.82x (H200 v5: 1.04-1.46x).
+const FEW_ROWS_REGS_KEYS: u64 = 4096;
 
 impl KernelKind {
     /// Every kernel compiled for `dtype` in `direction`; the cluster kernels if `clusters`,
@@ -664,13 +667,11 @@ impl Problem {
             }
             _ => f32_values,
         };
-        // Too few rows to give each multiprocessor a block: a cluster per row. The backward
-        // keeps block_regs up to 4096 keys (decode b1 and b8 x 32 heads at k=4096 took
-        // 1.04-1.46x the floor with it, H200 v5: cheaper than a cluster's two syncs).
+        // Too few rows to give each multiprocessor a block: a cluster per row, past the
+        // block_regs kernels' FEW_ROWS_REGS_KEYS (cheaper than a cluster's two syncs).
         let few_rows = self.clusters() && self.rows < self.sms();
-        let backward_regs =
-            self.k_len <= FEW_ROWS_BACKWARD_REGS_KEYS && self.configure(regs).is_some();
-        if few_rows && (direction == Direction::Forward || !backward_regs) {
+        let few_rows_regs = self.k_len <= FEW_ROWS_REGS_KEYS && self.configure(regs).is_some();
+        if few_rows && !few_rows_regs {
             return KernelKind::Cluster {
                 pack,
                 cached: self.cluster_config(pack).1,
@@ -709,18 +710,23 @@ impl Problem {
 
     /// Blocks per cluster and whether their chunks are cached in shared memory: the fewest
     /// blocks (2 to 8) whose chunks fit, but no fewer than it takes to give every
-    /// multiprocessor a block, cached if every row's cluster is then resident, else
-    /// streaming at that size; 8 streaming if no cluster holds the row.
+    /// multiprocessor a block, cached if every row's cluster is then resident and a chunk
+    /// takes at most half a multiprocessor's shared memory, else streaming at that size; 8
+    /// streaming if no cluster holds the row.
     fn cluster_config(&self, pack: u32) -> (u64, bool) {
         match self.cached_cluster(pack) {
             // Cached only if every row's cluster is resident at once: a cached block holds a
             // multiprocessor's shared memory, so clusters beyond that would run in waves.
+            // And only if two cached blocks fit a multiprocessor: decode b1 x 32 heads at
+            // k=131072 (clusters of 4, 128 KiB chunks, one block a multiprocessor) took
+            // 2.65x the floor cached against 2.16x streaming (f32 forward; f16 3.12x
+            // against 2.57x, H100 v7 variants), where at k=32768 (32 KiB chunks) the cached
+            // cluster won (f32 2.12x against 2.39x, f16 2.44x against 2.85x).
             Some(cluster) => {
                 let shared = self.cluster_cache_bytes(pack, cluster);
-                (
-                    cluster,
-                    self.rows <= self.cluster_shape(pack, cluster, shared).1,
-                )
+                let resident = self.cluster_shape(pack, cluster, shared).1;
+                let two_per_sm = 2 * shared <= self.limits.shared_per_sm as u64;
+                (cluster, self.rows <= resident && two_per_sm)
             }
             None => (MAX_CLUSTER, false),
         }
@@ -1379,16 +1385,35 @@ mod tests {
         // Decode: 32 heads x 1 query of 131072 keys.
         let decode = Spec::new(Shape::new(1, 32, 1, 131_072));
         let p = plan_forward(&decode, DType::F16, H100_CLUSTERS, ALIGNED).unwrap();
+        // 131072 / 4 keys of 4 bytes per block would fit in shared memory, but one such
+        // block a multiprocessor: streaming.
         assert_eq!(
             p.kernel,
             KernelKind::Cluster {
                 pack: 8,
-                cached: true
+                cached: false
             }
         );
         assert_eq!((p.cluster, p.grid), (4, 128));
-        // 131072 / 4 keys of 4 bytes per block fit in shared memory.
-        assert_eq!(p.shared_bytes as u64, 16 + 256 + 131_072 / 4 * 4);
+        assert_eq!(p.shared_bytes as u64, 16 + 256);
+        // At 32768 keys, 32 KiB chunks: cached.
+        let decode_32k = Spec::new(Shape::new(1, 32, 1, 32_768));
+        let p = plan_forward(&decode_32k, DType::F16, H100_CLUSTERS, ALIGNED).unwrap();
+        assert_eq!(
+            (p.kernel, p.cluster),
+            (
+                KernelKind::Cluster {
+                    pack: 8,
+                    cached: true
+                },
+                4
+            )
+        );
+        assert_eq!(p.shared_bytes as u64, 16 + 256 + 32_768 / 4 * 4);
+        // Up to 4096 keys, block_regs.
+        let decode_4k = Spec::new(Shape::new(1, 32, 1, 4096));
+        let p = plan_forward(&decode_4k, DType::F16, H100_CLUSTERS, ALIGNED).unwrap();
+        assert_eq!(p.kernel, KernelKind::BlockRegs { pack: 8, packs: 2 });
         // One row of 2^20 f32: 8 blocks of 512 KiB chunks do not fit: read twice.
         let one = Spec::new(Shape::matrix(1, 1 << 20));
         let p = plan_forward(&one, DType::F32, H100_CLUSTERS, ALIGNED).unwrap();

@@ -134,6 +134,9 @@ impl<T: Element> Emulation<'_, T> {
         // SAFETY: (const T*, T*, MaskParams) forward and (const T*, const T*, T*, MaskParams)
         // backward; the buffers hold the shape's elements and `batch` lengths.
         unsafe { masked_softmax_emu::launch(&plan.kernel_name(), dims, args) }?;
+        if !ins.iter().chain([&out]).all(GuardedBuffer::canary_intact) {
+            return Err(format!("{}: wrote before a buffer", plan.kernel_name()));
+        }
         Ok(Some(out_buf.as_slice().to_vec()))
     }
 
@@ -182,9 +185,9 @@ fn check<T: Element>(
     .map(|_| ())
 }
 
-/// Every compiled kernel of a direction that can run `case`, named rather than planned (at
-/// both buffer placements, so the vector kernels run where they are aligned): each must
-/// match the reference.
+/// Every compiled kernel of a direction that can run `case`, named rather than planned, at
+/// both buffer placements (at the end of a page, rows sit off 16-byte boundaries and the
+/// vector kernels see them shifted): each must match the reference.
 fn every_kernel<T: Element>(direction: Direction, case: &Case) -> Result<(), String> {
     let inputs = case.inputs::<T>(direction);
     let inputs: Vec<&[T]> = inputs.iter().map(Vec::as_slice).collect();
@@ -211,8 +214,9 @@ fn every_kernel_on<T: Element>(
     inputs: &[&[T]],
 ) -> Result<(), String> {
     let mut ran = 0;
+    let mut vector_ran = [false; PLACEMENTS.len()];
     for kind in KernelKind::all(T::DTYPE, true, direction) {
-        for (placement, _) in PLACEMENTS {
+        for (i, (placement, _)) in PLACEMENTS.into_iter().enumerate() {
             let name = kind.name(T::DTYPE, direction);
             let emulation = Emulation {
                 limits: BIG_SHARED,
@@ -224,7 +228,10 @@ fn every_kernel_on<T: Element>(
                 placement,
             };
             match emulation.check() {
-                Ok(true) => ran += 1,
+                Ok(true) => {
+                    ran += 1;
+                    vector_ran[i] |= kind.pack() > 1;
+                }
                 Ok(false) => {}
                 Err(e) => return Err(format!("{name}: {e}")),
             }
@@ -232,6 +239,13 @@ fn every_kernel_on<T: Element>(
     }
     if ran == 0 {
         return Err("no kernel ran".into());
+    }
+    // Inputs and output of one length sit alike against 16-byte boundaries at either
+    // placement, so vector kernels (shifted where rows are off them) must run.
+    if vector_ran != [true; PLACEMENTS.len()] {
+        return Err(format!(
+            "no vector kernel ran at some placement: {vector_ran:?}"
+        ));
     }
     Ok(())
 }

@@ -746,9 +746,11 @@ fn in_sanitize_subset(name: &str) -> bool {
             && (name.ends_with("_k5000_aligned_scale1e0") || name.ends_with("_k5000_odd_scale1e0")))
         || (name.starts_with("every_kernel")
             && name.contains("_right_")
-            && ["_k7", "_k64", "_k1021", "_k1032", "_k16384", "_k20001"]
-                .iter()
-                .any(|k| name.ends_with(k)))
+            && [
+                "_k7", "_k64", "_k1021", "_k1032", "_k16377", "_k16384", "_k20001",
+            ]
+            .iter()
+            .any(|k| name.ends_with(k)))
 }
 
 /// `"i/n"` -> `(i, n)` with `i < n`.

@@ -121,9 +121,14 @@ pub enum Placement {
     /// the buffer faults.
     Start,
     /// Last element at the end of a page (aligned to the element only): any read past the
-    /// buffer faults.
+    /// buffer faults. The bytes before it in its page hold a canary
+    /// ([`GuardedBuffer::canary_intact`]), so a write there (a kernel seeing the first row
+    /// from the 16-byte boundary before the buffer) is caught too.
     End,
 }
+
+/// What the bytes between the page start and an [`Placement::End`] buffer hold.
+const CANARY: u8 = 0xa5;
 
 /// Host memory of `len` elements of `T` between two inaccessible guard pages.
 pub struct GuardedBuffer<T: Copy> {
@@ -165,7 +170,9 @@ impl<T: Copy> GuardedBuffer<T> {
             Placement::Start => page,
             Placement::End => map_len - page - bytes,
         };
-        // SAFETY: `offset .. offset + bytes` lies between the guard pages.
+        // SAFETY: `offset .. offset + bytes` lies between the guard pages, and the canary
+        // `page .. offset` too.
+        unsafe { std::ptr::write_bytes(base.add(page), CANARY, offset - page) };
         let data = unsafe { base.add(offset) }.cast::<T>();
         assert!(data.is_aligned(), "element alignment");
         unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), data, values.len()) };
@@ -180,6 +187,16 @@ impl<T: Copy> GuardedBuffer<T> {
     /// The device-style address of the first element.
     pub fn addr(&self) -> u64 {
         self.data as u64
+    }
+
+    /// Whether the bytes from the first page's start to the first element still hold the
+    /// canary (none for [`Placement::Start`]): nothing wrote before the buffer.
+    pub fn canary_intact(&self) -> bool {
+        let page = page_size();
+        let before = self.data as usize - self.base as usize - page;
+        // SAFETY: those bytes lie inside the mapping, after the first guard page.
+        let bytes = unsafe { std::slice::from_raw_parts(self.base.add(page), before) };
+        bytes.iter().all(|&b| b == CANARY)
     }
 
     /// The elements.
