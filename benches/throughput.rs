@@ -483,7 +483,8 @@ fn run_case<T: Element + DeviceRepr>(
         .filter(|k| match *k {
             // Rows kernels only as the planner would size them (the smallest that holds the
             // row): a lane per row against a group of lanes for tiny rows.
-            KernelKind::Rows { group, pack, packs } => {
+            KernelKind::Rows { group, pack, packs }
+            | KernelKind::RowsKeys { group, pack, packs } => {
                 let capacity = (group * pack * packs) as usize;
                 capacity >= spec.shape.k_len && capacity < 2 * spec.shape.k_len
             }

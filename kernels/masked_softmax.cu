@@ -2,7 +2,9 @@
 //
 //   masked_softmax_fwd_rows_g<G>_p<P>x<N>_<dtype>   GROUP = G lanes per row (32 / G rows
 //       per warp), each lane holding N packs of P elements in registers: one read of the
-//       valid scores, one write of the row. For rows up to G * P * N columns.
+//       valid scores, one write of the row. For rows up to G * P * N columns. The 16-bit
+//       ones keep their columns as raw pairs; masked_softmax_fwd_rows_keys_* (short 16-bit
+//       rows, for the benchmark's variants) keep f32 keys.
 //   masked_softmax_fwd_block_regs_p<P>x<N>_<dtype>  one block per row (64..512 threads),
 //       N packs of P elements per thread in registers (N * P = 16): one read, one write.
 //       For rows up to 512 * 16 columns.
@@ -215,7 +217,8 @@ __device__ __forceinline__ void block_regs_forward_16bit(const T* x, T* y, const
 
 // ---------------------------------------------------------------- rows in registers
 
-// (16-bit vector packs take rows_forward_16bit instead, with R twice as large.)
+// (16-bit vector packs take rows_forward_16bit instead, with R twice as large; the
+// rows_keys kernels, for the variants, take this form for them.)
 template <typename T, int PACK, int PACKS, int GROUP>
 __device__ __forceinline__ void rows_forward(const T* x, T* y, const MaskParams& p) {
     constexpr int R = rows_at_once<PACK * PACKS>();
@@ -477,6 +480,16 @@ __device__ __forceinline__ void cluster_forward(const T* x, T* y, const MaskPara
     }                                                                                               \
     REGISTER_KERNEL(masked_softmax_fwd_rows_g##G##_p##P##x##N##_##SUFFIX)
 
+// The 16-bit rows kernels with f32 keys (rows_forward) rather than raw pairs: one exp an
+// element where raw pairs take two, half the rows in flight. For the benchmark's variants
+// (src/plan.rs, KernelKind::RowsKeys). Register budget as the f32 kernels'.
+#define ROWS_KEYS_KERNEL(SUFFIX, T, G, P, N)                                                        \
+    extern "C" __global__ void __launch_bounds__(256, (P) * (N) <= 16 ? 4 : 1)                      \
+        masked_softmax_fwd_rows_keys_g##G##_p##P##x##N##_##SUFFIX(const T* x, T* y, MaskParams p) { \
+        rows_forward<T, P, N, G>(x, y, p);                                                          \
+    }                                                                                               \
+    REGISTER_KERNEL(masked_softmax_fwd_rows_keys_g##G##_p##P##x##N##_##SUFFIX)
+
 // Block kernels keep 16 floats of the row per thread in registers, in blocks of up to 512
 // threads (see BLOCK_REGS_MIN_BLOCKS for their register budget).
 #define BLOCK_REGS_KERNEL(SUFFIX, T, P, N)                                                             \
@@ -545,3 +558,5 @@ TYPE_KERNELS(f16, __half, 8, 2, ROWS_WARP_LADDER_4)
 TYPE_KERNELS(bf16, __nv_bfloat16, 8, 2, ROWS_WARP_LADDER_4)
 BLOCK_REGS_16BIT_KERNEL(f16, __half, 8, 4)
 BLOCK_REGS_16BIT_KERNEL(bf16, __nv_bfloat16, 8, 4)
+ROWS_KEYS_LADDER(ROWS_KEYS_KERNEL, f16, __half, 8)
+ROWS_KEYS_LADDER(ROWS_KEYS_KERNEL, bf16, __nv_bfloat16, 8)

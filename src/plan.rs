@@ -69,6 +69,19 @@ pub enum KernelKind {
         /// Packs per lane.
         packs: u32,
     },
+    /// The forward's 16-bit [`KernelKind::Rows`] with the row held as f32 keys (one `exp`
+    /// an element, half the rows in flight) where `Rows` keeps 16-bit pairs as fetched
+    /// (two `exp` an element): compiled for short rows of 16-byte packs
+    /// (`SHORT_ROWS_KEYS`) so that the benchmark's variants can compare the two; the
+    /// planner does not pick it.
+    RowsKeys {
+        /// Lanes per row.
+        group: u32,
+        /// Elements per pack.
+        pack: u32,
+        /// Packs per lane.
+        packs: u32,
+    },
     /// A block per row (64 to 512 threads), `packs` packs of `pack` elements per thread
     /// in registers: rows up to `512 * pack * packs` columns.
     BlockRegs {
@@ -200,6 +213,21 @@ fn short_rows(pack: u32, direction: Direction) -> &'static [(u32, u32)] {
     }
 }
 
+/// `(group, packs)` of the [`KernelKind::RowsKeys`] kernels (16-bit forward, 16-byte
+/// packs): the shapes [`rows_shape`] gives 16-bit forward rows up to 512 keys (ladder.cuh,
+/// `ROWS_KEYS_LADDER`).
+const SHORT_ROWS_KEYS: [(u32, u32); 9] = [
+    (1, 1),
+    (2, 1),
+    (4, 1),
+    (8, 1),
+    (16, 1),
+    (32, 1),
+    (8, 2),
+    (8, 4),
+    (16, 4),
+];
+
 /// Packs per thread of the block-per-row register kernels: 16 floats per thread (8 of `y`
 /// and 8 of `dy` backward); 8 single elements in the forward's scalar fallback, which needs
 /// more registers per element.
@@ -273,6 +301,13 @@ impl KernelKind {
                 .iter()
                 .map(|&(group, packs)| KernelKind::Rows { group, pack, packs });
             kinds.extend(groups.into_iter().chain(short).chain(warps));
+            if direction == Direction::Forward && block_regs_16bit_packs(dtype, pack).is_some() {
+                kinds.extend(
+                    SHORT_ROWS_KEYS
+                        .iter()
+                        .map(|&(group, packs)| KernelKind::RowsKeys { group, pack, packs }),
+                );
+            }
             kinds.push(KernelKind::BlockRegs {
                 pack,
                 packs: block_regs_packs(pack, direction),
@@ -298,6 +333,9 @@ impl KernelKind {
             KernelKind::Rows { group, pack, packs } => {
                 format!("{d}_rows_g{group}_p{pack}x{packs}_{t}")
             }
+            KernelKind::RowsKeys { group, pack, packs } => {
+                format!("{d}_rows_keys_g{group}_p{pack}x{packs}_{t}")
+            }
             KernelKind::BlockRegs { pack, packs } => format!("{d}_block_regs_p{pack}x{packs}_{t}"),
             KernelKind::BlockCached { pack } => format!("{d}_block_cached_p{pack}_{t}"),
             KernelKind::BlockStream { pack } => format!("{d}_block_stream_p{pack}_{t}"),
@@ -312,6 +350,7 @@ impl KernelKind {
     pub fn pack(self) -> u32 {
         match self {
             KernelKind::Rows { pack, .. }
+            | KernelKind::RowsKeys { pack, .. }
             | KernelKind::BlockRegs { pack, .. }
             | KernelKind::BlockCached { pack }
             | KernelKind::BlockStream { pack }
@@ -795,7 +834,7 @@ impl Problem {
             .next_power_of_two()
             .clamp(128, LOOP_BLOCK as u64) as u32;
         match kind {
-            KernelKind::Rows { group, packs, .. } => {
+            KernelKind::Rows { group, packs, .. } | KernelKind::RowsKeys { group, packs, .. } => {
                 if columns > (group * pack * packs) as u64 {
                     return None;
                 }
@@ -886,7 +925,8 @@ mod tests {
 
     fn capacity(kind: KernelKind) -> Option<u64> {
         match kind {
-            KernelKind::Rows { group, pack, packs } => Some((group * pack * packs) as u64),
+            KernelKind::Rows { group, pack, packs }
+            | KernelKind::RowsKeys { group, pack, packs } => Some((group * pack * packs) as u64),
             KernelKind::BlockRegs { pack, packs } => Some((512 * pack * packs) as u64),
             _ => None,
         }
@@ -1333,9 +1373,19 @@ mod tests {
             KernelKind::all(DType::F32, true, Direction::Forward).len(),
             36
         );
+        // 16-bit: the same, with the f32-key short rows kernels (variants only).
         assert_eq!(
             KernelKind::all(DType::F16, true, Direction::Forward).len(),
-            36
+            36 + SHORT_ROWS_KEYS.len()
+        );
+        assert_eq!(
+            KernelKind::RowsKeys {
+                group: 8,
+                pack: 8,
+                packs: 2
+            }
+            .name(DType::F16, Direction::Forward),
+            "masked_softmax_fwd_rows_keys_g8_p8x2_f16"
         );
         assert_eq!(
             KernelKind::BlockRegs { pack: 8, packs: 4 }.name(DType::BF16, Direction::Forward),
