@@ -775,10 +775,19 @@ impl Problem {
     /// its clusters are resident at once: blocks per multiprocessor by threads, shared
     /// memory and registers (the cluster kernels take up to CLUSTER_KERNEL_REGISTERS).
     /// Packing clusters into GPCs can leave fewer resident still.
+    ///
+    /// About 8 packs a thread, or 2 where the launch has no more blocks than
+    /// multiprocessors: a multiprocessor's only block must bring its loads in flight
+    /// alone. Decode b1 x 32 heads at k=32768 (clusters of 4 on 128 multiprocessors, f16
+    /// chunks of 1024 packs: 128 threads, 4 warps and 8 KiB of loads in flight a
+    /// multiprocessor) took 2.4x the floor, where a block of 512 threads per row on 32
+    /// multiprocessors (block_cached) took 2.1x (H100, v7 variants). Not yet measured (v8).
     fn cluster_shape(&self, pack: u32, cluster: u64, shared: u64) -> (u32, u64) {
         let chunk_packs = self.row_packs(pack).div_ceil(cluster);
+        let alone = self.rows * cluster <= self.sms();
+        let packs_per_thread = if alone { 2 } else { 8 };
         let block = chunk_packs
-            .div_ceil(8)
+            .div_ceil(packs_per_thread)
             .next_power_of_two()
             .clamp(128, LOOP_BLOCK as u64) as u32;
         let by_registers = REGISTERS_PER_SM / (CLUSTER_KERNEL_REGISTERS * block as u64);
@@ -1460,6 +1469,8 @@ mod tests {
             )
         );
         assert_eq!(p.shared_bytes as u64, 16 + 256 + 32_768 / 4 * 4);
+        // A block a multiprocessor at most: 2 packs a thread (1024 packs: 512 threads).
+        assert_eq!(p.block, 512);
         // Up to 4096 keys, block_regs.
         let decode_4k = Spec::new(Shape::new(1, 32, 1, 4096));
         let p = plan_forward(&decode_4k, DType::F16, H100_CLUSTERS, ALIGNED).unwrap();
@@ -1487,8 +1498,9 @@ mod tests {
             (KernelKind::BlockStream { pack: 4 }, 1)
         );
         // Many 16-bit rows past block_regs: a streaming cluster each, of as many blocks as
-        // a cached cluster would take (2: 16384 f32 keys per block fit).
+        // a cached cluster would take (2: 16384 f32 keys per block fit), 8 packs a thread.
         let p = plan_forward(&many, DType::F16, H100_CLUSTERS, ALIGNED).unwrap();
+        assert_eq!(p.block, 256);
         assert_eq!(
             (p.kernel, p.cluster),
             (
