@@ -242,18 +242,20 @@ fn cases(args: &Args) -> Vec<Case> {
     let mut lengths = |n: usize, max: usize| -> Vec<i32> {
         (0..n).map(|_| rng.random_range(1..=max as i32)).collect()
     };
-    // A matrix of `--mib` MiB of f32 scores (16-bit types: the same rows, half the bytes).
-    let mut matrix = |group: &'static str, k: usize| {
-        let rows = (args.mib << 20) / (4 * k);
-        Case {
-            group,
-            name: format!("k{k}"),
-            spec: Spec::new(Shape::matrix(rows, k)),
-            kv: lengths(rows, k),
-            q: None,
-            latency_bound: false,
-        }
+    // A case of `spec` with key lengths uniform in [1, k_len] per batch entry.
+    let mut keyed = |group: &'static str, name: String, spec: Spec, latency_bound: bool| Case {
+        group,
+        name,
+        kv: lengths(spec.shape.batch, spec.shape.k_len),
+        q: None,
+        spec,
+        latency_bound,
     };
+    // A matrix of `--mib` MiB of f32 scores (16-bit types: the same rows, half the bytes).
+    let mib = args.mib;
+    let matrix = |k: usize| Spec::new(Shape::matrix((mib << 20) / (4 * k), k));
+    // Decode: one query of `batch` x 32 heads against a cache of k keys.
+    let decode = |batch: usize, k: usize| Spec::new(Shape::new(batch, 32, 1, k)).scale(0.125);
     let mut cases = Vec::new();
     let want = |g: &str| args.cases.iter().any(|c| c == g);
     if want("sweep") {
@@ -283,7 +285,7 @@ fn cases(args: &Args) -> Vec<Case> {
             .iter()
             .filter(|k| args.k_lens.is_empty() || args.k_lens.contains(k))
         {
-            cases.push(matrix("sweep", k));
+            cases.push(keyed("sweep", format!("k{k}"), matrix(k), false));
         }
     }
     if want("odd") {
@@ -292,45 +294,33 @@ fn cases(args: &Args) -> Vec<Case> {
         // add the single-element kernels); and decode with a cache one key past a power
         // of two.
         for k in [77, 1001, 4097] {
-            cases.push(matrix("odd", k));
+            cases.push(keyed("odd", format!("k{k}"), matrix(k), false));
         }
         for batch in [1, 8] {
-            let k = 4097;
-            cases.push(Case {
-                group: "odd",
-                name: format!("decode_b{batch}h32q1k{k}"),
-                spec: Spec::new(Shape::new(batch, 32, 1, k)).scale(0.125),
-                kv: lengths(batch, k),
-                q: None,
-                latency_bound: true,
-            });
+            let name = format!("decode_b{batch}h32q1k4097");
+            cases.push(keyed("odd", name, decode(batch, 4097), true));
         }
     }
     if want("prefill") {
         let (batch, heads, n) = (8, 32, 2048);
-        let kv = lengths(batch, n);
-        cases.push(Case {
-            group: "prefill",
-            name: "b8h32q2048k2048_causal_padded".into(),
-            spec: Spec::new(Shape::new(batch, heads, n, n))
-                .causal()
-                .scale(0.125),
-            q: Some(kv.clone()),
-            kv,
-            latency_bound: false,
-        });
+        let spec = Spec::new(Shape::new(batch, heads, n, n))
+            .causal()
+            .scale(0.125);
+        // Padded queries too: each entry's query length is its key length.
+        let mut case = keyed(
+            "prefill",
+            "b8h32q2048k2048_causal_padded".into(),
+            spec,
+            false,
+        );
+        case.q = Some(case.kv.clone());
+        cases.push(case);
     }
     if want("decode") {
         for batch in [1, 8, 64] {
             for k in [4096, 32768, 131072] {
-                cases.push(Case {
-                    group: "decode",
-                    name: format!("b{batch}h32q1k{k}"),
-                    spec: Spec::new(Shape::new(batch, 32, 1, k)).scale(0.125),
-                    kv: lengths(batch, k),
-                    q: None,
-                    latency_bound: true,
-                });
+                let name = format!("b{batch}h32q1k{k}");
+                cases.push(keyed("decode", name, decode(batch, k), true));
             }
         }
     }
@@ -343,14 +333,14 @@ fn cases(args: &Args) -> Vec<Case> {
         };
         for e in exps {
             let rows = 1usize << e;
-            cases.push(Case {
-                group: "rows",
-                name: format!("rows{rows}_k{k}"),
-                spec: Spec::new(Shape::matrix(rows, k)),
-                kv: lengths(rows, k),
-                q: None,
-                latency_bound: rows * k * 4 < (64 << 20),
-            });
+            let spec = Spec::new(Shape::matrix(rows, k));
+            let latency_bound = rows * k * 4 < (64 << 20);
+            cases.push(keyed(
+                "rows",
+                format!("rows{rows}_k{k}"),
+                spec,
+                latency_bound,
+            ));
         }
     }
     cases

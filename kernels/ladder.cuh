@@ -33,18 +33,11 @@
     ROWS(SUFFIX, T, 1, 1, 8)
 
 // The forward's 16-bit short rows with f32 keys instead of raw pairs (src/plan.rs,
-// KernelKind::RowsKeys and SHORT_ROWS_KEYS): the shapes rows_shape gives 16-bit forward
-// rows up to 512 keys, for the benchmark's variants.
+// KernelKind::RowsKeys): the shapes rows_shape gives 16-bit forward rows up to 512 keys,
+// for the benchmark's variants.
 #define ROWS_KEYS_LADDER(ROWS, SUFFIX, T, P) \
-    ROWS(SUFFIX, T, 1, P, 1)                 \
-    ROWS(SUFFIX, T, 2, P, 1)                 \
-    ROWS(SUFFIX, T, 4, P, 1)                 \
-    ROWS(SUFFIX, T, 8, P, 1)                 \
-    ROWS(SUFFIX, T, 16, P, 1)                \
-    ROWS(SUFFIX, T, 32, P, 1)                \
-    ROWS(SUFFIX, T, 8, P, 2)                 \
-    ROWS(SUFFIX, T, 8, P, 4)                 \
-    ROWS(SUFFIX, T, 16, P, 4)
+    ROWS_GROUP_LADDER(ROWS, SUFFIX, T, P)    \
+    ROWS_SPLIT_LADDER_4(ROWS, SUFFIX, T, P)
 
 // Medium rows: a whole warp per row, 2 .. MAX packs per lane (src/plan.rs, max_packs: 32
 // floats of the row per lane forward, 16 of y and 16 of dy backward).

@@ -266,7 +266,9 @@ impl CudaSoftmax {
     /// an error before anything is launched, and nothing waits for the GPU. With device
     /// lengths nothing is allocated, so the call can be captured in a CUDA graph; host
     /// lengths are copied into a buffer the handle keeps (allocated on first use, grown
-    /// when a larger batch comes).
+    /// when a larger batch comes). Any row stride and buffer offset work; the kernels move
+    /// 16 bytes at a time when `x` and `y` sit alike against 16-byte boundaries (rows off
+    /// one, as odd strides make them, are seen shifted), else single elements.
     pub fn forward<'a, T: Element>(
         &self,
         stream: &Arc<CudaStream>,

@@ -71,9 +71,9 @@ pub enum KernelKind {
     },
     /// The forward's 16-bit [`KernelKind::Rows`] with the row held as f32 keys (one `exp`
     /// an element, half the rows in flight) where `Rows` keeps 16-bit pairs as fetched
-    /// (two `exp` an element): compiled for short rows of 16-byte packs
-    /// (`SHORT_ROWS_KEYS`) so that the benchmark's variants can compare the two; the
-    /// planner does not pick it.
+    /// (two `exp` an element): compiled for short rows of 16-byte packs (the group ladder
+    /// and the forward's split shapes) so that the benchmark's variants can compare the
+    /// two; the planner does not pick it.
     RowsKeys {
         /// Lanes per row.
         group: u32,
@@ -213,20 +213,8 @@ fn short_rows(pack: u32, direction: Direction) -> &'static [(u32, u32)] {
     }
 }
 
-/// `(group, packs)` of the [`KernelKind::RowsKeys`] kernels (16-bit forward, 16-byte
-/// packs): the shapes [`rows_shape`] gives 16-bit forward rows up to 512 keys (ladder.cuh,
-/// `ROWS_KEYS_LADDER`).
-const SHORT_ROWS_KEYS: [(u32, u32); 9] = [
-    (1, 1),
-    (2, 1),
-    (4, 1),
-    (8, 1),
-    (16, 1),
-    (32, 1),
-    (8, 2),
-    (8, 4),
-    (16, 4),
-];
+/// Lanes per row of the rows kernels' group ladder (kernels/ladder.cuh, ROWS_GROUP_LADDER).
+const ROWS_GROUPS: [u32; 6] = [1, 2, 4, 8, 16, 32];
 
 /// Packs per thread of the block-per-row register kernels: 16 floats per thread (8 of `y`
 /// and 8 of `dy` backward); 8 single elements in the forward's scalar fallback, which needs
@@ -287,7 +275,7 @@ impl KernelKind {
     pub fn all(dtype: DType, clusters: bool, direction: Direction) -> Vec<KernelKind> {
         let mut kinds = Vec::new();
         for pack in [vector_pack(dtype), 1] {
-            let groups = [1, 2, 4, 8, 16, 32].map(|group| KernelKind::Rows {
+            let groups = ROWS_GROUPS.map(|group| KernelKind::Rows {
                 group,
                 pack,
                 packs: 1,
@@ -301,12 +289,15 @@ impl KernelKind {
                 .iter()
                 .map(|&(group, packs)| KernelKind::Rows { group, pack, packs });
             kinds.extend(groups.into_iter().chain(short).chain(warps));
+            // The 16-bit forward's short rows with f32 keys (ladder.cuh, ROWS_KEYS_LADDER):
+            // the group ladder and the split shapes.
             if direction == Direction::Forward && block_regs_16bit_packs(dtype, pack).is_some() {
-                kinds.extend(
-                    SHORT_ROWS_KEYS
-                        .iter()
-                        .map(|&(group, packs)| KernelKind::RowsKeys { group, pack, packs }),
-                );
+                let keys = ROWS_GROUPS
+                    .map(|group| (group, 1))
+                    .into_iter()
+                    .chain(short_rows(pack, direction).iter().copied())
+                    .map(|(group, packs)| KernelKind::RowsKeys { group, pack, packs });
+                kinds.extend(keys);
             }
             kinds.push(KernelKind::BlockRegs {
                 pack,
@@ -1385,7 +1376,7 @@ mod tests {
         // 16-bit: the same, with the f32-key short rows kernels (variants only).
         assert_eq!(
             KernelKind::all(DType::F16, true, Direction::Forward).len(),
-            36 + SHORT_ROWS_KEYS.len()
+            36 + 9
         );
         assert_eq!(
             KernelKind::RowsKeys {
