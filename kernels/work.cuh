@@ -97,8 +97,6 @@ struct RowFrame {
 
 // ---------------------------------------------------------------- rows kernels
 
-#include "io.cuh"
-#include "mask.cuh"
 #include "reduce.cuh"
 
 // One row of a rows kernel, as a lane of the GROUP lanes that share it sees it.
