@@ -72,11 +72,11 @@ struct ClusterShared {
 };
 
 // The chunk of every row that a block of a cluster owns: with `blocks` blocks per cluster,
-// block `rank` takes packs [begin, end) of rows of `columns` columns (chunks of `size`
-// packs, the last ones shorter or empty), of rows cluster_id(), + cluster_count(), + 2
-// cluster_count(), ...
+// block cluster_rank() takes packs [begin, end) of rows of `columns` columns (chunks of
+// `size` packs, the last ones shorter or empty), of rows cluster_id(), + cluster_count(),
+// + 2 cluster_count(), ...
 struct ClusterChunk {
-    unsigned rank, blocks;
+    unsigned blocks;
     int64_t size, begin, end;
 
     template <int PACK>
@@ -85,7 +85,7 @@ struct ClusterChunk {
         const int64_t row_packs = packs_in<PACK>(columns);
         const int64_t size = (row_packs + blocks - 1) / blocks;
         const int64_t begin = min(row_packs, int64_t(rank) * size);
-        return ClusterChunk{rank, blocks, size, begin, min(row_packs, begin + size)};
+        return ClusterChunk{blocks, size, begin, min(row_packs, begin + size)};
     }
 };
 #endif
