@@ -148,6 +148,9 @@ fn main() -> Result<()> {
     };
     let stream = ctx.new_stream()?;
     let softmax = CudaSoftmax::new(&ctx)?;
+    // The variants time the streaming kernels without their L2 priorities too.
+    let mut plain_l2 = softmax.share();
+    plain_l2.set_l2_hints(false);
     let baseline = Baseline::load(&ctx)?;
     let timer = Timer {
         ctx: ctx.clone(),
@@ -198,6 +201,7 @@ fn main() -> Result<()> {
             let env = Env {
                 timer: &timer,
                 softmax: &softmax,
+                plain_l2: &plain_l2,
                 baseline: (!args.no_baseline).then_some(&baseline),
                 copy_gbps,
                 empty_launch_us,
@@ -232,6 +236,8 @@ fn main() -> Result<()> {
 struct Env<'a> {
     timer: &'a Timer,
     softmax: &'a CudaSoftmax,
+    /// The same kernels with `set_l2_hints(false)`.
+    plain_l2: &'a CudaSoftmax,
     baseline: Option<&'a Baseline>,
     copy_gbps: f64,
     empty_launch_us: f64,
@@ -481,15 +487,32 @@ fn run_case<T: Element + DeviceRepr>(
             // A block per row of at most a warp's packs: far slower, and slow to time.
             _ => spec.shape.k_len > (WARP_SIZE * planned.pack()) as usize,
         });
+    // Every other kernel, and the streaming ones (the planner's too) again without their
+    // L2 priorities (named `<kernel>+plain_l2`).
+    let streaming = |k: &KernelKind| {
+        matches!(
+            k,
+            KernelKind::BlockStream { .. } | KernelKind::Cluster { cached: false, .. }
+        )
+    };
+    let mut runs: Vec<(KernelKind, &CudaSoftmax)> = Vec::new();
+    if streaming(&planned) {
+        runs.push((planned, env.plain_l2));
+    }
     for kind in others {
+        runs.push((kind, env.softmax));
+        if streaming(&kind) {
+            runs.push((kind, env.plain_l2));
+        }
+    }
+    for (kind, softmax) in runs {
         let mut launch = |set: usize| -> Result<bool> {
             let (input, out) = (&ins[set], &mut outs[set]);
             Ok(match direction {
-                Direction::Forward => env
-                    .softmax
-                    .forward_with_kernel(kind, stream, spec, lengths, &input[0], out)?,
-                Direction::Backward => env
-                    .softmax
+                Direction::Forward => {
+                    softmax.forward_with_kernel(kind, stream, spec, lengths, &input[0], out)?
+                }
+                Direction::Backward => softmax
                     .backward_with_kernel(kind, stream, spec, lengths, &input[0], &input[1], out)?,
             })
         };
@@ -501,12 +524,11 @@ fn run_case<T: Element + DeviceRepr>(
             set = (set + 1) % sets;
             launch(set).map(|_| ())
         })?;
-        rows.push(row(
-            "variant",
-            kind.name(T::DTYPE, direction),
-            time_us,
-            None,
-        )?);
+        let mut name = kind.name(T::DTYPE, direction);
+        if !softmax.l2_hints() {
+            name.push_str("+plain_l2");
+        }
+        rows.push(row("variant", name, time_us, None)?);
     }
     Ok(rows)
 }

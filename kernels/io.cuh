@@ -113,17 +113,84 @@ __device__ __forceinline__ PackCut pack_cut(I col, I start, I end) {
     return PackCut{lo > 0 ? int(lo) : 0, hi < N ? int(hi) : N};
 }
 
+// An L2 eviction priority for a load (sm_80+: createpolicy, ld.global.L2::cache_hint): a
+// 64-bit descriptor the compiler keeps in uniform registers (no per-thread register). The
+// streaming kernels read each valid pack twice and ask the L2 to keep the first read's
+// lines for the second (work.cuh, RereadPolicy); every other load is `normal`.
+struct L2Policy {
+    uint64_t bits;
+
+#ifdef MASKED_SOFTMAX_EMULATION
+    static L2Policy normal() { return L2Policy{0}; }
+    static L2Policy keep() { return L2Policy{1}; }
+    static L2Policy last_use() { return L2Policy{2}; }
+#else
+    // Priorities for all of a load's lines (fraction 1.0): evict_normal is the default's.
+    __device__ __forceinline__ static L2Policy normal() {
+        uint64_t b;
+        asm("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;" : "=l"(b));
+        return L2Policy{b};
+    }
+    // Lines to be read again soon: evicted after normal and evict_first ones.
+    __device__ __forceinline__ static L2Policy keep() {
+        uint64_t b;
+        asm("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(b));
+        return L2Policy{b};
+    }
+    // A line's last read: the first to go.
+    __device__ __forceinline__ static L2Policy last_use() {
+        uint64_t b;
+        asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(b));
+        return L2Policy{b};
+    }
+#endif
+};
+
+// One aligned load of 16, 4 or 2 bytes under `policy` (asm volatile: the compiler neither
+// merges nor drops it; a pack's loads are issued in program order either way).
+template <int BYTES>
+__device__ __forceinline__ void load_hinted(const void* src, L2Policy policy, uint32_t (&w)[(BYTES + 3) / 4]) {
+#ifdef MASKED_SOFTMAX_EMULATION
+    (void)policy;
+    if constexpr (BYTES == 2) {
+        uint16_t h;
+        memcpy(&h, src, 2);
+        w[0] = h;
+    } else {
+        memcpy(w, src, BYTES);
+    }
+#else
+    if constexpr (BYTES == 16) {
+        asm volatile("ld.global.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;"
+                     : "=r"(w[0]), "=r"(w[1]), "=r"(w[2]), "=r"(w[3])
+                     : "l"(src), "l"(policy.bits));
+    } else if constexpr (BYTES == 4) {
+        asm volatile("ld.global.L2::cache_hint.u32 %0, [%1], %2;" : "=r"(w[0]) : "l"(src), "l"(policy.bits));
+    } else {
+        static_assert(BYTES == 2, "packs are 16 bytes or one element");
+        uint16_t h;
+        asm volatile("ld.global.L2::cache_hint.u16 %0, [%1], %2;" : "=h"(h) : "l"(src), "l"(policy.bits));
+        w[0] = h;
+    }
+#endif
+}
+
 // Reading a pack takes two phases. fetch_window issues the loads: the raw pack at `col`,
 // reading only columns inside [start, end) (the others hold zero bits and are never read).
 // Nothing there uses what it loads, so a thread that fetches all its packs before decoding
 // any has all their loads in flight at once; fetching and using pack by pack would wait
 // out the memory latency once per pack (the branches keep the compiler from reordering).
+// With a `policy` (the streaming kernels), whole packs load under it; the element-wise
+// reads of a pack across an edge of the window stay plain.
 template <typename T, int N, typename I>
-__device__ __forceinline__ void fetch_window(const T* row, I col, I start, I end, RawPack<T, N>& raw) {
+__device__ __forceinline__ void fetch_window(const T* row, I col, I start, I end, RawPack<T, N>& raw,
+                                             const L2Policy* policy = nullptr) {
     using Raw = RawPack<T, N>;
     if (col >= start && col + N <= end) {
         CHECK_ALIGNED(row + col, Raw::BYTES);
-        if constexpr (Raw::BYTES == 16) {
+        if (policy) {
+            load_hinted<Raw::BYTES>(row + col, *policy, raw.w);
+        } else if constexpr (Raw::BYTES == 16) {
             const uint4 v = *reinterpret_cast<const uint4*>(row + col);
             raw.w[0] = v.x;
             raw.w[1] = v.y;

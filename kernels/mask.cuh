@@ -12,6 +12,10 @@
 #define MASK_CAUSAL 2
 // Not a mask: rows are seen from the 16-byte boundary before them (io.cuh, PackShift).
 #define MASK_SHIFTED_PACKS 4
+// Not a mask, and never set by the planner: the streaming kernels read rows twice with
+// normal L2 priorities, as up to v8 (work.cuh, RereadPolicy), for the benchmark's variants
+// to compare.
+#define MASK_PLAIN_STREAM 8
 
 // n / d for a divisor fixed for the whole launch, without a divide instruction: for n and d
 // below 2^31, n / d = (umulhi(n, magic) + n) >> shift (Granlund and Montgomery, in the form
@@ -38,7 +42,7 @@ struct MaskParams {
     int64_t row_stride;      // elements between row starts, >= k_len
     int64_t window;          // sliding window in keys; 0 = unlimited (causal only)
     float scale;             // applied to every valid score before the softmax
-    int32_t flags;           // MASK_LEFT_PADDING | MASK_CAUSAL | MASK_SHIFTED_PACKS
+    int32_t flags;           // MASK_LEFT_PADDING | MASK_CAUSAL | MASK_SHIFTED_PACKS | MASK_PLAIN_STREAM
     FastDivisor per_batch;   // by heads * q_len (when rows < 2^31)
     FastDivisor per_query;   // by q_len (when rows < 2^31)
 };

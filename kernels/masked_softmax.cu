@@ -346,27 +346,31 @@ __device__ __forceinline__ void block_cached_forward(const T* x, T* y, const Mas
     }
 }
 
-// Any row length: online statistics over the valid scores, then a second read to write.
+// Any row length: online statistics over the valid scores, then a second read to write
+// (the two reads with the L2 priorities of RereadPolicy: work.cuh).
 template <typename T, int PACK>
 __device__ __forceinline__ void block_stream_forward(const T* x, T* y, const MaskParams& p) {
     const ScaleMap sm = ScaleMap::of(p.scale);
     const RowIndex index = RowIndex::of(p);
     const PackShift<T, PACK> shift = PackShift<T, PACK>::of(x, p);
+    const RereadPolicy reread = RereadPolicy::of(p);
     float2* scratch = dynamic_shared<float2>();
     for (int64_t row = blockIdx.x; row < p.rows; row += gridDim.x) {
         const RowFrame f = RowFrame::of(p, shift, index, row);
         const RowWindow& w = f.window;
         const int64_t offset = f.offset;
         const int64_t first_pack = w.start / PACK, end_pack = (w.end + PACK - 1) / PACK;
-        const auto fetch = [&](int64_t i, RawPack<T, PACK>& raw) {
-            fetch_window<T, PACK>(x + offset, i * PACK, w.start, w.end, raw);
-        };
+        const L2Policy first_read = reread.first_read(), second_read = reread.second_read();
 
         with_plain_scale(sm, [&](auto plain) {
             constexpr bool PLAIN = decltype(plain)::value;
             SoftmaxStats st = stats_empty();
             for_packs<LOADS_IN_FLIGHT, RawPack<T, PACK>>(
-                first_pack + threadIdx.x, end_pack, blockDim.x, fetch, [&](int64_t i, const RawPack<T, PACK>& raw) {
+                first_pack + threadIdx.x, end_pack, blockDim.x,
+                [&](int64_t i, RawPack<T, PACK>& raw) {
+                    fetch_window<T, PACK>(x + offset, i * PACK, w.start, w.end, raw, &first_read);
+                },
+                [&](int64_t i, const RawPack<T, PACK>& raw) {
                     float keys[PACK];
                     decode_keys<T, PACK>(raw, i * PACK, w.start, w.end, sm, keys);
                     stats_add<PLAIN>(st, keys, sm);
@@ -374,7 +378,11 @@ __device__ __forceinline__ void block_stream_forward(const T* x, T* y, const Mas
             const RowSoftmax r = row_softmax(block_stats_merge(st, scratch, sm));
 
             for_packs<LOADS_IN_FLIGHT, RawPack<T, PACK>>(
-                threadIdx.x, packs_in<PACK>(f.own(p).end), blockDim.x, fetch, [&](int64_t i, const RawPack<T, PACK>& raw) {
+                threadIdx.x, packs_in<PACK>(f.own(p).end), blockDim.x,
+                [&](int64_t i, RawPack<T, PACK>& raw) {
+                    fetch_window<T, PACK>(x + offset, i * PACK, w.start, w.end, raw, &second_read);
+                },
+                [&](int64_t i, const RawPack<T, PACK>& raw) {
                     float keys[PACK];
                     decode_keys<T, PACK>(raw, i * PACK, w.start, w.end, sm, keys);
                     store_window<T, PACK>(y + offset, i * PACK, f.own(p), w.start, w.end,
@@ -399,6 +407,7 @@ __device__ __forceinline__ void cluster_forward(const T* x, T* y, const MaskPara
     const RowIndex index = RowIndex::of(p);
     const PackShift<T, PACK> shift = PackShift<T, PACK>::of(x, p);
     const ClusterChunk chunk = ClusterChunk::of<PACK>(shift.columns(p.k_len));
+    const RereadPolicy reread = RereadPolicy::of(p);
     const ClusterShared shared = ClusterShared::of();
     float2* published = shared.published;
     float2* scratch = shared.scratch;
@@ -410,15 +419,17 @@ __device__ __forceinline__ void cluster_forward(const T* x, T* y, const MaskPara
         const int64_t offset = f.offset;
         const int64_t first = max(chunk.begin, w.start / PACK);
         const int64_t last = min(chunk.end, (w.end + PACK - 1) / PACK);
-        const auto fetch = [&](int64_t i, RawPack<T, PACK>& raw) {
-            fetch_window<T, PACK>(x + offset, i * PACK, w.start, w.end, raw);
-        };
+        // The cached kernel reads each pack once; the streaming one twice (RereadPolicy).
+        const L2Policy first_read = reread.first_read();
 
         with_plain_scale(sm, [&](auto plain) {
             constexpr bool PLAIN = decltype(plain)::value;
             SoftmaxStats st = stats_empty();
             for_packs<LOADS_IN_FLIGHT, RawPack<T, PACK>>(
-                first_owned(first, chunk.begin + threadIdx.x, blockDim.x), last, blockDim.x, fetch,
+                first_owned(first, chunk.begin + threadIdx.x, blockDim.x), last, blockDim.x,
+                [&](int64_t i, RawPack<T, PACK>& raw) {
+                    fetch_window<T, PACK>(x + offset, i * PACK, w.start, w.end, raw, CACHED ? nullptr : &first_read);
+                },
                 [&](int64_t i, const RawPack<T, PACK>& raw) {
                     float keys[PACK];
                     decode_keys<T, PACK>(raw, i * PACK, w.start, w.end, sm, keys);
@@ -450,8 +461,12 @@ __device__ __forceinline__ void cluster_forward(const T* x, T* y, const MaskPara
                     store(i, keys);
                 }
             } else {
+                const L2Policy second_read = reread.second_read();
                 for_packs<LOADS_IN_FLIGHT, RawPack<T, PACK>>(
-                    chunk.begin + threadIdx.x, chunk.end, blockDim.x, fetch,
+                    chunk.begin + threadIdx.x, chunk.end, blockDim.x,
+                    [&](int64_t i, RawPack<T, PACK>& raw) {
+                        fetch_window<T, PACK>(x + offset, i * PACK, w.start, w.end, raw, &second_read);
+                    },
                     [&](int64_t i, const RawPack<T, PACK>& raw) {
                         float keys[PACK];
                         decode_keys<T, PACK>(raw, i * PACK, w.start, w.end, sm, keys);

@@ -174,9 +174,9 @@ __device__ __forceinline__ void block_regs_backward_16bit(const T* y, const T* d
 // Fetches the pair of packs at column `col` (see fetch_window), and decodes one.
 template <typename T, int PACK>
 __device__ __forceinline__ void fetch_pair(const T* y, const T* dy, int64_t col, const RowWindow& w,
-                                           PackPair<T, PACK>& raw) {
-    fetch_window<T, PACK>(y, col, w.start, w.end, raw.y);
-    fetch_window<T, PACK>(dy, col, w.start, w.end, raw.dy);
+                                           PackPair<T, PACK>& raw, const L2Policy* policy = nullptr) {
+    fetch_window<T, PACK>(y, col, w.start, w.end, raw.y, policy);
+    fetch_window<T, PACK>(dy, col, w.start, w.end, raw.dy, policy);
 }
 
 template <typename T, int PACK>
@@ -227,34 +227,42 @@ __device__ __forceinline__ void block_cached_backward(const T* y, const T* dy, T
     }
 }
 
-// Any row length: the dot product, then a second read of y and dy to write dx. Dynamic
-// shared memory: 32 floats of scratch.
+// Any row length: the dot product, then a second read of y and dy to write dx (the two
+// reads with the L2 priorities of RereadPolicy: work.cuh). Dynamic shared memory: 32
+// floats of scratch.
 template <typename T, int PACK>
 __device__ __forceinline__ void block_stream_backward(const T* y, const T* dy, T* dx, const MaskParams& p) {
     const RowIndex index = RowIndex::of(p);
     const PackShift<T, PACK> shift = PackShift<T, PACK>::of(y, p);
+    const RereadPolicy reread = RereadPolicy::of(p);
     float* scratch = dynamic_shared<float>();
     for (int64_t row = blockIdx.x; row < p.rows; row += gridDim.x) {
         const RowFrame f = RowFrame::of(p, shift, index, row);
         const RowWindow& w = f.window;
         const int64_t offset = f.offset;
         const int64_t first_pack = w.start / PACK, end_pack = (w.end + PACK - 1) / PACK;
-        const auto fetch = [&](int64_t i, PackPair<T, PACK>& raw) {
-            fetch_pair<T, PACK>(y + offset, dy + offset, i * PACK, w, raw);
-        };
+        const L2Policy first_read = reread.first_read(), second_read = reread.second_read();
 
         float dot = 0.f;
-        for_packs<PAIRS_IN_FLIGHT, PackPair<T, PACK>>(first_pack + threadIdx.x, end_pack, blockDim.x, fetch,
-                                                      [&](int64_t i, const PackPair<T, PACK>& raw) {
-                                                          float ys[PACK], dys[PACK];
-                                                          decode_pair<T, PACK>(raw, i * PACK, w, ys, dys);
+        for_packs<PAIRS_IN_FLIGHT, PackPair<T, PACK>>(
+            first_pack + threadIdx.x, end_pack, blockDim.x,
+            [&](int64_t i, PackPair<T, PACK>& raw) {
+                fetch_pair<T, PACK>(y + offset, dy + offset, i * PACK, w, raw, &first_read);
+            },
+            [&](int64_t i, const PackPair<T, PACK>& raw) {
+                float ys[PACK], dys[PACK];
+                decode_pair<T, PACK>(raw, i * PACK, w, ys, dys);
 #pragma unroll
-                                                          for (int j = 0; j < PACK; ++j) dot += ys[j] * dys[j];
-                                                      });
+                for (int j = 0; j < PACK; ++j) dot += ys[j] * dys[j];
+            });
         dot = block_sum(dot, scratch);
 
         for_packs<PAIRS_IN_FLIGHT, PackPair<T, PACK>>(
-            threadIdx.x, packs_in<PACK>(f.own(p).end), blockDim.x, fetch, [&](int64_t i, const PackPair<T, PACK>& raw) {
+            threadIdx.x, packs_in<PACK>(f.own(p).end), blockDim.x,
+            [&](int64_t i, PackPair<T, PACK>& raw) {
+                fetch_pair<T, PACK>(y + offset, dy + offset, i * PACK, w, raw, &second_read);
+            },
+            [&](int64_t i, const PackPair<T, PACK>& raw) {
                 float ys[PACK], dys[PACK];
                 decode_pair<T, PACK>(raw, i * PACK, w, ys, dys);
                 store_window<T, PACK>(dx + offset, i * PACK, f.own(p), w.start, w.end,
@@ -279,6 +287,7 @@ __device__ __forceinline__ void cluster_backward(const T* y, const T* dy, T* dx,
     const RowIndex index = RowIndex::of(p);
     const PackShift<T, PACK> shift = PackShift<T, PACK>::of(y, p);
     const ClusterChunk chunk = ClusterChunk::of<PACK>(shift.columns(p.k_len));
+    const RereadPolicy reread = RereadPolicy::of(p);
     const ClusterShared shared = ClusterShared::of();
     float2* published = shared.published;
     float* scratch = reinterpret_cast<float*>(shared.scratch);
@@ -291,13 +300,15 @@ __device__ __forceinline__ void cluster_backward(const T* y, const T* dy, T* dx,
         const int64_t offset = f.offset;
         const int64_t first = max(chunk.begin, w.start / PACK);
         const int64_t last = min(chunk.end, (w.end + PACK - 1) / PACK);
-        const auto fetch = [&](int64_t i, PackPair<T, PACK>& raw) {
-            fetch_pair<T, PACK>(y + offset, dy + offset, i * PACK, w, raw);
-        };
+        // The cached kernel reads each pack once; the streaming one twice (RereadPolicy).
+        const L2Policy first_read = reread.first_read();
 
         float dot = 0.f;
         for_packs<PAIRS_IN_FLIGHT, PackPair<T, PACK>>(
-            first_owned(first, chunk.begin + threadIdx.x, blockDim.x), last, blockDim.x, fetch,
+            first_owned(first, chunk.begin + threadIdx.x, blockDim.x), last, blockDim.x,
+            [&](int64_t i, PackPair<T, PACK>& raw) {
+                fetch_pair<T, PACK>(y + offset, dy + offset, i * PACK, w, raw, CACHED ? nullptr : &first_read);
+            },
             [&](int64_t i, const PackPair<T, PACK>& raw) {
                 float ys[PACK], dys[PACK];
                 decode_pair<T, PACK>(raw, i * PACK, w, ys, dys);
@@ -330,8 +341,13 @@ __device__ __forceinline__ void cluster_backward(const T* y, const T* dy, T* dx,
                 });
             }
         } else {
+            const L2Policy second_read = reread.second_read();
             for_packs<PAIRS_IN_FLIGHT, PackPair<T, PACK>>(
-                chunk.begin + threadIdx.x, chunk.end, blockDim.x, fetch, [&](int64_t i, const PackPair<T, PACK>& raw) {
+                chunk.begin + threadIdx.x, chunk.end, blockDim.x,
+                [&](int64_t i, PackPair<T, PACK>& raw) {
+                    fetch_pair<T, PACK>(y + offset, dy + offset, i * PACK, w, raw, &second_read);
+                },
+                [&](int64_t i, const PackPair<T, PACK>& raw) {
                     float ys[PACK], dys[PACK];
                     decode_pair<T, PACK>(raw, i * PACK, w, ys, dys);
                     store_window<T, PACK>(dx + offset, i * PACK, f.own(p), w.start, w.end,

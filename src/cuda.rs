@@ -52,7 +52,8 @@ use crate::contract::{Lengths, Spec, check_buffer};
 use crate::dtype::{DType, Element};
 use crate::error::{Error, LengthKind, Result};
 use crate::plan::{
-    Buffers, DeviceLimits, Direction, KernelKind, KernelParams, LaunchPlan, plan_launch,
+    Buffers, DeviceLimits, Direction, KernelKind, KernelParams, LaunchPlan, MASK_PLAIN_STREAM,
+    plan_launch,
 };
 
 /// The PTX built from `kernels/*.cu` by build.rs (no modules when built without nvcc).
@@ -188,6 +189,9 @@ pub struct CudaSoftmax {
     ctx: Arc<CudaContext>,
     limits: DeviceLimits,
     functions: HashMap<(Direction, KernelKind, DType), CudaFunction>,
+    /// Whether the streaming kernels ask the L2 to keep a row between its two reads
+    /// ([`set_l2_hints`](Self::set_l2_hints)).
+    l2_hints: bool,
     /// Device copy of host lengths; grows, never shrinks.
     staging: Mutex<Option<Staging>>,
 }
@@ -246,8 +250,46 @@ impl CudaSoftmax {
             ctx: ctx.clone(),
             limits,
             functions,
+            l2_hints: true,
             staging: Mutex::new(None),
         })
+    }
+
+    /// Whether the kernels for rows too long to keep on chip, which read each row's valid
+    /// scores twice (once for the softmax statistics, once to write), give the L2 cache
+    /// eviction priorities: the first read's lines are kept (`evict_last`) for the second,
+    /// their last use (`evict_first`). On by default. Turn it off to leave L2 priorities
+    /// alone, e.g. where the caller keeps its own data persisting in L2; the results are
+    /// the same either way. Other kernels read each score once and give no priorities.
+    ///
+    /// ```no_run
+    /// # fn main() -> masked_softmax::Result<()> {
+    /// let ctx = masked_softmax::cuda::open_device(0)?;
+    /// let mut softmax = masked_softmax::cuda::CudaSoftmax::new(&ctx)?;
+    /// softmax.set_l2_hints(false);
+    /// assert!(!softmax.l2_hints());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn set_l2_hints(&mut self, on: bool) {
+        self.l2_hints = on;
+    }
+
+    /// See [`set_l2_hints`](Self::set_l2_hints).
+    pub fn l2_hints(&self) -> bool {
+        self.l2_hints
+    }
+
+    /// A handle on the same loaded kernels (nothing is loaded again), with its own
+    /// settings and its own buffer for host lengths.
+    pub fn share(&self) -> Self {
+        CudaSoftmax {
+            ctx: self.ctx.clone(),
+            limits: self.limits,
+            functions: self.functions.clone(),
+            l2_hints: self.l2_hints,
+            staging: Mutex::new(None),
+        }
     }
 
     /// The context the kernels are loaded in.
@@ -579,6 +621,9 @@ impl CudaSoftmax {
             };
         };
         let mut params = plan.params;
+        if !self.l2_hints {
+            params.flags |= MASK_PLAIN_STREAM;
+        }
         let (mut x, mut dy, mut y) = (buffers.x, buffers.dy, buffers.y);
         let mut forward_args: [*mut c_void; 3] = [
             (&raw mut x).cast(),

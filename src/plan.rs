@@ -387,7 +387,8 @@ pub struct KernelParams {
     pub window: i64,
     /// Scale applied to the scores.
     pub scale: f32,
-    /// [`MASK_LEFT_PADDING`] | [`MASK_CAUSAL`] | [`MASK_SHIFTED_PACKS`].
+    /// [`MASK_LEFT_PADDING`] | [`MASK_CAUSAL`] | [`MASK_SHIFTED_PACKS`] |
+    /// [`MASK_PLAIN_STREAM`].
     pub flags: i32,
     /// Divides a row index by `heads * q_len` (launches of fewer than 2^31 rows).
     pub per_batch: FastDivisor,
@@ -440,6 +441,11 @@ pub const MASK_CAUSAL: i32 = 2;
 /// [`KernelParams::flags`] bit, set by the planner: kernels of 16-byte packs see rows from
 /// the 16-byte boundary before them (kernels/io.cuh, PackShift).
 pub const MASK_SHIFTED_PACKS: i32 = 4;
+/// [`KernelParams::flags`] bit, set by [`CudaSoftmax::set_l2_hints`](crate::cuda::CudaSoftmax::set_l2_hints)`(false)`,
+/// never by the planner: the streaming kernels (block_stream, cluster_stream) read a row's
+/// valid scores twice with normal L2 eviction priorities instead of keeping the first
+/// read's lines for the second (kernels/work.cuh, RereadPolicy).
+pub const MASK_PLAIN_STREAM: i32 = 8;
 
 impl KernelParams {
     /// From a spec (validated: every size then fits in i64, since it fits in isize bytes)

@@ -25,6 +25,8 @@ use masked_softmax::{DType, Element, Error, Lengths, Padding, Shape, Spec, compa
 struct Gpu {
     ctx: Arc<CudaContext>,
     softmax: CudaSoftmax,
+    /// The same kernels with `set_l2_hints(false)` (the streaming kernels' other loads).
+    plain_l2: CudaSoftmax,
 }
 
 fn open_gpu() -> Result<Gpu, String> {
@@ -33,7 +35,13 @@ fn open_gpu() -> Result<Gpu, String> {
     }
     let ctx = open_device(0).map_err(|e| e.to_string())?;
     let softmax = CudaSoftmax::new(&ctx).map_err(|e| e.to_string())?;
-    Ok(Gpu { ctx, softmax })
+    let mut plain_l2 = softmax.share();
+    plain_l2.set_l2_hints(false);
+    Ok(Gpu {
+        ctx,
+        softmax,
+        plain_l2,
+    })
 }
 
 type TestResult = Result<(), Failed>;
@@ -344,7 +352,8 @@ fn every_kernel_special<T: Element + DeviceRepr>(g: &Gpu, t: SpecialTrial) -> Te
 }
 
 /// Every compiled kernel of `direction` that can run the problem, each into a poisoned
-/// output (`inputs`: `[x]` forward, `[y, dy]` backward).
+/// output (`inputs`: `[x]` forward, `[y, dy]` backward); the streaming kernels also
+/// without their L2 priorities (`set_l2_hints(false)`).
 fn every_kernel_on<T: Element + DeviceRepr>(
     g: &Gpu,
     direction: Direction,
@@ -366,14 +375,20 @@ fn every_kernel_on<T: Element + DeviceRepr>(
     let second = inputs.get(1).map(|dy| stream.clone_htod(*dy)).transpose()?;
     let poison = vec![T::from_f64(f64::NAN); inputs[0].len()];
     let mut ran = 0;
-    for kind in KernelKind::all(T::DTYPE, g.softmax.limits().clusters, direction) {
+    let runs = KernelKind::all(T::DTYPE, g.softmax.limits().clusters, direction)
+        .into_iter()
+        .flat_map(|kind| {
+            let streaming = matches!(
+                kind,
+                KernelKind::BlockStream { .. } | KernelKind::Cluster { cached: false, .. }
+            );
+            std::iter::once((kind, &g.softmax)).chain(streaming.then_some((kind, &g.plain_l2)))
+        });
+    for (kind, softmax) in runs {
         let mut out = stream.clone_htod(&poison)?;
         let launched = match &second {
-            None => g
-                .softmax
-                .forward_with_kernel(kind, &stream, spec, lengths, &first, &mut out)?,
-            Some(dy_dev) => g
-                .softmax
+            None => softmax.forward_with_kernel(kind, &stream, spec, lengths, &first, &mut out)?,
+            Some(dy_dev) => softmax
                 .backward_with_kernel(kind, &stream, spec, lengths, &first, dy_dev, &mut out)?,
         };
         if !launched {
@@ -387,9 +402,14 @@ fn every_kernel_on<T: Element + DeviceRepr>(
                 compare::backward(spec, host_lengths, inputs[0], inputs[1], &out)
             }
         }?;
+        let hints = if softmax.l2_hints() {
+            ""
+        } else {
+            " (plain L2)"
+        };
         report
             .into_result()
-            .map_err(|e| format!("{}: {e}", kind.name(T::DTYPE, direction)))?;
+            .map_err(|e| format!("{}{hints}: {e}", kind.name(T::DTYPE, direction)))?;
     }
     if ran == 0 {
         return Err("no kernel ran".into());
