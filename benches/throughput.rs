@@ -484,6 +484,8 @@ fn run_case<T: Element + DeviceRepr>(
                 let capacity = (group * pack * packs) as usize;
                 capacity >= spec.shape.k_len && capacity < 2 * spec.shape.k_len
             }
+            // Rows split over the grid: for long rows only (a chunk is 2048 packs).
+            KernelKind::Split { .. } => spec.shape.k_len >= 4096,
             // A block per row of at most a warp's packs: far slower, and slow to time.
             _ => spec.shape.k_len > (WARP_SIZE * planned.pack()) as usize,
         });
@@ -492,7 +494,9 @@ fn run_case<T: Element + DeviceRepr>(
     let streaming = |k: &KernelKind| {
         matches!(
             k,
-            KernelKind::BlockStream { .. } | KernelKind::Cluster { cached: false, .. }
+            KernelKind::BlockStream { .. }
+                | KernelKind::Split { .. }
+                | KernelKind::Cluster { cached: false, .. }
         )
     };
     let mut runs: Vec<(KernelKind, &CudaSoftmax)> = Vec::new();

@@ -392,6 +392,85 @@ __device__ __forceinline__ void block_stream_forward(const T* x, T* y, const Mas
     }
 }
 
+// ---------------------------------------------------------------- a row split over the grid
+//
+// For rows too long for a block's registers or shared memory when there are too few of
+// them (or too uneven) to keep every block busy with a row each: the rows' chunks are the
+// grid's work items (SplitItems, work.cuh). Two launches on one stream:
+//   masked_softmax_fwd_split_stats_p<P>_<dtype>  each item's (max key, sum) -> partials
+//   masked_softmax_fwd_split_write_p<P>_<dtype>  each item merges its row's partials (every
+//       item of a row the same way, so all agree), reads its chunk again and writes it.
+// partials: rows * chunks float2, owned by the launcher. Dynamic shared memory: 32 float2
+// of scratch.
+template <typename T, int PACK>
+__device__ __forceinline__ void split_stats_forward(const T* x, float2* partials, const MaskParams& p) {
+    const ScaleMap sm = ScaleMap::of(p.scale);
+    const RowIndex index = RowIndex::of(p);
+    const PackShift<T, PACK> shift = PackShift<T, PACK>::of(x, p);
+    const SplitItems split = SplitItems::of<PACK>(shift.columns(p.k_len), p.rows);
+    const L2Policy first_read = RereadPolicy::of(p).first_read();
+    float2* scratch = dynamic_shared<float2>();
+    for (int64_t item = blockIdx.x; item < split.items; item += gridDim.x) {
+        const SplitItem it = SplitItem::of(split, item);
+        const RowFrame f = RowFrame::of(p, shift, index, it.row);
+        const RowWindow& w = f.window;
+        const int64_t offset = f.offset;
+        const int64_t first = max(it.begin, w.start / PACK), last = min(it.end, (w.end + PACK - 1) / PACK);
+        SoftmaxStats st = stats_empty();
+        with_plain_scale(sm, [&](auto plain) {
+            for_packs<LOADS_IN_FLIGHT, RawPack<T, PACK>>(
+                first + threadIdx.x, last, blockDim.x,
+                [&](int64_t i, RawPack<T, PACK>& raw) {
+                    fetch_window<T, PACK>(x + offset, i * PACK, w.start, w.end, raw, &first_read);
+                },
+                [&](int64_t i, const RawPack<T, PACK>& raw) {
+                    float keys[PACK];
+                    decode_keys<T, PACK>(raw, i * PACK, w.start, w.end, sm, keys);
+                    stats_add<decltype(plain)::value>(st, keys, sm);
+                });
+        });
+        st = block_stats_merge(st, scratch, sm);
+        if (threadIdx.x == 0) partials[item] = make_float2(st.max_key, st.sum);
+    }
+}
+
+template <typename T, int PACK>
+__device__ __forceinline__ void split_write_forward(const T* x, T* y, const float2* partials, const MaskParams& p) {
+    const ScaleMap sm = ScaleMap::of(p.scale);
+    const RowIndex index = RowIndex::of(p);
+    const PackShift<T, PACK> shift = PackShift<T, PACK>::of(x, p);
+    const SplitItems split = SplitItems::of<PACK>(shift.columns(p.k_len), p.rows);
+    const L2Policy second_read = RereadPolicy::of(p).second_read();
+    float2* scratch = dynamic_shared<float2>();
+    for (int64_t k = blockIdx.x; k < split.items; k += gridDim.x) {
+        const SplitItem it = SplitItem::of(split, split_item_backwards(split, k));
+        const RowFrame f = RowFrame::of(p, shift, index, it.row);
+        const RowWindow& w = f.window;
+        const int64_t offset = f.offset;
+        // The row's statistics, merged alike by every item of the row.
+        SoftmaxStats st = stats_empty();
+        for (int64_t c = threadIdx.x; c < split.chunks; c += blockDim.x) {
+            const float2 part = partials[it.row * split.chunks + c];
+            st = stats_merge(st, SoftmaxStats{part.x, part.y}, sm);
+        }
+        const RowSoftmax r = row_softmax(block_stats_merge(st, scratch, sm));
+        const int64_t end = min(it.end, packs_in<PACK>(f.own(p).end));
+        with_plain_scale(sm, [&](auto plain) {
+            for_packs<LOADS_IN_FLIGHT, RawPack<T, PACK>>(
+                it.begin + threadIdx.x, end, blockDim.x,
+                [&](int64_t i, RawPack<T, PACK>& raw) {
+                    fetch_window<T, PACK>(x + offset, i * PACK, w.start, w.end, raw, &second_read);
+                },
+                [&](int64_t i, const RawPack<T, PACK>& raw) {
+                    float keys[PACK];
+                    decode_keys<T, PACK>(raw, i * PACK, w.start, w.end, sm, keys);
+                    store_window<T, PACK>(y + offset, i * PACK, f.own(p), w.start, w.end,
+                                          [&](int j) { return probability<decltype(plain)::value>(r, keys[j], sm); });
+                });
+        });
+    }
+}
+
 // ---------------------------------------------------------------- a cluster per row
 
 #if MASKED_SOFTMAX_HAS_CLUSTERS
@@ -535,7 +614,17 @@ __device__ __forceinline__ void cluster_forward(const T* x, T* y, const MaskPara
         masked_softmax_fwd_block_stream_p##P##_##SUFFIX(const T* x, T* y, MaskParams p) {               \
         block_stream_forward<T, P>(x, y, p);                                                            \
     }                                                                                                   \
-    REGISTER_KERNEL(masked_softmax_fwd_block_stream_p##P##_##SUFFIX)
+    REGISTER_KERNEL(masked_softmax_fwd_block_stream_p##P##_##SUFFIX)                                    \
+    extern "C" __global__ void __launch_bounds__(512)                                                   \
+        masked_softmax_fwd_split_stats_p##P##_##SUFFIX(const T* x, float2* partials, MaskParams p) {    \
+        split_stats_forward<T, P>(x, partials, p);                                                      \
+    }                                                                                                   \
+    REGISTER_KERNEL(masked_softmax_fwd_split_stats_p##P##_##SUFFIX)                                     \
+    extern "C" __global__ void __launch_bounds__(512) masked_softmax_fwd_split_write_p##P##_##SUFFIX(   \
+        const T* x, T* y, const float2* partials, MaskParams p) {                                       \
+        split_write_forward<T, P>(x, y, partials, p);                                                   \
+    }                                                                                                   \
+    REGISTER_KERNEL(masked_softmax_fwd_split_write_p##P##_##SUFFIX)
 
 #if MASKED_SOFTMAX_HAS_CLUSTERS
 #define CLUSTER_KERNEL(SUFFIX, T, P, MODE, CACHED)                                                       \

@@ -271,6 +271,74 @@ __device__ __forceinline__ void block_stream_backward(const T* y, const T* dy, T
     }
 }
 
+// ---------------------------------------------------------------- a row split over the grid
+//
+// The forward's split (masked_softmax.cu) for the backward: launch 1
+// (masked_softmax_bwd_split_stats_p<P>_<dtype>) sums y * dy over each item's chunk into
+// partials[item].x; launch 2 (masked_softmax_bwd_split_write_p<P>_<dtype>) adds its row's
+// sums (every item of a row in the same order, so all agree), reads its chunk of y and dy
+// again and writes dx. Dynamic shared memory: 32 floats of scratch.
+template <typename T, int PACK>
+__device__ __forceinline__ void split_stats_backward(const T* y, const T* dy, float2* partials, const MaskParams& p) {
+    const RowIndex index = RowIndex::of(p);
+    const PackShift<T, PACK> shift = PackShift<T, PACK>::of(y, p);
+    const SplitItems split = SplitItems::of<PACK>(shift.columns(p.k_len), p.rows);
+    const L2Policy first_read = RereadPolicy::of(p).first_read();
+    float* scratch = dynamic_shared<float>();
+    for (int64_t item = blockIdx.x; item < split.items; item += gridDim.x) {
+        const SplitItem it = SplitItem::of(split, item);
+        const RowFrame f = RowFrame::of(p, shift, index, it.row);
+        const RowWindow& w = f.window;
+        const int64_t offset = f.offset;
+        const int64_t first = max(it.begin, w.start / PACK), last = min(it.end, (w.end + PACK - 1) / PACK);
+        float dot = 0.f;
+        for_packs<PAIRS_IN_FLIGHT, PackPair<T, PACK>>(
+            first + threadIdx.x, last, blockDim.x,
+            [&](int64_t i, PackPair<T, PACK>& raw) {
+                fetch_pair<T, PACK>(y + offset, dy + offset, i * PACK, w, raw, &first_read);
+            },
+            [&](int64_t i, const PackPair<T, PACK>& raw) {
+                float ys[PACK], dys[PACK];
+                decode_pair<T, PACK>(raw, i * PACK, w, ys, dys);
+#pragma unroll
+                for (int j = 0; j < PACK; ++j) dot += ys[j] * dys[j];
+            });
+        dot = block_sum(dot, scratch);
+        if (threadIdx.x == 0) partials[item] = make_float2(dot, 0.f);
+    }
+}
+
+template <typename T, int PACK>
+__device__ __forceinline__ void split_write_backward(const T* y, const T* dy, T* dx, const float2* partials,
+                                                     const MaskParams& p) {
+    const RowIndex index = RowIndex::of(p);
+    const PackShift<T, PACK> shift = PackShift<T, PACK>::of(y, p);
+    const SplitItems split = SplitItems::of<PACK>(shift.columns(p.k_len), p.rows);
+    const L2Policy second_read = RereadPolicy::of(p).second_read();
+    float* scratch = dynamic_shared<float>();
+    for (int64_t k = blockIdx.x; k < split.items; k += gridDim.x) {
+        const SplitItem it = SplitItem::of(split, split_item_backwards(split, k));
+        const RowFrame f = RowFrame::of(p, shift, index, it.row);
+        const RowWindow& w = f.window;
+        const int64_t offset = f.offset;
+        float row_dot = 0.f;
+        for (int64_t c = threadIdx.x; c < split.chunks; c += blockDim.x) row_dot += partials[it.row * split.chunks + c].x;
+        row_dot = block_sum(row_dot, scratch);
+        const int64_t end = min(it.end, packs_in<PACK>(f.own(p).end));
+        for_packs<PAIRS_IN_FLIGHT, PackPair<T, PACK>>(
+            it.begin + threadIdx.x, end, blockDim.x,
+            [&](int64_t i, PackPair<T, PACK>& raw) {
+                fetch_pair<T, PACK>(y + offset, dy + offset, i * PACK, w, raw, &second_read);
+            },
+            [&](int64_t i, const PackPair<T, PACK>& raw) {
+                float ys[PACK], dys[PACK];
+                decode_pair<T, PACK>(raw, i * PACK, w, ys, dys);
+                store_window<T, PACK>(dx + offset, i * PACK, f.own(p), w.start, w.end,
+                                      [&](int j) { return softmax_grad(ys[j], dys[j], row_dot, p.scale); });
+            });
+    }
+}
+
 // ---------------------------------------------------------------- a cluster per row
 
 #if MASKED_SOFTMAX_HAS_CLUSTERS
@@ -398,7 +466,17 @@ __device__ __forceinline__ void cluster_backward(const T* y, const T* dy, T* dx,
         masked_softmax_bwd_block_stream_p##P##_##SUFFIX BWD_SIGNATURE(T) {                          \
         block_stream_backward<T, P>(y, dy, dx, p);                                                 \
     }                                                                                              \
-    REGISTER_KERNEL(masked_softmax_bwd_block_stream_p##P##_##SUFFIX)
+    REGISTER_KERNEL(masked_softmax_bwd_block_stream_p##P##_##SUFFIX)                                \
+    extern "C" __global__ void __launch_bounds__(512) masked_softmax_bwd_split_stats_p##P##_##SUFFIX( \
+        const T* y, const T* dy, float2* partials, MaskParams p) {                                  \
+        split_stats_backward<T, P>(y, dy, partials, p);                                             \
+    }                                                                                               \
+    REGISTER_KERNEL(masked_softmax_bwd_split_stats_p##P##_##SUFFIX)                                 \
+    extern "C" __global__ void __launch_bounds__(512) masked_softmax_bwd_split_write_p##P##_##SUFFIX( \
+        const T* y, const T* dy, T* dx, const float2* partials, MaskParams p) {                     \
+        split_write_backward<T, P>(y, dy, dx, partials, p);                                         \
+    }                                                                                               \
+    REGISTER_KERNEL(masked_softmax_bwd_split_write_p##P##_##SUFFIX)
 
 // The 16-bit raw-pair block_regs: 32 columns of y and dy a thread.
 #define BWD_BLOCK_REGS_16BIT_KERNEL(SUFFIX, T, P, N)                                                \

@@ -99,6 +99,42 @@ struct RereadPolicy {
     }
 };
 
+// The split kernels' work (masked_softmax.cu, "a row split over the grid"): every row cut
+// into chunks of SPLIT_CHUNK_PACKS packs (src/plan.rs mirrors it), and the chunks of all
+// rows the grid's work items, item = row * chunks + chunk, so that the work spreads over
+// every block however few and uneven the rows are. Launch 1 writes each item's partial
+// statistics to `partials[item]`, launch 2 merges a row's and writes its chunks.
+constexpr int64_t SPLIT_CHUNK_PACKS = 2048;
+
+struct SplitItems {
+    int64_t row_packs;  // packs a row spans in its frame
+    int64_t chunks;     // chunks per row
+    int64_t items;      // rows * chunks
+
+    template <int PACK>
+    __device__ __forceinline__ static SplitItems of(int64_t columns, int64_t rows) {
+        const int64_t row_packs = packs_in<PACK>(columns);
+        const int64_t chunks = (row_packs + SPLIT_CHUNK_PACKS - 1) / SPLIT_CHUNK_PACKS;
+        return SplitItems{row_packs, chunks, rows * chunks};
+    }
+};
+
+// One work item: its row, and the packs [begin, end) of its chunk in the row's frame.
+struct SplitItem {
+    int64_t row, begin, end;
+
+    __device__ __forceinline__ static SplitItem of(const SplitItems& s, int64_t item) {
+        const int64_t row = item / s.chunks;
+        const int64_t begin = (item - row * s.chunks) * SPLIT_CHUNK_PACKS;
+        return SplitItem{row, begin, min(begin + SPLIT_CHUNK_PACKS, s.row_packs)};
+    }
+};
+
+// Launch 2 takes the items in the opposite order to launch 1's (block b: the b-th from
+// the end, then every gridDim-th before it), so that it starts on the chunks launch 1 read
+// last, which the L2 still holds (read under evict_last: RereadPolicy).
+__device__ __forceinline__ int64_t split_item_backwards(const SplitItems& s, int64_t k) { return s.items - 1 - k; }
+
 // A row of a kernel that loops over it (block_cached, block_stream, cluster: any length,
 // 64-bit columns), seen from its frame (PackShift).
 struct RowFrame {

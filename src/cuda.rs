@@ -194,6 +194,19 @@ pub struct CudaSoftmax {
     l2_hints: bool,
     /// Device copy of host lengths; grows, never shrinks.
     staging: Mutex<Option<Staging>>,
+    /// The first launch of kinds that take two ([`KernelKind::first_pass_name`]).
+    first_passes: HashMap<(Direction, KernelKind, DType), CudaFunction>,
+    /// The split kernels' partial statistics ([`LaunchPlan::partials`]); grows, never
+    /// shrinks, and is ordered across streams as `staging` is.
+    partials: Mutex<Option<Partials>>,
+}
+
+/// The scratch buffer of the split kernels (two f32 per entry), with the event recorded
+/// after the last launch pair that used it.
+#[derive(Debug)]
+struct Partials {
+    buffer: CudaSlice<f32>,
+    released: CudaEvent,
 }
 
 /// The device buffer host lengths are copied into (keys, then queries), shared by every
@@ -228,6 +241,7 @@ impl CudaSoftmax {
             clusters: target >= 90,
         };
         let mut functions = HashMap::new();
+        let mut first_passes = HashMap::new();
         for direction in [Direction::Forward, Direction::Backward] {
             let (_, ptx) = module_ptx_for(direction.module(), major, minor)
                 .ok_or(Error::UnsupportedDevice { major, minor })?;
@@ -243,6 +257,9 @@ impl CudaSoftmax {
                         )?;
                     }
                     functions.insert((direction, kind, dtype), function);
+                    if let Some(name) = kind.first_pass_name(dtype, direction) {
+                        first_passes.insert((direction, kind, dtype), module.load_function(&name)?);
+                    }
                 }
             }
         }
@@ -252,6 +269,8 @@ impl CudaSoftmax {
             functions,
             l2_hints: true,
             staging: Mutex::new(None),
+            first_passes,
+            partials: Mutex::new(None),
         })
     }
 
@@ -281,7 +300,7 @@ impl CudaSoftmax {
     }
 
     /// A handle on the same loaded kernels (nothing is loaded again), with its own
-    /// settings and its own buffer for host lengths.
+    /// settings and its own buffers (host lengths, the split kernels' scratch).
     pub fn share(&self) -> Self {
         CudaSoftmax {
             ctx: self.ctx.clone(),
@@ -289,6 +308,8 @@ impl CudaSoftmax {
             functions: self.functions.clone(),
             l2_hints: self.l2_hints,
             staging: Mutex::new(None),
+            first_passes: self.first_passes.clone(),
+            partials: Mutex::new(None),
         }
     }
 
@@ -636,6 +657,9 @@ impl CudaSoftmax {
             (&raw mut y).cast(),
             (&raw mut params).cast(),
         ];
+        if plan.partials > 0 {
+            return self.launch_split(stream, &plan, params, buffers);
+        }
         let args: &mut [*mut c_void] = match direction {
             Direction::Forward => &mut forward_args,
             Direction::Backward => &mut backward_args,
@@ -645,6 +669,79 @@ impl CudaSoftmax {
         // elements of T and the lengths `batch` i32 (checked by every entry point).
         unsafe { launch_raw(stream, function, &plan, args) }?;
         Ok(true)
+    }
+
+    /// A [`KernelKind::Split`] launch: the statistics pass, then the writing pass, both
+    /// with the handle's partials buffer, allocated or grown here. So not while the stream
+    /// is being captured into a graph: `Ok(false)` then, as for a kind that cannot run the
+    /// problem. (Only named kinds get here: the planner does not pick `Split`.)
+    fn launch_split(
+        &self,
+        stream: &Arc<CudaStream>,
+        plan: &LaunchPlan,
+        mut params: KernelParams,
+        buffers: Buffers,
+    ) -> Result<bool> {
+        let key = (plan.direction, plan.kernel, plan.dtype);
+        let (Some(first), Some(second)) = (self.first_passes.get(&key), self.functions.get(&key))
+        else {
+            return Ok(false);
+        };
+        if stream.capture_status()? != CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE {
+            return Ok(false);
+        }
+        let floats = usize::try_from(plan.partials)
+            .ok()
+            .and_then(|n| n.checked_mul(2))
+            .ok_or(Error::SizeOverflow {
+                what: "split partials",
+            })?;
+        let mut guard = self.partials.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(partials) = guard.as_ref() {
+            // The last launch pair that used the buffer, on any stream, must be done with it.
+            stream.wait(&partials.released)?;
+        }
+        if guard.as_ref().is_none_or(|p| p.buffer.len() < floats) {
+            let buffer = stream.alloc_zeros::<f32>(floats.next_power_of_two().max(1024))?;
+            let released = self.ctx.new_event(None)?;
+            if let Some(old) = guard.replace(Partials { buffer, released }) {
+                // The old buffer is freed on the stream that allocated it: after its last use.
+                old.buffer.stream().wait(&old.released)?;
+            }
+        }
+        let partials = guard.as_mut().expect("allocated above");
+        let result = {
+            let (mut scratch, _guard) = partials.buffer.device_ptr_mut(stream);
+            let (mut x, mut dy, mut y) = (buffers.x, buffers.dy, buffers.y);
+            let p: *mut c_void = (&raw mut params).cast();
+            let (x_arg, dy_arg, y_arg, s_arg): (
+                *mut c_void,
+                *mut c_void,
+                *mut c_void,
+                *mut c_void,
+            ) = (
+                (&raw mut x).cast(),
+                (&raw mut dy).cast(),
+                (&raw mut y).cast(),
+                (&raw mut scratch).cast(),
+            );
+            let (mut first_args, mut second_args): (Vec<*mut c_void>, Vec<*mut c_void>) =
+                match plan.direction {
+                    Direction::Forward => (vec![x_arg, s_arg, p], vec![x_arg, y_arg, s_arg, p]),
+                    Direction::Backward => (
+                        vec![x_arg, dy_arg, s_arg, p],
+                        vec![x_arg, dy_arg, y_arg, s_arg, p],
+                    ),
+                };
+            // SAFETY: the split kernels take (x, float2* partials, MaskParams) and (x, y,
+            // const float2* partials, MaskParams) forward, (y, dy, partials, MaskParams) and
+            // (y, dy, dx, partials, MaskParams) backward; `partials` holds plan.partials
+            // float2, the other buffers what every entry point checked.
+            unsafe { launch_raw(stream, first, plan, &mut first_args) }
+                .and_then(|()| unsafe { launch_raw(stream, second, plan, &mut second_args) })
+        };
+        partials.released.record(stream)?;
+        result.map(|()| true)
     }
 
     /// Checks shared by every entry point: spec and stream.
@@ -807,12 +904,15 @@ mod tests {
                 let mut expected = 0;
                 for dtype in DType::ALL {
                     for kind in KernelKind::all(dtype, target >= 90, direction) {
-                        let name = kind.name(dtype, direction);
-                        assert!(
-                            ptx.contains(&format!(".entry {name}(")),
-                            "sm_{target} PTX lacks kernel {name}"
-                        );
-                        expected += 1;
+                        let names = std::iter::once(kind.name(dtype, direction))
+                            .chain(kind.first_pass_name(dtype, direction));
+                        for name in names {
+                            assert!(
+                                ptx.contains(&format!(".entry {name}(")),
+                                "sm_{target} PTX lacks kernel {name}"
+                            );
+                            expected += 1;
+                        }
                     }
                 }
                 let entries = ptx.matches(".entry masked_softmax_").count();

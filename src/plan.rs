@@ -32,6 +32,9 @@
 //! (read twice, the cluster's rows close together in L2). Steps 3 to 5 and the cluster
 //! cases follow crossovers measured on an H200 and an H100 with the benchmark's
 //! `--variants` (see `Problem::choose`).
+//!
+//! [`KernelKind::Split`] (rows cut into chunks spread over the whole grid, two launches
+//! and a scratch buffer) runs any length on request; the planner does not pick it yet.
 
 use crate::contract::{Causal, Padding, Spec};
 use crate::dtype::DType;
@@ -97,6 +100,15 @@ pub enum KernelKind {
     },
     /// A block per row, any length: statistics pass, then a second read to write.
     BlockStream {
+        /// Elements per pack.
+        pack: u32,
+    },
+    /// Rows cut into chunks of [`SPLIT_CHUNK_PACKS`] packs, the chunks of all rows spread
+    /// over the grid, in two launches: each chunk's statistics into a scratch buffer
+    /// ([`LaunchPlan::partials`]), then each chunk merges its row's, reads its scores again
+    /// and writes. Any length; the work spreads evenly however few and uneven the rows are.
+    /// Not yet picked by the planner (the benchmark's variants compare it).
+    Split {
         /// Elements per pack.
         pack: u32,
     },
@@ -309,6 +321,7 @@ impl KernelKind {
             kinds.extend([
                 KernelKind::BlockCached { pack },
                 KernelKind::BlockStream { pack },
+                KernelKind::Split { pack },
             ]);
             if clusters {
                 kinds.extend([true, false].map(|cached| KernelKind::Cluster { pack, cached }));
@@ -330,10 +343,21 @@ impl KernelKind {
             KernelKind::BlockRegs { pack, packs } => format!("{d}_block_regs_p{pack}x{packs}_{t}"),
             KernelKind::BlockCached { pack } => format!("{d}_block_cached_p{pack}_{t}"),
             KernelKind::BlockStream { pack } => format!("{d}_block_stream_p{pack}_{t}"),
+            KernelKind::Split { pack } => format!("{d}_split_write_p{pack}_{t}"),
             KernelKind::Cluster { pack, cached } => {
                 let mode = if cached { "cached" } else { "stream" };
                 format!("{d}_cluster_{mode}_p{pack}_{t}")
             }
+        }
+    }
+
+    /// The kernel a kind launches before [`name`](Self::name)'s, if any: a
+    /// [`KernelKind::Split`]'s statistics pass.
+    pub fn first_pass_name(self, dtype: DType, direction: Direction) -> Option<String> {
+        let (d, t) = (direction.prefix(), dtype.kernel_suffix());
+        match self {
+            KernelKind::Split { pack } => Some(format!("{d}_split_stats_p{pack}_{t}")),
+            _ => None,
         }
     }
 
@@ -345,6 +369,7 @@ impl KernelKind {
             | KernelKind::BlockRegs { pack, .. }
             | KernelKind::BlockCached { pack }
             | KernelKind::BlockStream { pack }
+            | KernelKind::Split { pack }
             | KernelKind::Cluster { pack, .. } => pack,
         }
     }
@@ -499,6 +524,10 @@ pub struct LaunchPlan {
     pub shared_bytes: u32,
     /// The parameter block passed by value.
     pub params: KernelParams,
+    /// [`KernelKind::Split`]: the `float2` entries of the scratch buffer both its launches
+    /// take (after the inputs and output, before `params`), one per chunk of every row; 0
+    /// for every other kind.
+    pub partials: u64,
 }
 
 impl LaunchPlan {
@@ -507,6 +536,10 @@ impl LaunchPlan {
         self.kernel.name(self.dtype, self.direction)
     }
 }
+
+/// Packs per chunk of a [`KernelKind::Split`] launch (`SPLIT_CHUNK_PACKS` in
+/// kernels/work.cuh): 4 packs a thread of a 512-thread block, 32 KiB of 16-byte packs.
+pub const SPLIT_CHUNK_PACKS: u64 = 2048;
 
 /// Threads per block of the [`KernelKind::Rows`] kernels.
 const ROWS_BLOCK: u32 = 256;
@@ -833,6 +866,7 @@ impl Problem {
             cluster: 1,
             shared_bytes: shared_bytes as u32,
             params,
+            partials: 0,
         };
         // The looping block kernels: about 8 packs per thread, 128 to LOOP_BLOCK threads.
         let loop_block = row_packs
@@ -876,6 +910,19 @@ impl Problem {
                     .rows
                     .min(sms * (threads_per_sm / loop_block as u64).max(1));
                 Some(plan(grid, loop_block, BLOCK_SCRATCH_BYTES))
+            }
+            KernelKind::Split { .. } => {
+                let chunks = row_packs.div_ceil(SPLIT_CHUNK_PACKS);
+                let partials = self.rows.checked_mul(chunks)?;
+                let block = row_packs
+                    .min(SPLIT_CHUNK_PACKS)
+                    .div_ceil(4)
+                    .next_power_of_two()
+                    .clamp(128, LOOP_BLOCK as u64) as u32;
+                let grid = partials.min(sms * (threads_per_sm / block as u64).max(1));
+                let mut launch = plan(grid, block, BLOCK_SCRATCH_BYTES);
+                launch.partials = partials;
+                Some(launch)
             }
             KernelKind::Cluster { cached, .. } => {
                 if !self.clusters() {
@@ -993,6 +1040,9 @@ mod tests {
                         "{dtype:?} {direction:?} rows={rows} k={k_len}: {:?} not compiled",
                         p.kernel
                     );
+                    // Split needs the handle's scratch buffer: not yet the planner's.
+                    assert!(!matches!(p.kernel, KernelKind::Split { .. }));
+                    assert_eq!(p.partials, 0);
                     // Shifted rows span up to a pack minus one more columns.
                     let columns = if p.params.flags & MASK_SHIFTED_PACKS != 0 {
                         k_len as u64 + p.kernel.pack() as u64 - 1
@@ -1188,6 +1238,64 @@ mod tests {
     }
 
     #[test]
+    fn split_cuts_every_row_into_chunks_spread_over_the_grid() {
+        let named = |spec: &Spec, dtype, pack, buffers| {
+            plan_kernel(
+                KernelKind::Split { pack },
+                Direction::Forward,
+                spec,
+                dtype,
+                H100,
+                buffers,
+            )
+            .unwrap()
+            .unwrap()
+        };
+        // 64 rows of 2^20 f32: 128 chunks of 2048 packs each, 8192 items, as many 512-thread
+        // blocks as the planner takes to be resident.
+        let p = named(
+            &Spec::new(Shape::matrix(64, 1 << 20)),
+            DType::F32,
+            4,
+            ALIGNED,
+        );
+        assert_eq!((p.partials, p.block, p.grid), (64 * 128, 512, 132 * 4));
+        assert_eq!(p.shared_bytes as u64, BLOCK_SCRATCH_BYTES);
+        // Odd rows of 16-bit 16-byte packs are seen shifted: k + 7 columns, 2501 packs, 2
+        // chunks; few items make a grid of one block each.
+        let p = named(&Spec::new(Shape::matrix(3, 20001)), DType::F16, 8, ALIGNED);
+        assert_eq!(p.params.flags & MASK_SHIFTED_PACKS, MASK_SHIFTED_PACKS);
+        assert_eq!((p.partials, p.grid), (3 * 2, 6));
+        // Short rows: a chunk each, blocks of 128 threads at least.
+        let p = named(&Spec::new(Shape::matrix(10, 100)), DType::F32, 4, ALIGNED);
+        assert_eq!((p.partials, p.block, p.grid), (10, 128, 10));
+        // Single elements where the buffers sit differently against 16-byte boundaries.
+        let misaligned = Buffers {
+            x: 0x1004,
+            ..ALIGNED
+        };
+        assert!(
+            plan_kernel(
+                KernelKind::Split { pack: 4 },
+                Direction::Forward,
+                &Spec::new(Shape::matrix(10, 100)),
+                DType::F32,
+                H100,
+                misaligned,
+            )
+            .unwrap()
+            .is_none()
+        );
+        let p = named(
+            &Spec::new(Shape::matrix(2, 5000)),
+            DType::F32,
+            1,
+            misaligned,
+        );
+        assert_eq!(p.partials, 2 * 3);
+    }
+
+    #[test]
     fn rows_off_16_byte_boundaries_shift_or_fall_back_to_single_elements() {
         let spec = Spec::new(Shape::matrix(8, 1000));
         let shifted = |p: &LaunchPlan| p.params.flags & MASK_SHIFTED_PACKS != 0;
@@ -1373,16 +1481,16 @@ mod tests {
         );
         assert_eq!(
             KernelKind::all(DType::F32, false, Direction::Forward).len(),
-            32
+            34
         );
         assert_eq!(
             KernelKind::all(DType::F32, true, Direction::Forward).len(),
-            36
+            38
         );
         // 16-bit: the same, with the f32-key short rows kernels (variants only).
         assert_eq!(
             KernelKind::all(DType::F16, true, Direction::Forward).len(),
-            36 + 9
+            38 + 9
         );
         assert_eq!(
             KernelKind::RowsKeys {
@@ -1399,11 +1507,25 @@ mod tests {
         );
         assert_eq!(
             KernelKind::all(DType::F32, true, Direction::Backward).len(),
-            34
+            36
         );
         assert_eq!(
             KernelKind::all(DType::BF16, true, Direction::Backward).len(),
-            33
+            35
+        );
+        // Two launches: the statistics pass, then the writing one under the kind's name.
+        let split = KernelKind::Split { pack: 8 };
+        assert_eq!(
+            split.name(DType::F16, Direction::Backward),
+            "masked_softmax_bwd_split_write_p8_f16"
+        );
+        assert_eq!(
+            split.first_pass_name(DType::F16, Direction::Backward),
+            Some("masked_softmax_bwd_split_stats_p8_f16".into())
+        );
+        assert_eq!(
+            KernelKind::BlockStream { pack: 8 }.first_pass_name(DType::F16, Direction::Forward),
+            None
         );
         assert_eq!(
             KernelKind::Cluster {

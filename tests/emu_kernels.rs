@@ -109,6 +109,9 @@ impl<T: Element> Emulation<'_, T> {
             return Ok(None);
         };
         LAUNCHED.lock().unwrap().insert(plan.kernel_name());
+        if plan.partials > 0 {
+            return self.run_split(plan, buffers, &ins, &out, out_buf);
+        }
         let dims = Dims {
             grid: [plan.grid, 1, 1],
             block: [plan.block, 1, 1],
@@ -135,6 +138,56 @@ impl<T: Element> Emulation<'_, T> {
         // backward; the buffers hold the shape's elements and `batch` lengths.
         unsafe { masked_softmax_emu::launch(&plan.kernel_name(), dims, args) }?;
         if !ins.iter().chain([&out]).all(GuardedBuffer::canary_intact) {
+            return Err(format!("{}: wrote before a buffer", plan.kernel_name()));
+        }
+        Ok(Some(out_buf.as_slice().to_vec()))
+    }
+
+    /// A planned [`KernelKind::Split`]: its statistics launch, then its writing launch, with
+    /// a NaN-poisoned partials buffer between guard pages.
+    fn run_split(
+        &self,
+        mut plan: masked_softmax::plan::LaunchPlan,
+        buffers: Buffers,
+        ins: &[GuardedBuffer<T>],
+        out: &GuardedBuffer<T>,
+        out_buf: &GuardedBuffer<T>,
+    ) -> Result<Option<Vec<T>>, String> {
+        let first = plan
+            .kernel
+            .first_pass_name(T::DTYPE, self.direction)
+            .ok_or("a split kind without a first pass")?;
+        LAUNCHED.lock().unwrap().insert(first.clone());
+        let partials =
+            GuardedBuffer::from_slice(&vec![f32::NAN; 2 * plan.partials as usize], self.placement);
+        let dims = Dims {
+            grid: [plan.grid, 1, 1],
+            block: [plan.block, 1, 1],
+            cluster: plan.cluster,
+            shared_bytes: plan.shared_bytes,
+        };
+        let (mut x, mut dy, mut y, mut scratch) =
+            (buffers.x, buffers.dy, buffers.y, partials.addr());
+        let p: *mut c_void = (&raw mut plan.params).cast();
+        let (x_arg, dy_arg, y_arg, s_arg): (*mut c_void, *mut c_void, *mut c_void, *mut c_void) = (
+            (&raw mut x).cast(),
+            (&raw mut dy).cast(),
+            (&raw mut y).cast(),
+            (&raw mut scratch).cast(),
+        );
+        let (mut first_args, mut second_args): (Vec<*mut c_void>, Vec<*mut c_void>) =
+            match self.direction {
+                Direction::Forward => (vec![x_arg, s_arg, p], vec![x_arg, y_arg, s_arg, p]),
+                Direction::Backward => (
+                    vec![x_arg, dy_arg, s_arg, p],
+                    vec![x_arg, dy_arg, y_arg, s_arg, p],
+                ),
+            };
+        // SAFETY: the split kernels' parameters (src/cuda.rs, launch_split): the partials
+        // hold plan.partials float2, the other buffers the shape and its lengths.
+        unsafe { masked_softmax_emu::launch(&first, dims, &mut first_args) }?;
+        unsafe { masked_softmax_emu::launch(&plan.kernel_name(), dims, &mut second_args) }?;
+        if !ins.iter().chain([out]).all(GuardedBuffer::canary_intact) || !partials.canary_intact() {
             return Err(format!("{}: wrote before a buffer", plan.kernel_name()));
         }
         Ok(Some(out_buf.as_slice().to_vec()))
@@ -481,7 +534,10 @@ fn main() {
                 DType::ALL.into_iter().flat_map(move |d| {
                     KernelKind::all(d, true, direction)
                         .into_iter()
-                        .map(move |k| k.name(d, direction))
+                        .flat_map(move |k| {
+                            std::iter::once(k.name(d, direction))
+                                .chain(k.first_pass_name(d, direction))
+                        })
                 })
             })
             .collect();

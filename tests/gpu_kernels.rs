@@ -380,7 +380,9 @@ fn every_kernel_on<T: Element + DeviceRepr>(
         .flat_map(|kind| {
             let streaming = matches!(
                 kind,
-                KernelKind::BlockStream { .. } | KernelKind::Cluster { cached: false, .. }
+                KernelKind::BlockStream { .. }
+                    | KernelKind::Split { .. }
+                    | KernelKind::Cluster { cached: false, .. }
             );
             std::iter::once((kind, &g.softmax)).chain(streaming.then_some((kind, &g.plain_l2)))
         });
