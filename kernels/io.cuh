@@ -115,20 +115,22 @@ __device__ __forceinline__ PackCut pack_cut(I col, I start, I end) {
 
 // An L2 eviction priority for a load (sm_80+: createpolicy, ld.global.L2::cache_hint): a
 // 64-bit descriptor the compiler keeps in uniform registers (no per-thread register). The
-// streaming kernels read each valid pack twice and ask the L2 to keep the first read's
-// lines for the second (work.cuh, RereadPolicy); every other load is `normal`.
+// kernels that read each valid pack twice ask the L2 to keep the first read's lines for
+// the second (work.cuh, RereadPolicy); every other load is plain.
 struct L2Policy {
     uint64_t bits;
 
 #ifdef MASKED_SOFTMAX_EMULATION
-    static L2Policy normal() { return L2Policy{0}; }
+    static L2Policy unchanged() { return L2Policy{0}; }
     static L2Policy keep() { return L2Policy{1}; }
     static L2Policy last_use() { return L2Policy{2}; }
 #else
-    // Priorities for all of a load's lines (fraction 1.0): evict_normal is the default's.
-    __device__ __forceinline__ static L2Policy normal() {
+    // Priorities for all of a load's lines (fraction 1.0).
+    // Leaves every line's priority as it is (a line the load brings in gets the normal
+    // one): what set_l2_hints(false) asks for, in the same load instruction.
+    __device__ __forceinline__ static L2Policy unchanged() {
         uint64_t b;
-        asm("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;" : "=l"(b));
+        asm("createpolicy.fractional.L2::evict_unchanged.b64 %0, 1.0;" : "=l"(b));
         return L2Policy{b};
     }
     // Lines to be read again soon: evicted after normal and evict_first ones.
@@ -146,8 +148,10 @@ struct L2Policy {
 #endif
 };
 
-// One aligned load of 16, 4 or 2 bytes under `policy` (asm volatile: the compiler neither
-// merges nor drops it; a pack's loads are issued in program order either way).
+// One aligned load of 16, 4 or 2 bytes under `policy`. asm volatile keeps it where it is,
+// inside the window test that guards it (hoisted out, it could read a pad or past the
+// buffer); no memory clobber is needed, as each pack is read and then written by the same
+// thread.
 template <int BYTES>
 __device__ __forceinline__ void load_hinted(const void* src, L2Policy policy, uint32_t (&w)[(BYTES + 3) / 4]) {
 #ifdef MASKED_SOFTMAX_EMULATION
@@ -180,8 +184,10 @@ __device__ __forceinline__ void load_hinted(const void* src, L2Policy policy, ui
 // Nothing there uses what it loads, so a thread that fetches all its packs before decoding
 // any has all their loads in flight at once; fetching and using pack by pack would wait
 // out the memory latency once per pack (the branches keep the compiler from reordering).
-// With a `policy` (the streaming kernels), whole packs load under it; the element-wise
-// reads of a pack across an edge of the window stay plain.
+// With a `policy` (the kernels that read rows twice), whole packs load under it; the
+// element-wise reads of a pack across an edge of the window stay plain. (A pointer known
+// at compile time: a runtime choice between a hinted and a plain load doubled the loop's
+// loads and spilled the backward clusters.)
 template <typename T, int N, typename I>
 __device__ __forceinline__ void fetch_window(const T* row, I col, I start, I end, RawPack<T, N>& raw,
                                              const L2Policy* policy = nullptr) {

@@ -360,7 +360,8 @@ __device__ __forceinline__ void block_stream_forward(const T* x, T* y, const Mas
         const RowWindow& w = f.window;
         const int64_t offset = f.offset;
         const int64_t first_pack = w.start / PACK, end_pack = (w.end + PACK - 1) / PACK;
-        const L2Policy first_read = reread.first_read(), second_read = reread.second_read();
+        const L2Policy first_read = reread.first_read();
+        const L2Policy second_read = reread.second_read();
 
         with_plain_scale(sm, [&](auto plain) {
             constexpr bool PLAIN = decltype(plain)::value;

@@ -241,7 +241,8 @@ __device__ __forceinline__ void block_stream_backward(const T* y, const T* dy, T
         const RowWindow& w = f.window;
         const int64_t offset = f.offset;
         const int64_t first_pack = w.start / PACK, end_pack = (w.end + PACK - 1) / PACK;
-        const L2Policy first_read = reread.first_read(), second_read = reread.second_read();
+        const L2Policy first_read = reread.first_read();
+        const L2Policy second_read = reread.second_read();
 
         float dot = 0.f;
         for_packs<PAIRS_IN_FLIGHT, PackPair<T, PACK>>(

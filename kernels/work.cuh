@@ -75,27 +75,31 @@ constexpr int PAIRS_IN_FLIGHT = 2;
 #include "io.cuh"
 #include "mask.cuh"
 
-// The L2 eviction priorities of the streaming kernels' two reads of a row's valid packs
-// (block_stream and cluster_stream: once for the statistics, once to write). Every
-// resident block (or cluster) streams its own row, so between a pack's two reads the L2
-// sees every block's traffic: past about 64 KiB of valid f32 per row on an H100 that is
-// more than its 50 MB hold, and LRU evicts the first read's lines in the order the second
-// read asks for them (the cyclic worst case). So the first read keeps its lines (L2
-// evict_last) and the second is their last use (evict_first); writes stay normal (the
-// output is the next kernel's input). scripts/l2-reuse-model.py (an LRU model) puts the
-// second read's L2 hits at 100% for f32 rows of 65536 keys and 20-60% at 2^18, against
-// 10-40% and 0-2% without. (Walking the second pass backwards would add 5-10% more at
-// 2^18 in the model, but it cost the 16-bit kernels 16-28 registers: 78-92, from 62-64.)
-// MASK_PLAIN_STREAM (the benchmark's variants) keeps v8's normal priorities.
+// The L2 eviction priorities of the kernels that read a row's valid packs twice, once for
+// the statistics and once to write (block_stream, cluster_stream, split). Every resident
+// block (or cluster) streams its own row, so between a pack's two reads the L2 sees every
+// block's traffic: past about 64 KiB of valid f32 per row on an H100 that is more than its
+// 50 MB hold, and LRU evicts the first read's lines in the order the second read asks for
+// them (the cyclic worst case). So the first read keeps its lines (L2 evict_last) and the
+// second is their last use (evict_first); writes stay normal (the output is the next
+// kernel's input). scripts/l2-reuse-model.py (an LRU model) puts the second read's L2 hits
+// at 100% for f32 rows of 65536 keys and 20-60% at 2^18, against 10-40% and 0-2% without.
+// (Walking the second pass backwards would add 5-10% more at 2^18 in the model, but it
+// cost the 16-bit kernels 16-28 registers: 78-92, from 62-64.) Under MASK_PLAIN_STREAM
+// (CudaSoftmax::set_l2_hints(false), the benchmark's `+plain_l2` variants) the same loads
+// carry evict_unchanged: no line's priority changes, so a caller's own L2 persistence is
+// left alone, and lines come in as under v8's plain loads.
 struct RereadPolicy {
     bool hinted;  // false under MASK_PLAIN_STREAM
 
     __device__ __forceinline__ static RereadPolicy of(const MaskParams& p) {
         return RereadPolicy{(p.flags & MASK_PLAIN_STREAM) == 0};
     }
-    __device__ __forceinline__ L2Policy first_read() const { return hinted ? L2Policy::keep() : L2Policy::normal(); }
+    __device__ __forceinline__ L2Policy first_read() const {
+        return hinted ? L2Policy::keep() : L2Policy::unchanged();
+    }
     __device__ __forceinline__ L2Policy second_read() const {
-        return hinted ? L2Policy::last_use() : L2Policy::normal();
+        return hinted ? L2Policy::last_use() : L2Policy::unchanged();
     }
 };
 

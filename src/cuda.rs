@@ -277,9 +277,10 @@ impl CudaSoftmax {
     /// Whether the kernels for rows too long to keep on chip, which read each row's valid
     /// scores twice (once for the softmax statistics, once to write), give the L2 cache
     /// eviction priorities: the first read's lines are kept (`evict_last`) for the second,
-    /// their last use (`evict_first`). On by default. Turn it off to leave L2 priorities
-    /// alone, e.g. where the caller keeps its own data persisting in L2; the results are
-    /// the same either way. Other kernels read each score once and give no priorities.
+    /// their last use (`evict_first`). On by default. Turned off, those loads change no
+    /// line's priority (`evict_unchanged`), e.g. where the caller keeps its own data
+    /// persisting in L2; the results are the same either way. Other kernels read each
+    /// score once and give no priorities.
     ///
     /// ```no_run
     /// # fn main() -> masked_softmax::Result<()> {
@@ -657,7 +658,8 @@ impl CudaSoftmax {
             (&raw mut y).cast(),
             (&raw mut params).cast(),
         ];
-        if plan.partials > 0 {
+        if let KernelKind::Split { .. } = plan.kernel {
+            debug_assert!(plan.partials > 0);
             return self.launch_split(stream, &plan, params, buffers);
         }
         let args: &mut [*mut c_void] = match direction {

@@ -467,9 +467,9 @@ pub const MASK_CAUSAL: i32 = 2;
 /// the 16-byte boundary before them (kernels/io.cuh, PackShift).
 pub const MASK_SHIFTED_PACKS: i32 = 4;
 /// [`KernelParams::flags`] bit, set by [`CudaSoftmax::set_l2_hints`](crate::cuda::CudaSoftmax::set_l2_hints)`(false)`,
-/// never by the planner: the streaming kernels (block_stream, cluster_stream) read a row's
-/// valid scores twice with normal L2 eviction priorities instead of keeping the first
-/// read's lines for the second (kernels/work.cuh, RereadPolicy).
+/// never by the planner: the kernels that read a row's valid scores twice (block_stream,
+/// cluster_stream, split) change no line's L2 eviction priority instead of keeping the
+/// first read's lines for the second (kernels/work.cuh, RereadPolicy).
 pub const MASK_PLAIN_STREAM: i32 = 8;
 
 impl KernelParams {
@@ -536,6 +536,10 @@ impl LaunchPlan {
         self.kernel.name(self.dtype, self.direction)
     }
 }
+
+/// Registers per thread the split kernels may take (ptxas, v9.1: 27 to 64), for their
+/// residency.
+const SPLIT_REGISTERS: u64 = 64;
 
 /// Packs per chunk of a [`KernelKind::Split`] launch (`SPLIT_CHUNK_PACKS` in
 /// kernels/work.cuh): 4 packs a thread of a 512-thread block, 32 KiB of 16-byte packs.
@@ -919,7 +923,11 @@ impl Problem {
                     .div_ceil(4)
                     .next_power_of_two()
                     .clamp(128, LOOP_BLOCK as u64) as u32;
-                let grid = partials.min(sms * (threads_per_sm / block as u64).max(1));
+                // Blocks beyond those resident at once would start only when a block ends
+                // all its items, out of the order launch 2 reverses for the L2.
+                let by_registers = REGISTERS_PER_SM / (block as u64 * SPLIT_REGISTERS);
+                let by_threads = threads_per_sm / block as u64;
+                let grid = partials.min(sms * by_registers.min(by_threads).max(1));
                 let mut launch = plan(grid, block, BLOCK_SCRATCH_BYTES);
                 launch.partials = partials;
                 Some(launch)
@@ -1251,15 +1259,15 @@ mod tests {
             .unwrap()
             .unwrap()
         };
-        // 64 rows of 2^20 f32: 128 chunks of 2048 packs each, 8192 items, as many 512-thread
-        // blocks as the planner takes to be resident.
+        // 64 rows of 2^20 f32: 128 chunks of 2048 packs each, 8192 items, two 512-thread
+        // blocks a multiprocessor (64 registers a thread).
         let p = named(
             &Spec::new(Shape::matrix(64, 1 << 20)),
             DType::F32,
             4,
             ALIGNED,
         );
-        assert_eq!((p.partials, p.block, p.grid), (64 * 128, 512, 132 * 4));
+        assert_eq!((p.partials, p.block, p.grid), (64 * 128, 512, 132 * 2));
         assert_eq!(p.shared_bytes as u64, BLOCK_SCRATCH_BYTES);
         // Odd rows of 16-bit 16-byte packs are seen shifted: k + 7 columns, 2501 packs, 2
         // chunks; few items make a grid of one block each.

@@ -109,7 +109,7 @@ impl<T: Element> Emulation<'_, T> {
             return Ok(None);
         };
         LAUNCHED.lock().unwrap().insert(plan.kernel_name());
-        if plan.partials > 0 {
+        if let KernelKind::Split { .. } = plan.kernel {
             return self.run_split(plan, buffers, &ins, &out, out_buf);
         }
         let dims = Dims {
@@ -510,7 +510,8 @@ fn main() {
             );
         }
     }
-    for t in special_trials(&[7, 64, 1000, 5000], &[1.0, -0.7]) {
+    // 20000: rows of several chunks for the split kernels, 16-byte packs too.
+    for t in special_trials(&[7, 64, 1000, 5000, 20000], &[1.0, -0.7]) {
         add(
             format!("every_kernel_special_{}", t.name()),
             Box::new(move || dispatch!(t.dtype, every_kernel_special, t)),

@@ -878,7 +878,7 @@ fn main() {
             Box::new(move |g| dispatch!(t.dtype, special_values, g, t)),
         );
     }
-    for t in special_trials(&[7, 64, 1000, 5000], &[1.0, -0.7]) {
+    for t in special_trials(&[7, 64, 1000, 5000, 20000], &[1.0, -0.7]) {
         add(
             format!("every_kernel_special_{}", t.name()),
             Box::new(move |g| dispatch!(t.dtype, every_kernel_special, g, t)),

@@ -535,8 +535,10 @@ pub(crate) use dispatch;
 /// name (the GPU suite adds longer rows the emulator cannot afford). Odd ones have odd
 /// strides, so the vector kernels see them shifted: 1021 fills 1024 columns of f32 packs
 /// and 16377 the 16384 of the 16-bit raw-pair block_regs with the lead at its largest.
+/// 70001 cuts single-element rows into 35 of the split kernels' chunks (more than a
+/// warp's worth of partials to merge), f32 packs into 9, 16-bit ones into 5.
 pub const EVERY_KERNEL_K_LENS: &[usize] = &[
-    1, 3, 7, 33, 64, 1000, 1021, 1032, 4097, 8192, 8200, 16377, 16384, 16388, 20001,
+    1, 3, 7, 33, 64, 1000, 1021, 1032, 4097, 8192, 8200, 16377, 16384, 16388, 20001, 70001,
 ];
 
 /// The "every kernel by name" trials: `(name, dtype, direction, case)` for each type, each
@@ -548,7 +550,13 @@ pub fn every_kernel_cases(
     let mut cases = Vec::new();
     for dtype in DType::ALL {
         for &k_len in k_lens {
-            for mode in [MODES[0], MODES[5]] {
+            // Long rows also with a sliding window: a window of a few keys deep inside a row
+            // the looping and split kernels cut into chunks, empty chunks on both sides.
+            let long = k_len >= 16384;
+            let modes = [MODES[0], MODES[5]]
+                .into_iter()
+                .chain(long.then_some(MODES[6]));
+            for mode in modes {
                 let case = Case::new(mode, k_len, max_elements);
                 for direction in [Direction::Forward, Direction::Backward] {
                     let name = format!(
