@@ -412,15 +412,13 @@ __device__ __forceinline__ void split_stats_forward(const T* x, float2* partials
     const L2Policy first_read = RereadPolicy::of(p).first_read();
     float2* scratch = dynamic_shared<float2>();
     for (int64_t item = blockIdx.x; item < split.items; item += gridDim.x) {
-        const SplitItem it = SplitItem::of(split, item);
-        const RowFrame f = RowFrame::of(p, shift, index, it.row);
-        const RowWindow& w = f.window;
-        const int64_t offset = f.offset;
-        const int64_t first = max(it.begin, w.start / PACK), last = min(it.end, (w.end + PACK - 1) / PACK);
+        const SplitChunk c = SplitChunk::of(p, shift, index, split, item);
+        const RowWindow& w = c.frame.window;
+        const int64_t offset = c.frame.offset;
         SoftmaxStats st = stats_empty();
         with_plain_scale(sm, [&](auto plain) {
             for_packs<LOADS_IN_FLIGHT, RawPack<T, PACK>>(
-                first + threadIdx.x, last, blockDim.x,
+                c.first + threadIdx.x, c.last, blockDim.x,
                 [&](int64_t i, RawPack<T, PACK>& raw) {
                     fetch_window<T, PACK>(x + offset, i * PACK, w.start, w.end, raw, &first_read);
                 },
@@ -444,21 +442,20 @@ __device__ __forceinline__ void split_write_forward(const T* x, T* y, const floa
     const L2Policy second_read = RereadPolicy::of(p).second_read();
     float2* scratch = dynamic_shared<float2>();
     for (int64_t k = blockIdx.x; k < split.items; k += gridDim.x) {
-        const SplitItem it = SplitItem::of(split, split_item_backwards(split, k));
-        const RowFrame f = RowFrame::of(p, shift, index, it.row);
+        const SplitChunk c = SplitChunk::of(p, shift, index, split, split_item_backwards(split, k));
+        const RowFrame& f = c.frame;
         const RowWindow& w = f.window;
         const int64_t offset = f.offset;
         // The row's statistics, merged alike by every item of the row.
         SoftmaxStats st = stats_empty();
-        for (int64_t c = threadIdx.x; c < split.chunks; c += blockDim.x) {
-            const float2 part = partials[it.row * split.chunks + c];
+        for (int64_t i = threadIdx.x; i < split.chunks; i += blockDim.x) {
+            const float2 part = partials[c.row * split.chunks + i];
             st = stats_merge(st, SoftmaxStats{part.x, part.y}, sm);
         }
         const RowSoftmax r = row_softmax(block_stats_merge(st, scratch, sm));
-        const int64_t end = min(it.end, packs_in<PACK>(f.own(p).end));
         with_plain_scale(sm, [&](auto plain) {
             for_packs<LOADS_IN_FLIGHT, RawPack<T, PACK>>(
-                it.begin + threadIdx.x, end, blockDim.x,
+                c.begin + threadIdx.x, c.end, blockDim.x,
                 [&](int64_t i, RawPack<T, PACK>& raw) {
                     fetch_window<T, PACK>(x + offset, i * PACK, w.start, w.end, raw, &second_read);
                 },

@@ -287,14 +287,12 @@ __device__ __forceinline__ void split_stats_backward(const T* y, const T* dy, fl
     const L2Policy first_read = RereadPolicy::of(p).first_read();
     float* scratch = dynamic_shared<float>();
     for (int64_t item = blockIdx.x; item < split.items; item += gridDim.x) {
-        const SplitItem it = SplitItem::of(split, item);
-        const RowFrame f = RowFrame::of(p, shift, index, it.row);
-        const RowWindow& w = f.window;
-        const int64_t offset = f.offset;
-        const int64_t first = max(it.begin, w.start / PACK), last = min(it.end, (w.end + PACK - 1) / PACK);
+        const SplitChunk c = SplitChunk::of(p, shift, index, split, item);
+        const RowWindow& w = c.frame.window;
+        const int64_t offset = c.frame.offset;
         float dot = 0.f;
         for_packs<PAIRS_IN_FLIGHT, PackPair<T, PACK>>(
-            first + threadIdx.x, last, blockDim.x,
+            c.first + threadIdx.x, c.last, blockDim.x,
             [&](int64_t i, PackPair<T, PACK>& raw) {
                 fetch_pair<T, PACK>(y + offset, dy + offset, i * PACK, w, raw, &first_read);
             },
@@ -318,16 +316,15 @@ __device__ __forceinline__ void split_write_backward(const T* y, const T* dy, T*
     const L2Policy second_read = RereadPolicy::of(p).second_read();
     float* scratch = dynamic_shared<float>();
     for (int64_t k = blockIdx.x; k < split.items; k += gridDim.x) {
-        const SplitItem it = SplitItem::of(split, split_item_backwards(split, k));
-        const RowFrame f = RowFrame::of(p, shift, index, it.row);
+        const SplitChunk c = SplitChunk::of(p, shift, index, split, split_item_backwards(split, k));
+        const RowFrame& f = c.frame;
         const RowWindow& w = f.window;
         const int64_t offset = f.offset;
         float row_dot = 0.f;
-        for (int64_t c = threadIdx.x; c < split.chunks; c += blockDim.x) row_dot += partials[it.row * split.chunks + c].x;
+        for (int64_t i = threadIdx.x; i < split.chunks; i += blockDim.x) row_dot += partials[c.row * split.chunks + i].x;
         row_dot = block_sum(row_dot, scratch);
-        const int64_t end = min(it.end, packs_in<PACK>(f.own(p).end));
         for_packs<PAIRS_IN_FLIGHT, PackPair<T, PACK>>(
-            it.begin + threadIdx.x, end, blockDim.x,
+            c.begin + threadIdx.x, c.end, blockDim.x,
             [&](int64_t i, PackPair<T, PACK>& raw) {
                 fetch_pair<T, PACK>(y + offset, dy + offset, i * PACK, w, raw, &second_read);
             },

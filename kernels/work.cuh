@@ -111,26 +111,13 @@ struct RereadPolicy {
 constexpr int64_t SPLIT_CHUNK_PACKS = 2048;
 
 struct SplitItems {
-    int64_t row_packs;  // packs a row spans in its frame
-    int64_t chunks;     // chunks per row
-    int64_t items;      // rows * chunks
+    int64_t chunks;  // per row: of the packs a row spans in its frame
+    int64_t items;   // rows * chunks
 
     template <int PACK>
     __device__ __forceinline__ static SplitItems of(int64_t columns, int64_t rows) {
-        const int64_t row_packs = packs_in<PACK>(columns);
-        const int64_t chunks = (row_packs + SPLIT_CHUNK_PACKS - 1) / SPLIT_CHUNK_PACKS;
-        return SplitItems{row_packs, chunks, rows * chunks};
-    }
-};
-
-// One work item: its row, and the packs [begin, end) of its chunk in the row's frame.
-struct SplitItem {
-    int64_t row, begin, end;
-
-    __device__ __forceinline__ static SplitItem of(const SplitItems& s, int64_t item) {
-        const int64_t row = item / s.chunks;
-        const int64_t begin = (item - row * s.chunks) * SPLIT_CHUNK_PACKS;
-        return SplitItem{row, begin, min(begin + SPLIT_CHUNK_PACKS, s.row_packs)};
+        const int64_t chunks = (packs_in<PACK>(columns) + SPLIT_CHUNK_PACKS - 1) / SPLIT_CHUNK_PACKS;
+        return SplitItems{chunks, rows * chunks};
     }
 };
 
@@ -157,6 +144,28 @@ struct RowFrame {
     // kernel parameter), rather than kept in registers across the row (the cluster kernels,
     // held to 64 registers, spilled).
     __device__ __forceinline__ RowWindow own(const MaskParams& p) const { return RowWindow{lead, lead + p.k_len}; }
+};
+
+// A split work item (SplitItems) as its kernel sees it: its row, seen from the row's frame,
+// and its chunk's packs: [begin, end) to write (within the row's own columns) and
+// [first, last) to read (those that reach into the row's window; empty if none do).
+struct SplitChunk {
+    RowFrame frame;
+    int64_t row;
+    int64_t begin, end;
+    int64_t first, last;
+
+    template <typename T, int PACK>
+    __device__ __forceinline__ static SplitChunk of(const MaskParams& p, const PackShift<T, PACK>& shift,
+                                                    const RowIndex& index, const SplitItems& s, int64_t item) {
+        const int64_t row = item / s.chunks;
+        const int64_t begin = (item - row * s.chunks) * SPLIT_CHUNK_PACKS;
+        const RowFrame f = RowFrame::of(p, shift, index, row);
+        const int64_t end = min(begin + SPLIT_CHUNK_PACKS, packs_in<PACK>(f.own(p).end));
+        const int64_t first = max(begin, f.window.start / PACK);
+        const int64_t last = min(end, (f.window.end + PACK - 1) / PACK);
+        return SplitChunk{f, row, begin, end, first, last};
+    }
 };
 
 // ---------------------------------------------------------------- rows kernels
