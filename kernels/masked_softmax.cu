@@ -346,6 +346,43 @@ __device__ __forceinline__ void block_cached_forward(const T* x, T* y, const Mas
     }
 }
 
+// The two passes of the kernels that read rows twice (block_stream, split), over one
+// thread's packs first, first + step, ... below end of a row seen from frame `f` (x and y
+// at the row's frame), read under `policy`. PLAIN: see ScaleMap::weigh.
+// Pass 1: the statistics of the packs' valid keys.
+template <bool PLAIN, typename T, int PACK>
+__device__ __forceinline__ SoftmaxStats stream_stats(const T* x, const RowWindow& w, int64_t first, int64_t end,
+                                                     uint32_t step, const ScaleMap& sm, const L2Policy* policy) {
+    SoftmaxStats st = stats_empty();
+    for_packs<LOADS_IN_FLIGHT, RawPack<T, PACK>>(
+        first, end, step,
+        [&](int64_t i, RawPack<T, PACK>& raw) { fetch_window<T, PACK>(x, i * PACK, w.start, w.end, raw, policy); },
+        [&](int64_t i, const RawPack<T, PACK>& raw) {
+            float keys[PACK];
+            decode_keys<T, PACK>(raw, i * PACK, w.start, w.end, sm, keys);
+            stats_add<PLAIN>(st, keys, sm);
+        });
+    return st;
+}
+
+// Pass 2: the packs' probabilities (zeros outside the window), written within the row's
+// own columns.
+template <bool PLAIN, typename T, int PACK>
+__device__ __forceinline__ void stream_write(const T* x, T* y, const RowFrame& f, const MaskParams& p,
+                                             const RowSoftmax& r, int64_t first, int64_t end, uint32_t step,
+                                             const ScaleMap& sm, const L2Policy* policy) {
+    const RowWindow& w = f.window;
+    for_packs<LOADS_IN_FLIGHT, RawPack<T, PACK>>(
+        first, end, step,
+        [&](int64_t i, RawPack<T, PACK>& raw) { fetch_window<T, PACK>(x, i * PACK, w.start, w.end, raw, policy); },
+        [&](int64_t i, const RawPack<T, PACK>& raw) {
+            float keys[PACK];
+            decode_keys<T, PACK>(raw, i * PACK, w.start, w.end, sm, keys);
+            store_window<T, PACK>(y, i * PACK, f.own(p), w.start, w.end,
+                                  [&](int j) { return probability<PLAIN>(r, keys[j], sm); });
+        });
+}
+
 // Any row length: online statistics over the valid scores, then a second read to write
 // (the two reads with the L2 priorities of RereadPolicy: work.cuh).
 template <typename T, int PACK>
@@ -365,30 +402,11 @@ __device__ __forceinline__ void block_stream_forward(const T* x, T* y, const Mas
 
         with_plain_scale(sm, [&](auto plain) {
             constexpr bool PLAIN = decltype(plain)::value;
-            SoftmaxStats st = stats_empty();
-            for_packs<LOADS_IN_FLIGHT, RawPack<T, PACK>>(
-                first_pack + threadIdx.x, end_pack, blockDim.x,
-                [&](int64_t i, RawPack<T, PACK>& raw) {
-                    fetch_window<T, PACK>(x + offset, i * PACK, w.start, w.end, raw, &first_read);
-                },
-                [&](int64_t i, const RawPack<T, PACK>& raw) {
-                    float keys[PACK];
-                    decode_keys<T, PACK>(raw, i * PACK, w.start, w.end, sm, keys);
-                    stats_add<PLAIN>(st, keys, sm);
-                });
+            const SoftmaxStats st = stream_stats<PLAIN, T, PACK>(x + offset, w, first_pack + threadIdx.x, end_pack,
+                                                                 blockDim.x, sm, &first_read);
             const RowSoftmax r = row_softmax(block_stats_merge(st, scratch, sm));
-
-            for_packs<LOADS_IN_FLIGHT, RawPack<T, PACK>>(
-                threadIdx.x, packs_in<PACK>(f.own(p).end), blockDim.x,
-                [&](int64_t i, RawPack<T, PACK>& raw) {
-                    fetch_window<T, PACK>(x + offset, i * PACK, w.start, w.end, raw, &second_read);
-                },
-                [&](int64_t i, const RawPack<T, PACK>& raw) {
-                    float keys[PACK];
-                    decode_keys<T, PACK>(raw, i * PACK, w.start, w.end, sm, keys);
-                    store_window<T, PACK>(y + offset, i * PACK, f.own(p), w.start, w.end,
-                                          [&](int j) { return probability<PLAIN>(r, keys[j], sm); });
-                });
+            stream_write<PLAIN, T, PACK>(x + offset, y + offset, f, p, r, threadIdx.x, packs_in<PACK>(f.own(p).end),
+                                         blockDim.x, sm, &second_read);
         });
     }
 }
@@ -417,16 +435,8 @@ __device__ __forceinline__ void split_stats_forward(const T* x, float2* partials
         const int64_t offset = c.frame.offset;
         SoftmaxStats st = stats_empty();
         with_plain_scale(sm, [&](auto plain) {
-            for_packs<LOADS_IN_FLIGHT, RawPack<T, PACK>>(
-                c.first + threadIdx.x, c.last, blockDim.x,
-                [&](int64_t i, RawPack<T, PACK>& raw) {
-                    fetch_window<T, PACK>(x + offset, i * PACK, w.start, w.end, raw, &first_read);
-                },
-                [&](int64_t i, const RawPack<T, PACK>& raw) {
-                    float keys[PACK];
-                    decode_keys<T, PACK>(raw, i * PACK, w.start, w.end, sm, keys);
-                    stats_add<decltype(plain)::value>(st, keys, sm);
-                });
+            st = stream_stats<decltype(plain)::value, T, PACK>(x + offset, w, c.first + threadIdx.x, c.last, blockDim.x,
+                                                               sm, &first_read);
         });
         st = block_stats_merge(st, scratch, sm);
         if (threadIdx.x == 0) partials[item] = make_float2(st.max_key, st.sum);
@@ -444,7 +454,6 @@ __device__ __forceinline__ void split_write_forward(const T* x, T* y, const floa
     for (int64_t k = blockIdx.x; k < split.items; k += gridDim.x) {
         const SplitChunk c = SplitChunk::of(p, shift, index, split, split_item_backwards(split, k));
         const RowFrame& f = c.frame;
-        const RowWindow& w = f.window;
         const int64_t offset = f.offset;
         // The row's statistics, merged alike by every item of the row.
         SoftmaxStats st = stats_empty();
@@ -454,17 +463,8 @@ __device__ __forceinline__ void split_write_forward(const T* x, T* y, const floa
         }
         const RowSoftmax r = row_softmax(block_stats_merge(st, scratch, sm));
         with_plain_scale(sm, [&](auto plain) {
-            for_packs<LOADS_IN_FLIGHT, RawPack<T, PACK>>(
-                c.begin + threadIdx.x, c.end, blockDim.x,
-                [&](int64_t i, RawPack<T, PACK>& raw) {
-                    fetch_window<T, PACK>(x + offset, i * PACK, w.start, w.end, raw, &second_read);
-                },
-                [&](int64_t i, const RawPack<T, PACK>& raw) {
-                    float keys[PACK];
-                    decode_keys<T, PACK>(raw, i * PACK, w.start, w.end, sm, keys);
-                    store_window<T, PACK>(y + offset, i * PACK, f.own(p), w.start, w.end,
-                                          [&](int j) { return probability<decltype(plain)::value>(r, keys[j], sm); });
-                });
+            stream_write<decltype(plain)::value, T, PACK>(x + offset, y + offset, f, p, r, c.begin + threadIdx.x, c.end,
+                                                          blockDim.x, sm, &second_read);
         });
     }
 }

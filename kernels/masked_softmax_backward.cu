@@ -227,6 +227,43 @@ __device__ __forceinline__ void block_cached_backward(const T* y, const T* dy, T
     }
 }
 
+// The two passes of the kernels that read rows twice (block_stream, split), over one
+// thread's packs first, first + step, ... below end of a row seen from frame `f` (y, dy
+// and dx at the row's frame), read under `policy`.
+// Pass 1: the packs' sum of y * dy over valid columns.
+template <typename T, int PACK>
+__device__ __forceinline__ float stream_dot(const T* y, const T* dy, const RowWindow& w, int64_t first, int64_t end,
+                                            uint32_t step, const L2Policy* policy) {
+    float dot = 0.f;
+    for_packs<PAIRS_IN_FLIGHT, PackPair<T, PACK>>(
+        first, end, step,
+        [&](int64_t i, PackPair<T, PACK>& raw) { fetch_pair<T, PACK>(y, dy, i * PACK, w, raw, policy); },
+        [&](int64_t i, const PackPair<T, PACK>& raw) {
+            float ys[PACK], dys[PACK];
+            decode_pair<T, PACK>(raw, i * PACK, w, ys, dys);
+#pragma unroll
+            for (int j = 0; j < PACK; ++j) dot += ys[j] * dys[j];
+        });
+    return dot;
+}
+
+// Pass 2: the packs' dx (zeros outside the window), written within the row's own columns.
+template <typename T, int PACK>
+__device__ __forceinline__ void stream_write_grad(const T* y, const T* dy, T* dx, const RowFrame& f,
+                                                  const MaskParams& p, float dot, int64_t first, int64_t end,
+                                                  uint32_t step, const L2Policy* policy) {
+    const RowWindow& w = f.window;
+    for_packs<PAIRS_IN_FLIGHT, PackPair<T, PACK>>(
+        first, end, step,
+        [&](int64_t i, PackPair<T, PACK>& raw) { fetch_pair<T, PACK>(y, dy, i * PACK, w, raw, policy); },
+        [&](int64_t i, const PackPair<T, PACK>& raw) {
+            float ys[PACK], dys[PACK];
+            decode_pair<T, PACK>(raw, i * PACK, w, ys, dys);
+            store_window<T, PACK>(dx, i * PACK, f.own(p), w.start, w.end,
+                                  [&](int j) { return softmax_grad(ys[j], dys[j], dot, p.scale); });
+        });
+}
+
 // Any row length: the dot product, then a second read of y and dy to write dx (the two
 // reads with the L2 priorities of RereadPolicy: work.cuh). Dynamic shared memory: 32
 // floats of scratch.
@@ -244,31 +281,11 @@ __device__ __forceinline__ void block_stream_backward(const T* y, const T* dy, T
         const L2Policy first_read = reread.first_read();
         const L2Policy second_read = reread.second_read();
 
-        float dot = 0.f;
-        for_packs<PAIRS_IN_FLIGHT, PackPair<T, PACK>>(
-            first_pack + threadIdx.x, end_pack, blockDim.x,
-            [&](int64_t i, PackPair<T, PACK>& raw) {
-                fetch_pair<T, PACK>(y + offset, dy + offset, i * PACK, w, raw, &first_read);
-            },
-            [&](int64_t i, const PackPair<T, PACK>& raw) {
-                float ys[PACK], dys[PACK];
-                decode_pair<T, PACK>(raw, i * PACK, w, ys, dys);
-#pragma unroll
-                for (int j = 0; j < PACK; ++j) dot += ys[j] * dys[j];
-            });
+        float dot = stream_dot<T, PACK>(y + offset, dy + offset, w, first_pack + threadIdx.x, end_pack, blockDim.x,
+                                        &first_read);
         dot = block_sum(dot, scratch);
-
-        for_packs<PAIRS_IN_FLIGHT, PackPair<T, PACK>>(
-            threadIdx.x, packs_in<PACK>(f.own(p).end), blockDim.x,
-            [&](int64_t i, PackPair<T, PACK>& raw) {
-                fetch_pair<T, PACK>(y + offset, dy + offset, i * PACK, w, raw, &second_read);
-            },
-            [&](int64_t i, const PackPair<T, PACK>& raw) {
-                float ys[PACK], dys[PACK];
-                decode_pair<T, PACK>(raw, i * PACK, w, ys, dys);
-                store_window<T, PACK>(dx + offset, i * PACK, f.own(p), w.start, w.end,
-                                      [&](int j) { return softmax_grad(ys[j], dys[j], dot, p.scale); });
-            });
+        stream_write_grad<T, PACK>(y + offset, dy + offset, dx + offset, f, p, dot, threadIdx.x,
+                                   packs_in<PACK>(f.own(p).end), blockDim.x, &second_read);
     }
 }
 
@@ -290,18 +307,8 @@ __device__ __forceinline__ void split_stats_backward(const T* y, const T* dy, fl
         const SplitChunk c = SplitChunk::of(p, shift, index, split, item);
         const RowWindow& w = c.frame.window;
         const int64_t offset = c.frame.offset;
-        float dot = 0.f;
-        for_packs<PAIRS_IN_FLIGHT, PackPair<T, PACK>>(
-            c.first + threadIdx.x, c.last, blockDim.x,
-            [&](int64_t i, PackPair<T, PACK>& raw) {
-                fetch_pair<T, PACK>(y + offset, dy + offset, i * PACK, w, raw, &first_read);
-            },
-            [&](int64_t i, const PackPair<T, PACK>& raw) {
-                float ys[PACK], dys[PACK];
-                decode_pair<T, PACK>(raw, i * PACK, w, ys, dys);
-#pragma unroll
-                for (int j = 0; j < PACK; ++j) dot += ys[j] * dys[j];
-            });
+        float dot = stream_dot<T, PACK>(y + offset, dy + offset, w, c.first + threadIdx.x, c.last, blockDim.x,
+                                        &first_read);
         dot = block_sum(dot, scratch);
         if (threadIdx.x == 0) partials[item] = make_float2(dot, 0.f);
     }
@@ -318,22 +325,12 @@ __device__ __forceinline__ void split_write_backward(const T* y, const T* dy, T*
     for (int64_t k = blockIdx.x; k < split.items; k += gridDim.x) {
         const SplitChunk c = SplitChunk::of(p, shift, index, split, split_item_backwards(split, k));
         const RowFrame& f = c.frame;
-        const RowWindow& w = f.window;
         const int64_t offset = f.offset;
         float row_dot = 0.f;
         for (int64_t i = threadIdx.x; i < split.chunks; i += blockDim.x) row_dot += partials[c.row * split.chunks + i].x;
         row_dot = block_sum(row_dot, scratch);
-        for_packs<PAIRS_IN_FLIGHT, PackPair<T, PACK>>(
-            c.begin + threadIdx.x, c.end, blockDim.x,
-            [&](int64_t i, PackPair<T, PACK>& raw) {
-                fetch_pair<T, PACK>(y + offset, dy + offset, i * PACK, w, raw, &second_read);
-            },
-            [&](int64_t i, const PackPair<T, PACK>& raw) {
-                float ys[PACK], dys[PACK];
-                decode_pair<T, PACK>(raw, i * PACK, w, ys, dys);
-                store_window<T, PACK>(dx + offset, i * PACK, f.own(p), w.start, w.end,
-                                      [&](int j) { return softmax_grad(ys[j], dys[j], row_dot, p.scale); });
-            });
+        stream_write_grad<T, PACK>(y + offset, dy + offset, dx + offset, f, p, row_dot, c.begin + threadIdx.x, c.end,
+                                   blockDim.x, &second_read);
     }
 }
 
