@@ -5,6 +5,10 @@
 //!   `B` the bandwidth of a large device-to-device
 //!   copy (bytes read + written) measured first in the same run; decode-sized cases also
 //!   get one empty-kernel launch added to their floor;
+//! - next to it, the sector floor: the same with the valid inputs counted in the 32-byte
+//!   DRAM sectors they touch (`mask::valid_sectors`), the least any kernel can move; where
+//!   the two differ (short rows share sectors with their neighbours) no kernel reaches the
+//!   contract's floor, and `--model` prints both for every case without a GPU;
 //! - each case times our forward and the unfused path a cudarc user would otherwise write
 //!   (build a mask from the lengths, fill the pads with -inf, plain softmax:
 //!   `kernels/baseline.cu`), with CUDA events, after warm-up, as the median over repeats,
@@ -15,6 +19,7 @@
 //!
 //!     cargo bench --bench throughput -- --out bench-results
 //!     cargo bench --bench throughput -- --types f16 --cases sweep --directions forward --quick
+//!     cargo bench --bench throughput -- --model --out bench-model
 
 use std::collections::BTreeMap;
 use std::error::Error;
@@ -82,6 +87,10 @@ struct Args {
     /// Redraw results.csv and bandwidth.svg in `--out` from this results.json; no GPU needed.
     #[arg(long)]
     replot: Option<PathBuf>,
+    /// No GPU: print and write (`model.csv`) each case's bytes, the contract's and at the
+    /// granularity of 32- and 64-byte sectors, and the floors' ratio.
+    #[arg(long)]
+    model: bool,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -116,6 +125,13 @@ struct Row {
     effective_gbps: f64,
     unfused_us: Option<f64>,
     speedup_over_unfused: Option<f64>,
+    /// Bytes with the valid inputs counted in whole 32-byte sectors (absent in results
+    /// written before it was added).
+    #[serde(default)]
+    sector_bytes: Option<f64>,
+    /// Time over the floor of `sector_bytes`.
+    #[serde(default)]
+    over_sector_floor: Option<f64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -135,6 +151,10 @@ fn main() -> Result<()> {
         let report: Report = serde_json::from_str(&std::fs::read_to_string(json)?)?;
         std::fs::create_dir_all(&args.out)?;
         return write_outputs(&args.out, &report);
+    }
+    if args.model {
+        std::fs::create_dir_all(&args.out)?;
+        return print_model(&args);
     }
     let ctx = match open_device(0) {
         Ok(ctx) => ctx,
@@ -244,18 +264,22 @@ struct Env<'a> {
 }
 
 fn cases(args: &Args) -> Vec<Case> {
-    let mut rng = SmallRng::seed_from_u64(42);
-    let mut lengths = |n: usize, max: usize| -> Vec<i32> {
-        (0..n).map(|_| rng.random_range(1..=max as i32)).collect()
-    };
-    // A case of `spec` with key lengths uniform in [1, k_len] per batch entry.
-    let mut keyed = |group: &'static str, name: String, spec: Spec, latency_bound: bool| Case {
-        group,
-        name,
-        kv: lengths(spec.shape.batch, spec.shape.k_len),
-        q: None,
-        spec,
-        latency_bound,
+    // A case of `spec` with key lengths uniform in [1, k_len] per batch entry, drawn from a
+    // generator seeded by the case's name: the same lengths whatever else a run selects (the
+    // table and the variants of one call, or two calls, see the same rows).
+    let keyed = |group: &'static str, name: String, spec: Spec, latency_bound: bool| {
+        let mut rng = SmallRng::seed_from_u64(fnv1a(&name));
+        let kv = (0..spec.shape.batch)
+            .map(|_| rng.random_range(1..=spec.shape.k_len as i32))
+            .collect();
+        Case {
+            group,
+            name,
+            kv,
+            q: None,
+            spec,
+            latency_bound,
+        }
     };
     // A matrix of `--mib` MiB of f32 scores (16-bit types: the same rows, half the bytes).
     let mib = args.mib;
@@ -370,17 +394,14 @@ fn run_case<T: Element + DeviceRepr>(
     let spec = &case.spec;
     let n = spec.shape.required_len()?;
     let size = std::mem::size_of::<T>();
-    let host_lengths = Lengths {
-        kv: Some(&case.kv),
-        q: case.q.as_deref(),
-    };
-    let valid = mask::valid_elements(spec, &host_lengths)? as f64;
-    let lengths_bytes = 4.0 * (case.kv.len() + case.q.as_ref().map_or(0, Vec::len)) as f64;
     let inputs = match direction {
         Direction::Forward => 1,
         Direction::Backward => 2,
     };
-    let bytes = inputs as f64 * valid * size as f64 + (n * size) as f64 + lengths_bytes;
+    let CaseBytes {
+        bytes,
+        sector_bytes,
+    } = case_bytes(case, direction, size, SECTOR_BYTES)?;
 
     // Per input set: the inputs (x; or y and dy) and the output.
     let sets = input_sets((inputs + 1) * n * size);
@@ -447,10 +468,13 @@ fn run_case<T: Element + DeviceRepr>(
         _ => None,
     };
 
-    let mut floor_us = bytes / (env.copy_gbps * 1e3);
-    if case.latency_bound {
-        floor_us += env.empty_launch_us;
-    }
+    let launch_us = if case.latency_bound {
+        env.empty_launch_us
+    } else {
+        0.0
+    };
+    let floor_us = bytes / (env.copy_gbps * 1e3) + launch_us;
+    let sector_floor_us = sector_bytes / (env.copy_gbps * 1e3) + launch_us;
     let row = |group: &str, kernel: String, time_us: f64, unfused_us: Option<f64>| -> Result<Row> {
         Ok(Row {
             group: group.into(),
@@ -467,6 +491,8 @@ fn run_case<T: Element + DeviceRepr>(
             effective_gbps: bytes / (time_us * 1e3),
             unfused_us,
             speedup_over_unfused: unfused_us.map(|u| u / time_us),
+            sector_bytes: Some(sector_bytes),
+            over_sector_floor: Some(time_us / sector_floor_us),
         })
     };
     let mut rows = vec![row(case.group, kernel, time_us, unfused_us)?];
@@ -535,6 +561,100 @@ fn run_case<T: Element + DeviceRepr>(
         rows.push(row("variant", name, time_us, None)?);
     }
     Ok(rows)
+}
+
+/// DRAM's unit of transfer on the GPUs we target (L2 sectors).
+const SECTOR_BYTES: usize = 32;
+
+/// What a case moves: the contract's count (valid inputs + whole output + lengths) and the
+/// same with the valid inputs counted in whole sectors of `sector` bytes.
+struct CaseBytes {
+    bytes: f64,
+    sector_bytes: f64,
+}
+
+fn case_bytes(case: &Case, direction: Direction, size: usize, sector: usize) -> Result<CaseBytes> {
+    let spec = &case.spec;
+    let lengths = Lengths {
+        kv: Some(&case.kv),
+        q: case.q.as_deref(),
+    };
+    let inputs = match direction {
+        Direction::Forward => 1.0,
+        Direction::Backward => 2.0,
+    };
+    let valid = mask::valid_elements(spec, &lengths)? as f64;
+    let sectors = mask::valid_sectors(spec, &lengths, size, sector)? as f64;
+    let lengths_bytes = 4.0 * (case.kv.len() + case.q.as_ref().map_or(0, Vec::len)) as f64;
+    let rest = (spec.shape.required_len()? * size) as f64 + lengths_bytes;
+    Ok(CaseBytes {
+        bytes: inputs * valid * size as f64 + rest,
+        sector_bytes: inputs * sectors * sector as f64 + rest,
+    })
+}
+
+/// `--model`: every selected case's bytes and sector floors, no GPU.
+fn print_model(args: &Args) -> Result<()> {
+    let mut csv = String::from(
+        "group,case,direction,dtype_bytes,k_len,bytes,sector32_bytes,sector64_bytes,sector32_over_floor,sector64_over_floor\n",
+    );
+    println!(
+        "{:<8} {:<30} {:<4} {:>5} {:>14} {:>14} {:>14} {:>10} {:>10}",
+        "group",
+        "case",
+        "dir",
+        "bytes",
+        "floor bytes",
+        "32B sectors",
+        "64B sectors",
+        "x (32)",
+        "x (64)"
+    );
+    for case in cases(args) {
+        for direction in [Direction::Forward, Direction::Backward] {
+            for size in [4, 2] {
+                let b32 = case_bytes(&case, direction, size, 32)?;
+                let b64 = case_bytes(&case, direction, size, 64)?;
+                let dir = format!("{direction:?}").to_lowercase();
+                let (x32, x64) = (b32.sector_bytes / b32.bytes, b64.sector_bytes / b64.bytes);
+                println!(
+                    "{:<8} {:<30} {:<4} {:>5} {:>14.0} {:>14.0} {:>14.0} {:>10.3} {:>10.3}",
+                    case.group,
+                    case.name,
+                    &dir[..3],
+                    size,
+                    b32.bytes,
+                    b32.sector_bytes,
+                    b64.sector_bytes,
+                    x32,
+                    x64
+                );
+                csv += &format!(
+                    "{},{},{},{},{},{:.0},{:.0},{:.0},{:.4},{:.4}\n",
+                    case.group,
+                    case.name,
+                    dir,
+                    size,
+                    case.spec.shape.k_len,
+                    b32.bytes,
+                    b32.sector_bytes,
+                    b64.sector_bytes,
+                    x32,
+                    x64
+                );
+            }
+        }
+    }
+    std::fs::write(args.out.join("model.csv"), csv)?;
+    println!("wrote {}/model.csv", args.out.display());
+    Ok(())
+}
+
+/// FNV-1a of a case name: a seed that does not depend on the standard library's hasher.
+fn fnv1a(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// CUDA-event timing on one stream.
@@ -685,7 +805,7 @@ impl Baseline {
 fn print_row(row: &Row, header: bool) {
     if header {
         println!(
-            "{:<8} {:<30} {:<4} {:<5} {:<38} {:>11} {:>10} {:>8} {:>9} {:>9}",
+            "{:<8} {:<30} {:<4} {:<5} {:<38} {:>11} {:>10} {:>8} {:>8} {:>9} {:>9}",
             "group",
             "case",
             "dir",
@@ -694,12 +814,13 @@ fn print_row(row: &Row, header: bool) {
             "time us",
             "floor us",
             "x floor",
+            "x sector",
             "GB/s",
             "vs unfused"
         );
     }
     println!(
-        "{:<8} {:<30} {:<4} {:<5} {:<38} {:>11.2} {:>10.2} {:>8.3} {:>9.0} {:>9}",
+        "{:<8} {:<30} {:<4} {:<5} {:<38} {:>11.2} {:>10.2} {:>8.3} {:>8} {:>9.0} {:>9}",
         row.group,
         row.case,
         &row.direction[..3],
@@ -710,6 +831,8 @@ fn print_row(row: &Row, header: bool) {
         row.time_us,
         row.floor_us,
         row.over_floor,
+        row.over_sector_floor
+            .map_or("-".into(), |x| format!("{x:.3}")),
         row.effective_gbps,
         row.speedup_over_unfused
             .map_or("-".into(), |s| format!("{s:.2}x")),
@@ -722,12 +845,12 @@ fn write_outputs(dir: &Path, report: &Report) -> Result<()> {
         serde_json::to_string_pretty(report)?,
     )?;
     let mut csv = String::from(
-        "group,case,direction,dtype,kernel,rows,k_len,bytes,time_us,floor_us,over_floor,effective_gbps,unfused_us,speedup_over_unfused\n",
+        "group,case,direction,dtype,kernel,rows,k_len,bytes,time_us,floor_us,over_floor,effective_gbps,unfused_us,speedup_over_unfused,sector_bytes,over_sector_floor\n",
     );
     for r in &report.rows {
         let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.4}"));
         csv += &format!(
-            "{},{},{},{},{},{},{},{:.0},{:.3},{:.3},{:.4},{:.1},{},{}\n",
+            "{},{},{},{},{},{},{},{:.0},{:.3},{:.3},{:.4},{:.1},{},{},{},{}\n",
             r.group,
             r.case,
             r.direction,
@@ -741,7 +864,9 @@ fn write_outputs(dir: &Path, report: &Report) -> Result<()> {
             r.over_floor,
             r.effective_gbps,
             opt(r.unfused_us),
-            opt(r.speedup_over_unfused)
+            opt(r.speedup_over_unfused),
+            r.sector_bytes.map_or(String::new(), |b| format!("{b:.0}")),
+            opt(r.over_sector_floor)
         );
     }
     std::fs::write(dir.join("results.csv"), csv)?;

@@ -96,6 +96,41 @@ pub fn valid_elements(spec: &Spec, lengths: &Lengths) -> Result<u64> {
         .sum())
 }
 
+/// Distinct `sector`-byte blocks of a buffer of `elem_bytes`-byte elements (starting on a
+/// sector boundary) that hold at least one valid element: DRAM moves whole sectors (32
+/// bytes on the GPUs we target), so `sector * valid_sectors` is the least a kernel can read
+/// from it. Rows shorter than a sector share sectors with their neighbours, and a row's
+/// window rarely starts or ends on a sector boundary; the benchmark reports its time over
+/// this floor next to the contract's (valid elements only).
+pub fn valid_sectors(
+    spec: &Spec,
+    lengths: &Lengths,
+    elem_bytes: usize,
+    sector: usize,
+) -> Result<u64> {
+    spec.validate(elem_bytes)?;
+    lengths.validate(&spec.shape)?;
+    assert!(sector > 0, "a sector has bytes");
+    let mut sectors = 0u64;
+    // Rows come in address order and no window reaches into the next row, so a sector
+    // shared with the previous row's window can only be that window's last.
+    let mut uncounted = 0usize;
+    for row in 0..spec.shape.rows()? {
+        let w = window_of_row(spec, lengths, row);
+        if w.is_empty() {
+            continue;
+        }
+        let base = row * spec.shape.row_stride;
+        let first = ((base + w.start) * elem_bytes / sector).max(uncounted);
+        let end = ((base + w.end) * elem_bytes).div_ceil(sector);
+        if end > first {
+            sectors += (end - first) as u64;
+            uncounted = end;
+        }
+    }
+    Ok(sectors)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,5 +201,108 @@ mod tests {
         // A window larger than the row changes nothing.
         let spec = Spec::new(Shape::new(1, 1, 1, 8)).sliding_window(100);
         assert_eq!(window(&spec, 8, 1, 0), 0..8);
+    }
+
+    #[test]
+    fn valid_sectors_counts_each_touched_sector_once() {
+        // Rows of 7 f32 (28 bytes) with 1..=7 valid keys: windows 0..1, 7..9, 14..17 of
+        // 4-byte elements are bytes 0..4, 28..36, 56..68: sectors 0; 0, 1; 1, 2.
+        let spec = Spec::new(Shape::matrix(3, 7));
+        let kv = [1, 2, 3];
+        assert_eq!(valid_sectors(&spec, &Lengths::keys(&kv), 4, 32).unwrap(), 3);
+        // Full rows touch every sector of the buffer once: 3 * 28 bytes in 3 sectors.
+        let full = [7, 7, 7];
+        assert_eq!(
+            valid_sectors(&spec, &Lengths::keys(&full), 4, 32).unwrap(),
+            3
+        );
+        // Empty rows touch nothing; 16-bit elements halve the bytes.
+        let none = [0, 0, 0];
+        assert_eq!(
+            valid_sectors(&spec, &Lengths::keys(&none), 4, 32).unwrap(),
+            0
+        );
+        assert_eq!(
+            valid_sectors(&spec, &Lengths::keys(&full), 2, 32).unwrap(),
+            2
+        );
+    }
+
+    #[test]
+    fn valid_sectors_follow_the_stride_and_the_window() {
+        // Rows of 16 f32 keys 64 elements apart: each full row is 2 sectors of its own.
+        let spec = Spec::new(Shape::matrix(4, 16).with_row_stride(64));
+        let full = [16; 4];
+        assert_eq!(
+            valid_sectors(&spec, &Lengths::keys(&full), 4, 32).unwrap(),
+            8
+        );
+        // Left padding with 9 valid keys: columns 7..16, bytes 28..64: sectors 0 and 1.
+        let left = spec.padding(Padding::Left);
+        let nine = [9; 4];
+        assert_eq!(
+            valid_sectors(&left, &Lengths::keys(&nine), 4, 32).unwrap(),
+            8
+        );
+        // One valid key a row: one sector each; with 64-byte sectors, still one each.
+        let one = [1; 4];
+        assert_eq!(
+            valid_sectors(&spec, &Lengths::keys(&one), 4, 32).unwrap(),
+            4
+        );
+        assert_eq!(
+            valid_sectors(&spec, &Lengths::keys(&one), 4, 64).unwrap(),
+            4
+        );
+        // A causal square of 4 rows of 8 f32 keys (32 bytes a row): rows 0..4 touch one
+        // sector each.
+        let causal = Spec::new(Shape::new(1, 1, 4, 8)).causal();
+        assert_eq!(
+            valid_sectors(&causal, &Lengths::keys(&[4]), 4, 32).unwrap(),
+            4
+        );
+    }
+
+    #[test]
+    fn valid_sectors_match_a_count_element_by_element() {
+        use std::collections::BTreeSet;
+        let mut seed = 0x2545_f491_u64;
+        let mut next = |n: usize| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as usize % n
+        };
+        for trial in 0..300 {
+            let (batch, q_len, k_len) = (1 + next(4), 1 + next(5), 1 + next(40));
+            let shape =
+                Shape::new(batch, 1 + next(3), q_len, k_len).with_row_stride(k_len + next(9));
+            let mut spec = Spec::new(shape);
+            if trial % 2 == 1 {
+                spec = spec.padding(Padding::Left);
+            }
+            match trial % 5 {
+                1 => spec = spec.causal(),
+                2 => spec = spec.sliding_window(1 + next(6)),
+                _ => {}
+            }
+            let kv: Vec<i32> = (0..batch).map(|_| next(k_len + 1) as i32).collect();
+            let q: Vec<i32> = (0..batch).map(|_| next(q_len + 1) as i32).collect();
+            let lengths = Lengths::keys_and_queries(&kv, &q);
+            for (elem_bytes, sector) in [(4, 32), (2, 32), (4, 64), (2, 8)] {
+                let mut touched = BTreeSet::new();
+                for row in 0..shape.rows().unwrap() {
+                    for j in window_of_row(&spec, &lengths, row).range() {
+                        touched.insert((row * shape.row_stride + j) * elem_bytes / sector);
+                    }
+                }
+                let counted = valid_sectors(&spec, &lengths, elem_bytes, sector).unwrap();
+                assert_eq!(
+                    counted,
+                    touched.len() as u64,
+                    "{spec:?} {kv:?} {q:?} {elem_bytes} {sector}"
+                );
+            }
+        }
     }
 }
