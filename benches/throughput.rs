@@ -87,6 +87,10 @@ struct Args {
     /// Redraw results.csv and bandwidth.svg in `--out` from this results.json; no GPU needed.
     #[arg(long)]
     replot: Option<PathBuf>,
+    /// No GPU: from a `--variants` run's results.json, each case's planned kernel against
+    /// the fastest other kernel that ran it, marking where another won by 3% or more.
+    #[arg(long)]
+    crossovers: Option<PathBuf>,
     /// No GPU: print and write (`model.csv`) each case's bytes, the contract's and at the
     /// granularity of 32- and 64-byte sectors, and the floors' ratio.
     #[arg(long)]
@@ -155,6 +159,11 @@ fn main() -> Result<()> {
     if args.model {
         std::fs::create_dir_all(&args.out)?;
         return print_model(&args);
+    }
+    if let Some(json) = &args.crossovers {
+        let report: Report = serde_json::from_str(&std::fs::read_to_string(json)?)?;
+        print_crossovers(&report);
+        return Ok(());
     }
     let ctx = match open_device(0) {
         Ok(ctx) => ctx,
@@ -648,6 +657,60 @@ fn print_model(args: &Args) -> Result<()> {
     std::fs::write(args.out.join("model.csv"), csv)?;
     println!("wrote {}/model.csv", args.out.display());
     Ok(())
+}
+
+/// A variant that beats the planner's kernel by this factor or more is worth a crossover.
+const CROSSOVER_MARGIN: f64 = 1.03;
+
+/// `--crossovers`: for each (case, direction, type) of a variants run, the planner's kernel
+/// and the fastest variant; `<<` marks a variant faster by `CROSSOVER_MARGIN` or more.
+fn print_crossovers(report: &Report) {
+    println!(
+        "{} ({}), {}",
+        report.gpu, report.compute_capability, report.date_utc
+    );
+    println!(
+        "{:<30} {:<4} {:<5} {:<38} {:>8} {:<46} {:>8} {:>7}",
+        "case", "dir", "type", "planned", "x floor", "fastest other", "x floor", "gain"
+    );
+    let short = |k: &str| {
+        k.trim_start_matches("masked_softmax_fwd_")
+            .trim_start_matches("masked_softmax_bwd_")
+            .to_string()
+    };
+    let (mut cases, mut marked) = (0, 0);
+    for planned in report.rows.iter().filter(|r| r.group != "variant") {
+        let fastest = report
+            .rows
+            .iter()
+            .filter(|r| {
+                r.group == "variant"
+                    && r.case == planned.case
+                    && r.direction == planned.direction
+                    && r.dtype == planned.dtype
+            })
+            .min_by(|a, b| a.time_us.total_cmp(&b.time_us));
+        let Some(fastest) = fastest else { continue };
+        cases += 1;
+        let gain = planned.time_us / fastest.time_us;
+        let mark = if gain >= CROSSOVER_MARGIN { "<<" } else { "" };
+        marked += usize::from(!mark.is_empty());
+        println!(
+            "{:<30} {:<4} {:<5} {:<38} {:>8.3} {:<46} {:>8.3} {:>6.3}x {mark}",
+            planned.case,
+            &planned.direction[..3],
+            planned.dtype,
+            short(&planned.kernel),
+            planned.over_floor,
+            short(&fastest.kernel),
+            fastest.over_floor,
+            gain
+        );
+    }
+    println!(
+        "{marked} of {cases} cases have a variant {:.0}% or more faster than the planner's kernel",
+        (CROSSOVER_MARGIN - 1.0) * 100.0
+    );
 }
 
 /// FNV-1a of a case name: a seed that does not depend on the standard library's hasher.

@@ -11,7 +11,8 @@
 #
 # After run.sh, two optional steps, also into results.tgz, each with a line in summary.txt:
 #   VARIANT_ARGS="--cases sweep --k-lens 4096,65536"  bench-throughput --variants with
-#                                                      these arguments (into variants/)
+#                                                      these arguments (into variants/;
+#                                                      crossovers.txt: --crossovers on it)
 #   PROFILE_SPECS="f16:262144:forward:block_stream_p8 ..."  profile.sh (Nsight Compute) on
 #                                                      these kernels (into profile/)
 # DEADLINE (seconds, as run.sh reads it) bounds them too: a step is skipped with less
@@ -39,6 +40,12 @@ if [[ -n "${VARIANT_ARGS:-}" ]]; then
         rc=$?
         printf '%-40s rc=%d %4ds\n' "variants" "$rc" $((SECONDS - start)) >>"$work/summary.txt"
         [[ $rc -eq 0 ]] || status=1
+        # Where a variant beat the planner's kernel (marked <<), also from a run cut short.
+        if [[ -f "$work/variants/results.json" ]]; then
+            "$bundle/bin/bench-throughput" --crossovers "$work/variants/results.json" \
+                >"$work/variants/crossovers.txt" 2>&1
+            grep -E '<<|cases have' "$work/variants/crossovers.txt" | sed 's/^/    /' >>"$work/summary.txt"
+        fi
     else
         echo "variants                                 SKIPPED (deadline)" >>"$work/summary.txt"
     fi
