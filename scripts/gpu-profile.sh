@@ -27,8 +27,9 @@ for spec in "$@"; do
         >"$log" 2>&1
     rc=$?
     [[ $rc -eq 0 ]] || status=1
-    # The lines that say what bounds a kernel: DRAM and L2 traffic, occupancy, issue.
-    echo "$spec rc=$rc $(grep -E 'DRAM Throughput|L2 Hit Rate|Achieved Occupancy|Registers Per|Issue Slots Busy|Warp Cycles Per Issued|No Eligible' "$log" | tr -s ' ' | tr '\n' ';')"
+    # The lines that say what bounds a kernel: DRAM and L2 traffic, occupancy, issue, and
+    # the instructions executed (over the case's rows: the per-row cost of short rows).
+    echo "$spec rc=$rc $(grep -E 'DRAM Throughput|L2 Hit Rate|Achieved Occupancy|Registers Per|Issue Slots Busy|Warp Cycles Per Issued|No Eligible|Executed Ipc Active|Executed Instructions  ' "$log" | tr -s ' ' | tr '\n' ';')"
 done
 rm -rf "$out/bench-scratch"
 exit $status
