@@ -40,7 +40,8 @@
     ROWS_SPLIT_LADDER_4(ROWS, SUFFIX, T, P)
 
 // Medium rows: a whole warp per row, 2 .. MAX packs per lane (src/plan.rs, max_packs: 32
-// floats of the row per lane forward, 16 of y and 16 of dy backward).
+// floats of the row per lane forward, 16 of y and 16 of dy backward, 32 of each as 16-bit
+// raw pairs).
 #define ROWS_WARP_LADDER_2(ROWS, SUFFIX, T, P) ROWS(SUFFIX, T, 32, P, 2)
 #define ROWS_WARP_LADDER_4(ROWS, SUFFIX, T, P) \
     ROWS_WARP_LADDER_2(ROWS, SUFFIX, T, P)     \

@@ -427,9 +427,10 @@ __device__ __forceinline__ void cluster_backward(const T* y, const T* dy, T* dx,
 #define BWD_SIGNATURE(T) (const T* y, const T* dy, T* dx, MaskParams p)
 
 // 256-thread blocks; 4 per multiprocessor (64 registers) when a lane holds 8 or fewer
-// elements of y and of dy (16 of each as 16-bit raw pairs).
+// elements of y and of dy (32 of each as 16-bit raw pairs: g32_p8x4, 64 registers without
+// spills on sm_90, where ptxas left alone takes 80).
 #define BWD_ROWS_KERNEL(SUFFIX, T, G, P, N)                                                         \
-    extern "C" __global__ void __launch_bounds__(256, (P * N <= (RAW_PAIRS(T, P) ? 16 : 8) ? 4 : 1)) \
+    extern "C" __global__ void __launch_bounds__(256, (P * N <= (RAW_PAIRS(T, P) ? 32 : 8) ? 4 : 1)) \
         masked_softmax_bwd_rows_g##G##_p##P##x##N##_##SUFFIX BWD_SIGNATURE(T) {                     \
         if constexpr (RAW_PAIRS(T, P))                                                             \
             rows_backward_16bit<T, P, N, G>(y, dy, dx, p);                                         \
@@ -496,7 +497,7 @@ __device__ __forceinline__ void cluster_backward(const T* y, const T* dy, T* dx,
 #endif
 
 // Two values per element in registers: half the forward's packs per lane (and per thread
-// in block_regs: VN = 8 / P).
+// in block_regs: VN = 8 / P), but for the 16-bit raw pairs, which take the forward's 4.
 #define BWD_TYPE_KERNELS(SUFFIX, T, VP, VN, WARP_LADDER, SPLIT_LADDER) \
     ROWS_GROUP_LADDER(BWD_ROWS_KERNEL, SUFFIX, T, VP)                  \
     SPLIT_LADDER(BWD_ROWS_KERNEL, SUFFIX, T, VP)                       \
@@ -510,7 +511,7 @@ __device__ __forceinline__ void cluster_backward(const T* y, const T* dy, T* dx,
     BWD_CLUSTER_KERNELS(SUFFIX, T, 1)
 
 BWD_TYPE_KERNELS(f32, float, 4, 2, ROWS_WARP_LADDER_4, ROWS_SPLIT_LADDER_4)
-BWD_TYPE_KERNELS(f16, __half, 8, 1, ROWS_WARP_LADDER_2, ROWS_SPLIT_LADDER_2)
-BWD_TYPE_KERNELS(bf16, __nv_bfloat16, 8, 1, ROWS_WARP_LADDER_2, ROWS_SPLIT_LADDER_2)
+BWD_TYPE_KERNELS(f16, __half, 8, 1, ROWS_WARP_LADDER_4, ROWS_SPLIT_LADDER_2)
+BWD_TYPE_KERNELS(bf16, __nv_bfloat16, 8, 1, ROWS_WARP_LADDER_4, ROWS_SPLIT_LADDER_2)
 BWD_BLOCK_REGS_16BIT_KERNEL(f16, __half, 8, 4)
 BWD_BLOCK_REGS_16BIT_KERNEL(bf16, __nv_bfloat16, 8, 4)

@@ -162,12 +162,24 @@ impl Direction {
 
 /// Most packs per lane of a warp-per-row kernel: 32 floats of the row per lane in the
 /// forward (8 f32 or 4 16-bit vector packs, or 32 single elements), 16 of `y` and 16 of `dy`
-/// in the backward. More costs registers the multiprocessor needs for occupancy.
-fn max_packs(pack: u32, direction: Direction) -> u32 {
+/// in the backward, where 16-bit vector packs, kept as raw pairs (two values to a
+/// register), take 32 columns of each in the same registers: 4 packs, rows of up to 1024
+/// keys on a warp (64 registers, no spills), which went to a 64-thread block_regs before
+/// (H100 v7: 1.60x the floor at k=1000, where the warp's 2 packs a lane took 1.33x at 512
+/// and the forward's 4 took 1.32x at 1000). More costs registers the multiprocessor needs
+/// for occupancy.
+fn max_packs(dtype: DType, pack: u32, direction: Direction) -> u32 {
     match direction {
         Direction::Forward => 32 / pack,
+        Direction::Backward if raw_pairs(dtype, pack) => 32 / pack,
         Direction::Backward => 16 / pack,
     }
+}
+
+/// The 16-bit kernels of 16-byte packs keep their columns as fetched, two to a register
+/// (kernels/work.cuh, RAW_PAIRS).
+fn raw_pairs(dtype: DType, pack: u32) -> bool {
+    dtype.size_in_bytes() == 2 && pack > 1
 }
 
 /// Packs per lane a rows kernel of 16-byte packs fills before it spreads a row over more
@@ -206,7 +218,7 @@ fn rows_shape(dtype: DType, pack: u32, direction: Direction, k_len: u64) -> (u32
     if direction == Direction::Backward {
         return one_per_lane();
     }
-    let per_lane = ROWS_PACKS_PER_LANE.min(max_packs(pack, direction));
+    let per_lane = ROWS_PACKS_PER_LANE.min(max_packs(dtype, pack, direction));
     let group = (row_packs / per_lane)
         .max(row_packs.min(ROWS_MIN_VECTOR_GROUP))
         .min(WARP_SIZE);
@@ -218,9 +230,9 @@ fn rows_shape(dtype: DType, pack: u32, direction: Direction, k_len: u64) -> (u32
 /// with 2, 4 or 8 each (`ROWS_LANE_LADDER`); 16-byte packs 8 or 16 lanes per row with
 /// several packs each (`ROWS_SPLIT_LADDER_{2,4}`).
 fn short_rows(pack: u32, direction: Direction) -> &'static [(u32, u32)] {
-    match (pack, max_packs(pack, direction)) {
+    match (pack, direction) {
         (1, _) => &[(1, 2), (1, 4), (1, 8)],
-        (_, n) if n >= 4 => &[(8, 2), (8, 4), (16, 4)],
+        (_, Direction::Forward) | (4, Direction::Backward) => &[(8, 2), (8, 4), (16, 4)],
         _ => &[(8, 2), (16, 2)],
     }
 }
@@ -243,8 +255,7 @@ fn block_regs_packs(pack: u32, direction: Direction) -> u32 {
 /// 16-bit pairs, converted twice): 32 columns per thread (of `y` and of `dy` backward), so
 /// rows up to 16384 keys in registers. `None` for f32 and single elements.
 fn block_regs_16bit_packs(dtype: DType, pack: u32) -> Option<u32> {
-    let sixteen_bit_vector = dtype.size_in_bytes() == 2 && pack == vector_pack(dtype);
-    sixteen_bit_vector.then_some(32 / pack)
+    raw_pairs(dtype, pack).then_some(32 / pack)
 }
 
 /// Threads of the largest block of a register kernel (block_regs): 512, so that each
@@ -292,7 +303,7 @@ impl KernelKind {
                 pack,
                 packs: 1,
             });
-            let warps = (1..=max_packs(pack, direction).ilog2()).map(|e| KernelKind::Rows {
+            let warps = (1..=max_packs(dtype, pack, direction).ilog2()).map(|e| KernelKind::Rows {
                 group: 32,
                 pack,
                 packs: 1 << e,
@@ -718,7 +729,7 @@ impl Problem {
         let (pack, direction) = (self.pack, self.direction);
         let p = pack as u64;
         let columns = self.columns(pack);
-        if columns <= 32 * p * max_packs(pack, direction) as u64 {
+        if columns <= 32 * p * max_packs(self.dtype, pack, direction) as u64 {
             let (group, packs) = rows_shape(self.dtype, pack, direction, columns);
             return KernelKind::Rows { group, pack, packs };
         }
@@ -1470,6 +1481,28 @@ mod tests {
         let spec = Spec::new(Shape::matrix(3, 40_000));
         let p = plan_backward(&spec, DType::F32, H100, ALIGNED).unwrap();
         assert_eq!(p.kernel, KernelKind::BlockStream { pack: 4 });
+        // But 16-bit raw pairs hold as many columns a lane as the forward: a warp per row
+        // up to 1024 keys (f32: 512).
+        for (dtype, k_len, rows) in [
+            (DType::F16, 1000, true),
+            (DType::BF16, 1024, true),
+            (DType::F16, 1025, false),
+            (DType::F32, 512, true),
+            (DType::F32, 513, false),
+        ] {
+            let spec = Spec::new(Shape::matrix(3000, k_len));
+            let p = plan_backward(&spec, dtype, H100, ALIGNED).unwrap();
+            let expected = rows.then_some(KernelKind::Rows {
+                group: 32,
+                pack: vector_pack(dtype),
+                packs: 4,
+            });
+            assert_eq!(
+                matches!(p.kernel, KernelKind::Rows { .. }).then_some(p.kernel),
+                expected,
+                "{dtype:?} k={k_len}"
+            );
+        }
     }
 
     #[test]
@@ -1517,9 +1550,10 @@ mod tests {
             KernelKind::all(DType::F32, true, Direction::Backward).len(),
             36
         );
+        // 16-bit: one pack a lane fewer in the split shapes, up to 4 on a warp (raw pairs).
         assert_eq!(
             KernelKind::all(DType::BF16, true, Direction::Backward).len(),
-            35
+            36
         );
         // Two launches: the statistics pass, then the writing one under the kind's name.
         let split = KernelKind::Split { pack: 8 };
