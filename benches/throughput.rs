@@ -23,6 +23,7 @@
 
 use std::collections::BTreeMap;
 use std::error::Error;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -573,7 +574,9 @@ fn run_case<T: Element + DeviceRepr>(
 }
 
 /// DRAM's unit of transfer on the GPUs we target (L2 sectors).
-const SECTOR_BYTES: usize = 32;
+const SECTOR_BYTES: NonZeroUsize = NonZeroUsize::new(32).unwrap();
+/// The L2's fetch granularity at its largest default (two sectors).
+const FETCH_BYTES: NonZeroUsize = NonZeroUsize::new(64).unwrap();
 
 /// What a case moves: the contract's count (valid inputs + whole output + lengths) and the
 /// same with the valid inputs counted in whole sectors of `sector` bytes.
@@ -582,7 +585,12 @@ struct CaseBytes {
     sector_bytes: f64,
 }
 
-fn case_bytes(case: &Case, direction: Direction, size: usize, sector: usize) -> Result<CaseBytes> {
+fn case_bytes(
+    case: &Case,
+    direction: Direction,
+    size: usize,
+    sector: NonZeroUsize,
+) -> Result<CaseBytes> {
     let spec = &case.spec;
     let lengths = Lengths {
         kv: Some(&case.kv),
@@ -598,7 +606,7 @@ fn case_bytes(case: &Case, direction: Direction, size: usize, sector: usize) -> 
     let rest = (spec.shape.required_len()? * size) as f64 + lengths_bytes;
     Ok(CaseBytes {
         bytes: inputs * valid * size as f64 + rest,
-        sector_bytes: inputs * sectors * sector as f64 + rest,
+        sector_bytes: inputs * sectors * sector.get() as f64 + rest,
     })
 }
 
@@ -622,8 +630,8 @@ fn print_model(args: &Args) -> Result<()> {
     for case in cases(args) {
         for direction in [Direction::Forward, Direction::Backward] {
             for size in [4, 2] {
-                let b32 = case_bytes(&case, direction, size, 32)?;
-                let b64 = case_bytes(&case, direction, size, 64)?;
+                let b32 = case_bytes(&case, direction, size, SECTOR_BYTES)?;
+                let b64 = case_bytes(&case, direction, size, FETCH_BYTES)?;
                 let dir = format!("{direction:?}").to_lowercase();
                 let (x32, x64) = (b32.sector_bytes / b32.bytes, b64.sector_bytes / b64.bytes);
                 println!(

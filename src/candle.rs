@@ -64,10 +64,10 @@ impl MaskOptions {
         MaskOptions { padding, ..self }
     }
 
-    /// Causal, bottom-right aligned.
+    /// Causal, bottom-right aligned (a sliding window set before stays).
     pub fn causal(self) -> Self {
         MaskOptions {
-            causal: Some(Causal { window: None }),
+            causal: Some(self.causal.unwrap_or(Causal { window: None })),
             ..self
         }
     }
@@ -103,7 +103,8 @@ pub fn masked_softmax(
 
 /// The gradient of [`masked_softmax`] with respect to the scores, from its output `probs`
 /// and the incoming gradient `grad`: `scale * probs * (grad - sum_valid(probs * grad))`,
-/// exact zeros on masked positions.
+/// exact zeros on masked positions. Not itself differentiable: its result carries no
+/// gradient of its own (no second-order gradients through it).
 pub fn masked_softmax_backward(
     probs: &Tensor,
     grad: &Tensor,
@@ -200,7 +201,22 @@ fn prepare(
         }
         let l = l.to_device(device)?;
         if on_cpu {
-            return l.to_dtype(CandleDType::I32);
+            // Through i64, which holds every integer dtype's values exactly (candle's own
+            // cast to i32 wraps): a value past i32 is an error here, as the reference's
+            // range check makes any other out-of-range host length.
+            let values = l.to_dtype(CandleDType::I64)?.to_vec1::<i64>()?;
+            let narrowed = values
+                .iter()
+                .enumerate()
+                .map(|(b, &v)| {
+                    i32::try_from(v).map_err(|_| {
+                        candle_core::Error::Msg(format!(
+                            "masked softmax: {what} length {v} of batch entry {b} is outside [0, {max}]"
+                        ))
+                    })
+                })
+                .collect::<candle_core::Result<Vec<i32>>>()?;
+            return Tensor::from_vec(narrowed, batch, device);
         }
         // Clamped into [0, max] in a type candle's CUDA kernels support, then u32; never
         // past i32::MAX, so that the kernels' i32 reading of the words is the same number
@@ -674,5 +690,32 @@ mod tests {
         assert!(masked_softmax(&rank3, None, None, MaskOptions::default()).is_err());
         let nan_scale = MaskOptions::default().scale(f32::NAN);
         assert!(masked_softmax(&x, None, None, nan_scale).is_err());
+        // Lengths past i32 are errors that quote them, not wrapped into range (2^32 + 2
+        // once read as 2).
+        let huge = Tensor::new(&[(1i64 << 32) + 2, 1], &Device::Cpu).unwrap();
+        let err = masked_softmax(&x, Some(&huge), None, MaskOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("4294967298"), "{err}");
+        let huge_u32 = Tensor::new(&[3_000_000_000u32, 1], &Device::Cpu).unwrap();
+        let err = masked_softmax(&x, Some(&huge_u32), None, MaskOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("3000000000"), "{err}");
+        let negative = Tensor::new(&[-1i64, 1], &Device::Cpu).unwrap();
+        assert!(masked_softmax(&x, Some(&negative), None, MaskOptions::default()).is_err());
+    }
+
+    #[test]
+    fn causal_keeps_a_sliding_window_set_before_it() {
+        let window = Some(Causal { window: Some(2) });
+        assert_eq!(
+            MaskOptions::default().sliding_window(2).causal().causal,
+            window
+        );
+        assert_eq!(
+            MaskOptions::default().causal().sliding_window(2).causal,
+            window
+        );
+        assert_eq!(
+            MaskOptions::default().causal().causal,
+            Some(Causal { window: None })
+        );
     }
 }

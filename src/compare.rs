@@ -185,6 +185,7 @@ pub fn forward_with<T: Element>(
     y: &[T],
     tolerance: Tolerance,
 ) -> Result<Report> {
+    spec.validate(T::DTYPE.size_in_bytes())?;
     check_buffer("y", y.len(), &spec.shape)?;
     let mut expected = vec![0f64; spec.shape.required_len()?];
     reference::forward_into(spec, lengths, x, &mut expected)?;
@@ -211,6 +212,7 @@ pub fn backward_with<T: Element>(
     dx: &[T],
     tolerance: Tolerance,
 ) -> Result<Report> {
+    spec.validate(T::DTYPE.size_in_bytes())?;
     check_buffer("dx", dx.len(), &spec.shape)?;
     let mut expected = vec![0f64; spec.shape.required_len()?];
     reference::backward_into(spec, lengths, y, dy, &mut expected)?;

@@ -55,8 +55,10 @@ impl Shape {
             })
     }
 
-    /// Elements a buffer must hold: `(rows - 1) * row_stride + k_len`.
+    /// Elements a buffer must hold: `(rows - 1) * row_stride + k_len` (an error for a
+    /// zero dimension).
     pub fn required_len(&self) -> Result<usize> {
+        self.check_dimensions()?;
         let overflow = Error::SizeOverflow {
             what: "(rows - 1) * row_stride + k_len",
         };
@@ -69,16 +71,7 @@ impl Shape {
 
     /// Checks dimensions, stride and addressability for elements of `elem_bytes` bytes.
     pub fn validate(&self, elem_bytes: usize) -> Result<()> {
-        for (name, value) in [
-            ("batch", self.batch),
-            ("heads", self.heads),
-            ("q_len", self.q_len),
-            ("k_len", self.k_len),
-        ] {
-            if value == 0 {
-                return Err(Error::ZeroDimension { name });
-            }
-        }
+        self.check_dimensions()?;
         if self.row_stride < self.k_len {
             return Err(Error::RowStrideTooSmall {
                 row_stride: self.row_stride,
@@ -92,6 +85,20 @@ impl Shape {
                 what: "buffer size in bytes",
             }),
         }
+    }
+
+    fn check_dimensions(&self) -> Result<()> {
+        for (name, value) in [
+            ("batch", self.batch),
+            ("heads", self.heads),
+            ("q_len", self.q_len),
+            ("k_len", self.k_len),
+        ] {
+            if value == 0 {
+                return Err(Error::ZeroDimension { name });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -137,7 +144,8 @@ pub struct Spec {
     /// Causal masking, if any.
     pub causal: Option<Causal>,
     /// Multiplier applied to every valid score before the softmax: any finite value
-    /// (negative flips the order, 0 gives the uniform distribution over the valid keys).
+    /// (negative flips the order, 0 gives the uniform distribution over the valid keys, but
+    /// NaN in a row where a valid score is infinite, as `0 * inf` is).
     pub scale: f32,
 }
 
@@ -284,6 +292,17 @@ mod tests {
                 Err(Error::ZeroDimension { name: n }) => assert_eq!(n, name),
                 other => panic!("{shape:?}: expected ZeroDimension, got {other:?}"),
             }
+            // The buffer length asked on its own says the same, not "too large".
+            match shape.required_len() {
+                Err(Error::ZeroDimension { name: n }) => assert_eq!(n, name),
+                other => panic!("{shape:?}: expected ZeroDimension, got {other:?}"),
+            }
+            let spec = Spec::new(shape);
+            let report = crate::compare::forward::<f32>(&spec, Lengths::none(), &[0.0], &[0.0]);
+            assert!(
+                matches!(report, Err(Error::ZeroDimension { .. })),
+                "{report:?}"
+            );
         }
     }
 

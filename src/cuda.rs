@@ -85,7 +85,9 @@ pub fn module_ptx(name: &str) -> Option<&'static str> {
 /// `major.minor`: the highest target it can run. Hopper's (9.0) also holds the
 /// thread-block-cluster kernels.
 pub fn module_ptx_for(name: &str, major: i32, minor: i32) -> Option<(u32, &'static str)> {
-    let device = (major.max(0) * 10 + minor.max(0)) as u32;
+    let device = (major.max(0) as u32)
+        .saturating_mul(10)
+        .saturating_add(minor.max(0) as u32);
     ptx::MODULES
         .iter()
         .filter(|(stem, cap, _)| *stem == name && *cap <= device)
@@ -116,9 +118,12 @@ pub fn open_device(ordinal: usize) -> Result<Arc<CudaContext>> {
     }
     match CudaContext::device_count() {
         Ok(n) if (n as usize) > ordinal => Ok(CudaContext::new(ordinal)?),
-        Ok(_) => Err(Error::NoDevice),
+        Ok(n) => Err(Error::NoDevice {
+            ordinal,
+            count: n.max(0) as usize,
+        }),
         Err(e) if e.0 == cudarc::driver::sys::cudaError_enum::CUDA_ERROR_NO_DEVICE => {
-            Err(Error::NoDevice)
+            Err(Error::NoDevice { ordinal, count: 0 })
         }
         Err(e) => Err(e.into()),
     }
@@ -133,6 +138,17 @@ pub struct DeviceLengths<'a> {
     pub kv: Option<&'a dyn DevicePtr<i32>>,
     /// Valid queries per batch entry.
     pub q: Option<&'a dyn DevicePtr<i32>>,
+}
+
+impl std::fmt::Debug for DeviceLengths<'_> {
+    /// Which lengths are there and how many entries each holds.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let entries = |l: Option<&dyn DevicePtr<i32>>| l.map(|l| l.len());
+        f.debug_struct("DeviceLengths")
+            .field("kv_entries", &entries(self.kv))
+            .field("q_entries", &entries(self.q))
+            .finish()
+    }
 }
 
 impl<'a> DeviceLengths<'a> {
@@ -160,7 +176,7 @@ impl<'a> DeviceLengths<'a> {
 
 /// Where a call's lengths are: [`Lengths`] on the host or [`DeviceLengths`] on the device.
 /// Entry points take `impl Into<LengthsArg>`, so either can be passed directly.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 pub enum LengthsArg<'a> {
     /// Host lengths: validated (out of range is an error), then copied to the device.
     Host(Lengths<'a>),
@@ -330,7 +346,10 @@ impl CudaSoftmax {
     /// an error before anything is launched, and nothing waits for the GPU. With device
     /// lengths nothing is allocated, so the call can be captured in a CUDA graph; host
     /// lengths are copied into a buffer the handle keeps (allocated on first use, grown
-    /// when a larger batch comes). Any row stride and buffer offset work; the kernels move
+    /// when a larger batch comes). That buffer is one per handle: calls with host lengths
+    /// on different streams through one handle wait for each other's copy (an event, no
+    /// host synchronisation); give each stream its own handle with [`share`](Self::share),
+    /// or pass [`DeviceLengths`]. Any row stride and buffer offset work; the kernels move
     /// 16 bytes at a time when `x` and `y` sit alike against 16-byte boundaries (rows off
     /// one, as odd strides make them, are seen shifted), else single elements.
     pub fn forward<'a, T: Element>(
@@ -348,7 +367,9 @@ impl CudaSoftmax {
     /// [`forward`](Self::forward) on the kernel `kind` rather than the planner's choice, for
     /// benchmarks and tests that compare kernels on one problem (the kinds are listed by
     /// [`KernelKind::all`]). `Ok(false)`, with nothing launched, if that kernel cannot run
-    /// the problem (see [`plan_kernel`](crate::plan::plan_kernel)).
+    /// the problem (see [`plan_kernel`](crate::plan::plan_kernel)), and for
+    /// [`KernelKind::Split`] while `stream` is capturing a CUDA graph (its scratch buffer
+    /// may have to be allocated or grown, which a capture cannot hold).
     pub fn forward_with_kernel<'a, T: Element>(
         &self,
         kind: KernelKind,
@@ -875,11 +896,29 @@ mod tests {
     }
 
     #[test]
+    fn lengths_arguments_print_what_they_hold() {
+        let arg: LengthsArg = DeviceLengths::none().into();
+        assert_eq!(
+            format!("{arg:?}"),
+            "Device(DeviceLengths { kv_entries: None, q_entries: None })"
+        );
+        let kv = [3, 1];
+        let arg: LengthsArg = Lengths::keys(&kv).into();
+        assert!(
+            format!("{arg:?}").starts_with("Host(Lengths { kv: Some([3, 1])"),
+            "{arg:?}"
+        );
+    }
+
+    #[test]
     fn a_machine_without_a_driver_gets_a_typed_error() {
         // SAFETY: only tries to dlopen libcuda.
         if unsafe { cudarc::driver::sys::is_culib_present() } {
             // A GPU machine: a device number past the last is NoDevice, not a panic.
-            assert!(matches!(open_device(4096), Err(Error::NoDevice)));
+            assert!(matches!(
+                open_device(4096),
+                Err(Error::NoDevice { ordinal: 4096, .. })
+            ));
         } else {
             let err = open_device(0).unwrap_err();
             assert!(matches!(err, Error::NoDriver), "{err:?}");

@@ -1,8 +1,6 @@
 //! The crate's error type: every misuse and every environment fault is one of these,
 //! returned before anything is launched. Nothing in this crate panics on user input.
 
-use crate::DType;
-
 /// Which of the two length vectors a message is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LengthKind {
@@ -94,7 +92,10 @@ pub enum Error {
     },
 
     /// Two buffers that must not overlap do.
-    #[error("buffers `{a}` and `{b}` overlap; use the in-place entry point instead")]
+    #[error(
+        "buffers `{a}` and `{b}` overlap; they must be disjoint (to write the output over an \
+         input, pass one buffer to forward_in_place (y over x) or backward_in_place (dx over dy))"
+    )]
     Aliasing {
         /// First buffer.
         a: &'static str,
@@ -142,9 +143,17 @@ pub enum Error {
     )]
     NoDriver,
 
-    /// The driver reports no CUDA device.
-    #[error("no CUDA device is visible (driver present, 0 devices; check CUDA_VISIBLE_DEVICES)")]
-    NoDevice,
+    /// The device asked for does not exist: the driver sees `count` devices (0: none is
+    /// visible).
+    #[error(
+        "CUDA device {ordinal} does not exist: the driver sees {count} device(s) (check CUDA_VISIBLE_DEVICES)"
+    )]
+    NoDevice {
+        /// The device number asked for.
+        ordinal: usize,
+        /// Devices the driver reports.
+        count: usize,
+    },
 
     /// The device is older than the kernels support.
     #[error(
@@ -156,10 +165,6 @@ pub enum Error {
         /// Minor version.
         minor: i32,
     },
-
-    /// The storage type is not supported by this entry point.
-    #[error("storage type {0:?} is not supported here")]
-    UnsupportedType(DType),
 
     /// An error reported by the CUDA driver.
     #[error("CUDA driver error: {0}")]

@@ -5,6 +5,7 @@
 //! the sliding window cut that run at both ends. So a row's whole mask is the half-open
 //! column range [`RowWindow::start`, `RowWindow::end`), empty for a padded query row.
 
+use std::num::NonZeroUsize;
 use std::ops::Range;
 
 use crate::contract::{Lengths, Padding, Shape, Spec};
@@ -37,11 +38,15 @@ impl RowWindow {
 }
 
 /// The valid keys of query row `i` (`0 <= i < q_len`) of a batch entry with `kv_len` valid
-/// keys and `q_valid` valid queries (both already within `[0, k_len]` and `[0, q_len]`).
+/// keys and `q_valid` valid queries. Lengths past `k_len` / `q_len` count as those (as
+/// device lengths are clamped), and a row `i` past the last is empty.
 pub fn row_window(spec: &Spec, kv_len: usize, q_valid: usize, i: usize) -> RowWindow {
     const EMPTY: RowWindow = RowWindow { start: 0, end: 0 };
     let (k_len, q_len) = (spec.shape.k_len, spec.shape.q_len);
-    debug_assert!(kv_len <= k_len && q_valid <= q_len && i < q_len);
+    let (kv_len, q_valid) = (kv_len.min(k_len), q_valid.min(q_len));
+    if i >= q_len {
+        return EMPTY;
+    }
 
     // Position of the query among the valid queries, and of the first valid key.
     let (q_pos, key_start) = match spec.padding {
@@ -69,14 +74,15 @@ pub fn row_window(spec: &Spec, kv_len: usize, q_valid: usize, i: usize) -> RowWi
 }
 
 /// Valid keys and valid queries of batch entry `b` (host lengths, already validated).
-pub fn batch_lengths(shape: &Shape, lengths: &Lengths, b: usize) -> (usize, usize) {
+pub(crate) fn batch_lengths(shape: &Shape, lengths: &Lengths, b: usize) -> (usize, usize) {
     let kv = lengths.kv.map_or(shape.k_len, |l| l[b] as usize);
     let q = lengths.q.map_or(shape.q_len, |l| l[b] as usize);
     (kv, q)
 }
 
-/// The valid window of row `row` (rows counted over `[batch, heads, q_len]`).
-pub fn window_of_row(spec: &Spec, lengths: &Lengths, row: usize) -> RowWindow {
+/// The valid window of row `row` (rows counted over `[batch, heads, q_len]`) for a
+/// validated spec and lengths.
+pub(crate) fn window_of_row(spec: &Spec, lengths: &Lengths, row: usize) -> RowWindow {
     let shape = &spec.shape;
     let b = row / (shape.heads * shape.q_len);
     let i = row % shape.q_len;
@@ -106,11 +112,11 @@ pub fn valid_sectors(
     spec: &Spec,
     lengths: &Lengths,
     elem_bytes: usize,
-    sector: usize,
+    sector: NonZeroUsize,
 ) -> Result<u64> {
     spec.validate(elem_bytes)?;
     lengths.validate(&spec.shape)?;
-    assert!(sector > 0, "a sector has bytes");
+    let sector = sector.get();
     let mut sectors = 0u64;
     // Rows come in address order and no window reaches into the next row, so a sector
     // shared with the previous row's window can only be that window's last.
@@ -135,6 +141,10 @@ pub fn valid_sectors(
 mod tests {
     use super::*;
     use crate::contract::Shape;
+
+    fn nz(n: usize) -> NonZeroUsize {
+        NonZeroUsize::new(n).unwrap()
+    }
 
     fn window(spec: &Spec, kv: usize, q: usize, i: usize) -> Range<usize> {
         row_window(spec, kv, q, i).range()
@@ -209,21 +219,24 @@ mod tests {
         // 4-byte elements are bytes 0..4, 28..36, 56..68: sectors 0; 0, 1; 1, 2.
         let spec = Spec::new(Shape::matrix(3, 7));
         let kv = [1, 2, 3];
-        assert_eq!(valid_sectors(&spec, &Lengths::keys(&kv), 4, 32).unwrap(), 3);
+        assert_eq!(
+            valid_sectors(&spec, &Lengths::keys(&kv), 4, nz(32)).unwrap(),
+            3
+        );
         // Full rows touch every sector of the buffer once: 3 * 28 bytes in 3 sectors.
         let full = [7, 7, 7];
         assert_eq!(
-            valid_sectors(&spec, &Lengths::keys(&full), 4, 32).unwrap(),
+            valid_sectors(&spec, &Lengths::keys(&full), 4, nz(32)).unwrap(),
             3
         );
         // Empty rows touch nothing; 16-bit elements halve the bytes.
         let none = [0, 0, 0];
         assert_eq!(
-            valid_sectors(&spec, &Lengths::keys(&none), 4, 32).unwrap(),
+            valid_sectors(&spec, &Lengths::keys(&none), 4, nz(32)).unwrap(),
             0
         );
         assert_eq!(
-            valid_sectors(&spec, &Lengths::keys(&full), 2, 32).unwrap(),
+            valid_sectors(&spec, &Lengths::keys(&full), 2, nz(32)).unwrap(),
             2
         );
     }
@@ -234,31 +247,31 @@ mod tests {
         let spec = Spec::new(Shape::matrix(4, 16).with_row_stride(64));
         let full = [16; 4];
         assert_eq!(
-            valid_sectors(&spec, &Lengths::keys(&full), 4, 32).unwrap(),
+            valid_sectors(&spec, &Lengths::keys(&full), 4, nz(32)).unwrap(),
             8
         );
         // Left padding with 9 valid keys: columns 7..16, bytes 28..64: sectors 0 and 1.
         let left = spec.padding(Padding::Left);
         let nine = [9; 4];
         assert_eq!(
-            valid_sectors(&left, &Lengths::keys(&nine), 4, 32).unwrap(),
+            valid_sectors(&left, &Lengths::keys(&nine), 4, nz(32)).unwrap(),
             8
         );
         // One valid key a row: one sector each; with 64-byte sectors, still one each.
         let one = [1; 4];
         assert_eq!(
-            valid_sectors(&spec, &Lengths::keys(&one), 4, 32).unwrap(),
+            valid_sectors(&spec, &Lengths::keys(&one), 4, nz(32)).unwrap(),
             4
         );
         assert_eq!(
-            valid_sectors(&spec, &Lengths::keys(&one), 4, 64).unwrap(),
+            valid_sectors(&spec, &Lengths::keys(&one), 4, nz(64)).unwrap(),
             4
         );
         // A causal square of 4 rows of 8 f32 keys (32 bytes a row): rows 0..4 touch one
         // sector each.
         let causal = Spec::new(Shape::new(1, 1, 4, 8)).causal();
         assert_eq!(
-            valid_sectors(&causal, &Lengths::keys(&[4]), 4, 32).unwrap(),
+            valid_sectors(&causal, &Lengths::keys(&[4]), 4, nz(32)).unwrap(),
             4
         );
     }
@@ -296,7 +309,7 @@ mod tests {
                         touched.insert((row * shape.row_stride + j) * elem_bytes / sector);
                     }
                 }
-                let counted = valid_sectors(&spec, &lengths, elem_bytes, sector).unwrap();
+                let counted = valid_sectors(&spec, &lengths, elem_bytes, nz(sector)).unwrap();
                 assert_eq!(
                     counted,
                     touched.len() as u64,

@@ -58,8 +58,9 @@ pub struct DeviceLimits {
     pub clusters: bool,
 }
 
-/// The forward kernels. Each is instantiated for f32, f16 and bf16; see
-/// `kernels/masked_softmax.cu` for what they do.
+/// The kernels, forward and backward alike. Each is instantiated for f32, f16 and bf16 (see
+/// [`KernelKind::all`] for which exist in each direction); `kernels/masked_softmax.cu`
+/// and `kernels/masked_softmax_backward.cu` say what they do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum KernelKind {
     /// `group` lanes per row (a power of two up to 32), `packs` packs of `pack` elements
@@ -516,7 +517,9 @@ impl KernelParams {
 }
 
 /// A launch: kernel, grid, block, shared memory and parameters. The kernel's arguments
-/// are `(x, y, params)`.
+/// are `(x, y, params)` forward and `(y, dy, dx, params)` backward; a
+/// [`KernelKind::Split`] launch is two kernels with a partials buffer of
+/// [`LaunchPlan::partials`] entries between them (`src/cuda.rs`, `launch_split`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LaunchPlan {
     /// Which kernel.
@@ -608,6 +611,11 @@ pub fn plan_kernel(
     buffers: Buffers,
 ) -> Result<Option<LaunchPlan>> {
     let problem = Problem::new(spec, dtype, limits, buffers, direction)?;
+    // A kind built by hand that no kernel was compiled for (a pack of 0, a group of 3)
+    // runs nothing.
+    if !KernelKind::all(dtype, true, direction).contains(&kind) {
+        return Ok(None);
+    }
     if kind.pack() != 1 && !problem.vectors {
         return Ok(None);
     }
@@ -671,6 +679,9 @@ impl Problem {
         buffers: Buffers,
         direction: Direction,
     ) -> Result<Self> {
+        // The entry points have validated it already; a direct caller of the planner gets
+        // the same errors (a zero window, a NaN scale, a size past the address space).
+        spec.validate(dtype.size_in_bytes())?;
         let params = KernelParams::new(spec, buffers.kv_lens, buffers.q_lens)?;
         let elem = dtype.size_in_bytes() as u64;
         // 16-byte packs where every buffer's element j of a row lies at the same place
@@ -1502,6 +1513,44 @@ mod tests {
                 expected,
                 "{dtype:?} k={k_len}"
             );
+        }
+    }
+
+    #[test]
+    fn invalid_specs_and_kinds_built_by_hand_are_refused() {
+        let spec = Spec::new(Shape::matrix(4, 64));
+        for bad in [
+            spec.sliding_window(0),
+            spec.scale(f32::NAN),
+            Spec::new(Shape::matrix(4, 0)),
+        ] {
+            assert!(
+                plan_forward(&bad, DType::F32, H100, ALIGNED).is_err(),
+                "{bad:?}"
+            );
+            assert!(
+                plan_backward(&bad, DType::F16, H100, ALIGNED).is_err(),
+                "{bad:?}"
+            );
+        }
+        for kind in [
+            KernelKind::Rows {
+                group: 32,
+                pack: 0,
+                packs: 1,
+            },
+            KernelKind::Rows {
+                group: 3,
+                pack: 4,
+                packs: 1,
+            },
+            KernelKind::BlockRegs { pack: 4, packs: 64 },
+            KernelKind::BlockStream { pack: 2 },
+        ] {
+            for direction in [Direction::Forward, Direction::Backward] {
+                let p = plan_kernel(kind, direction, &spec, DType::F32, H100, ALIGNED).unwrap();
+                assert_eq!(p, None, "{kind:?}");
+            }
         }
     }
 

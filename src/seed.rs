@@ -29,10 +29,11 @@ pub fn scores<T: crate::Real>() -> Vec<T> {
     SCORES.iter().flatten().map(|&v| T::from_f64(v)).collect()
 }
 
-/// Formats a `[rows, cols]` row-major buffer the way the post prints it.
+/// Formats a `[rows, cols]` row-major buffer the way the post prints it (`cols` of 0
+/// reads as 1).
 pub fn format_table<T: crate::Real>(values: &[T], cols: usize) -> String {
     values
-        .chunks(cols)
+        .chunks(cols.max(1))
         .map(|row| {
             let cells: Vec<String> = row.iter().map(|v| format!("{:.4}", v.to_f64())).collect();
             format!("[{}]", cells.join(", "))

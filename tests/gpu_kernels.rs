@@ -916,7 +916,7 @@ fn main() {
     add(
         "no_such_device_is_an_error".into(),
         Box::new(|_| match open_device(4096) {
-            Err(Error::NoDevice) => Ok(()),
+            Err(Error::NoDevice { ordinal: 4096, .. }) => Ok(()),
             other => Err(format!("device 4096: expected NoDevice, got {other:?}").into()),
         }),
     );
