@@ -205,10 +205,16 @@ bool run_cluster(Launch& l, unsigned first) {
                          f.linear / (l.block.x * l.block.y)};
         make_stack(l, f);
     }
+    // Between two barriers or shuffles a fiber runs alone, so the order decides which
+    // writes a missing barrier hides: a thread that reads shared memory another wrote sees
+    // the write only if the writer ran first. Odd clusters run their threads in reverse
+    // order, so that every launch of two clusters or more tries both orders.
+    const bool reversed = (first / l.cluster) % 2 == 1;
     unsigned remaining = n;
     while (remaining > 0) {
         const uint64_t before = l.progress;
-        for (unsigned t = 0; t < n; ++t) {
+        for (unsigned i = 0; i < n; ++i) {
+            const unsigned t = reversed ? n - 1 - i : i;
             if (l.fibers[t].done) continue;
             resume(l, t);
             if (!l.error.empty()) return false;

@@ -2,7 +2,9 @@
 //! check the kernels themselves against the reference, not only the Rust around them.
 //!
 //! `build.rs` compiles every `kernels/*.cu` as C++ with `src/cuda_emu.h` force-included:
-//! each CUDA thread becomes a fiber, blocks run one after another, warp shuffles and
+//! each CUDA thread becomes a fiber, blocks run one after another (the threads of odd
+//! blocks, or clusters, in reverse order, so that a missing barrier shows in one order or
+//! the other), warp shuffles and
 //! barriers are exact rendezvous (a shuffle or barrier that some required thread never
 //! reaches is reported as a deadlock), and vector accesses check their alignment.
 //! [`GuardedBuffer`] puts guard pages around test buffers, so an out-of-bounds access

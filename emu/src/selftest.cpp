@@ -26,6 +26,16 @@ extern "C" __global__ void selftest_block_sum(const int32_t* in, int32_t* out) {
 }
 EMU_REGISTER_KERNEL(selftest_block_sum)
 
+// A missing barrier: each thread writes its slot of dynamic shared memory (as the kernels'
+// scratch is) and the last thread reads slot 0 without __syncthreads. It reads thread 0's
+// write only where thread 0 happened to run first.
+extern "C" __global__ void selftest_missing_barrier(int32_t* out) {
+    int32_t* slots = static_cast<int32_t*>(emu::dynamic_shared_memory());
+    slots[threadIdx.x] = int32_t(threadIdx.x) + 1;
+    if (threadIdx.x == blockDim.x - 1) out[blockIdx.x] = slots[0];
+}
+EMU_REGISTER_KERNEL(selftest_missing_barrier)
+
 // Lanes 0..15 return early; the rest shuffle with a full mask: undefined on a GPU.
 extern "C" __global__ void selftest_divergent_shuffle(int32_t* out) {
     if (threadIdx.x % 32 < 16) return;

@@ -102,6 +102,22 @@ fn block_barriers_order_shared_memory() {
 }
 
 #[test]
+fn odd_blocks_run_their_threads_in_reverse_so_a_missing_barrier_shows() {
+    require_emulator!();
+    let out = GuardedBuffer::from_slice(&[0i32; 2], Placement::End);
+    let mut o = out.addr();
+    let d = Dims {
+        shared_bytes: 64 * 4,
+        ..dims(2, 64)
+    };
+    unsafe { launch("selftest_missing_barrier", d, &mut [arg(&mut o)]) }.unwrap();
+    // Block 0 ran thread 0 first and hides the race; block 1 ran thread 63 first, which
+    // read shared memory no thread had written yet (the emulator's 0xA5 garbage).
+    assert_eq!(out.as_slice()[0], 1);
+    assert_eq!(out.as_slice()[1] as u32, 0xA5A5_A5A5);
+}
+
+#[test]
 fn a_shuffle_that_half_the_warp_skips_is_a_deadlock() {
     require_emulator!();
     let out = GuardedBuffer::from_slice(&[0i32; 32], Placement::Start);
