@@ -16,6 +16,9 @@
 // normal L2 priorities, as up to v8 (work.cuh, RereadPolicy), for the benchmark's variants
 // to compare.
 #define MASK_PLAIN_STREAM 8
+// Key padding alone (no causal mask, no query lengths), set by the host: every row's window
+// is its batch entry's kv keys at the unpadded end, with no query position to work out.
+#define MASK_KEYS_ONLY 16
 
 // n / d for a divisor fixed for the whole launch, without a divide instruction: for n and d
 // below 2^31, n / d = (umulhi(n, magic) + n) >> shift (Granlund and Montgomery, in the form
@@ -42,7 +45,8 @@ struct MaskParams {
     int64_t row_stride;      // elements between row starts, >= k_len
     int64_t window;          // sliding window in keys; 0 = unlimited (causal only)
     float scale;             // applied to every valid score before the softmax
-    int32_t flags;           // MASK_LEFT_PADDING | MASK_CAUSAL | MASK_SHIFTED_PACKS | MASK_PLAIN_STREAM
+    int32_t flags;           // MASK_LEFT_PADDING | MASK_CAUSAL | MASK_SHIFTED_PACKS | MASK_PLAIN_STREAM |
+                             // MASK_KEYS_ONLY
     FastDivisor per_batch;   // by heads * q_len (when rows < 2^31)
     FastDivisor per_query;   // by q_len (when rows < 2^31)
 };
@@ -150,9 +154,17 @@ __device__ __forceinline__ RowWindow window_of(const MaskParams& p, const RowLen
 // cost two instructions each). The test and the capped window depend on the launch only,
 // so they live in uniform registers. (The block kernels, one window per row of thousands
 // of columns, keep the 64-bit path alone: both paths cost them registers.)
+//
+// Key padding alone (MASK_KEYS_ONLY: the sweep's rows, decoding) takes a branch of its own:
+// 14 instructions a row in sm_90 SASS (rows_g1_p1x1_f32) where the general rule's right-
+// padding path takes about 30, as much as a short row's arithmetic on a few columns.
 __device__ __forceinline__ RowWindow window_of_short_row(const MaskParams& p, const RowLengths& l) {
     if (p.k_len + p.q_len < INT32_MAX) {
         const int32_t k_len = int32_t(p.k_len), q_len = int32_t(p.q_len);
+        if (p.flags & MASK_KEYS_ONLY) {
+            const int32_t kv = p.kv_lens != nullptr ? clamp_length(l.kv, k_len) : k_len;
+            return (p.flags & MASK_LEFT_PADDING) ? RowWindow{k_len - kv, k_len} : RowWindow{0, kv};
+        }
         // A window longer than k_len keeps the same keys as k_len + 1 (0 stays unlimited).
         const int32_t window = int32_t(p.window > p.k_len ? p.k_len + 1 : p.window);
         return window_in<int32_t>(p, int32_t(l.i), p.kv_lens != nullptr ? l.kv : k_len,

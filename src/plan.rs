@@ -425,7 +425,7 @@ pub struct KernelParams {
     /// Scale applied to the scores.
     pub scale: f32,
     /// [`MASK_LEFT_PADDING`] | [`MASK_CAUSAL`] | [`MASK_SHIFTED_PACKS`] |
-    /// [`MASK_PLAIN_STREAM`].
+    /// [`MASK_PLAIN_STREAM`] | [`MASK_KEYS_ONLY`].
     pub flags: i32,
     /// Divides a row index by `heads * q_len` (launches of fewer than 2^31 rows).
     pub per_batch: FastDivisor,
@@ -483,6 +483,9 @@ pub const MASK_SHIFTED_PACKS: i32 = 4;
 /// cluster_stream, split) change no line's L2 eviction priority instead of keeping the
 /// first read's lines for the second (kernels/work.cuh, RereadPolicy).
 pub const MASK_PLAIN_STREAM: i32 = 8;
+/// [`KernelParams::flags`]: key padding alone (no causal mask, no query lengths), the
+/// rows kernels' short path to a row's window.
+pub const MASK_KEYS_ONLY: i32 = 16;
 
 impl KernelParams {
     /// From a spec (validated: every size then fits in i64, since it fits in isize bytes)
@@ -498,6 +501,8 @@ impl KernelParams {
             flags |= MASK_CAUSAL;
             // A window of k_len keys or more cuts nothing: pass it as unlimited (0).
             window = w.filter(|&w| w < shape.k_len).unwrap_or(0) as i64;
+        } else if q_lens == 0 {
+            flags |= MASK_KEYS_ONLY;
         }
         Ok(KernelParams {
             kv_lens,
@@ -1923,6 +1928,22 @@ mod tests {
         let p = KernelParams::new(&spec.sliding_window(10), 0, 0).unwrap();
         assert_eq!(p.window, 0);
         let p = KernelParams::new(&Spec::new(Shape::matrix(1, 5)), 0, 0).unwrap();
-        assert_eq!((p.flags, p.window), (0, 0));
+        assert_eq!((p.flags, p.window), (MASK_KEYS_ONLY, 0));
+        // Key padding alone, either side, with or without key lengths; not with query
+        // lengths or a causal mask.
+        let keys = Spec::new(Shape::new(2, 3, 4, 10));
+        for (spec, q_lens, keys_only) in [
+            (keys, 0, true),
+            (keys.padding(Padding::Left), 0, true),
+            (keys, 0x2000, false),
+            (keys.causal(), 0, false),
+        ] {
+            let p = KernelParams::new(&spec, 0x1000, q_lens).unwrap();
+            assert_eq!(
+                p.flags & MASK_KEYS_ONLY != 0,
+                keys_only,
+                "{spec:?} {q_lens}"
+            );
+        }
     }
 }
