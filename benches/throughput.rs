@@ -566,7 +566,7 @@ fn run_case<T: Element + DeviceRepr>(
         })?;
         let mut name = kind.name(T::DTYPE, direction);
         if !softmax.l2_hints() {
-            name.push_str("+plain_l2");
+            name.push_str(PLAIN_L2);
         }
         rows.push(row("variant", name, time_us, None)?);
     }
@@ -667,19 +667,25 @@ fn print_model(args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// Suffix of a variant's kernel name timed with `set_l2_hints(false)`.
+const PLAIN_L2: &str = "+plain_l2";
+
 /// A variant that beats the planner's kernel by this factor or more is worth a crossover.
 const CROSSOVER_MARGIN: f64 = 1.03;
 
 /// `--crossovers`: for each (case, direction, type) of a variants run, the planner's kernel
-/// and the fastest variant; `<<` marks a variant faster by `CROSSOVER_MARGIN` or more.
+/// and the fastest other kernel; `<<` marks one faster by `CROSSOVER_MARGIN` or more. The
+/// `+plain_l2` runs (the same kernels without their L2 priorities, which the planner never
+/// picks) are not candidates: the last column is the planner's kernel's own time over its
+/// `+plain_l2` run (below 1: the priorities help).
 fn print_crossovers(report: &Report) {
     println!(
         "{} ({}), {}",
         report.gpu, report.compute_capability, report.date_utc
     );
     println!(
-        "{:<30} {:<4} {:<5} {:<38} {:>8} {:<46} {:>8} {:>7}",
-        "case", "dir", "type", "planned", "x floor", "fastest other", "x floor", "gain"
+        "{:<30} {:<4} {:<5} {:<38} {:>8} {:<46} {:>8} {:>7} {:>9}",
+        "case", "dir", "type", "planned", "x floor", "fastest other", "x floor", "gain", "vs no L2"
     );
     let short = |k: &str| {
         k.trim_start_matches("masked_softmax_fwd_")
@@ -688,23 +694,29 @@ fn print_crossovers(report: &Report) {
     };
     let (mut cases, mut marked) = (0, 0);
     for planned in report.rows.iter().filter(|r| r.group != "variant") {
-        let fastest = report
-            .rows
-            .iter()
-            .filter(|r| {
+        let variants = || {
+            report.rows.iter().filter(|r| {
                 r.group == "variant"
                     && r.case == planned.case
                     && r.direction == planned.direction
                     && r.dtype == planned.dtype
             })
+        };
+        let fastest = variants()
+            .filter(|r| !r.kernel.ends_with(PLAIN_L2))
             .min_by(|a, b| a.time_us.total_cmp(&b.time_us));
         let Some(fastest) = fastest else { continue };
+        let own_plain = variants()
+            .find(|r| r.kernel == format!("{}{PLAIN_L2}", planned.kernel))
+            .map_or("-".into(), |r| {
+                format!("{:.3}", planned.time_us / r.time_us)
+            });
         cases += 1;
         let gain = planned.time_us / fastest.time_us;
         let mark = if gain >= CROSSOVER_MARGIN { "<<" } else { "" };
         marked += usize::from(!mark.is_empty());
         println!(
-            "{:<30} {:<4} {:<5} {:<38} {:>8.3} {:<46} {:>8.3} {:>6.3}x {mark}",
+            "{:<30} {:<4} {:<5} {:<38} {:>8.3} {:<46} {:>8.3} {:>6.3}x {:>9} {mark}",
             planned.case,
             &planned.direction[..3],
             planned.dtype,
@@ -712,7 +724,8 @@ fn print_crossovers(report: &Report) {
             planned.over_floor,
             short(&fastest.kernel),
             fastest.over_floor,
-            gain
+            gain,
+            own_plain
         );
     }
     println!(

@@ -155,7 +155,8 @@ __device__ __forceinline__ RowWindow window_of(const MaskParams& p, const RowLen
 // so they live in uniform registers. (The block kernels, one window per row of thousands
 // of columns, keep the 64-bit path alone: both paths cost them registers.)
 //
-// Key padding alone (MASK_KEYS_ONLY: the sweep's rows, decoding) takes a branch of its own:
+// Key padding alone (MASK_KEYS_ONLY: padded sequences without a causal mask, as in the
+// sweep's short rows) takes a branch of its own:
 // 14 instructions a row in sm_90 SASS (rows_g1_p1x1_f32) where the general rule's right-
 // padding path takes about 30, as much as a short row's arithmetic on a few columns.
 __device__ __forceinline__ RowWindow window_of_short_row(const MaskParams& p, const RowLengths& l) {

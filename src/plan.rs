@@ -8,7 +8,8 @@
 //! P - 1 more columns (kernels/io.cuh, `PackShift`), or single elements if shorter than
 //! `SHIFTED_MIN_PACKS` packs; each thread keeps at most 32
 //! floats of a row in registers in a rows kernel, 16 in a block kernel, half that in the
-//! backward, which holds `y` and `dy`):
+//! backward, which holds `y` and `dy`, where 16-bit packs kept as raw pairs, two values to
+//! a register, hold twice the columns):
 //!
 //! 1. Short rows: [`KernelKind::Rows`] with `group` lanes per row and several rows per
 //!    warp, so short rows are neither launch- nor shuffle-bound. 16-byte packs: up to 8
