@@ -92,6 +92,13 @@ struct Args {
     /// the fastest other kernel that ran it, marking where another won by 3% or more.
     #[arg(long)]
     crossovers: Option<PathBuf>,
+    /// No GPU: check the predictions in this file (PERFORMANCE.md's, as JSON: see
+    /// `results/predictions.json`) against the results files given with `--against`.
+    #[arg(long)]
+    predictions: Option<PathBuf>,
+    /// With `--predictions`: results.json files of one run (the table's and the variants').
+    #[arg(long, value_delimiter = ',')]
+    against: Vec<PathBuf>,
     /// No GPU: print and write (`model.csv`) each case's bytes, the contract's and at the
     /// granularity of 32- and 64-byte sectors, and the floors' ratio.
     #[arg(long)]
@@ -160,6 +167,9 @@ fn main() -> Result<()> {
     if args.model {
         std::fs::create_dir_all(&args.out)?;
         return print_model(&args);
+    }
+    if let Some(predictions) = &args.predictions {
+        return check_predictions(predictions, &args.against);
     }
     if let Some(json) = &args.crossovers {
         let report: Report = serde_json::from_str(&std::fs::read_to_string(json)?)?;
@@ -664,6 +674,94 @@ fn print_model(args: &Args) -> Result<()> {
     }
     std::fs::write(args.out.join("model.csv"), csv)?;
     println!("wrote {}/model.csv", args.out.display());
+    Ok(())
+}
+
+/// One prediction (results/predictions.json): a case's time over the floor on one kernel
+/// (the planner's if `kernel` is absent), as PERFORMANCE.md wrote it before the run.
+#[derive(Deserialize)]
+struct Prediction {
+    version: String,
+    case: String,
+    direction: String,
+    dtype: String,
+    #[serde(default)]
+    kernel: Option<String>,
+    /// Predicted time over the contract's floor.
+    over_floor: f64,
+    /// The last measurement, for the record (time over floor).
+    #[serde(default)]
+    before: Option<f64>,
+}
+
+/// Within this factor of the prediction either way, a prediction held.
+const PREDICTION_MARGIN: f64 = 1.10;
+
+/// `--predictions`: each prediction against the row it names in the results files, with a
+/// verdict: held (within `PREDICTION_MARGIN`), better or worse than predicted, or not run.
+fn check_predictions(path: &Path, against: &[PathBuf]) -> Result<()> {
+    let predictions: Vec<Prediction> = serde_json::from_str(&std::fs::read_to_string(path)?)?;
+    let mut rows = Vec::new();
+    for file in against {
+        let report: Report = serde_json::from_str(&std::fs::read_to_string(file)?)?;
+        println!(
+            "{}: {} ({}), {}",
+            file.display(),
+            report.gpu,
+            report.compute_capability,
+            report.date_utc
+        );
+        rows.extend(report.rows);
+    }
+    println!(
+        "{:<6} {:<30} {:<4} {:<5} {:<40} {:>7} {:>9} {:>9}  verdict",
+        "vers.", "case", "dir", "type", "kernel", "before", "predicted", "measured"
+    );
+    let mut tally: BTreeMap<&str, usize> = BTreeMap::new();
+    for p in &predictions {
+        let found = rows.iter().find(|r| {
+            r.case == p.case
+                && r.direction == p.direction
+                && r.dtype == p.dtype
+                && match &p.kernel {
+                    Some(k) => r.kernel.ends_with(k.as_str()),
+                    None => r.group != "variant",
+                }
+        });
+        let (measured, kernel, verdict) = match found {
+            None => (
+                String::from("-"),
+                p.kernel.clone().unwrap_or("(planned)".into()),
+                "not run",
+            ),
+            Some(r) => {
+                let ratio = r.over_floor / p.over_floor;
+                let verdict = if ratio > PREDICTION_MARGIN {
+                    "worse than predicted"
+                } else if ratio < 1.0 / PREDICTION_MARGIN {
+                    "better than predicted"
+                } else {
+                    "held"
+                };
+                (format!("{:.3}", r.over_floor), r.kernel.clone(), verdict)
+            }
+        };
+        *tally.entry(verdict).or_default() += 1;
+        println!(
+            "{:<6} {:<30} {:<4} {:<5} {:<40} {:>7} {:>9.3} {:>9}  {verdict}",
+            p.version,
+            p.case,
+            &p.direction[..3.min(p.direction.len())],
+            p.dtype,
+            kernel
+                .trim_start_matches("masked_softmax_fwd_")
+                .trim_start_matches("masked_softmax_bwd_"),
+            p.before.map_or("-".into(), |b| format!("{b:.3}")),
+            p.over_floor,
+            measured
+        );
+    }
+    println!("{tally:?}");
     Ok(())
 }
 

@@ -16,7 +16,8 @@
 #   PROFILE_SPECS="f16:262144:forward:block_stream_p8 ..."  profile.sh (Nsight Compute) on
 #                                                      these kernels (into profile/)
 # DEADLINE (seconds, as run.sh reads it) bounds them too: a step is skipped with less
-# than 30 s left.
+# than 30 s left. At the end, with --bench, predictions.txt checks results/predictions.json
+# (PERFORMANCE.md's predictions) against the run.
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 args=("$@")
@@ -62,6 +63,14 @@ if [[ -n "${PROFILE_SPECS:-}" ]]; then
     else
         echo "profile                                  SKIPPED (deadline)" >>"$work/summary.txt"
     fi
+fi
+# PERFORMANCE.md's predictions against this run (results/predictions.json, no GPU needed).
+if [[ -f "$root/results/predictions.json" && -f "$work/bench/results.json" ]]; then
+    against="$work/bench/results.json"
+    [[ -f "$work/variants/results.json" ]] && against="$against,$work/variants/results.json"
+    "$bundle/bin/bench-throughput" --predictions "$root/results/predictions.json" \
+        --against "$against" >"$work/predictions.txt" 2>&1
+    echo "predictions: $(tail -n 1 "$work/predictions.txt")" >>"$work/summary.txt"
 fi
 cp "$work/summary.txt" "$out/" 2>/dev/null
 # The device tool returns the end of stdout: put the first failures there too.
