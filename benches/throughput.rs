@@ -1115,6 +1115,23 @@ fn plot(path: &Path, report: &Report) -> Result<()> {
             let marker = |p| Circle::new(p, 1 + width, color.filled());
             chart.draw_series(points.into_iter().map(marker))?;
         }
+        // The forward's sector roofline: the copy's bandwidth over the bytes the valid
+        // scores' 32-byte sectors make (results from before it have none). bf16 has f16's.
+        let roofline: Vec<(f64, f64)> = sweep
+            .iter()
+            .filter(|r| r.dtype == *dtype && r.direction == "forward" && *dtype != "bf16")
+            .filter_map(|r| Some((r.k_len as f64, report.copy_gbps * r.bytes / r.sector_bytes?)))
+            .collect();
+        if !roofline.is_empty() {
+            let style = color.mix(0.6).stroke_width(1);
+            let name = if *dtype == "f32" { "f32" } else { "16-bit" };
+            chart
+                .draw_series(DashedLineSeries::new(roofline, 6, 4, style))?
+                .label(format!(
+                    "{name} forward: copy over the valid scores' sectors"
+                ))
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], style));
+        }
     }
     chart
         .configure_series_labels()
