@@ -35,7 +35,7 @@ use cudarc::driver::{
 use cudarc::nvrtc::Ptx;
 use masked_softmax::cuda::{CudaSoftmax, DeviceLengths, module_ptx, open_device};
 use masked_softmax::plan::{
-    Buffers, Direction, KernelKind, MASK_SHIFTED_PACKS, WARP_SIZE, plan_launch,
+    Buffers, DeviceLimits, Direction, KernelKind, MASK_SHIFTED_PACKS, WARP_SIZE, plan_launch,
 };
 use masked_softmax::{DType, Element, Lengths, Shape, Spec, bf16, f16, mask};
 use rand::rngs::SmallRng;
@@ -100,7 +100,8 @@ struct Args {
     #[arg(long, value_delimiter = ',')]
     against: Vec<PathBuf>,
     /// No GPU: print and write (`model.csv`) each case's bytes, the contract's and at the
-    /// granularity of 32- and 64-byte sectors, and the floors' ratio.
+    /// granularity of 32- and 64-byte sectors, the floors' ratio, and the kernel the planner
+    /// gives it on an H100 (f32, and f16 for the 16-bit types).
     #[arg(long)]
     model: bool,
     /// Passed by `cargo bench`; ignored.
@@ -583,6 +584,17 @@ fn run_case<T: Element + DeviceRepr>(
     Ok(rows)
 }
 
+/// An H100 SXM's limits as the planner sees them (132 multiprocessors, 2048 threads and
+/// 228 KiB of shared memory each, 227 KiB a block, clusters): `--model` shows the kernels
+/// the planner gives the cases there.
+const H100: DeviceLimits = DeviceLimits {
+    sm_count: 132,
+    max_threads_per_sm: 2048,
+    max_shared_per_block: 227 * 1024,
+    shared_per_sm: 228 * 1024,
+    clusters: true,
+};
+
 /// DRAM's unit of transfer on the GPUs we target (L2 sectors).
 const SECTOR_BYTES: NonZeroUsize = NonZeroUsize::new(32).unwrap();
 /// The L2's fetch granularity at its largest default (two sectors).
@@ -623,10 +635,10 @@ fn case_bytes(
 /// `--model`: every selected case's bytes and sector floors, no GPU.
 fn print_model(args: &Args) -> Result<()> {
     let mut csv = String::from(
-        "group,case,direction,dtype_bytes,k_len,bytes,sector32_bytes,sector64_bytes,sector32_over_floor,sector64_over_floor\n",
+        "group,case,direction,dtype_bytes,k_len,bytes,sector32_bytes,sector64_bytes,sector32_over_floor,sector64_over_floor,h100_kernel\n",
     );
     println!(
-        "{:<8} {:<30} {:<4} {:>5} {:>14} {:>14} {:>14} {:>10} {:>10}",
+        "{:<8} {:<30} {:<4} {:>5} {:>14} {:>14} {:>14} {:>10} {:>10}  planner's kernel on an H100",
         "group",
         "case",
         "dir",
@@ -635,7 +647,7 @@ fn print_model(args: &Args) -> Result<()> {
         "32B sectors",
         "64B sectors",
         "x (32)",
-        "x (64)"
+        "x (64)",
     );
     for case in cases(args) {
         for direction in [Direction::Forward, Direction::Backward] {
@@ -644,8 +656,21 @@ fn print_model(args: &Args) -> Result<()> {
                 let b64 = case_bytes(&case, direction, size, FETCH_BYTES)?;
                 let dir = format!("{direction:?}").to_lowercase();
                 let (x32, x64) = (b32.sector_bytes / b32.bytes, b64.sector_bytes / b64.bytes);
+                // Buffers 16-byte aligned, as the benchmark's allocations are.
+                let dtype = if size == 4 { DType::F32 } else { DType::F16 };
+                let buffers = Buffers {
+                    x: 1 << 20,
+                    y: 2 << 20,
+                    dy: 3 << 20,
+                    kv_lens: 4 << 20,
+                    q_lens: if case.q.is_some() { 5 << 20 } else { 0 },
+                };
+                let kernel = plan_launch(None, direction, &case.spec, dtype, H100, buffers)?
+                    .ok_or("the planner always has a kernel")?
+                    .kernel
+                    .name(dtype, direction);
                 println!(
-                    "{:<8} {:<30} {:<4} {:>5} {:>14.0} {:>14.0} {:>14.0} {:>10.3} {:>10.3}",
+                    "{:<8} {:<30} {:<4} {:>5} {:>14.0} {:>14.0} {:>14.0} {:>10.3} {:>10.3}  {kernel}",
                     case.group,
                     case.name,
                     &dir[..3],
@@ -657,7 +682,7 @@ fn print_model(args: &Args) -> Result<()> {
                     x64
                 );
                 csv += &format!(
-                    "{},{},{},{},{},{:.0},{:.0},{:.0},{:.4},{:.4}\n",
+                    "{},{},{},{},{},{:.0},{:.0},{:.0},{:.4},{:.4},{kernel}\n",
                     case.group,
                     case.name,
                     dir,
