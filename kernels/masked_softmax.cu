@@ -349,19 +349,27 @@ __device__ __forceinline__ void block_cached_forward(const T* x, T* y, const Mas
 // The two passes of the kernels that read rows twice (block_stream, split), over one
 // thread's packs first, first + step, ... below end of a row seen from frame `f` (x and y
 // at the row's frame), read under `policy`. PLAIN: see ScaleMap::weigh.
-// Pass 1: the statistics of the packs' valid keys.
-template <bool PLAIN, typename T, int PACK>
-__device__ __forceinline__ SoftmaxStats stream_stats(const T* x, const RowWindow& w, int64_t first, int64_t end,
-                                                     uint32_t step, const ScaleMap& sm, const L2Policy* policy) {
-    SoftmaxStats st = stats_empty();
+// Both walk the packs the same way: body(i, keys) gets pack i's keys, decoded.
+template <typename T, int PACK, typename Body>
+__device__ __forceinline__ void for_pack_keys(const T* x, const RowWindow& w, int64_t first, int64_t end,
+                                              uint32_t step, const ScaleMap& sm, const L2Policy* policy, Body body) {
     for_packs<LOADS_IN_FLIGHT, RawPack<T, PACK>>(
         first, end, step,
         [&](int64_t i, RawPack<T, PACK>& raw) { fetch_window<T, PACK>(x, i * PACK, w.start, w.end, raw, policy); },
         [&](int64_t i, const RawPack<T, PACK>& raw) {
             float keys[PACK];
             decode_keys<T, PACK>(raw, i * PACK, w.start, w.end, sm, keys);
-            stats_add<PLAIN>(st, keys, sm);
+            body(i, keys);
         });
+}
+
+// Pass 1: the statistics of the packs' valid keys.
+template <bool PLAIN, typename T, int PACK>
+__device__ __forceinline__ SoftmaxStats stream_stats(const T* x, const RowWindow& w, int64_t first, int64_t end,
+                                                     uint32_t step, const ScaleMap& sm, const L2Policy* policy) {
+    SoftmaxStats st = stats_empty();
+    for_pack_keys<T, PACK>(x, w, first, end, step, sm, policy,
+                           [&](int64_t, const float (&keys)[PACK]) { stats_add<PLAIN>(st, keys, sm); });
     return st;
 }
 
@@ -372,15 +380,10 @@ __device__ __forceinline__ void stream_write(const T* x, T* y, const RowFrame& f
                                              const RowSoftmax& r, int64_t first, int64_t end, uint32_t step,
                                              const ScaleMap& sm, const L2Policy* policy) {
     const RowWindow& w = f.window;
-    for_packs<LOADS_IN_FLIGHT, RawPack<T, PACK>>(
-        first, end, step,
-        [&](int64_t i, RawPack<T, PACK>& raw) { fetch_window<T, PACK>(x, i * PACK, w.start, w.end, raw, policy); },
-        [&](int64_t i, const RawPack<T, PACK>& raw) {
-            float keys[PACK];
-            decode_keys<T, PACK>(raw, i * PACK, w.start, w.end, sm, keys);
-            store_window<T, PACK>(y, i * PACK, f.own(p), w.start, w.end,
-                                  [&](int j) { return probability<PLAIN>(r, keys[j], sm); });
-        });
+    for_pack_keys<T, PACK>(x, w, first, end, step, sm, policy, [&](int64_t i, const float (&keys)[PACK]) {
+        store_window<T, PACK>(y, i * PACK, f.own(p), w.start, w.end,
+                              [&](int j) { return probability<PLAIN>(r, keys[j], sm); });
+    });
 }
 
 // Any row length: online statistics over the valid scores, then a second read to write

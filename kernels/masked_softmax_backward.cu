@@ -230,20 +230,30 @@ __device__ __forceinline__ void block_cached_backward(const T* y, const T* dy, T
 // The two passes of the kernels that read rows twice (block_stream, split), over one
 // thread's packs first, first + step, ... below end of a row seen from frame `f` (y, dy
 // and dx at the row's frame), read under `policy`.
-// Pass 1: the packs' sum of y * dy over valid columns.
-template <typename T, int PACK>
-__device__ __forceinline__ float stream_dot(const T* y, const T* dy, const RowWindow& w, int64_t first, int64_t end,
-                                            uint32_t step, const L2Policy* policy) {
-    float dot = 0.f;
+// Both walk the packs the same way: body(i, ys, dys) gets pack i's values, decoded.
+template <typename T, int PACK, typename Body>
+__device__ __forceinline__ void for_pack_pairs(const T* y, const T* dy, const RowWindow& w, int64_t first,
+                                               int64_t end, uint32_t step, const L2Policy* policy, Body body) {
     for_packs<PAIRS_IN_FLIGHT, PackPair<T, PACK>>(
         first, end, step,
         [&](int64_t i, PackPair<T, PACK>& raw) { fetch_pair<T, PACK>(y, dy, i * PACK, w, raw, policy); },
         [&](int64_t i, const PackPair<T, PACK>& raw) {
             float ys[PACK], dys[PACK];
             decode_pair<T, PACK>(raw, i * PACK, w, ys, dys);
-#pragma unroll
-            for (int j = 0; j < PACK; ++j) dot += ys[j] * dys[j];
+            body(i, ys, dys);
         });
+}
+
+// Pass 1: the packs' sum of y * dy over valid columns.
+template <typename T, int PACK>
+__device__ __forceinline__ float stream_dot(const T* y, const T* dy, const RowWindow& w, int64_t first, int64_t end,
+                                            uint32_t step, const L2Policy* policy) {
+    float dot = 0.f;
+    for_pack_pairs<T, PACK>(y, dy, w, first, end, step, policy,
+                            [&](int64_t, const float (&ys)[PACK], const float (&dys)[PACK]) {
+#pragma unroll
+                                for (int j = 0; j < PACK; ++j) dot += ys[j] * dys[j];
+                            });
     return dot;
 }
 
@@ -253,15 +263,11 @@ __device__ __forceinline__ void stream_write_grad(const T* y, const T* dy, T* dx
                                                   const MaskParams& p, float dot, int64_t first, int64_t end,
                                                   uint32_t step, const L2Policy* policy) {
     const RowWindow& w = f.window;
-    for_packs<PAIRS_IN_FLIGHT, PackPair<T, PACK>>(
-        first, end, step,
-        [&](int64_t i, PackPair<T, PACK>& raw) { fetch_pair<T, PACK>(y, dy, i * PACK, w, raw, policy); },
-        [&](int64_t i, const PackPair<T, PACK>& raw) {
-            float ys[PACK], dys[PACK];
-            decode_pair<T, PACK>(raw, i * PACK, w, ys, dys);
-            store_window<T, PACK>(dx, i * PACK, f.own(p), w.start, w.end,
-                                  [&](int j) { return softmax_grad(ys[j], dys[j], dot, p.scale); });
-        });
+    for_pack_pairs<T, PACK>(y, dy, w, first, end, step, policy,
+                            [&](int64_t i, const float (&ys)[PACK], const float (&dys)[PACK]) {
+                                store_window<T, PACK>(dx, i * PACK, f.own(p), w.start, w.end,
+                                                      [&](int j) { return softmax_grad(ys[j], dys[j], dot, p.scale); });
+                            });
 }
 
 // Any row length: the dot product, then a second read of y and dy to write dx (the two
