@@ -619,13 +619,29 @@ pub fn plan_kernel(
     let problem = Problem::new(spec, dtype, limits, buffers, direction)?;
     // A kind built by hand that no kernel was compiled for (a pack of 0, a group of 3)
     // runs nothing.
-    if !KernelKind::all(dtype, true, direction).contains(&kind) {
+    if !compiled_kinds(dtype, direction).contains(&kind) {
         return Ok(None);
     }
     if kind.pack() != 1 && !problem.vectors {
         return Ok(None);
     }
     Ok(problem.configure(kind))
+}
+
+/// [`KernelKind::all`] with the cluster kernels, listed once per type and direction: the
+/// launchers ask it on every named launch, which must not allocate.
+fn compiled_kinds(dtype: DType, direction: Direction) -> &'static [KernelKind] {
+    static KINDS: std::sync::OnceLock<Vec<Vec<KernelKind>>> = std::sync::OnceLock::new();
+    let directions = [Direction::Forward, Direction::Backward];
+    let kinds = KINDS.get_or_init(|| {
+        DType::ALL
+            .iter()
+            .flat_map(|&t| directions.map(|d| KernelKind::all(t, true, d)))
+            .collect()
+    });
+    let t = DType::ALL.iter().position(|&t| t == dtype).unwrap_or(0);
+    let d = directions.iter().position(|&d| d == direction).unwrap_or(0);
+    &kinds[t * directions.len() + d]
 }
 
 /// The launch of `kind`, or of the planner's choice when `kind` is `None`: what every
