@@ -35,7 +35,8 @@ use cudarc::driver::{
 use cudarc::nvrtc::Ptx;
 use masked_softmax::cuda::{CudaSoftmax, DeviceLengths, module_ptx, open_device};
 use masked_softmax::plan::{
-    Buffers, DeviceLimits, Direction, KernelKind, MASK_SHIFTED_PACKS, WARP_SIZE, plan_launch,
+    Buffers, ClusterResidency, DeviceLimits, Direction, KernelKind, LaunchPlan, MASK_SHIFTED_PACKS,
+    WARP_SIZE, plan_launch,
 };
 use masked_softmax::{DType, Element, Lengths, Shape, Spec, bf16, f16, mask};
 use rand::rngs::SmallRng;
@@ -92,6 +93,10 @@ struct Args {
     /// the fastest other kernel that ran it, marking where another won by 3% or more.
     #[arg(long)]
     crossovers: Option<PathBuf>,
+    /// No GPU: from a run's results.json, each case whose grid v10 fitted, its time on the
+    /// old grid over the new (the table's `vs grid`), and a tally.
+    #[arg(long)]
+    grid_fit: Option<PathBuf>,
     /// No GPU: check the predictions in this file (PERFORMANCE.md's, as JSON: see
     /// `results/predictions.json`) against the results files given with `--against`.
     #[arg(long)]
@@ -145,6 +150,14 @@ struct Row {
     /// Time over the floor of `sector_bytes`.
     #[serde(default)]
     over_sector_floor: Option<f64>,
+    /// The kernel's launch as the handle made it ([`launch_shape`]; absent in older
+    /// results).
+    #[serde(default)]
+    launch: Option<String>,
+    /// The same kernel on the grid counted by threads alone, as before v10
+    /// (`set_grid_fitting(false)`), where that grid differs (planner's kernel only).
+    #[serde(default)]
+    unfitted_grid_us: Option<f64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -155,7 +168,36 @@ struct Report {
     copy_gbps: f64,
     empty_launch_us: f64,
     ptx_target: Option<String>,
+    /// Clusters resident at once as the driver counted them, by cluster size (2, 4, 8) and
+    /// blocks per multiprocessor (1 to 8), 0 where unknown (absent in older results).
+    #[serde(default)]
+    cluster_residency: Option<Vec<Vec<u32>>>,
     rows: Vec<Row>,
+}
+
+/// A launch as `grid x block`, then its clusters and dynamic shared memory where it has them
+/// (`264x512 c8 272B`).
+fn launch_shape(p: &LaunchPlan) -> String {
+    let mut shape = format!("{}x{}", p.grid, p.block);
+    if p.cluster > 1 {
+        shape += &format!(" c{}", p.cluster);
+    }
+    if p.shared_bytes > 0 {
+        shape += &format!(" {}B", p.shared_bytes);
+    }
+    shape
+}
+
+/// [`ClusterResidency`] as rows by cluster size, columns by blocks per multiprocessor.
+fn residency_table(table: &ClusterResidency) -> Vec<Vec<u32>> {
+    ClusterResidency::CLUSTER_SIZES
+        .iter()
+        .map(|&c| {
+            (1..=ClusterResidency::MAX_BLOCKS_PER_SM)
+                .map(|b| table.get(c, b).unwrap_or(0))
+                .collect()
+        })
+        .collect()
 }
 
 fn main() -> Result<()> {
@@ -177,6 +219,11 @@ fn main() -> Result<()> {
         print_crossovers(&report);
         return Ok(());
     }
+    if let Some(json) = &args.grid_fit {
+        let report: Report = serde_json::from_str(&std::fs::read_to_string(json)?)?;
+        print_grid_fit(&report);
+        return Ok(());
+    }
     let ctx = match open_device(0) {
         Ok(ctx) => ctx,
         Err(e) => {
@@ -192,6 +239,9 @@ fn main() -> Result<()> {
     // The variants time the streaming kernels without their L2 priorities too.
     let mut plain_l2 = softmax.share();
     plain_l2.set_l2_hints(false);
+    // The planner's kernels again on grids counted by threads alone (before v10).
+    let mut unfitted = softmax.share();
+    unfitted.set_grid_fitting(false);
     let baseline = Baseline::load(&ctx)?;
     let timer = Timer {
         ctx: ctx.clone(),
@@ -206,6 +256,10 @@ fn main() -> Result<()> {
     println!(
         "{gpu} (sm_{major}{minor}): device-to-device copy {copy_gbps:.0} GB/s (read + write), empty launch {empty_launch_us:.2} us"
     );
+    let residency = residency_table(&softmax.limits().cluster_residency);
+    println!(
+        "clusters resident at once (2, 4, 8 blocks; 1 to 8 blocks a multiprocessor; 0 unknown): {residency:?}"
+    );
     std::fs::create_dir_all(&args.out)?;
 
     let report = |rows: Vec<Row>| Report {
@@ -215,6 +269,7 @@ fn main() -> Result<()> {
         copy_gbps,
         empty_launch_us,
         ptx_target: masked_softmax::cuda::PTX_TARGET.map(String::from),
+        cluster_residency: Some(residency.clone()),
         rows,
     };
     let mut rows = Vec::new();
@@ -243,6 +298,7 @@ fn main() -> Result<()> {
                 timer: &timer,
                 softmax: &softmax,
                 plain_l2: &plain_l2,
+                unfitted: &unfitted,
                 baseline: (!args.no_baseline).then_some(&baseline),
                 copy_gbps,
                 empty_launch_us,
@@ -279,6 +335,8 @@ struct Env<'a> {
     softmax: &'a CudaSoftmax,
     /// The same kernels with `set_l2_hints(false)`.
     plain_l2: &'a CudaSoftmax,
+    /// The same kernels with `set_grid_fitting(false)`.
+    unfitted: &'a CudaSoftmax,
     baseline: Option<&'a Baseline>,
     copy_gbps: f64,
     empty_launch_us: f64,
@@ -461,7 +519,12 @@ fn run_case<T: Element + DeviceRepr>(
     })?;
 
     let limits = env.softmax.limits();
-    let planned_launch = plan_launch(None, direction, spec, T::DTYPE, limits, Buffers::default())?
+    // The buffers' offsets against 16-byte boundaries, as the launches see them (the
+    // allocations are aligned).
+    let buffers = Buffers::default();
+    let planned_launch = env
+        .softmax
+        .plan(None, direction, spec, T::DTYPE, buffers)?
         .ok_or("the planner always has a kernel")?;
     let planned = planned_launch.kernel;
     // Rows the vector kernels see shifted: the single-element kernels are the alternative.
@@ -496,7 +559,12 @@ fn run_case<T: Element + DeviceRepr>(
     };
     let floor_us = bytes / (env.copy_gbps * 1e3) + launch_us;
     let sector_floor_us = sector_bytes / (env.copy_gbps * 1e3) + launch_us;
-    let row = |group: &str, kernel: String, time_us: f64, unfused_us: Option<f64>| -> Result<Row> {
+    let row = |group: &str,
+               kernel: String,
+               launch: Option<LaunchPlan>,
+               time_us: f64,
+               unfused_us: Option<f64>|
+     -> Result<Row> {
         Ok(Row {
             group: group.into(),
             case: case.name.clone(),
@@ -514,9 +582,43 @@ fn run_case<T: Element + DeviceRepr>(
             speedup_over_unfused: unfused_us.map(|u| u / time_us),
             sector_bytes: Some(sector_bytes),
             over_sector_floor: Some(time_us / sector_floor_us),
+            launch: launch.as_ref().map(launch_shape),
+            unfitted_grid_us: None,
         })
     };
-    let mut rows = vec![row(case.group, kernel, time_us, unfused_us)?];
+    // The planner's kernel on the grid counted as before v10, where that differs: the
+    // grid fitting's gain, measured in the same run.
+    let unfitted_launch = env
+        .unfitted
+        .plan(None, direction, spec, T::DTYPE, buffers)?;
+    let unfitted_grid_us = match unfitted_launch {
+        Some(p) if p.grid != planned_launch.grid => {
+            let mut set = 0;
+            Some(env.timer.per_launch_us(|| {
+                set = (set + 1) % sets;
+                let (input, out) = (&ins[set], &mut outs[set]);
+                match direction {
+                    Direction::Forward => env
+                        .unfitted
+                        .forward(stream, spec, lengths, &input[0], out)?,
+                    Direction::Backward => env
+                        .unfitted
+                        .backward(stream, spec, lengths, &input[0], &input[1], out)?,
+                }
+                Ok(())
+            })?)
+        }
+        _ => None,
+    };
+    let mut planned_row = row(
+        case.group,
+        kernel,
+        Some(planned_launch),
+        time_us,
+        unfused_us,
+    )?;
+    planned_row.unfitted_grid_us = unfitted_grid_us;
+    let mut rows = vec![planned_row];
     if !variants {
         return Ok(rows);
     }
@@ -579,20 +681,24 @@ fn run_case<T: Element + DeviceRepr>(
         if !softmax.l2_hints() {
             name.push_str(PLAIN_L2);
         }
-        rows.push(row("variant", name, time_us, None)?);
+        let launch = softmax.plan(Some(kind), direction, spec, T::DTYPE, buffers)?;
+        rows.push(row("variant", name, launch, time_us, None)?);
     }
     Ok(rows)
 }
 
 /// An H100 SXM's limits as the planner sees them (132 multiprocessors, 2048 threads and
-/// 228 KiB of shared memory each, 227 KiB a block, clusters): `--model` shows the kernels
-/// the planner gives the cases there.
+/// 228 KiB of shared memory each, 227 KiB a block, clusters, in GPCs of 16 to 18
+/// multiprocessors: one layout such a chip may have): `--model` shows the kernels the
+/// planner gives the cases there.
 const H100: DeviceLimits = DeviceLimits {
     sm_count: 132,
     max_threads_per_sm: 2048,
     max_shared_per_block: 227 * 1024,
     shared_per_sm: 228 * 1024,
     clusters: true,
+    reserved_shared_per_block: 1024,
+    cluster_residency: ClusterResidency::of_gpcs(&[18, 18, 16, 16, 16, 16, 16, 16]),
 };
 
 /// DRAM's unit of transfer on the GPUs we target (L2 sectors).
@@ -635,7 +741,7 @@ fn case_bytes(
 /// `--model`: every selected case's bytes and sector floors, no GPU.
 fn print_model(args: &Args) -> Result<()> {
     let mut csv = String::from(
-        "group,case,direction,dtype_bytes,k_len,bytes,sector32_bytes,sector64_bytes,sector32_over_floor,sector64_over_floor,h100_kernel\n",
+        "group,case,direction,dtype_bytes,k_len,bytes,sector32_bytes,sector64_bytes,sector32_over_floor,sector64_over_floor,h100_kernel,h100_launch\n",
     );
     println!(
         "{:<8} {:<30} {:<4} {:>5} {:>14} {:>14} {:>14} {:>10} {:>10}  planner's kernel on an H100",
@@ -665,12 +771,12 @@ fn print_model(args: &Args) -> Result<()> {
                     kv_lens: 4 << 20,
                     q_lens: if case.q.is_some() { 5 << 20 } else { 0 },
                 };
-                let kernel = plan_launch(None, direction, &case.spec, dtype, H100, buffers)?
-                    .ok_or("the planner always has a kernel")?
-                    .kernel
-                    .name(dtype, direction);
+                let launch = plan_launch(None, direction, &case.spec, dtype, H100, buffers)?
+                    .ok_or("the planner always has a kernel")?;
+                let kernel = launch.kernel.name(dtype, direction);
+                let shape = launch_shape(&launch);
                 println!(
-                    "{:<8} {:<30} {:<4} {:>5} {:>14.0} {:>14.0} {:>14.0} {:>10.3} {:>10.3}  {kernel}",
+                    "{:<8} {:<30} {:<4} {:>5} {:>14.0} {:>14.0} {:>14.0} {:>10.3} {:>10.3}  {kernel} ({shape})",
                     case.group,
                     case.name,
                     &dir[..3],
@@ -682,7 +788,7 @@ fn print_model(args: &Args) -> Result<()> {
                     x64
                 );
                 csv += &format!(
-                    "{},{},{},{},{},{:.0},{:.0},{:.0},{:.4},{:.4},{kernel}\n",
+                    "{},{},{},{},{},{:.0},{:.0},{:.0},{:.4},{:.4},{kernel},{shape}\n",
                     case.group,
                     case.name,
                     dir,
@@ -857,6 +963,62 @@ fn print_crossovers(report: &Report) {
     );
 }
 
+/// `--grid-fit`: the planner's kernel on the grid counted before v10 against the fitted
+/// one, case by case (above 1: the fitting helps), then the count, the median and the
+/// range, and how many moved by 3% or more either way.
+fn print_grid_fit(report: &Report) {
+    println!(
+        "{} ({}), {}; clusters resident at once (2, 4, 8 blocks; 1-8 blocks a multiprocessor): {:?}",
+        report.gpu,
+        report.compute_capability,
+        report.date_utc,
+        report
+            .cluster_residency
+            .as_ref()
+            .map_or("not recorded".into(), |t| format!("{t:?}"))
+    );
+    println!(
+        "{:<30} {:<4} {:<5} {:<38} {:<20} {:>8} {:>8}",
+        "case", "dir", "type", "kernel", "launch", "x floor", "old/new"
+    );
+    let mut ratios = Vec::new();
+    for r in report.rows.iter().filter(|r| r.group != "variant") {
+        let Some(old) = r.unfitted_grid_us else {
+            continue;
+        };
+        let ratio = old / r.time_us;
+        ratios.push(ratio);
+        println!(
+            "{:<30} {:<4} {:<5} {:<38} {:<20} {:>8.3} {:>7.3}x",
+            r.case,
+            &r.direction[..3],
+            r.dtype,
+            r.kernel
+                .trim_start_matches("masked_softmax_fwd_")
+                .trim_start_matches("masked_softmax_bwd_"),
+            r.launch.as_deref().unwrap_or("-"),
+            r.over_floor,
+            ratio
+        );
+    }
+    ratios.sort_by(f64::total_cmp);
+    match (ratios.first(), ratios.last()) {
+        (Some(lo), Some(hi)) => {
+            let faster = ratios.iter().filter(|&&x| x >= CROSSOVER_MARGIN).count();
+            let slower = ratios
+                .iter()
+                .filter(|&&x| x <= 1.0 / CROSSOVER_MARGIN)
+                .count();
+            println!(
+                "{} cases on fitted grids: old grid over new {:.3}x median, {lo:.3}x to {hi:.3}x; {faster} faster by 3% or more, {slower} slower",
+                ratios.len(),
+                ratios[ratios.len() / 2],
+            );
+        }
+        _ => println!("0 cases on fitted grids (results before v10, or no grid changed)"),
+    }
+}
+
 /// FNV-1a of a case name: a seed that does not depend on the standard library's hasher.
 fn fnv1a(name: &str) -> u64 {
     name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
@@ -1012,7 +1174,7 @@ impl Baseline {
 fn print_row(row: &Row, header: bool) {
     if header {
         println!(
-            "{:<8} {:<30} {:<4} {:<5} {:<38} {:>11} {:>10} {:>8} {:>8} {:>9} {:>9}",
+            "{:<8} {:<30} {:<4} {:<5} {:<38} {:>11} {:>10} {:>8} {:>8} {:>9} {:>9} {:>8}",
             "group",
             "case",
             "dir",
@@ -1023,11 +1185,12 @@ fn print_row(row: &Row, header: bool) {
             "x floor",
             "x sector",
             "GB/s",
-            "vs unfused"
+            "vs unfused",
+            "vs grid"
         );
     }
     println!(
-        "{:<8} {:<30} {:<4} {:<5} {:<38} {:>11.2} {:>10.2} {:>8.3} {:>8} {:>9.0} {:>9}",
+        "{:<8} {:<30} {:<4} {:<5} {:<38} {:>11.2} {:>10.2} {:>8.3} {:>8} {:>9.0} {:>9} {:>8}",
         row.group,
         row.case,
         &row.direction[..3],
@@ -1043,6 +1206,9 @@ fn print_row(row: &Row, header: bool) {
         row.effective_gbps,
         row.speedup_over_unfused
             .map_or("-".into(), |s| format!("{s:.2}x")),
+        // The grid fitting's speed-up (above 1: the fitted grid is faster).
+        row.unfitted_grid_us
+            .map_or("-".into(), |u| format!("{:.3}x", u / row.time_us)),
     );
 }
 
@@ -1052,12 +1218,12 @@ fn write_outputs(dir: &Path, report: &Report) -> Result<()> {
         serde_json::to_string_pretty(report)?,
     )?;
     let mut csv = String::from(
-        "group,case,direction,dtype,kernel,rows,k_len,bytes,time_us,floor_us,over_floor,effective_gbps,unfused_us,speedup_over_unfused,sector_bytes,over_sector_floor\n",
+        "group,case,direction,dtype,kernel,rows,k_len,bytes,time_us,floor_us,over_floor,effective_gbps,unfused_us,speedup_over_unfused,sector_bytes,over_sector_floor,launch,unfitted_grid_us\n",
     );
     for r in &report.rows {
         let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.4}"));
         csv += &format!(
-            "{},{},{},{},{},{},{},{:.0},{:.3},{:.3},{:.4},{:.1},{},{},{},{}\n",
+            "{},{},{},{},{},{},{},{:.0},{:.3},{:.3},{:.4},{:.1},{},{},{},{},{},{}\n",
             r.group,
             r.case,
             r.direction,
@@ -1073,7 +1239,9 @@ fn write_outputs(dir: &Path, report: &Report) -> Result<()> {
             opt(r.unfused_us),
             opt(r.speedup_over_unfused),
             r.sector_bytes.map_or(String::new(), |b| format!("{b:.0}")),
-            opt(r.over_sector_floor)
+            opt(r.over_sector_floor),
+            r.launch.as_deref().unwrap_or(""),
+            opt(r.unfitted_grid_us)
         );
     }
     std::fs::write(dir.join("results.csv"), csv)?;

@@ -17,7 +17,8 @@
 #                                                      these kernels (into profile/)
 # DEADLINE (seconds, as run.sh reads it) bounds them too: a step is skipped with less
 # than 30 s left. At the end, with --bench, predictions.txt checks results/predictions.json
-# (PERFORMANCE.md's predictions) against the run.
+# (PERFORMANCE.md's predictions) against the run, and grid-fit.txt lists each case's time
+# on the grid counted before v10 over its time on the fitted one.
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 args=("$@")
@@ -71,6 +72,11 @@ if [[ -f "$root/results/predictions.json" && -f "$work/bench/results.json" ]]; t
     "$bundle/bin/bench-throughput" --predictions "$root/results/predictions.json" \
         --against "$against" >"$work/predictions.txt" 2>&1
     echo "predictions: $(tail -n 1 "$work/predictions.txt")" >>"$work/summary.txt"
+fi
+# v10's grid fitting in this run: each case's time on the old grid over the new.
+if [[ -f "$work/bench/results.json" ]]; then
+    "$bundle/bin/bench-throughput" --grid-fit "$work/bench/results.json" >"$work/grid-fit.txt" 2>&1
+    { echo "grid fit: $(tail -n 1 "$work/grid-fit.txt")"; head -n 1 "$work/grid-fit.txt" | sed 's/^/    /'; } >>"$work/summary.txt"
 fi
 cp "$work/summary.txt" "$out/" 2>/dev/null
 # The device tool returns the end of stdout: put the first failures there too.

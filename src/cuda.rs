@@ -52,8 +52,8 @@ use crate::contract::{Lengths, Spec, check_buffer};
 use crate::dtype::{DType, Element};
 use crate::error::{Error, LengthKind, Result};
 use crate::plan::{
-    Buffers, DeviceLimits, Direction, KernelKind, KernelParams, LaunchPlan, MASK_PLAIN_STREAM,
-    plan_launch,
+    Buffers, ClusterResidency, DeviceLimits, Direction, KernelKind, KernelOccupancy, KernelParams,
+    LaunchPlan, MASK_PLAIN_STREAM, plan_launch,
 };
 
 /// The PTX built from `kernels/*.cu` by build.rs (no modules when built without nvcc).
@@ -205,9 +205,15 @@ pub struct CudaSoftmax {
     ctx: Arc<CudaContext>,
     limits: DeviceLimits,
     functions: HashMap<(Direction, KernelKind, DType), CudaFunction>,
+    /// Each loaded kernel's blocks a multiprocessor by threads and registers, from the
+    /// driver ([`LaunchPlan::fit_resident`]).
+    occupancy: HashMap<(Direction, KernelKind, DType), KernelOccupancy>,
     /// Whether the streaming kernels ask the L2 to keep a row between its two reads
     /// ([`set_l2_hints`](Self::set_l2_hints)).
     l2_hints: bool,
+    /// Whether grids are sized by what the device runs at once
+    /// ([`set_grid_fitting`](Self::set_grid_fitting)).
+    grid_fitting: bool,
     /// Device copy of host lengths; grows, never shrinks.
     staging: Mutex<Option<Staging>>,
     /// The first launch of kinds that take two ([`KernelKind::first_pass_name`]).
@@ -243,7 +249,7 @@ impl CudaSoftmax {
         let (major, minor) = ctx.compute_capability()?;
         let target = ptx_target_for(major, minor)?;
         let attribute = |a| ctx.attribute(a).map(|v| v.max(0) as u32);
-        let limits = DeviceLimits {
+        let mut limits = DeviceLimits {
             sm_count: attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?,
             max_threads_per_sm: attribute(
                 CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_MULTIPROCESSOR,
@@ -255,8 +261,13 @@ impl CudaSoftmax {
                 CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR,
             )?,
             clusters: target >= 90,
+            reserved_shared_per_block: attribute(
+                CUdevice_attribute::CU_DEVICE_ATTRIBUTE_RESERVED_SHARED_MEMORY_PER_BLOCK,
+            )?,
+            cluster_residency: ClusterResidency::UNKNOWN,
         };
         let mut functions = HashMap::new();
+        let mut occupancy = HashMap::new();
         let mut first_passes = HashMap::new();
         for direction in [Direction::Forward, Direction::Backward] {
             let (_, ptx) = module_ptx_for(direction.module(), major, minor)
@@ -272,6 +283,7 @@ impl CudaSoftmax {
                             limits.max_shared_per_block as i32,
                         )?;
                     }
+                    occupancy.insert((direction, kind, dtype), kernel_occupancy(&function));
                     functions.insert((direction, kind, dtype), function);
                     if let Some(name) = kind.first_pass_name(dtype, direction) {
                         first_passes.insert((direction, kind, dtype), module.load_function(&name)?);
@@ -279,11 +291,22 @@ impl CudaSoftmax {
                 }
             }
         }
+        // A cluster kernel of few registers (32) asks how many clusters fit: its blocks'
+        // shared memory alone then sets its occupancy.
+        let probe = KernelKind::Cluster {
+            pack: 1,
+            cached: false,
+        };
+        if let Some(function) = functions.get(&(Direction::Forward, probe, DType::F32)) {
+            limits.cluster_residency = probe_cluster_residency(ctx, function, &limits);
+        }
         Ok(CudaSoftmax {
             ctx: ctx.clone(),
             limits,
             functions,
+            occupancy,
             l2_hints: true,
+            grid_fitting: true,
             staging: Mutex::new(None),
             first_passes,
             partials: Mutex::new(None),
@@ -316,6 +339,53 @@ impl CudaSoftmax {
         self.l2_hints
     }
 
+    /// Whether launches size their grids by what the device runs at once: the kernels'
+    /// occupancy by threads and registers as the driver counts it
+    /// ([`LaunchPlan::fit_resident`]), the system's shared memory reservation per block,
+    /// and the clusters that fit the GPCs ([`ClusterResidency`]). On by default. Turned
+    /// off, grids are counted by threads and shared memory alone, as before v10, for the
+    /// benchmark to compare; the results are the same either way (every kernel strides
+    /// over its rows by the grid).
+    pub fn set_grid_fitting(&mut self, on: bool) {
+        self.grid_fitting = on;
+    }
+
+    /// See [`set_grid_fitting`](Self::set_grid_fitting).
+    pub fn grid_fitting(&self) -> bool {
+        self.grid_fitting
+    }
+
+    /// The launch this handle makes for a problem: the kernel `kind`, or the planner's if
+    /// `None` (`Ok(None)` if `kind` cannot run it), with the grid fitted as
+    /// [`set_grid_fitting`](Self::set_grid_fitting) says. `buffers` are the addresses the
+    /// launch would take (their offsets against 16-byte boundaries choose the kernels).
+    pub fn plan(
+        &self,
+        kind: Option<KernelKind>,
+        direction: Direction,
+        spec: &Spec,
+        dtype: DType,
+        buffers: Buffers,
+    ) -> Result<Option<LaunchPlan>> {
+        let limits = match self.grid_fitting {
+            true => self.limits,
+            false => DeviceLimits {
+                reserved_shared_per_block: 0,
+                cluster_residency: ClusterResidency::UNKNOWN,
+                ..self.limits
+            },
+        };
+        let Some(mut plan) = plan_launch(kind, direction, spec, dtype, limits, buffers)? else {
+            return Ok(None);
+        };
+        if self.grid_fitting
+            && let Some(occupancy) = self.occupancy.get(&(direction, plan.kernel, dtype))
+        {
+            plan.fit_resident(&limits, occupancy);
+        }
+        Ok(Some(plan))
+    }
+
     /// A handle on the same loaded kernels (nothing is loaded again), with its own
     /// settings and its own buffers (host lengths, the split kernels' scratch).
     pub fn share(&self) -> Self {
@@ -323,7 +393,9 @@ impl CudaSoftmax {
             ctx: self.ctx.clone(),
             limits: self.limits,
             functions: self.functions.clone(),
+            occupancy: self.occupancy.clone(),
             l2_hints: self.l2_hints,
+            grid_fitting: self.grid_fitting,
             staging: Mutex::new(None),
             first_passes: self.first_passes.clone(),
             partials: Mutex::new(None),
@@ -338,6 +410,19 @@ impl CudaSoftmax {
     /// What the planner knows about the device.
     pub fn limits(&self) -> DeviceLimits {
         self.limits
+    }
+
+    /// How many blocks of the loaded kernel `kind` a multiprocessor runs at once by its
+    /// threads and registers, as the driver counted them when the handle loaded it
+    /// (`None` for a kind not loaded): launches cut their grids to it
+    /// ([`LaunchPlan::fit_resident`]).
+    pub fn occupancy(
+        &self,
+        direction: Direction,
+        kind: KernelKind,
+        dtype: DType,
+    ) -> Option<KernelOccupancy> {
+        self.occupancy.get(&(direction, kind, dtype)).copied()
     }
 
     /// `y = softmax(scale * x)` over each row's valid keys and exact zeros elsewhere,
@@ -650,7 +735,7 @@ impl CudaSoftmax {
         let (q_ptr, _q_guard) = lengths.q.map(|l| l.device_ptr(stream)).unzip();
         buffers.kv_lens = kv_ptr.unwrap_or(0);
         buffers.q_lens = q_ptr.unwrap_or(0);
-        let Some(plan) = plan_launch(kind, direction, spec, T::DTYPE, self.limits, buffers)? else {
+        let Some(plan) = self.plan(kind, direction, spec, T::DTYPE, buffers)? else {
             return Ok(false);
         };
         // Every kernel the planner picks is loaded (a unit test checks the PTX holds them);
@@ -779,6 +864,84 @@ impl CudaSoftmax {
         }
         Ok(())
     }
+}
+
+/// How many blocks of `function` a multiprocessor runs at once at each block size, by its
+/// threads and registers (no dynamic shared memory), as the driver counts them; sizes it
+/// does not answer stay unknown.
+fn kernel_occupancy(function: &CudaFunction) -> KernelOccupancy {
+    let mut occupancy = KernelOccupancy::UNKNOWN;
+    for block in KernelOccupancy::BLOCK_SIZES {
+        if let Ok(n) = function.occupancy_max_active_blocks_per_multiprocessor(block, 0, None) {
+            occupancy.record(block, n);
+        }
+    }
+    occupancy
+}
+
+/// How many clusters of each size the device runs at once at 1 to 8 blocks a
+/// multiprocessor ([`ClusterResidency`]), asked of the driver with `function` (a cluster
+/// kernel of at most 64 registers a thread) in blocks of 128 threads, its dynamic shared
+/// memory sized so that exactly that many blocks fit a multiprocessor. An entry the driver
+/// does not confirm stays unknown (the planner then counts multiprocessors alone); nothing
+/// here fails the handle.
+fn probe_cluster_residency(
+    ctx: &CudaContext,
+    function: &CudaFunction,
+    limits: &DeviceLimits,
+) -> ClusterResidency {
+    use cudarc::driver::sys;
+    const BLOCK: u32 = 128;
+    let mut table = ClusterResidency::UNKNOWN;
+    if ctx.bind_to_thread().is_err() {
+        return table;
+    }
+    for blocks_per_sm in 1..=ClusterResidency::MAX_BLOCKS_PER_SM {
+        let shared = (limits.shared_per_sm / blocks_per_sm)
+            .saturating_sub(limits.reserved_shared_per_block)
+            .min(limits.max_shared_per_block)
+            & !1023;
+        let occupancy =
+            function.occupancy_max_active_blocks_per_multiprocessor(BLOCK, shared as usize, None);
+        if occupancy.ok() != Some(blocks_per_sm) {
+            continue;
+        }
+        for cluster in ClusterResidency::CLUSTER_SIZES {
+            // SAFETY: zero is a valid bit pattern for this plain C union.
+            let mut value: sys::CUlaunchAttributeValue = unsafe { std::mem::zeroed() };
+            value.clusterDim = sys::CUlaunchAttributeValue_union__bindgen_ty_1 {
+                x: cluster,
+                y: 1,
+                z: 1,
+            };
+            let mut attribute = sys::CUlaunchAttribute {
+                id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,
+                pad: [0; 4],
+                value,
+            };
+            let config = sys::CUlaunchConfig {
+                gridDimX: cluster * limits.sm_count.max(1) * blocks_per_sm,
+                gridDimY: 1,
+                gridDimZ: 1,
+                blockDimX: BLOCK,
+                blockDimY: 1,
+                blockDimZ: 1,
+                sharedMemBytes: shared,
+                hStream: std::ptr::null_mut(),
+                attrs: &mut attribute,
+                numAttrs: 1,
+            };
+            let mut clusters: std::ffi::c_int = 0;
+            // SAFETY: `config` and `attribute` outlive the call, which only reads them.
+            let status = unsafe {
+                sys::cuOccupancyMaxActiveClusters(&mut clusters, function.cu_function(), &config)
+            };
+            if status == sys::CUresult::CUDA_SUCCESS && clusters > 0 {
+                table.record(cluster, blocks_per_sm, clusters as u32);
+            }
+        }
+    }
+    table
 }
 
 /// An error if the byte ranges of two buffers overlap.

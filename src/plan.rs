@@ -36,6 +36,12 @@
 //!
 //! [`KernelKind::Split`] (rows cut into chunks spread over the whole grid, two launches
 //! and a scratch buffer) runs any length on request; the planner does not pick it yet.
+//!
+//! Grids: every kernel strides over its rows (or chunks) by the grid, so a grid holds at
+//! most the blocks the device runs at once, never a part of a second wave. The planner
+//! counts threads, shared memory with the system's reservation, and for clusters the
+//! GPCs ([`ClusterResidency`]); the launcher then cuts the grid to the compiled kernel's
+//! occupancy by registers ([`LaunchPlan::fit_resident`]).
 
 use crate::contract::{Causal, Padding, Spec};
 use crate::dtype::DType;
@@ -57,6 +63,100 @@ pub struct DeviceLimits {
     pub shared_per_sm: u32,
     /// Thread-block clusters available (compute capability 9.0+, with its PTX loaded).
     pub clusters: bool,
+    /// Shared memory the system takes from a multiprocessor for each resident block (1 KiB
+    /// on every GPU of compute capability 8.0 and newer), bytes: a block of `s` bytes of
+    /// dynamic shared memory holds `s` plus this.
+    pub reserved_shared_per_block: u32,
+    /// How many thread-block clusters run at once, as the driver counts them
+    /// ([`ClusterResidency::UNKNOWN`] where it was not asked, or there are no clusters).
+    pub cluster_residency: ClusterResidency,
+}
+
+/// How many thread-block clusters of 2, 4 or 8 blocks a device runs at once, by how many
+/// blocks of the launch fit a multiprocessor (1 to [`ClusterResidency::MAX_BLOCKS_PER_SM`]).
+///
+/// A cluster's blocks all run in one GPC (a group of multiprocessors), and a chip's GPCs
+/// differ in size: an H100 SXM has 132 multiprocessors in 8 GPCs of uneven size, so
+/// clusters of 4 or 8 blocks, one a multiprocessor, leave some idle and fewer fit than
+/// `sm_count * blocks_per_sm / cluster`. The kernels loop over their rows with the grid's
+/// clusters as the stride, so a cluster launched beyond those that fit starts only when
+/// one of them has done all its rows, and the launch takes up to twice as long. The
+/// planner therefore sizes cluster grids by this table, which
+/// [`CudaSoftmax::new`](crate::cuda::CudaSoftmax::new) fills from the driver
+/// (`cuOccupancyMaxActiveClusters`); where an entry is unknown it counts
+/// `sm_count * blocks_per_sm / cluster`.
+///
+/// ```
+/// use masked_softmax::plan::ClusterResidency;
+///
+/// // 16 multiprocessors in one GPC and 14 in another: clusters of 8, one block each.
+/// let table = ClusterResidency::of_gpcs(&[16, 14]);
+/// assert_eq!(table.get(8, 1), Some(2 + 1));
+/// assert_eq!(table.get(8, 2), Some(4 + 3));
+/// assert_eq!(ClusterResidency::UNKNOWN.get(8, 1), None);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ClusterResidency {
+    /// Clusters at once, by cluster size (2, 4, 8) and blocks per multiprocessor (1 to 8);
+    /// 0 where unknown.
+    clusters: [[u32; ClusterResidency::MAX_BLOCKS_PER_SM as usize]; 3],
+}
+
+impl ClusterResidency {
+    /// Nothing known: the planner counts `sm_count * blocks_per_sm / cluster`.
+    pub const UNKNOWN: ClusterResidency = ClusterResidency {
+        clusters: [[0; ClusterResidency::MAX_BLOCKS_PER_SM as usize]; 3],
+    };
+    /// The most blocks per multiprocessor the table records; launches with more count as
+    /// this many (fewer clusters than fit, never more).
+    pub const MAX_BLOCKS_PER_SM: u32 = 8;
+    /// Blocks per cluster the table records.
+    pub const CLUSTER_SIZES: [u32; 3] = [2, 4, 8];
+
+    /// The table of a device whose GPCs hold `sms_per_gpc` multiprocessors each, where a
+    /// cluster's blocks pack freely into its GPC: per GPC, `blocks_per_sm * sms / cluster`
+    /// clusters (rounded down). For models and tests; a real device's table comes from its
+    /// driver.
+    pub const fn of_gpcs(sms_per_gpc: &[u32]) -> ClusterResidency {
+        let mut table = ClusterResidency::UNKNOWN;
+        let mut c = 0;
+        while c < ClusterResidency::CLUSTER_SIZES.len() {
+            let mut b = 0;
+            while b < ClusterResidency::MAX_BLOCKS_PER_SM as usize {
+                let mut clusters = 0;
+                let mut g = 0;
+                while g < sms_per_gpc.len() {
+                    clusters +=
+                        (b as u32 + 1) * sms_per_gpc[g] / ClusterResidency::CLUSTER_SIZES[c];
+                    g += 1;
+                }
+                table.clusters[c][b] = clusters;
+                b += 1;
+            }
+            c += 1;
+        }
+        table
+    }
+
+    /// Records that `clusters` clusters of `cluster` blocks fit at once with
+    /// `blocks_per_sm` blocks a multiprocessor; sizes the table does not hold, and 0, are
+    /// ignored.
+    pub fn record(&mut self, cluster: u32, blocks_per_sm: u32, clusters: u32) {
+        if let Some(c) = Self::CLUSTER_SIZES.iter().position(|&s| s == cluster)
+            && (1..=Self::MAX_BLOCKS_PER_SM).contains(&blocks_per_sm)
+        {
+            self.clusters[c][blocks_per_sm as usize - 1] = clusters;
+        }
+    }
+
+    /// How many clusters of `cluster` blocks fit at once with `blocks_per_sm` blocks a
+    /// multiprocessor (past [`MAX_BLOCKS_PER_SM`](Self::MAX_BLOCKS_PER_SM), as many as
+    /// at that), if known.
+    pub fn get(&self, cluster: u32, blocks_per_sm: u32) -> Option<u32> {
+        let c = Self::CLUSTER_SIZES.iter().position(|&s| s == cluster)?;
+        let b = blocks_per_sm.clamp(1, Self::MAX_BLOCKS_PER_SM) as usize - 1;
+        Some(self.clusters[c][b]).filter(|&n| n > 0)
+    }
 }
 
 /// The kernels, forward and backward alike. Each is instantiated for f32, f16 and bf16 (see
@@ -555,6 +655,90 @@ impl LaunchPlan {
     pub fn kernel_name(&self) -> String {
         self.kernel.name(self.dtype, self.direction)
     }
+
+    /// Cuts the grid of a kernel that loops over its rows (every kind but clusters and
+    /// split) to the blocks the device runs at once: `occupancy` is the compiled kernel's
+    /// (its registers, which the planner cannot know), this plan's shared memory and the
+    /// system's reservation are counted here. The planner counts threads alone, so a
+    /// kernel held to fewer blocks by its registers got a grid of more blocks than fit, and
+    /// the blocks beyond started only as others ended, with all their rows still to do: a
+    /// second wave, which runs the GPU part-empty where it is not a whole one (H100 sm_90
+    /// ptxas: f32 forward block_regs at 2048 keys, 2112 blocks of 128 threads where 9 a
+    /// multiprocessor, 1188, fit). Kernels stride over rows by the grid, so fewer blocks
+    /// compute the same. Unknown occupancy changes nothing. Cluster grids are planned by
+    /// [`ClusterResidency`] with the cluster kernels' most registers; split grids count
+    /// theirs.
+    ///
+    /// ```
+    /// use masked_softmax::plan::{
+    ///     plan_forward, Buffers, ClusterResidency, DeviceLimits, KernelOccupancy,
+    /// };
+    /// use masked_softmax::{DType, Shape, Spec};
+    ///
+    /// let limits = DeviceLimits {
+    ///     sm_count: 132,
+    ///     max_threads_per_sm: 2048,
+    ///     max_shared_per_block: 227 << 10,
+    ///     shared_per_sm: 228 << 10,
+    ///     clusters: false,
+    ///     reserved_shared_per_block: 1024,
+    ///     cluster_residency: ClusterResidency::UNKNOWN,
+    /// };
+    /// let spec = Spec::new(Shape::matrix(32_768, 2048));
+    /// let mut plan = plan_forward(&spec, DType::F32, limits, Buffers::default())?;
+    /// assert_eq!((plan.grid, plan.block), (132 * 16, 128));
+    /// // 54 registers a thread: 9 blocks of 128 threads a multiprocessor.
+    /// let mut occupancy = KernelOccupancy::UNKNOWN;
+    /// occupancy.record(128, 9);
+    /// plan.fit_resident(&limits, &occupancy);
+    /// assert_eq!(plan.grid, 132 * 9);
+    /// # Ok::<(), masked_softmax::Error>(())
+    /// ```
+    pub fn fit_resident(&mut self, limits: &DeviceLimits, occupancy: &KernelOccupancy) {
+        if self.cluster > 1 || matches!(self.kernel, KernelKind::Split { .. }) {
+            return;
+        }
+        let Some(by_threads_and_registers) = occupancy.get(self.block) else {
+            return;
+        };
+        let held = self.shared_bytes as u64 + limits.reserved_shared_per_block as u64;
+        let by_shared = limits.shared_per_sm as u64 / held.max(1);
+        let blocks_per_sm = by_shared.min(by_threads_and_registers as u64).max(1);
+        let resident = limits.sm_count.max(1) as u64 * blocks_per_sm;
+        self.grid = (self.grid as u64).min(resident).clamp(1, u32::MAX as u64) as u32;
+    }
+}
+
+/// How many blocks of one compiled kernel a multiprocessor runs at once by the kernel's
+/// threads and registers alone (no dynamic shared memory), at block sizes of 32 to 1024
+/// threads (powers of two): what the driver's occupancy calculator answers for the loaded
+/// kernel ([`CudaSoftmax::new`](crate::cuda::CudaSoftmax::new) asks it), for
+/// [`LaunchPlan::fit_resident`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct KernelOccupancy {
+    /// Blocks a multiprocessor by block size (32, 64, ... 1024 threads); 0 where unknown.
+    blocks: [u32; 6],
+}
+
+impl KernelOccupancy {
+    /// Nothing known.
+    pub const UNKNOWN: KernelOccupancy = KernelOccupancy { blocks: [0; 6] };
+    /// The block sizes recorded.
+    pub const BLOCK_SIZES: [u32; 6] = [32, 64, 128, 256, 512, 1024];
+
+    /// Records `blocks_per_sm` blocks of `block` threads a multiprocessor; other block
+    /// sizes, and 0, are ignored.
+    pub fn record(&mut self, block: u32, blocks_per_sm: u32) {
+        if let Some(i) = Self::BLOCK_SIZES.iter().position(|&b| b == block) {
+            self.blocks[i] = blocks_per_sm;
+        }
+    }
+
+    /// Blocks of `block` threads a multiprocessor, if known.
+    pub fn get(&self, block: u32) -> Option<u32> {
+        let i = Self::BLOCK_SIZES.iter().position(|&b| b == block)?;
+        Some(self.blocks[i]).filter(|&n| n > 0)
+    }
 }
 
 /// Registers per thread the split kernels may take (ptxas, v9.1: 27 to 64), for their
@@ -842,7 +1026,7 @@ impl Problem {
             Some(cluster) => {
                 let shared = self.cluster_cache_bytes(pack, cluster);
                 let resident = self.cluster_shape(pack, cluster, shared).1;
-                let two_per_sm = 2 * shared <= self.limits.shared_per_sm as u64;
+                let two_per_sm = 2 * self.shared_held(shared) <= self.limits.shared_per_sm as u64;
                 (cluster, self.rows <= resident && two_per_sm)
             }
             None => (MAX_CLUSTER, false),
@@ -851,8 +1035,12 @@ impl Problem {
 
     /// Threads per block of a cluster launch with `shared` bytes per block, and how many of
     /// its clusters are resident at once: blocks per multiprocessor by threads, shared
-    /// memory and registers (the cluster kernels take up to CLUSTER_KERNEL_REGISTERS).
-    /// Packing clusters into GPCs can leave fewer resident still.
+    /// memory and registers (the cluster kernels take up to CLUSTER_KERNEL_REGISTERS),
+    /// then clusters by the device's [`ClusterResidency`], which counts those that GPCs of
+    /// uneven size leave out. H100, v7: the streaming cluster took 1.7x the floor at 65536
+    /// keys in 16-bit (clusters of 2, which always fit) and 2.6x at 2^18 (a grid of 33
+    /// clusters of 8, two blocks a multiprocessor, where 32 at most fit in GPCs of 16 to
+    /// 18 multiprocessors: one cluster did its 15 rows after the others had done theirs).
     ///
     /// About 8 packs a thread, or 2 where the launch has no more blocks than
     /// multiprocessors: a multiprocessor's only block must bring its loads in flight
@@ -870,10 +1058,25 @@ impl Problem {
             .clamp(128, LOOP_BLOCK as u64) as u32;
         let by_registers = REGISTERS_PER_SM / (CLUSTER_KERNEL_REGISTERS * block as u64);
         let blocks_per_sm = (self.threads_per_sm() / block as u64)
-            .min(self.limits.shared_per_sm as u64 / shared)
+            .min(self.limits.shared_per_sm as u64 / self.shared_held(shared))
             .min(by_registers)
             .max(1);
-        (block, (self.sms() * blocks_per_sm / cluster).max(1))
+        let by_sms = self.sms() * blocks_per_sm / cluster;
+        let resident = match self
+            .limits
+            .cluster_residency
+            .get(cluster as u32, blocks_per_sm.min(u32::MAX as u64) as u32)
+        {
+            Some(n) => by_sms.min(n as u64),
+            None => by_sms,
+        };
+        (block, resident.max(1))
+    }
+
+    /// Shared memory a block of `shared` bytes holds on its multiprocessor: those and the
+    /// system's reservation.
+    fn shared_held(&self, shared: u64) -> u64 {
+        (shared + self.limits.reserved_shared_per_block as u64).max(1)
     }
 
     /// The cluster size of a cached cluster launch, if one holds the row.
@@ -949,7 +1152,8 @@ impl Problem {
                     return None;
                 }
                 let blocks_by_threads = (threads_per_sm / loop_block as u64).max(1);
-                let blocks_by_shared = (self.limits.shared_per_sm as u64 / cached_bytes).max(1);
+                let blocks_by_shared =
+                    (self.limits.shared_per_sm as u64 / self.shared_held(cached_bytes)).max(1);
                 let grid = self.rows.min(sms * blocks_by_threads.min(blocks_by_shared));
                 Some(plan(grid, loop_block, cached_bytes))
             }
@@ -1005,12 +1209,17 @@ mod tests {
     use super::*;
     use crate::contract::Shape;
 
+    /// 132 multiprocessors in GPCs of 16 to 18, one layout an H100 SXM may have (chips
+    /// differ; the driver counts the real one's clusters).
+    const H100_GPCS: [u32; 8] = [18, 18, 16, 16, 16, 16, 16, 16];
     const H100: DeviceLimits = DeviceLimits {
         sm_count: 132,
         max_threads_per_sm: 2048,
         max_shared_per_block: 227 * 1024,
         shared_per_sm: 228 * 1024,
         clusters: false,
+        reserved_shared_per_block: 1024,
+        cluster_residency: ClusterResidency::of_gpcs(&H100_GPCS),
     };
     const H100_CLUSTERS: DeviceLimits = DeviceLimits {
         clusters: true,
@@ -1460,6 +1669,8 @@ mod tests {
             max_shared_per_block: 0,
             shared_per_sm: 0,
             clusters: true,
+            reserved_shared_per_block: 0,
+            cluster_residency: ClusterResidency::UNKNOWN,
         };
         for k in [3, 5000, 1 << 20] {
             let p = plan_forward(
@@ -1778,6 +1989,131 @@ mod tests {
         let short = Spec::new(Shape::matrix(1, 1000));
         let p = plan_forward(&short, DType::F32, H100_CLUSTERS, ALIGNED).unwrap();
         assert!(matches!(p.kernel, KernelKind::Rows { .. }));
+    }
+
+    #[test]
+    fn cluster_grids_hold_only_the_clusters_the_gpcs_fit() {
+        // 512 rows of 2^18 16-bit keys: streaming clusters of 8, 512 threads, 2 blocks a
+        // multiprocessor. 132 / 8 * 2 = 33 by multiprocessors, but GPCs of 16 and 18 fit
+        // 4 each: 32, every cluster 16 rows.
+        let long = Spec::new(Shape::matrix(512, 1 << 18));
+        let p = plan_forward(&long, DType::F16, H100_CLUSTERS, ALIGNED).unwrap();
+        assert_eq!((p.cluster, p.block), (8, 512));
+        assert_eq!(p.grid, 32 * 8);
+        let unknown = DeviceLimits {
+            cluster_residency: ClusterResidency::UNKNOWN,
+            ..H100_CLUSTERS
+        };
+        let p = plan_forward(&long, DType::F16, unknown, ALIGNED).unwrap();
+        assert_eq!(p.grid, 33 * 8);
+        let small_gpcs = DeviceLimits {
+            cluster_residency: ClusterResidency::of_gpcs(&[18, 18, 18, 18, 16, 16, 14, 14]),
+            ..H100_CLUSTERS
+        };
+        let p = plan_forward(&long, DType::F16, small_gpcs, ALIGNED).unwrap();
+        assert_eq!(p.grid, (6 * 4 + 2 * 3) * 8);
+
+        // Decode, 32 rows of 32768 16-bit keys: cached clusters of 4 (512 threads, 2 blocks
+        // a multiprocessor) while every row's cluster fits at once; where the driver says
+        // 31 fit, one row would wait for another's cluster to finish: streaming instead.
+        let decode = Spec::new(Shape::new(1, 32, 1, 32_768));
+        let cached = |limits| plan_forward(&decode, DType::F16, limits, ALIGNED).unwrap();
+        let p = cached(H100_CLUSTERS);
+        assert_eq!((p.kernel.pack(), p.cluster, p.grid), (8, 4, 32 * 4));
+        assert!(matches!(p.kernel, KernelKind::Cluster { cached: true, .. }));
+        let mut table = ClusterResidency::UNKNOWN;
+        table.record(4, 2, 31);
+        let p = cached(DeviceLimits {
+            cluster_residency: table,
+            ..H100_CLUSTERS
+        });
+        assert!(matches!(
+            p.kernel,
+            KernelKind::Cluster { cached: false, .. }
+        ));
+    }
+
+    #[test]
+    fn blocks_hold_their_shared_memory_and_the_systems_reservation() {
+        // 28900 f32 keys cached: 115,856 bytes a block, two of which fit 228 KiB but not
+        // with 1 KiB reserved for each.
+        let spec = Spec::new(Shape::matrix(1000, 28_900));
+        let cached = KernelKind::BlockCached { pack: 4 };
+        let grid = |limits| {
+            plan_kernel(
+                cached,
+                Direction::Forward,
+                &spec,
+                DType::F32,
+                limits,
+                ALIGNED,
+            )
+            .unwrap()
+            .unwrap()
+            .grid
+        };
+        assert_eq!(grid(H100), 132);
+        let unreserved = DeviceLimits {
+            reserved_shared_per_block: 0,
+            ..H100
+        };
+        assert_eq!(grid(unreserved), 264);
+    }
+
+    #[test]
+    fn launches_fit_the_blocks_their_registers_and_shared_memory_let_run() {
+        let fit = |mut p: LaunchPlan, block: u32, blocks_per_sm: u32| {
+            let mut occupancy = KernelOccupancy::UNKNOWN;
+            occupancy.record(block, blocks_per_sm);
+            p.fit_resident(&H100_CLUSTERS, &occupancy);
+            p.grid
+        };
+        // block_cached at 8192 f32 keys: 256 threads, 33,024 bytes: 6 a multiprocessor by
+        // shared memory even where registers would let 8 run.
+        let cached = plan(&Spec::new(Shape::matrix(8192, 8192)), DType::F32, ALIGNED);
+        assert_eq!((cached.grid, cached.block), (132 * 6, 256));
+        assert_eq!(fit(cached.clone(), 256, 8), 132 * 6);
+        assert_eq!(fit(cached.clone(), 256, 3), 132 * 3);
+        // Occupancy at another block size, or none, changes nothing.
+        assert_eq!(fit(cached.clone(), 512, 1), 132 * 6);
+        assert_eq!(fit(cached, 256, 0), 132 * 6);
+        // Fewer rows than blocks that fit: one block a row, as planned.
+        let few = plan(&Spec::new(Shape::matrix(100, 2048)), DType::F32, ALIGNED);
+        assert_eq!(fit(few, 128, 9), 100);
+        // Clusters keep their grids (planned by ClusterResidency), split kernels too.
+        let long = Spec::new(Shape::matrix(512, 1 << 18));
+        let p = plan_forward(&long, DType::F16, H100_CLUSTERS, ALIGNED).unwrap();
+        assert_eq!(fit(p.clone(), p.block, 1), p.grid);
+        let split = KernelKind::Split { pack: 4 };
+        let p = plan_kernel(split, Direction::Forward, &long, DType::F32, H100, ALIGNED)
+            .unwrap()
+            .unwrap();
+        assert_eq!(fit(p.clone(), p.block, 1), p.grid);
+    }
+
+    #[test]
+    fn cluster_residency_records_what_it_holds() {
+        let mut table = ClusterResidency::UNKNOWN;
+        table.record(4, 3, 40);
+        // Sizes and occupancies outside the table, and zero, are not recorded.
+        table.record(16, 1, 5);
+        table.record(2, 9, 5);
+        table.record(2, 1, 0);
+        assert_eq!(table.get(4, 3), Some(40));
+        assert_eq!(table.get(2, 1), None);
+        assert_eq!(table.get(16, 1), None);
+        // Past 8 blocks a multiprocessor, what 8 give.
+        table.record(8, 8, 64);
+        assert_eq!(table.get(8, 12), Some(64));
+        let h100 = ClusterResidency::of_gpcs(&H100_GPCS);
+        // Clusters of 2 always fit every multiprocessor's blocks; of 8 blocks one a
+        // multiprocessor, 2 a GPC.
+        for b in 1..=8 {
+            assert_eq!(h100.get(2, b), Some(66 * b));
+        }
+        assert_eq!(h100.get(8, 1), Some(16));
+        assert_eq!(h100.get(4, 1), Some(32));
+        assert_eq!(h100.get(8, 3), Some(2 * 6 + 6 * 6));
     }
 
     #[test]

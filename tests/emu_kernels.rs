@@ -18,7 +18,9 @@ use common::{
     check_runs, forward_matrix, random_contract, scores_with_nan_pads, special_trials,
 };
 use libtest_mimic::{Arguments, Completion, Trial};
-use masked_softmax::plan::{Buffers, DeviceLimits, Direction, KernelKind, plan_launch};
+use masked_softmax::plan::{
+    Buffers, ClusterResidency, DeviceLimits, Direction, KernelKind, plan_launch,
+};
 use masked_softmax::{DType, Element, Lengths, Padding, Shape, Spec, compare, seed};
 use masked_softmax_emu::{Dims, GuardedBuffer, Placement};
 
@@ -30,6 +32,8 @@ const A100ISH: DeviceLimits = DeviceLimits {
     max_shared_per_block: 16 << 10,
     shared_per_sm: 32 << 10,
     clusters: false,
+    reserved_shared_per_block: 0,
+    cluster_residency: ClusterResidency::UNKNOWN,
 };
 /// A GPU with thread-block clusters and more multiprocessors than the long-row cases have
 /// rows, so those take the cluster kernels; shared memory small enough that some chunks
@@ -40,6 +44,8 @@ const HOPPERISH: DeviceLimits = DeviceLimits {
     max_shared_per_block: 8 << 10,
     shared_per_sm: 32 << 10,
     clusters: true,
+    reserved_shared_per_block: 0,
+    cluster_residency: ClusterResidency::UNKNOWN,
 };
 /// Hopper's shared memory on a small GPU: every kernel that can hold a row in a block's
 /// shared memory can be named on it (the `every_kernel` trials).
@@ -49,6 +55,8 @@ const BIG_SHARED: DeviceLimits = DeviceLimits {
     max_shared_per_block: 227 << 10,
     shared_per_sm: 228 << 10,
     clusters: true,
+    reserved_shared_per_block: 0,
+    cluster_residency: ClusterResidency::UNKNOWN,
 };
 const MAX_ELEMENTS: usize = 1 << 15;
 

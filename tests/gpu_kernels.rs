@@ -19,7 +19,7 @@ use common::{
 use cudarc::driver::{CudaContext, DeviceRepr};
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
 use masked_softmax::cuda::{CudaSoftmax, DeviceLengths, LengthsArg, open_device};
-use masked_softmax::plan::{Direction, KernelKind};
+use masked_softmax::plan::{ClusterResidency, Direction, KernelKind};
 use masked_softmax::{DType, Element, Error, Lengths, Padding, Shape, Spec, compare, f16, seed};
 
 struct Gpu {
@@ -630,6 +630,77 @@ fn foreign_context(g: &Gpu) -> TestResult {
     Ok(())
 }
 
+/// On a GPU with clusters the handle knows, from the driver, how many of each size fit at
+/// each occupancy (the planner sizes cluster grids by it): every entry known, at least 1 and
+/// at most what the multiprocessors hold, never fewer with more blocks a multiprocessor.
+/// Without clusters it knows nothing. The log shows the table.
+fn cluster_residency(g: &Gpu) -> TestResult {
+    let limits = g.softmax.limits();
+    let table = limits.cluster_residency;
+    if !limits.clusters {
+        return match table == ClusterResidency::UNKNOWN {
+            true => Ok(()),
+            false => Err(format!("no clusters, yet {table:?}").into()),
+        };
+    }
+    let sms = limits.sm_count;
+    for c in ClusterResidency::CLUSTER_SIZES {
+        let counts: Vec<Option<u32>> = (1..=ClusterResidency::MAX_BLOCKS_PER_SM)
+            .map(|b| table.get(c, b))
+            .collect();
+        eprintln!("clusters of {c}, 1 to 8 blocks a multiprocessor: {counts:?} ({sms} SMs)");
+        let mut last = 0;
+        for (b, n) in (1..).zip(&counts) {
+            let n = n.ok_or(format!(
+                "clusters of {c} at {b} blocks a multiprocessor: unknown"
+            ))?;
+            if n < 1.max(last) || n > sms * b / c {
+                return Err(format!(
+                    "clusters of {c} at {b} blocks a multiprocessor: {n} (then {last}, {sms} SMs)"
+                )
+                .into());
+            }
+            last = n;
+        }
+    }
+    Ok(())
+}
+
+/// The handle knows every loaded kernel's blocks a multiprocessor at the block sizes the
+/// planner gives it (launches cut their grids to it): at least 1, at most what the
+/// threads allow.
+fn kernel_occupancy(g: &Gpu) -> TestResult {
+    let limits = g.softmax.limits();
+    for dtype in DType::ALL {
+        for direction in [Direction::Forward, Direction::Backward] {
+            for kind in KernelKind::all(dtype, limits.clusters, direction) {
+                let blocks: &[u32] = match kind {
+                    KernelKind::Rows { .. } | KernelKind::RowsKeys { .. } => &[256],
+                    KernelKind::BlockRegs { .. } => &[64, 128, 256, 512],
+                    KernelKind::BlockCached { .. } | KernelKind::BlockStream { .. } => {
+                        &[128, 256, 512]
+                    }
+                    _ => &[],
+                };
+                let name = kind.name(dtype, direction);
+                let occupancy = g
+                    .softmax
+                    .occupancy(direction, kind, dtype)
+                    .ok_or(format!("{name}: not loaded"))?;
+                for &block in blocks {
+                    match occupancy.get(block) {
+                        Some(n) if n <= limits.max_threads_per_sm / block => {}
+                        other => {
+                            return Err(format!("{name} at {block} threads: {other:?}").into());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 fn misuse(g: &Gpu) -> TestResult {
     let stream = g.ctx.new_stream()?;
     let spec = Spec::new(Shape::matrix(4, 6));
@@ -926,6 +997,14 @@ fn main() {
         Box::new(host_lengths_on_two_streams),
     );
     add("misuse_is_an_error_before_launch".into(), Box::new(misuse));
+    add(
+        "cluster_residency_from_the_driver".into(),
+        Box::new(cluster_residency),
+    );
+    add(
+        "kernel_occupancy_from_the_driver".into(),
+        Box::new(kernel_occupancy),
+    );
     let conclusion = libtest_mimic::run(&args, trials);
     // Trials that take the whole device, each alone, after the others.
     let mut alone = Vec::new();
