@@ -291,8 +291,8 @@ impl CudaSoftmax {
                 }
             }
         }
-        // A cluster kernel of few registers (32) asks how many clusters fit: its blocks'
-        // shared memory alone then sets its occupancy.
+        // Any cluster kernel asks how many clusters fit (in blocks of a warp, so that its
+        // shared memory alone sets its occupancy).
         let probe = KernelKind::Cluster {
             pack: 1,
             cached: false,
@@ -344,8 +344,10 @@ impl CudaSoftmax {
     /// ([`LaunchPlan::fit_resident`]), the system's shared memory reservation per block,
     /// and the clusters that fit the GPCs ([`ClusterResidency`]). On by default. Turned
     /// off, grids are counted by threads and shared memory alone, as before v10, for the
-    /// benchmark to compare; the results are the same either way (every kernel strides
-    /// over its rows by the grid).
+    /// benchmark to compare. Every kernel strides over its rows by the grid, so a kernel
+    /// computes the same on either grid; but the planner may also choose another kernel
+    /// with it off (a cached cluster where it counts more clusters fitting than do), whose
+    /// outputs meet the contract as well, not bit for bit the same.
     pub fn set_grid_fitting(&mut self, on: bool) {
         self.grid_fitting = on;
     }
@@ -881,8 +883,8 @@ fn kernel_occupancy(function: &CudaFunction) -> KernelOccupancy {
 
 /// How many clusters of each size the device runs at once at 1 to 8 blocks a
 /// multiprocessor ([`ClusterResidency`]), asked of the driver with `function` (a cluster
-/// kernel of at most 64 registers a thread) in blocks of 128 threads, its dynamic shared
-/// memory sized so that exactly that many blocks fit a multiprocessor. An entry the driver
+/// kernel) in blocks of one warp, whose registers cannot hold it under 8 blocks, its
+/// dynamic shared memory sized so that exactly that many blocks fit a multiprocessor. An entry the driver
 /// does not confirm stays unknown (the planner then counts multiprocessors alone); nothing
 /// here fails the handle.
 fn probe_cluster_residency(
@@ -891,7 +893,7 @@ fn probe_cluster_residency(
     limits: &DeviceLimits,
 ) -> ClusterResidency {
     use cudarc::driver::sys;
-    const BLOCK: u32 = 128;
+    const BLOCK: u32 = 32;
     let mut table = ClusterResidency::UNKNOWN;
     if ctx.bind_to_thread().is_err() {
         return table;

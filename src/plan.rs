@@ -37,11 +37,13 @@
 //! [`KernelKind::Split`] (rows cut into chunks spread over the whole grid, two launches
 //! and a scratch buffer) runs any length on request; the planner does not pick it yet.
 //!
-//! Grids: every kernel strides over its rows (or chunks) by the grid, so a grid holds at
-//! most the blocks the device runs at once, never a part of a second wave. The planner
-//! counts threads, shared memory with the system's reservation, and for clusters the
-//! GPCs ([`ClusterResidency`]); the launcher then cuts the grid to the compiled kernel's
-//! occupancy by registers ([`LaunchPlan::fit_resident`]).
+//! Grids: every kernel strides over its rows (or chunks) by the grid, so a grid need hold
+//! no more than the blocks the device runs at once (more would start as a second wave,
+//! part-empty unless whole). The planner counts threads, shared memory with the system's
+//! reservation, and for clusters the GPCs ([`ClusterResidency`]); the CUDA launcher then
+//! cuts the grid to the compiled kernel's occupancy by registers, as the driver counts it
+//! ([`LaunchPlan::fit_resident`]). Where the driver's counts are unknown, grids are the
+//! planner's.
 
 use crate::contract::{Causal, Padding, Spec};
 use crate::dtype::DType;
@@ -144,6 +146,7 @@ impl ClusterResidency {
     pub fn record(&mut self, cluster: u32, blocks_per_sm: u32, clusters: u32) {
         if let Some(c) = Self::CLUSTER_SIZES.iter().position(|&s| s == cluster)
             && (1..=Self::MAX_BLOCKS_PER_SM).contains(&blocks_per_sm)
+            && clusters > 0
         {
             self.clusters[c][blocks_per_sm as usize - 1] = clusters;
         }
@@ -656,18 +659,18 @@ impl LaunchPlan {
         self.kernel.name(self.dtype, self.direction)
     }
 
-    /// Cuts the grid of a kernel that loops over its rows (every kind but clusters and
-    /// split) to the blocks the device runs at once: `occupancy` is the compiled kernel's
-    /// (its registers, which the planner cannot know), this plan's shared memory and the
-    /// system's reservation are counted here. The planner counts threads alone, so a
-    /// kernel held to fewer blocks by its registers got a grid of more blocks than fit, and
-    /// the blocks beyond started only as others ended, with all their rows still to do: a
-    /// second wave, which runs the GPU part-empty where it is not a whole one (H100 sm_90
-    /// ptxas: f32 forward block_regs at 2048 keys, 2112 blocks of 128 threads where 9 a
-    /// multiprocessor, 1188, fit). Kernels stride over rows by the grid, so fewer blocks
-    /// compute the same. Unknown occupancy changes nothing. Cluster grids are planned by
-    /// [`ClusterResidency`] with the cluster kernels' most registers; split grids count
-    /// theirs.
+    /// Cuts the grid of a kernel that loops over its rows (every kind but split, whose two
+    /// launches count their own) to the blocks the device runs at once: `occupancy` is the
+    /// compiled kernel's (its registers, which the planner cannot know), this plan's shared
+    /// memory and the system's reservation are counted here, and a cluster launch keeps the
+    /// clusters [`ClusterResidency`] says fit at that many blocks a multiprocessor. The
+    /// planner counts threads alone (and for clusters the most registers a cluster kernel
+    /// takes), so a kernel held to fewer blocks by its registers got a grid of more blocks
+    /// than fit, and the blocks beyond started only as others ended, with all their rows
+    /// still to do: a second wave, which runs the GPU part-empty where it is not a whole one
+    /// (H100 sm_90 ptxas: f32 forward block_regs at 2048 keys, 2112 blocks of 128 threads
+    /// where 9 a multiprocessor, 1188, fit). Kernels stride over rows by the grid, so fewer
+    /// blocks compute the same. Unknown occupancy changes nothing.
     ///
     /// ```
     /// use masked_softmax::plan::{
@@ -695,7 +698,7 @@ impl LaunchPlan {
     /// # Ok::<(), masked_softmax::Error>(())
     /// ```
     pub fn fit_resident(&mut self, limits: &DeviceLimits, occupancy: &KernelOccupancy) {
-        if self.cluster > 1 || matches!(self.kernel, KernelKind::Split { .. }) {
+        if matches!(self.kernel, KernelKind::Split { .. }) {
             return;
         }
         let Some(by_threads_and_registers) = occupancy.get(self.block) else {
@@ -704,8 +707,21 @@ impl LaunchPlan {
         let held = self.shared_bytes as u64 + limits.reserved_shared_per_block as u64;
         let by_shared = limits.shared_per_sm as u64 / held.max(1);
         let blocks_per_sm = by_shared.min(by_threads_and_registers as u64).max(1);
-        let resident = limits.sm_count.max(1) as u64 * blocks_per_sm;
-        self.grid = (self.grid as u64).min(resident).clamp(1, u32::MAX as u64) as u32;
+        let by_sms = limits.sm_count.max(1) as u64 * blocks_per_sm;
+        let resident = match self.cluster as u64 {
+            0 | 1 => by_sms,
+            // Whole clusters: those the GPCs fit, at most those the multiprocessors hold.
+            cluster => {
+                let clusters = limits
+                    .cluster_residency
+                    .get(self.cluster, blocks_per_sm.min(u32::MAX as u64) as u32)
+                    .map_or(by_sms / cluster, |n| (n as u64).min(by_sms / cluster));
+                clusters.max(1) * cluster
+            }
+        };
+        if (self.grid as u64) > resident {
+            self.grid = resident.min(u32::MAX as u64) as u32;
+        }
     }
 }
 
@@ -729,7 +745,9 @@ impl KernelOccupancy {
     /// Records `blocks_per_sm` blocks of `block` threads a multiprocessor; other block
     /// sizes, and 0, are ignored.
     pub fn record(&mut self, block: u32, blocks_per_sm: u32) {
-        if let Some(i) = Self::BLOCK_SIZES.iter().position(|&b| b == block) {
+        if let Some(i) = Self::BLOCK_SIZES.iter().position(|&b| b == block)
+            && blocks_per_sm > 0
+        {
             self.blocks[i] = blocks_per_sm;
         }
     }
@@ -2076,14 +2094,23 @@ mod tests {
         assert_eq!(fit(cached.clone(), 256, 3), 132 * 3);
         // Occupancy at another block size, or none, changes nothing.
         assert_eq!(fit(cached.clone(), 512, 1), 132 * 6);
-        assert_eq!(fit(cached, 256, 0), 132 * 6);
+        assert_eq!(fit(cached.clone(), 256, 0), 132 * 6);
+        // Zero records nothing over a known count.
+        let mut occupancy = KernelOccupancy::UNKNOWN;
+        occupancy.record(256, 3);
+        occupancy.record(256, 0);
+        assert_eq!(occupancy.get(256), Some(3));
         // Fewer rows than blocks that fit: one block a row, as planned.
         let few = plan(&Spec::new(Shape::matrix(100, 2048)), DType::F32, ALIGNED);
         assert_eq!(fit(few, 128, 9), 100);
-        // Clusters keep their grids (planned by ClusterResidency), split kernels too.
+        // Clusters of 8 at 2 blocks of 512 threads a multiprocessor, as planned: 32 fit
+        // the GPCs. Were the kernel's registers to hold it to one block, 16 would.
         let long = Spec::new(Shape::matrix(512, 1 << 18));
         let p = plan_forward(&long, DType::F16, H100_CLUSTERS, ALIGNED).unwrap();
-        assert_eq!(fit(p.clone(), p.block, 1), p.grid);
+        assert_eq!((p.cluster, p.block, p.grid), (8, 512, 32 * 8));
+        assert_eq!(fit(p.clone(), 512, 2), 32 * 8);
+        assert_eq!(fit(p.clone(), 512, 1), 16 * 8);
+        // Split kernels keep their grids (each of their two launches counts its own).
         let split = KernelKind::Split { pack: 4 };
         let p = plan_kernel(split, Direction::Forward, &long, DType::F32, H100, ALIGNED)
             .unwrap()
@@ -2099,6 +2126,7 @@ mod tests {
         table.record(16, 1, 5);
         table.record(2, 9, 5);
         table.record(2, 1, 0);
+        table.record(4, 3, 0);
         assert_eq!(table.get(4, 3), Some(40));
         assert_eq!(table.get(2, 1), None);
         assert_eq!(table.get(16, 1), None);
