@@ -243,8 +243,12 @@ struct Staging {
 }
 
 impl CudaSoftmax {
-    /// Loads the kernels into `ctx`. Fails with [`Error::KernelsNotBuilt`] if this build has
-    /// no kernels and [`Error::UnsupportedDevice`] below compute capability 8.0.
+    /// Loads the kernels into `ctx` and asks the driver how many blocks of each, and how
+    /// many thread-block clusters, the device runs at once (for the launches' grids: see
+    /// [`set_grid_fitting`](Self::set_grid_fitting)); once per context is enough, and
+    /// [`share`](Self::share) reuses all of it. Fails with [`Error::KernelsNotBuilt`] if
+    /// this build has no kernels and [`Error::UnsupportedDevice`] below compute capability
+    /// 8.0.
     pub fn new(ctx: &Arc<CudaContext>) -> Result<Self> {
         let (major, minor) = ctx.compute_capability()?;
         let target = ptx_target_for(major, minor)?;
