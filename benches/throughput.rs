@@ -21,6 +21,7 @@
 //!     cargo bench --bench throughput -- --types f16 --cases sweep --directions forward --quick
 //!     cargo bench --bench throughput -- --model --out bench-model
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::error::Error;
 use std::num::NonZeroUsize;
@@ -158,6 +159,10 @@ struct Row {
     /// (`set_grid_fitting(false)`), where that grid differs (planner's kernel only).
     #[serde(default)]
     unfitted_grid_us: Option<f64>,
+    /// Microseconds a call took to enqueue on an idle GPU: where it nears `time_us`, the
+    /// time is the host's (absent in older results).
+    #[serde(default)]
+    host_us: Option<f64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -247,6 +252,7 @@ fn main() -> Result<()> {
         ctx: ctx.clone(),
         stream: stream.clone(),
         repeats: if args.quick { 5 } else { args.repeats.max(3) },
+        host_us: Cell::new(0.0),
     };
     let (major, minor) = ctx.compute_capability()?;
     let gpu = ctx.name()?;
@@ -321,6 +327,20 @@ fn main() -> Result<()> {
         }
     }
 
+    // Cases whose calls take nearly as long to enqueue as the GPU takes per launch: their
+    // back-to-back timing is the host's as much as the kernel's.
+    let host_bound: Vec<String> = rows
+        .iter()
+        .filter(|r| r.group != "variant")
+        .filter(|r| r.host_us.is_some_and(|h| h >= HOST_BOUND * r.time_us))
+        .map(|r| format!("{} {} {}", r.case, &r.direction[..3], r.dtype))
+        .collect();
+    println!(
+        "{} cases enqueue at {:.0}% or more of their time per launch (host-bound timing): {}",
+        host_bound.len(),
+        HOST_BOUND * 100.0,
+        host_bound.join(", ")
+    );
     write_outputs(&args.out, &report(rows))?;
     println!(
         "wrote {}/results.json, results.csv, bandwidth.svg",
@@ -517,6 +537,7 @@ fn run_case<T: Element + DeviceRepr>(
         }
         Ok(())
     })?;
+    let host_us = env.timer.host_us.get();
 
     let limits = env.softmax.limits();
     // The buffers' offsets against 16-byte boundaries, as the launches see them (the
@@ -584,6 +605,7 @@ fn run_case<T: Element + DeviceRepr>(
             over_sector_floor: Some(time_us / sector_floor_us),
             launch: launch.as_ref().map(launch_shape),
             unfitted_grid_us: None,
+            host_us: None,
         })
     };
     // The planner's kernel (named, so that the old count cannot choose another) on the
@@ -623,6 +645,7 @@ fn run_case<T: Element + DeviceRepr>(
         unfused_us,
     )?;
     planned_row.unfitted_grid_us = unfitted_grid_us;
+    planned_row.host_us = Some(host_us);
     let mut rows = vec![planned_row];
     if !variants {
         return Ok(rows);
@@ -686,8 +709,11 @@ fn run_case<T: Element + DeviceRepr>(
         if !softmax.l2_hints() {
             name.push_str(PLAIN_L2);
         }
+        let host_us = env.timer.host_us.get();
         let launch = softmax.plan(Some(kind), direction, spec, T::DTYPE, buffers)?;
-        rows.push(row("variant", name, launch, time_us, None)?);
+        let mut variant = row("variant", name, launch, time_us, None)?;
+        variant.host_us = Some(host_us);
+        rows.push(variant);
     }
     Ok(rows)
 }
@@ -903,6 +929,9 @@ fn check_predictions(path: &Path, against: &[PathBuf]) -> Result<()> {
 
 /// Suffix of a variant's kernel name timed with `set_l2_hints(false)`.
 const PLAIN_L2: &str = "+plain_l2";
+/// A call's enqueue time over the GPU's time per launch from which a case's timing counts
+/// as the host's (the benchmark's closing line).
+const HOST_BOUND: f64 = 0.8;
 
 /// A variant that beats the planner's kernel by this factor or more is worth a crossover.
 const CROSSOVER_MARGIN: f64 = 1.03;
@@ -1036,6 +1065,9 @@ struct Timer {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     repeats: usize,
+    /// What the last `per_launch_us` measured on the host: microseconds a call takes to
+    /// enqueue, with the GPU idle at the start (so no queue is full).
+    host_us: Cell<f64>,
 }
 
 impl Timer {
@@ -1054,6 +1086,18 @@ impl Timer {
             })
             .collect::<Result<_>>()?;
         samples.sort_by(f64::total_cmp);
+        // The host's side: enqueueing a few calls on an idle GPU. Where it takes about as
+        // long as the GPU's time per launch, the batches above timed the host, not the
+        // kernel (decode-sized cases).
+        const HOST_CALLS: u32 = 32;
+        self.stream.synchronize()?;
+        let start = std::time::Instant::now();
+        for _ in 0..HOST_CALLS {
+            f()?;
+        }
+        self.host_us
+            .set(start.elapsed().as_secs_f64() * 1e6 / HOST_CALLS as f64);
+        self.stream.synchronize()?;
         Ok(samples[samples.len() / 2])
     }
 
@@ -1179,7 +1223,7 @@ impl Baseline {
 fn print_row(row: &Row, header: bool) {
     if header {
         println!(
-            "{:<8} {:<30} {:<4} {:<5} {:<38} {:>11} {:>10} {:>8} {:>8} {:>9} {:>9} {:>8}",
+            "{:<8} {:<30} {:<4} {:<5} {:<38} {:>11} {:>10} {:>8} {:>8} {:>9} {:>9} {:>8} {:>8}",
             "group",
             "case",
             "dir",
@@ -1191,11 +1235,12 @@ fn print_row(row: &Row, header: bool) {
             "x sector",
             "GB/s",
             "vs unfused",
-            "vs grid"
+            "vs grid",
+            "host us"
         );
     }
     println!(
-        "{:<8} {:<30} {:<4} {:<5} {:<38} {:>11.2} {:>10.2} {:>8.3} {:>8} {:>9.0} {:>9} {:>8}",
+        "{:<8} {:<30} {:<4} {:<5} {:<38} {:>11.2} {:>10.2} {:>8.3} {:>8} {:>9.0} {:>9} {:>8} {:>8}",
         row.group,
         row.case,
         &row.direction[..3],
@@ -1214,6 +1259,8 @@ fn print_row(row: &Row, header: bool) {
         // The grid fitting's speed-up (above 1: the fitted grid is faster).
         row.unfitted_grid_us
             .map_or("-".into(), |u| format!("{:.3}x", u / row.time_us)),
+        // A call's enqueue on an idle GPU: near `time us`, the host set the pace.
+        row.host_us.map_or("-".into(), |h| format!("{h:.2}")),
     );
 }
 
@@ -1223,12 +1270,12 @@ fn write_outputs(dir: &Path, report: &Report) -> Result<()> {
         serde_json::to_string_pretty(report)?,
     )?;
     let mut csv = String::from(
-        "group,case,direction,dtype,kernel,rows,k_len,bytes,time_us,floor_us,over_floor,effective_gbps,unfused_us,speedup_over_unfused,sector_bytes,over_sector_floor,launch,unfitted_grid_us\n",
+        "group,case,direction,dtype,kernel,rows,k_len,bytes,time_us,floor_us,over_floor,effective_gbps,unfused_us,speedup_over_unfused,sector_bytes,over_sector_floor,launch,unfitted_grid_us,host_us\n",
     );
     for r in &report.rows {
         let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.4}"));
         csv += &format!(
-            "{},{},{},{},{},{},{},{:.0},{:.3},{:.3},{:.4},{:.1},{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{},{:.0},{:.3},{:.3},{:.4},{:.1},{},{},{},{},{},{},{}\n",
             r.group,
             r.case,
             r.direction,
@@ -1246,7 +1293,8 @@ fn write_outputs(dir: &Path, report: &Report) -> Result<()> {
             r.sector_bytes.map_or(String::new(), |b| format!("{b:.0}")),
             opt(r.over_sector_floor),
             r.launch.as_deref().unwrap_or(""),
-            opt(r.unfitted_grid_us)
+            opt(r.unfitted_grid_us),
+            opt(r.host_us)
         );
     }
     std::fs::write(dir.join("results.csv"), csv)?;

@@ -78,6 +78,7 @@ if [[ -f "$work/bench/results.json" ]]; then
     "$bundle/bin/bench-throughput" --grid-fit "$work/bench/results.json" >"$work/grid-fit.txt" 2>&1
     { echo "grid fit: $(tail -n 1 "$work/grid-fit.txt")"; head -n 1 "$work/grid-fit.txt" | sed 's/^/    /'; } >>"$work/summary.txt"
 fi
+grep -h "host-bound timing" "$work/bench.log" 2>/dev/null | cut -c1-600 | sed 's/^/host: /' >>"$work/summary.txt"
 cp "$work/summary.txt" "$out/" 2>/dev/null
 # The device tool returns the end of stdout: put the first failures there too.
 for log in "$work"/tests.log "$work"/demo.log "$work"/sanitize-*.log; do
