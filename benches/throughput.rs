@@ -163,6 +163,13 @@ struct Row {
     /// time is the host's (absent in older results).
     #[serde(default)]
     host_us: Option<f64>,
+    /// Decode-sized cases: microseconds a call with the calls replayed from a CUDA graph,
+    /// the GPU's time without the host's pace.
+    #[serde(default)]
+    graph_us: Option<f64>,
+    /// `graph_us` over the floor with the launch counted as a graph's empty call.
+    #[serde(default)]
+    graph_over_floor: Option<f64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -172,6 +179,9 @@ struct Report {
     date_utc: String,
     copy_gbps: f64,
     empty_launch_us: f64,
+    /// The empty kernel a call in a replayed CUDA graph (absent in older results).
+    #[serde(default)]
+    empty_graph_us: Option<f64>,
     ptx_target: Option<String>,
     /// Clusters resident at once as the driver counted them, by cluster size (2, 4, 8) and
     /// blocks per multiprocessor (1 to 8), 0 where unknown (absent in older results).
@@ -239,6 +249,10 @@ fn main() -> Result<()> {
             return Ok(());
         }
     };
+    // SAFETY: every buffer the benchmark makes is used on `stream` alone, which orders
+    // them; without the tracking's events the calls can be captured into CUDA graphs
+    // (decode timing), and cost the host less.
+    unsafe { ctx.disable_event_tracking() };
     let stream = ctx.new_stream()?;
     let softmax = CudaSoftmax::new(&ctx)?;
     // The variants time the streaming kernels without their L2 priorities too.
@@ -259,8 +273,10 @@ fn main() -> Result<()> {
 
     let copy_gbps = copy_bandwidth(&timer)?;
     let empty_launch_us = timer.per_launch_us(|| baseline.empty(&stream))?;
+    let empty_graph_us = timer.per_graph_call_us(|| baseline.empty(&stream));
     println!(
-        "{gpu} (sm_{major}{minor}): device-to-device copy {copy_gbps:.0} GB/s (read + write), empty launch {empty_launch_us:.2} us"
+        "{gpu} (sm_{major}{minor}): device-to-device copy {copy_gbps:.0} GB/s (read + write), empty launch {empty_launch_us:.2} us ({} us a call replayed from a graph)",
+        empty_graph_us.map_or("-".into(), |us| format!("{us:.2}"))
     );
     let residency = residency_table(&softmax.limits().cluster_residency);
     println!(
@@ -274,6 +290,7 @@ fn main() -> Result<()> {
         date_utc: utc_now(),
         copy_gbps,
         empty_launch_us,
+        empty_graph_us,
         ptx_target: masked_softmax::cuda::PTX_TARGET.map(String::from),
         cluster_residency: Some(residency.clone()),
         rows,
@@ -308,6 +325,7 @@ fn main() -> Result<()> {
                 baseline: (!args.no_baseline).then_some(&baseline),
                 copy_gbps,
                 empty_launch_us,
+                empty_graph_us,
             };
             let case_rows = match dtype {
                 DType::F32 => run_case::<f32>(&env, &case, direction, args.variants)?,
@@ -360,6 +378,7 @@ struct Env<'a> {
     baseline: Option<&'a Baseline>,
     copy_gbps: f64,
     empty_launch_us: f64,
+    empty_graph_us: Option<f64>,
 }
 
 fn cases(args: &Args) -> Vec<Case> {
@@ -606,6 +625,8 @@ fn run_case<T: Element + DeviceRepr>(
             launch: launch.as_ref().map(launch_shape),
             unfitted_grid_us: None,
             host_us: None,
+            graph_us: None,
+            graph_over_floor: None,
         })
     };
     // The planner's kernel (named, so that the old count cannot choose another) on the
@@ -646,6 +667,24 @@ fn run_case<T: Element + DeviceRepr>(
     )?;
     planned_row.unfitted_grid_us = unfitted_grid_us;
     planned_row.host_us = Some(host_us);
+    // Decode-sized cases again from a CUDA graph: the kernel's time without the host's.
+    if case.latency_bound {
+        let mut set = 0;
+        planned_row.graph_us = env.timer.per_graph_call_us(|| {
+            set = (set + 1) % sets;
+            let (input, out) = (&ins[set], &mut outs[set]);
+            match direction {
+                Direction::Forward => env.softmax.forward(stream, spec, lengths, &input[0], out)?,
+                Direction::Backward => env
+                    .softmax
+                    .backward(stream, spec, lengths, &input[0], &input[1], out)?,
+            }
+            Ok(())
+        });
+        if let (Some(graph_us), Some(empty)) = (planned_row.graph_us, env.empty_graph_us) {
+            planned_row.graph_over_floor = Some(graph_us / (bytes / (env.copy_gbps * 1e3) + empty));
+        }
+    }
     let mut rows = vec![planned_row];
     if !variants {
         return Ok(rows);
@@ -1101,6 +1140,31 @@ impl Timer {
         Ok(samples[samples.len() / 2])
     }
 
+    /// Microseconds a call of `f` takes with GRAPH_CALLS calls captured into a CUDA graph
+    /// once and the graph replayed (timed as `per_launch_us` times launches): the GPU's time
+    /// per call without the host's pace. `None`, with a line saying why, if the calls
+    /// cannot be captured; the stream leaves capture either way.
+    fn per_graph_call_us(&self, mut f: impl FnMut() -> Result<()>) -> Option<f64> {
+        let host_us = self.host_us.get();
+        let us = self.try_per_graph_call_us(&mut f);
+        self.host_us.set(host_us);
+        us.map_err(|e| println!("graph timing: {e}")).ok()
+    }
+
+    fn try_per_graph_call_us(&self, f: &mut impl FnMut() -> Result<()>) -> Result<f64> {
+        use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+        const GRAPH_CALLS: usize = 64;
+        self.stream
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
+        let captured = (0..GRAPH_CALLS).try_for_each(|_| f());
+        let graph = self.stream.end_capture(CUgraphInstantiate_flags(0));
+        captured?;
+        let graph = graph?.ok_or("the capture made no graph")?;
+        graph.upload()?;
+        let per_replay = self.per_launch_us(|| Ok(graph.launch()?))?;
+        Ok(per_replay / GRAPH_CALLS as f64)
+    }
+
     fn time_ms(&self, launches: usize, f: &mut impl FnMut() -> Result<()>) -> Result<f64> {
         let start = self.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
         let end = self.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
@@ -1262,6 +1326,15 @@ fn print_row(row: &Row, header: bool) {
         // A call's enqueue on an idle GPU: near `time us`, the host set the pace.
         row.host_us.map_or("-".into(), |h| format!("{h:.2}")),
     );
+    if let Some(graph_us) = row.graph_us {
+        println!(
+            "{:<8} {:<30} replayed from a CUDA graph: {graph_us:.2} us a call, {} x floor (the floor's launch a graph's empty call)",
+            "",
+            "",
+            row.graph_over_floor
+                .map_or("-".into(), |x| format!("{x:.3}"))
+        );
+    }
 }
 
 fn write_outputs(dir: &Path, report: &Report) -> Result<()> {
@@ -1270,12 +1343,12 @@ fn write_outputs(dir: &Path, report: &Report) -> Result<()> {
         serde_json::to_string_pretty(report)?,
     )?;
     let mut csv = String::from(
-        "group,case,direction,dtype,kernel,rows,k_len,bytes,time_us,floor_us,over_floor,effective_gbps,unfused_us,speedup_over_unfused,sector_bytes,over_sector_floor,launch,unfitted_grid_us,host_us\n",
+        "group,case,direction,dtype,kernel,rows,k_len,bytes,time_us,floor_us,over_floor,effective_gbps,unfused_us,speedup_over_unfused,sector_bytes,over_sector_floor,launch,unfitted_grid_us,host_us,graph_us,graph_over_floor\n",
     );
     for r in &report.rows {
         let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.4}"));
         csv += &format!(
-            "{},{},{},{},{},{},{},{:.0},{:.3},{:.3},{:.4},{:.1},{},{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{},{:.0},{:.3},{:.3},{:.4},{:.1},{},{},{},{},{},{},{},{},{}\n",
             r.group,
             r.case,
             r.direction,
@@ -1294,7 +1367,9 @@ fn write_outputs(dir: &Path, report: &Report) -> Result<()> {
             opt(r.over_sector_floor),
             r.launch.as_deref().unwrap_or(""),
             opt(r.unfitted_grid_us),
-            opt(r.host_us)
+            opt(r.host_us),
+            opt(r.graph_us),
+            opt(r.graph_over_floor)
         );
     }
     std::fs::write(dir.join("results.csv"), csv)?;
