@@ -913,18 +913,7 @@ fn probe_cluster_residency(
             continue;
         }
         for cluster in ClusterResidency::CLUSTER_SIZES {
-            // SAFETY: zero is a valid bit pattern for this plain C union.
-            let mut value: sys::CUlaunchAttributeValue = unsafe { std::mem::zeroed() };
-            value.clusterDim = sys::CUlaunchAttributeValue_union__bindgen_ty_1 {
-                x: cluster,
-                y: 1,
-                z: 1,
-            };
-            let mut attribute = sys::CUlaunchAttribute {
-                id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,
-                pad: [0; 4],
-                value,
-            };
+            let mut attribute = cluster_dimension(cluster);
             let config = sys::CUlaunchConfig {
                 gridDimX: cluster * limits.sm_count.max(1) * blocks_per_sm,
                 gridDimY: 1,
@@ -948,6 +937,23 @@ fn probe_cluster_residency(
         }
     }
     table
+}
+
+/// The launch attribute of a 1-D thread-block cluster of `blocks` blocks.
+fn cluster_dimension(blocks: u32) -> cudarc::driver::sys::CUlaunchAttribute {
+    use cudarc::driver::sys;
+    // SAFETY: zero is a valid bit pattern for this plain C union.
+    let mut value: sys::CUlaunchAttributeValue = unsafe { std::mem::zeroed() };
+    value.clusterDim = sys::CUlaunchAttributeValue_union__bindgen_ty_1 {
+        x: blocks,
+        y: 1,
+        z: 1,
+    };
+    sys::CUlaunchAttribute {
+        id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,
+        pad: [0; 4],
+        value,
+    }
 }
 
 /// An error if the byte ranges of two buffers overlap.
@@ -975,18 +981,7 @@ unsafe fn launch_raw(
 ) -> Result<()> {
     use cudarc::driver::sys;
     stream.context().bind_to_thread()?;
-    // SAFETY: zero is a valid bit pattern for this plain C union.
-    let mut value: sys::CUlaunchAttributeValue = unsafe { std::mem::zeroed() };
-    value.clusterDim = sys::CUlaunchAttributeValue_union__bindgen_ty_1 {
-        x: plan.cluster,
-        y: 1,
-        z: 1,
-    };
-    let mut cluster = sys::CUlaunchAttribute {
-        id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,
-        pad: [0; 4],
-        value,
-    };
+    let mut cluster = cluster_dimension(plan.cluster);
     let config = sys::CUlaunchConfig {
         gridDimX: plan.grid,
         gridDimY: 1,
