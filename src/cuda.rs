@@ -888,9 +888,9 @@ fn kernel_occupancy(function: &CudaFunction) -> KernelOccupancy {
 /// How many clusters of each size the device runs at once at 1 to 8 blocks a
 /// multiprocessor ([`ClusterResidency`]), asked of the driver with `function` (a cluster
 /// kernel) in blocks of one warp, whose registers cannot hold it under 8 blocks, its
-/// dynamic shared memory sized so that exactly that many blocks fit a multiprocessor. An entry the driver
-/// does not confirm stays unknown (the planner then counts multiprocessors alone); nothing
-/// here fails the handle.
+/// dynamic shared memory sized so that exactly that many blocks fit a multiprocessor. An
+/// entry the driver does not confirm stays unknown (the planner then counts
+/// multiprocessors alone); nothing here fails the handle.
 fn probe_cluster_residency(
     ctx: &CudaContext,
     function: &CudaFunction,
