@@ -1105,6 +1105,30 @@ impl Problem {
             .find(|&c| c >= to_fill && self.cluster_cache_bytes(pack, c) <= self.shared_limit())
     }
 
+    /// The cluster size a cached cluster launch takes: [`Self::cached_cluster`]'s, but with a
+    /// row for every multiprocessor (where the planner streams, and the benchmark's
+    /// variants time this kernel) the fewest blocks from there whose chunks fit two a
+    /// multiprocessor, so that one block's loads overlap another's stores. H100, v7: f32
+    /// rows of 65536 keys on clusters of 2 (128 KiB chunks, one a multiprocessor) took
+    /// 1.49x the floor, block_stream 1.52x, though the cached cluster reads each key once.
+    /// Not yet measured (v10.1).
+    fn cached_launch_cluster(&self, pack: u32) -> Option<u64> {
+        let fits = self.cached_cluster(pack)?;
+        if self.rows < self.sms() {
+            return Some(fits);
+        }
+        let two_per_sm = |c: u64| {
+            2 * self.shared_held(self.cluster_cache_bytes(pack, c))
+                <= self.limits.shared_per_sm as u64
+        };
+        Some(
+            [2, 4, 8]
+                .into_iter()
+                .find(|&c| c >= fits && two_per_sm(c))
+                .unwrap_or(fits),
+        )
+    }
+
     fn cluster_cache_bytes(&self, pack: u32, cluster: u64) -> u64 {
         let per_column = self.direction.cached_bytes_per_column();
         CLUSTER_HEADER_BYTES + self.row_packs(pack).div_ceil(cluster) * pack as u64 * per_column
@@ -1203,7 +1227,7 @@ impl Problem {
                     return None;
                 }
                 let cluster = if cached {
-                    self.cached_cluster(pack)?
+                    self.cached_launch_cluster(pack)?
                 } else {
                     self.cluster_config(pack).0
                 };
@@ -2049,6 +2073,39 @@ mod tests {
             p.kernel,
             KernelKind::Cluster { cached: false, .. }
         ));
+    }
+
+    #[test]
+    fn cached_clusters_for_many_rows_fit_two_blocks_a_multiprocessor() {
+        let cached = KernelKind::Cluster {
+            pack: 4,
+            cached: true,
+        };
+        let launch = |rows: usize, k: usize| {
+            let spec = Spec::new(Shape::matrix(rows, k));
+            plan_kernel(
+                cached,
+                Direction::Forward,
+                &spec,
+                DType::F32,
+                H100_CLUSTERS,
+                ALIGNED,
+            )
+            .unwrap()
+            .unwrap()
+        };
+        // 1024 rows of 65536 f32 keys: clusters of 4, 64 KiB chunks (2 of 128 KiB would
+        // hold the row, one a multiprocessor).
+        let p = launch(1024, 65_536);
+        assert_eq!(p.cluster, 4);
+        assert_eq!(p.shared_bytes as u64, CLUSTER_HEADER_BYTES + 65_536 * 4 / 4);
+        // 2^18 keys: no cluster of 8 or fewer fits two a multiprocessor: 8 hold it.
+        assert_eq!(launch(256, 1 << 18).cluster, 8);
+        // Fewer rows than multiprocessors: the fewest blocks that hold the row, as the
+        // planner counts them (decode).
+        assert_eq!(launch(32, 32_768).cluster, 4);
+        assert_eq!(launch(16, 65_536).cluster, 8);
+        assert_eq!(launch(100, 65_536).cluster, 2);
     }
 
     #[test]
