@@ -544,24 +544,6 @@ fn run_case<T: Element + DeviceRepr>(
         q: q.as_ref().map(|q| q as _),
     };
 
-    // One call of the planner's kernel on input set `set`.
-    let planned_call = |set: usize, outs: &mut [CudaSlice<T>]| -> Result<()> {
-        let (input, out) = (&ins[set], &mut outs[set]);
-        match direction {
-            Direction::Forward => env.softmax.forward(stream, spec, lengths, &input[0], out)?,
-            Direction::Backward => env
-                .softmax
-                .backward(stream, spec, lengths, &input[0], &input[1], out)?,
-        }
-        Ok(())
-    };
-    let mut set = 0;
-    let time_us = env.timer.per_launch_us(|| {
-        set = (set + 1) % sets;
-        planned_call(set, &mut outs)
-    })?;
-    let host_us = env.timer.host_us.get();
-
     let limits = env.softmax.limits();
     // The buffers' offsets against 16-byte boundaries, as the launches see them (the
     // allocations are aligned).
@@ -574,6 +556,31 @@ fn run_case<T: Element + DeviceRepr>(
     // Rows the vector kernels see shifted: the single-element kernels are the alternative.
     let shifted = planned_launch.params.flags & MASK_SHIFTED_PACKS != 0;
     let kernel = planned.name(T::DTYPE, direction);
+
+    // One call of the planner's kernel on input set `set`, named, so that a launch that
+    // does not happen (a split kernel while a graph is captured) is an error, not a
+    // silently empty call.
+    let planned_call = |set: usize, outs: &mut [CudaSlice<T>]| -> Result<()> {
+        let (input, out) = (&ins[set], &mut outs[set]);
+        let ran = match direction {
+            Direction::Forward => env
+                .softmax
+                .forward_with_kernel(planned, stream, spec, lengths, &input[0], out)?,
+            Direction::Backward => env
+                .softmax
+                .backward_with_kernel(planned, stream, spec, lengths, &input[0], &input[1], out)?,
+        };
+        match ran {
+            true => Ok(()),
+            false => Err(format!("{} did not launch", planned.name(T::DTYPE, direction)).into()),
+        }
+    };
+    let mut set = 0;
+    let time_us = env.timer.per_launch_us(|| {
+        set = (set + 1) % sets;
+        planned_call(set, &mut outs)
+    })?;
+    let host_us = env.timer.host_us.get();
 
     let unfused_us = match env.baseline {
         Some(b) if direction == Direction::Forward && case.q.is_none() && spec.causal.is_none() => {
@@ -671,8 +678,9 @@ fn run_case<T: Element + DeviceRepr>(
     )?;
     planned_row.unfitted_grid_us = unfitted_grid_us;
     planned_row.host_us = Some(host_us);
-    // Decode-sized cases again from a CUDA graph: the kernel's time without the host's.
-    if case.latency_bound {
+    // Decode-sized cases whose calls the host paced, again from a CUDA graph: the
+    // kernel's time without the host's.
+    if case.latency_bound && host_us >= 0.5 * time_us {
         let mut set = 0;
         planned_row.graph_us = env.timer.per_graph_call_us(|| {
             set = (set + 1) % sets;
@@ -1122,17 +1130,19 @@ impl Timer {
             })
             .collect::<Result<_>>()?;
         samples.sort_by(f64::total_cmp);
-        // The host's side: enqueueing a few calls on an idle GPU. Where it takes about as
-        // long as the GPU's time per launch, the batches above timed the host, not the
-        // kernel (decode-sized cases).
-        const HOST_CALLS: u32 = 32;
+        // The host's side: enqueueing a few calls on an idle GPU (no more than a batch, so
+        // long calls cost one more batch at most). Where it takes about as long as the
+        // GPU's time per launch, the batches above timed the host, not the kernel
+        // (decode-sized cases).
+        const HOST_CALLS: usize = 32;
+        let calls = HOST_CALLS.min(batch).max(1);
         self.stream.synchronize()?;
         let start = std::time::Instant::now();
-        for _ in 0..HOST_CALLS {
+        for _ in 0..calls {
             f()?;
         }
         self.host_us
-            .set(start.elapsed().as_secs_f64() * 1e6 / HOST_CALLS as f64);
+            .set(start.elapsed().as_secs_f64() * 1e6 / calls as f64);
         self.stream.synchronize()?;
         Ok(samples[samples.len() / 2])
     }
