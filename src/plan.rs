@@ -74,6 +74,26 @@ pub struct DeviceLimits {
     pub cluster_residency: ClusterResidency,
 }
 
+impl DeviceLimits {
+    /// Blocks of `shared` bytes of dynamic shared memory a multiprocessor holds, each with
+    /// the system's reservation.
+    fn blocks_by_shared(&self, shared: u64) -> u64 {
+        self.shared_per_sm as u64 / (shared + self.reserved_shared_per_block as u64).max(1)
+    }
+
+    /// Clusters of `cluster` blocks resident at once at `blocks_per_sm` blocks a
+    /// multiprocessor: those [`ClusterResidency`] says the GPCs fit, at most those the
+    /// multiprocessors hold.
+    fn resident_clusters(&self, cluster: u64, blocks_per_sm: u64) -> u64 {
+        let by_sms = self.sm_count.max(1) as u64 * blocks_per_sm / cluster.max(1);
+        let by_gpcs = self.cluster_residency.get(
+            cluster.min(u32::MAX as u64) as u32,
+            blocks_per_sm.min(u32::MAX as u64) as u32,
+        );
+        by_gpcs.map_or(by_sms, |n| by_sms.min(n as u64))
+    }
+}
+
 /// How many thread-block clusters of 2, 4 or 8 blocks a device runs at once, by how many
 /// blocks of the launch fit a multiprocessor (1 to [`ClusterResidency::MAX_BLOCKS_PER_SM`]).
 ///
@@ -704,20 +724,13 @@ impl LaunchPlan {
         let Some(by_threads_and_registers) = occupancy.get(self.block) else {
             return;
         };
-        let held = self.shared_bytes as u64 + limits.reserved_shared_per_block as u64;
-        let by_shared = limits.shared_per_sm as u64 / held.max(1);
-        let blocks_per_sm = by_shared.min(by_threads_and_registers as u64).max(1);
-        let by_sms = limits.sm_count.max(1) as u64 * blocks_per_sm;
+        let blocks_per_sm = limits
+            .blocks_by_shared(self.shared_bytes as u64)
+            .min(by_threads_and_registers as u64)
+            .max(1);
         let resident = match self.cluster as u64 {
-            0 | 1 => by_sms,
-            // Whole clusters: those the GPCs fit, at most those the multiprocessors hold.
-            cluster => {
-                let clusters = limits
-                    .cluster_residency
-                    .get(self.cluster, blocks_per_sm.min(u32::MAX as u64) as u32)
-                    .map_or(by_sms / cluster, |n| (n as u64).min(by_sms / cluster));
-                clusters.max(1) * cluster
-            }
+            0 | 1 => limits.sm_count.max(1) as u64 * blocks_per_sm,
+            cluster => limits.resident_clusters(cluster, blocks_per_sm).max(1) * cluster,
         };
         if (self.grid as u64) > resident {
             self.grid = resident.min(u32::MAX as u64) as u32;
@@ -1044,7 +1057,7 @@ impl Problem {
             Some(cluster) => {
                 let shared = self.cluster_cache_bytes(pack, cluster);
                 let resident = self.cluster_shape(pack, cluster, shared).1;
-                let two_per_sm = 2 * self.shared_held(shared) <= self.limits.shared_per_sm as u64;
+                let two_per_sm = self.limits.blocks_by_shared(shared) >= 2;
                 (cluster, self.rows <= resident && two_per_sm)
             }
             None => (MAX_CLUSTER, false),
@@ -1076,25 +1089,11 @@ impl Problem {
             .clamp(128, LOOP_BLOCK as u64) as u32;
         let by_registers = REGISTERS_PER_SM / (CLUSTER_KERNEL_REGISTERS * block as u64);
         let blocks_per_sm = (self.threads_per_sm() / block as u64)
-            .min(self.limits.shared_per_sm as u64 / self.shared_held(shared))
+            .min(self.limits.blocks_by_shared(shared))
             .min(by_registers)
             .max(1);
-        let by_sms = self.sms() * blocks_per_sm / cluster;
-        let resident = match self
-            .limits
-            .cluster_residency
-            .get(cluster as u32, blocks_per_sm.min(u32::MAX as u64) as u32)
-        {
-            Some(n) => by_sms.min(n as u64),
-            None => by_sms,
-        };
+        let resident = self.limits.resident_clusters(cluster, blocks_per_sm);
         (block, resident.max(1))
-    }
-
-    /// Shared memory a block of `shared` bytes holds on its multiprocessor: those and the
-    /// system's reservation.
-    fn shared_held(&self, shared: u64) -> u64 {
-        (shared + self.limits.reserved_shared_per_block as u64).max(1)
     }
 
     /// The cluster size of a cached cluster launch, if one holds the row.
@@ -1118,8 +1117,9 @@ impl Problem {
             return Some(fits);
         }
         let two_per_sm = |c: u64| {
-            2 * self.shared_held(self.cluster_cache_bytes(pack, c))
-                <= self.limits.shared_per_sm as u64
+            self.limits
+                .blocks_by_shared(self.cluster_cache_bytes(pack, c))
+                >= 2
         };
         Some(
             [2, 4, 8]
@@ -1194,8 +1194,7 @@ impl Problem {
                     return None;
                 }
                 let blocks_by_threads = (threads_per_sm / loop_block as u64).max(1);
-                let blocks_by_shared =
-                    (self.limits.shared_per_sm as u64 / self.shared_held(cached_bytes)).max(1);
+                let blocks_by_shared = self.limits.blocks_by_shared(cached_bytes).max(1);
                 let grid = self.rows.min(sms * blocks_by_threads.min(blocks_by_shared));
                 Some(plan(grid, loop_block, cached_bytes))
             }
