@@ -13,26 +13,30 @@
 //!
 //! 1. Short rows: [`KernelKind::Rows`] with `group` lanes per row and several rows per
 //!    warp, so short rows are neither launch- nor shuffle-bound. 16-byte packs: up to 8
-//!    lanes with a pack each, then (forward) up to 4 packs per lane on 8 or 16 lanes.
-//!    Single elements: a lane per column (16-bit rows up to 8 columns: a lane per row).
+//!    lanes with a pack each, then up to 4 packs per lane (2 in the 16-bit backward) on
+//!    8 or 16 lanes. Single elements: a lane per column (16-bit rows up to 8 columns: a
+//!    lane per row). The 16-bit forward's rows of up to 2 packs a lane hold f32 keys
+//!    ([`KernelKind::RowsKeys`]).
 //! 2. Up to 32 floats per lane: `Rows` with a whole warp per row and `packs` packs per
-//!    lane in registers (`rows_shape`).
+//!    lane in registers (`rows_shape`); the f32 backward of 16-byte packs stops at 256
+//!    keys (`rows_columns`).
 //! 3. Up to 16 floats per thread of a 512-thread block: [`KernelKind::BlockRegs`], a
-//!    block per row, the row in registers (f32: up to 4096 keys). Many 16-bit rows take
-//!    the `block_regs` kernel that keeps 32 columns a thread as raw pairs, up to 16384
-//!    keys.
-//! 4. f32 rows up to 8192 keys (backward: 16384): [`KernelKind::BlockCached`], a block
-//!    per row, its keys (or `y` and `dy`) cached in shared memory.
+//!    block per row, the row in registers (f32: up to 4096 keys, or the kernel's capacity
+//!    where rows are fewer than 4 per multiprocessor). Many 16-bit rows take the
+//!    `block_regs` kernel that keeps 32 columns a thread as raw pairs, up to 16384 keys.
+//! 4. f32 rows up to 8192 keys (backward: 16384), and any row whose keys (or `y` and `dy`)
+//!    fit where rows are fewer than multiprocessors: [`KernelKind::BlockCached`], a block
+//!    per row, the row cached in shared memory.
 //! 5. Anything longer: [`KernelKind::BlockStream`], a block per row reading the valid
 //!    scores twice.
 //!
 //! On GPUs with thread-block clusters (9.0+) two more cases go to [`KernelKind::Cluster`],
 //! a cluster of 2 to 8 blocks per row, each block a chunk of it: rows too few to give every
-//! multiprocessor a block (cached in the cluster's shared memory when it fits), past step 2
-//! in the forward and past step 3 in the backward; and forward 16-bit rows past step 3
-//! (read twice, the cluster's rows close together in L2). Steps 3 to 5 and the cluster
-//! cases follow crossovers measured on an H200 and an H100 with the benchmark's
-//! `--variants` (see `Problem::choose`).
+//! multiprocessor a block and too long for steps 3 and 4 (cached in the cluster's shared
+//! memory when it fits); and forward 16-bit rows past step 3 (read twice, the cluster's
+//! rows close together in L2). Steps 3 to 5 and the cluster cases follow crossovers
+//! measured on an H200 and an H100 with the benchmark's `--variants` (see
+//! `Problem::choose`).
 //!
 //! [`KernelKind::Split`] (rows cut into chunks spread over the whole grid, two launches
 //! and a scratch buffer) runs any length on request; the planner does not pick it yet.
@@ -200,8 +204,8 @@ pub enum KernelKind {
     /// The forward's 16-bit [`KernelKind::Rows`] with the row held as f32 keys (one `exp`
     /// an element, half the rows in flight) where `Rows` keeps 16-bit pairs as fetched
     /// (two `exp` an element): compiled for short rows of 16-byte packs (the group ladder
-    /// and the forward's split shapes) so that the benchmark's variants can compare the
-    /// two; the planner does not pick it.
+    /// and the forward's split shapes). The planner picks it for 16-bit forward rows of up
+    /// to 2 packs a lane (128 keys), where it measured faster (v11).
     RowsKeys {
         /// Lanes per row.
         group: u32,
@@ -317,37 +321,65 @@ const ROWS_MIN_VECTOR_GROUP: u32 = 8;
 
 /// Lanes per row and packs per lane of the rows kernel for rows of `k_len <= 32 * pack *
 /// max_packs` columns: the smallest kernel that holds the row. By the H100 variants of v7
-/// (PERFORMANCE.md, "v7 measured"):
+/// and the H200 variants of v10 (PERFORMANCE.md, "v7 measured", "v10 measured"):
 /// - Single elements (misaligned rows) of 16-bit types up to TINY_ROW_KEYS: a lane per row,
 ///   holding all of it (k=7: 3.40x the floor against 4.65x forward, 3.08x against 3.22x
 ///   backward). f32 keeps 8 lanes a row there (2.41x against 2.59x forward, 2.06x against
 ///   2.61x backward).
 /// - Single elements past that: a lane per column up to 32, then more columns per lane.
-/// - 16-byte packs, forward: up to ROWS_PACKS_PER_LANE packs per lane over at least
+/// - 16-byte packs: up to [`rows_packs_per_lane`] packs per lane over at least
 ///   ROWS_MIN_VECTOR_GROUP lanes (fewer only for rows of fewer packs), up to 32 lanes
-///   (f16 k=128: 2.11x against 2.67x with a pack a lane).
-/// - 16-byte packs, backward: a lane per pack up to 32, then more packs per lane (f32
-///   k=128: 1.24x against 1.32x with 4 packs a lane on 8 lanes; f16 1.77x against 1.89x).
+///   (forward f16 k=128: 2.11x against 2.67x with a pack a lane, H100 v7). The backward
+///   took a lane per pack up to 32 until v11: on the H200 (v10, the kernels of v9.3) the
+///   forward's shapes beat it at f32 k=64 (1.42x against 1.65x), k=128 (1.30x against
+///   1.54x) and k=77 (1.89x against 2.86x), and 16-bit k=128 and 256 by 8-10%; they lose
+///   only f32 k=256, by 2% (1.18x against 1.16x).
 fn rows_shape(dtype: DType, pack: u32, direction: Direction, k_len: u64) -> (u32, u32) {
     let row_packs = k_len.div_ceil(pack as u64).next_power_of_two() as u32;
-    let one_per_lane = || {
-        let group = row_packs.min(WARP_SIZE);
-        (group, row_packs / group)
-    };
     if pack == 1 {
         if k_len <= TINY_ROW_KEYS && dtype.size_in_bytes() == 2 {
             return (1, row_packs);
         }
-        return one_per_lane();
+        let group = row_packs.min(WARP_SIZE);
+        return (group, row_packs / group);
     }
-    if direction == Direction::Backward {
-        return one_per_lane();
-    }
-    let per_lane = ROWS_PACKS_PER_LANE.min(max_packs(dtype, pack, direction));
+    let per_lane = rows_packs_per_lane(dtype, pack, direction);
     let group = (row_packs / per_lane)
         .max(row_packs.min(ROWS_MIN_VECTOR_GROUP))
         .min(WARP_SIZE);
     (group, row_packs / group)
+}
+
+/// Packs of 16 bytes a lane of a rows kernel fills before a row spreads over more lanes:
+/// ROWS_PACKS_PER_LANE, but 2 in the 16-bit backward, whose split ladder stops there
+/// (kernels/ladder.cuh, ROWS_SPLIT_LADDER_2: `y` and `dy` as raw pairs).
+fn rows_packs_per_lane(dtype: DType, pack: u32, direction: Direction) -> u32 {
+    let most = match direction {
+        Direction::Backward if raw_pairs(dtype, pack) => 2,
+        _ => ROWS_PACKS_PER_LANE,
+    };
+    most.min(max_packs(dtype, pack, direction))
+}
+
+/// Whether the 16-bit forward's short rows take [`KernelKind::RowsKeys`] (f32 keys, one
+/// `exp` an element) over [`KernelKind::Rows`] (raw pairs, two): at up to 2 packs a lane,
+/// where the rows in flight that raw pairs buy matter less than their second `exp`. H200,
+/// v10 variants: k=32, 64 and 128 1.20-1.39x faster with f32 keys (f16 k=64: 2.85x the
+/// floor against 3.76x); at 4 packs a lane (k=256) raw pairs won, 2.62x against 2.90x.
+fn rows_keys_pay(dtype: DType, pack: u32, direction: Direction, packs: u32) -> bool {
+    direction == Direction::Forward && raw_pairs(dtype, pack) && packs <= 2
+}
+
+/// Longest rows (in columns of the kernel's frame) the planner gives a rows kernel: a
+/// warp's `32 * pack * max_packs`, but 256 in the f32 backward of 16-byte packs, whose warp
+/// of 4 packs a lane took 1.28x the floor at k=512 where a 64-thread block_regs took 1.11x
+/// (H200, v10 variants; at k=256 the rows kernel won, 1.16x against 1.88x).
+fn rows_columns(dtype: DType, pack: u32, direction: Direction) -> u64 {
+    let warp = (WARP_SIZE * pack * max_packs(dtype, pack, direction)) as u64;
+    match direction {
+        Direction::Backward if dtype.size_in_bytes() == 4 && pack > 1 => warp.min(256),
+        _ => warp,
+    }
 }
 
 /// `(group, packs)` of the rows kernels besides the group and warp ladders, those
@@ -411,11 +443,6 @@ const TINY_ROW_KEYS: u64 = 8;
 const WIDE_REGS_KEYS: u64 = 4096;
 const WIDE_CACHED_KEYS: u64 = 8192;
 const WIDE_CACHED_BACKWARD_KEYS: u64 = 16384;
-/// Longest rows the planner gives block_regs when there are too few rows to give every
-/// multiprocessor one (longer ones get a cluster each). Decode b1 x 32 heads at k=4096,
-/// H100 v7 variants: forward f32 1.54x the floor against the cached cluster's 2.00x, f16
-/// 1.43x against 1.89x; backward 1.37x against 1.82x (H200 v5: 1.04-1.46x).
-const FEW_ROWS_REGS_KEYS: u64 = 4096;
 
 impl KernelKind {
     /// Every kernel compiled for `dtype` in `direction`; the cluster kernels if `clusters`,
@@ -975,10 +1002,12 @@ impl Problem {
     /// The planner's kernel: the ladder of the module docs.
     fn choose(&self) -> KernelKind {
         let (pack, direction) = (self.pack, self.direction);
-        let p = pack as u64;
         let columns = self.columns(pack);
-        if columns <= 32 * p * max_packs(self.dtype, pack, direction) as u64 {
+        if columns <= rows_columns(self.dtype, pack, direction) {
             let (group, packs) = rows_shape(self.dtype, pack, direction, columns);
+            if rows_keys_pay(self.dtype, pack, direction, packs) {
+                return KernelKind::RowsKeys { group, pack, packs };
+            }
             return KernelKind::Rows { group, pack, packs };
         }
         // Many 16-bit rows: the block_regs kernels keeping raw pairs (32 columns a thread: a
@@ -999,15 +1028,32 @@ impl Problem {
             }
             _ => f32_values,
         };
-        // Too few rows to give each multiprocessor a block: a cluster per row, past the
-        // block_regs kernels' FEW_ROWS_REGS_KEYS (cheaper than a cluster's two syncs).
-        let few_rows = self.clusters() && self.rows < self.sms();
-        let few_rows_regs = self.k_len <= FEW_ROWS_REGS_KEYS && self.configure(regs).is_some();
-        if few_rows && !few_rows_regs {
-            return KernelKind::Cluster {
-                pack,
-                cached: self.cluster_config(pack).1,
-            };
+        // Fewer rows than 4 per multiprocessor: a block a row in registers wherever
+        // block_regs holds it. H200, v10 variants: decode b1 x 32 heads at 4097 keys took
+        // 0.97-1.08x the floor on block_regs where the cached cluster took 1.31-1.39x (all
+        // types, both directions where block_regs holds the row); 8 x 32 rows of 4097 f32
+        // forward 1.12x against block_cached's 1.23x (16384 rows: block_cached 1.59x,
+        // block_regs 2.07x, so many f32 rows keep WIDE_REGS_KEYS).
+        let few_per_sm = self.rows < 4 * self.sms();
+        if few_per_sm && self.configure(regs).is_some() {
+            return regs;
+        }
+        // Too few rows to give each multiprocessor a block: block_cached where its shared
+        // memory holds the row, else a cluster per row. H200, v10 variants, decode b1 x 32
+        // heads: at 4097 f32 backward keys block_cached 1.14x against the cached cluster's
+        // 1.31x; at 32768 forward keys 1.37-1.41x against 1.61-1.74x (a cluster's launch
+        // and its two syncs across blocks cost more than 4 in 5 idle multiprocessors).
+        let cached = KernelKind::BlockCached { pack };
+        if self.rows < self.sms() {
+            if self.configure(cached).is_some() {
+                return cached;
+            }
+            if self.clusters() {
+                return KernelKind::Cluster {
+                    pack,
+                    cached: self.cluster_config(pack).1,
+                };
+            }
         }
         // Past the rows kernels, by the crossovers measured with `--variants` (H200, v4
         // kernels, and H100, v7: PERFORMANCE.md): f32 rows go to block_regs up to 4096
@@ -1023,7 +1069,6 @@ impl Problem {
         if (!wide || self.k_len <= WIDE_REGS_KEYS) && self.configure(regs).is_some() {
             return regs;
         }
-        let cached = KernelKind::BlockCached { pack };
         let cached_keys = match direction {
             Direction::Forward => WIDE_CACHED_KEYS,
             Direction::Backward => WIDE_CACHED_BACKWARD_KEYS,
@@ -1468,19 +1513,57 @@ mod tests {
                 .unwrap()
                 .kernel
         };
-        // The backward: a pack a lane up to 32 lanes, then more packs a lane.
+        // The backward: the forward's shapes, up to 2 packs a lane in 16-bit (H200, v10).
         for (dtype, pack, k, group, packs) in [
-            (DType::F32, 4, 64, 16, 1),
-            (DType::F32, 4, 128, 32, 1),
-            (DType::F32, 4, 256, 32, 2),
-            (DType::F32, 4, 512, 32, 4),
-            (DType::F16, 8, 128, 16, 1),
-            (DType::BF16, 8, 256, 32, 1),
+            (DType::F32, 4, 32, 8, 1),
+            (DType::F32, 4, 64, 8, 2),
+            (DType::F32, 4, 128, 8, 4),
+            (DType::F32, 4, 256, 16, 4),
+            (DType::F16, 8, 64, 8, 1),
+            (DType::F16, 8, 128, 8, 2),
+            (DType::BF16, 8, 256, 16, 2),
             (DType::F16, 8, 512, 32, 2),
+            (DType::BF16, 8, 1024, 32, 4),
         ] {
             assert_eq!(
                 backward(k, dtype),
                 KernelKind::Rows { group, pack, packs },
+                "{dtype:?} k={k}"
+            );
+        }
+        // The f32 backward's rows kernels stop at 256 keys: block_regs from 257.
+        assert_eq!(
+            backward(257, DType::F32),
+            KernelKind::BlockRegs { pack: 4, packs: 2 }
+        );
+        assert_eq!(
+            backward(512, DType::F32),
+            KernelKind::BlockRegs { pack: 4, packs: 2 }
+        );
+        // The 16-bit forward's rows of up to 2 packs a lane hold f32 keys (RowsKeys); at 4
+        // packs a lane, raw pairs.
+        for (dtype, k, group, packs) in [
+            (DType::F16, 8, 1, 1),
+            (DType::BF16, 32, 4, 1),
+            (DType::F16, 64, 8, 1),
+            (DType::BF16, 128, 8, 2),
+        ] {
+            assert_eq!(
+                kind(k, dtype),
+                KernelKind::RowsKeys {
+                    group,
+                    pack: 8,
+                    packs
+                },
+                "{dtype:?} k={k}"
+            );
+            assert_eq!(
+                backward(k, dtype),
+                KernelKind::Rows {
+                    group,
+                    pack: 8,
+                    packs
+                },
                 "{dtype:?} k={k}"
             );
         }
@@ -1767,20 +1850,21 @@ mod tests {
         let p = plan_backward(&spec, DType::F32, H100, ALIGNED).unwrap();
         assert_eq!(p.kernel, KernelKind::BlockStream { pack: 4 });
         // But 16-bit raw pairs hold as many columns a lane as the forward: a warp per row
-        // up to 1024 keys (f32: 512).
-        for (dtype, k_len, rows) in [
-            (DType::F16, 1000, true),
-            (DType::BF16, 1024, true),
-            (DType::F16, 1025, false),
-            (DType::F32, 512, true),
-            (DType::F32, 513, false),
+        // up to 1024 keys. f32 rows kernels stop at 256 keys (rows_columns: block_regs
+        // measured faster at 512), which 16 lanes of 4 packs hold.
+        for (dtype, k_len, shape) in [
+            (DType::F16, 1000, Some((32, 4))),
+            (DType::BF16, 1024, Some((32, 4))),
+            (DType::F16, 1025, None),
+            (DType::F32, 256, Some((16, 4))),
+            (DType::F32, 257, None),
         ] {
             let spec = Spec::new(Shape::matrix(3000, k_len));
             let p = plan_backward(&spec, dtype, H100, ALIGNED).unwrap();
-            let expected = rows.then_some(KernelKind::Rows {
-                group: 32,
+            let expected = shape.map(|(group, packs)| KernelKind::Rows {
+                group,
                 pack: vector_pack(dtype),
-                packs: 4,
+                packs,
             });
             assert_eq!(
                 matches!(p.kernel, KernelKind::Rows { .. }).then_some(p.kernel),
@@ -1939,9 +2023,9 @@ mod tests {
         );
         assert_eq!((p.cluster, p.grid), (4, 128));
         assert_eq!(p.shared_bytes as u64, 16 + 256);
-        // At 32768 keys, 32 KiB chunks: cached.
-        let decode_32k = Spec::new(Shape::new(1, 32, 1, 32_768));
-        let p = plan_forward(&decode_32k, DType::F16, H100_CLUSTERS, ALIGNED).unwrap();
+        // At 65536 keys, 64 KiB chunks: cached.
+        let decode_64k = Spec::new(Shape::new(1, 32, 1, 65_536));
+        let p = plan_forward(&decode_64k, DType::F16, H100_CLUSTERS, ALIGNED).unwrap();
         assert_eq!(
             (p.kernel, p.cluster),
             (
@@ -1952,13 +2036,42 @@ mod tests {
                 4
             )
         );
-        assert_eq!(p.shared_bytes as u64, 16 + 256 + 32_768 / 4 * 4);
-        // A block a multiprocessor at most: 2 packs a thread (1024 packs: 512 threads).
+        assert_eq!(p.shared_bytes as u64, 16 + 256 + 65_536 / 4 * 4);
+        // A block a multiprocessor at most: 2 packs a thread (2048 packs: 512 threads).
         assert_eq!(p.block, 512);
-        // Up to 4096 keys, block_regs.
-        let decode_4k = Spec::new(Shape::new(1, 32, 1, 4096));
-        let p = plan_forward(&decode_4k, DType::F16, H100_CLUSTERS, ALIGNED).unwrap();
-        assert_eq!(p.kernel, KernelKind::BlockRegs { pack: 8, packs: 2 });
+        // Where one block holds the row, a block a row: block_regs up to its capacity
+        // (f32 keys up to 8192, raw pairs up to 16384), then block_cached while the keys
+        // fit its shared memory (32768 keys: 128 KiB), with clusters or without.
+        let decode_of = |k_len| Spec::new(Shape::new(1, 32, 1, k_len));
+        for (k_len, dtype, kernel) in [
+            (
+                4096,
+                DType::F16,
+                KernelKind::BlockRegs { pack: 8, packs: 2 },
+            ),
+            (
+                4097,
+                DType::F16,
+                KernelKind::BlockRegs { pack: 8, packs: 2 },
+            ),
+            (
+                8192,
+                DType::F32,
+                KernelKind::BlockRegs { pack: 4, packs: 4 },
+            ),
+            (
+                16_384,
+                DType::BF16,
+                KernelKind::BlockRegs { pack: 8, packs: 4 },
+            ),
+            (8193, DType::F32, KernelKind::BlockCached { pack: 4 }),
+            (32_768, DType::F16, KernelKind::BlockCached { pack: 8 }),
+        ] {
+            for limits in [H100, H100_CLUSTERS] {
+                let p = plan_forward(&decode_of(k_len), dtype, limits, ALIGNED).unwrap();
+                assert_eq!((p.kernel, p.cluster), (kernel, 1), "{dtype:?} k={k_len}");
+            }
+        }
         // One row of 2^20 f32: 8 blocks of 512 KiB chunks do not fit: read twice.
         let one = Spec::new(Shape::matrix(1, 1 << 20));
         let p = plan_forward(&one, DType::F32, H100_CLUSTERS, ALIGNED).unwrap();
@@ -2054,11 +2167,12 @@ mod tests {
         let p = plan_forward(&long, DType::F16, small_gpcs, ALIGNED).unwrap();
         assert_eq!(p.grid, (6 * 4 + 2 * 3) * 8);
 
-        // Decode, 32 rows of 32768 16-bit keys: cached clusters of 4 (512 threads, 2 blocks
-        // a multiprocessor) while every row's cluster fits at once; where the driver says
-        // 31 fit, one row would wait for another's cluster to finish: streaming instead.
+        // Decode backward, 32 rows of 32768 16-bit keys: cached clusters of 4 (512 threads,
+        // 2 blocks a multiprocessor) while every row's cluster fits at once; where the
+        // driver says 31 fit, one row would wait for another's cluster to finish:
+        // streaming instead.
         let decode = Spec::new(Shape::new(1, 32, 1, 32_768));
-        let cached = |limits| plan_forward(&decode, DType::F16, limits, ALIGNED).unwrap();
+        let cached = |limits| plan_backward(&decode, DType::F16, limits, ALIGNED).unwrap();
         let p = cached(H100_CLUSTERS);
         assert_eq!((p.kernel.pack(), p.cluster, p.grid), (8, 4, 32 * 4));
         assert!(matches!(p.kernel, KernelKind::Cluster { cached: true, .. }));
@@ -2251,8 +2365,13 @@ mod tests {
             assert!(matches!(p.kernel, KernelKind::BlockRegs { .. }), "{p:?}");
             assert_eq!(p.cluster, 1);
         }
-        // Past it, a cluster per row; y and dy cached (8 bytes a column) when they fit:
-        // 32768 / 4 columns per block do (256 KiB would not at 2 blocks).
+        // Past it, block_cached while y and dy (8 bytes a column) fit its shared memory.
+        for (k_len, dtype, pack) in [(4097, DType::F32, 4), (20_000, DType::F16, 8)] {
+            let p = plan_backward(&decode(k_len), dtype, H100_CLUSTERS, with_dy).unwrap();
+            assert_eq!((p.kernel, p.cluster), (KernelKind::BlockCached { pack }, 1));
+        }
+        // Past that, a cluster per row; y and dy cached when they fit: 32768 / 4 columns
+        // per block do (256 KiB would not at 2 blocks).
         let p = plan_backward(&decode(32_768), DType::F32, H100_CLUSTERS, with_dy).unwrap();
         assert_eq!(
             (p.kernel, p.cluster, p.grid),
