@@ -56,11 +56,12 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_value = "forward,backward")]
     directions: Vec<String>,
     /// Case groups: sweep (k_len 1..2^20), odd (k_len 77, 1001, 4097 and decode at 4097:
-    /// rows off 16-byte boundaries), prefill, decode, rows (row-count sweep).
+    /// rows off 16-byte boundaries), prefill, decode, rows (row-count sweep), few (decode
+    /// of 32 and 128 rows between 4096 and 32768 keys: the few-rows crossovers).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "sweep,odd,prefill,decode,rows"
+        default_value = "sweep,odd,prefill,decode,rows,few"
     )]
     cases: Vec<String>,
     /// Where results.json, results.csv and bandwidth.svg go.
@@ -469,6 +470,17 @@ fn cases(args: &Args) -> Vec<Case> {
             for k in [4096, 32768, 131072] {
                 let name = format!("b{batch}h32q1k{k}");
                 cases.push(keyed("decode", name, decode(batch, k), true));
+            }
+        }
+    }
+    if want("few") {
+        // Fewer rows than multiprocessors at the lengths where v11's planner goes from
+        // block_regs to block_cached to a cluster (measured at 4097 and 32768 only): 32 and
+        // 128 rows (b1 and b4 x 32 heads).
+        for batch in [1, 4] {
+            for k in [8192, 12288, 16384, 24576] {
+                let name = format!("few_b{batch}h32q1k{k}");
+                cases.push(keyed("few", name, decode(batch, k), true));
             }
         }
     }
