@@ -3,11 +3,12 @@
 //   masked_softmax_fwd_rows_g<G>_p<P>x<N>_<dtype>   GROUP = G lanes per row (32 / G rows
 //       per warp), each lane holding N packs of P elements in registers: one read of the
 //       valid scores, one write of the row. For rows up to G * P * N columns. The 16-bit
-//       ones keep their columns as raw pairs; masked_softmax_fwd_rows_keys_* (short 16-bit
-//       rows, for the benchmark's variants) keep f32 keys.
+//       ones keep their columns as raw pairs; masked_softmax_fwd_rows_keys_* (16-bit rows
+//       of up to 2 packs a lane) keep f32 keys.
 //   masked_softmax_fwd_block_regs_p<P>x<N>_<dtype>  one block per row (64..512 threads),
 //       N packs of P elements per thread in registers (N * P = 16): one read, one write.
-//       For rows up to 512 * 16 columns.
+//       For rows up to 512 * 16 columns. The 16-bit p8x4 keep raw pairs (512 * 32
+//       columns); p8x8 (raw pairs, 64 columns a thread, up to 256 threads) is a variant.
 //   masked_softmax_fwd_block_cached_p<P>_<dtype>    one block per row, keys cached in
 //       dynamic shared memory: one read, one write. For longer rows that fit on chip.
 //   masked_softmax_fwd_block_stream_p<P>_<dtype>    one block per row, any length: an
@@ -595,9 +596,12 @@ __device__ __forceinline__ void cluster_forward(const T* x, T* y, const MaskPara
     REGISTER_KERNEL(masked_softmax_fwd_block_regs_p##P##x##N##_##SUFFIX)
 
 // The 16-bit kernels keeping raw pairs: 32 columns per thread in 64 registers, two 512-thread
-// blocks per multiprocessor.
-#define BLOCK_REGS_16BIT_KERNEL(SUFFIX, T, P, N)                                                       \
-    extern "C" __global__ void __launch_bounds__(512, 2)                                               \
+// blocks per multiprocessor (THREADS 512, MIN_BLOCKS 2); and 64 columns per thread (the
+// benchmark's variant, src/plan.rs BLOCK_REGS_16BIT_WIDE_PACKS) in blocks of up to 256
+// threads, 3 of them a multiprocessor (85 registers at most: ptxas takes 79, no spills;
+// left free it takes 95, at 4 it spills): half the threads a row, so more rows resident.
+#define BLOCK_REGS_16BIT_KERNEL(SUFFIX, T, P, N, THREADS, MIN_BLOCKS)                                  \
+    extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)                                  \
         masked_softmax_fwd_block_regs_p##P##x##N##_##SUFFIX(const T* x, T* y, MaskParams p) {          \
         block_regs_forward_16bit<T, P, N>(x, y, p);                                                    \
     }                                                                                                  \
@@ -661,7 +665,9 @@ __device__ __forceinline__ void cluster_forward(const T* x, T* y, const MaskPara
 TYPE_KERNELS(f32, float, 4, 4, ROWS_WARP_LADDER_8)
 TYPE_KERNELS(f16, __half, 8, 2, ROWS_WARP_LADDER_4)
 TYPE_KERNELS(bf16, __nv_bfloat16, 8, 2, ROWS_WARP_LADDER_4)
-BLOCK_REGS_16BIT_KERNEL(f16, __half, 8, 4)
-BLOCK_REGS_16BIT_KERNEL(bf16, __nv_bfloat16, 8, 4)
+BLOCK_REGS_16BIT_KERNEL(f16, __half, 8, 4, 512, 2)
+BLOCK_REGS_16BIT_KERNEL(bf16, __nv_bfloat16, 8, 4, 512, 2)
+BLOCK_REGS_16BIT_KERNEL(f16, __half, 8, 8, 256, 3)
+BLOCK_REGS_16BIT_KERNEL(bf16, __nv_bfloat16, 8, 8, 256, 3)
 ROWS_KEYS_LADDER(ROWS_KEYS_KERNEL, f16, __half, 8)
 ROWS_KEYS_LADDER(ROWS_KEYS_KERNEL, bf16, __nv_bfloat16, 8)

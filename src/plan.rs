@@ -415,6 +415,26 @@ fn block_regs_16bit_packs(dtype: DType, pack: u32) -> Option<u32> {
     raw_pairs(dtype, pack).then_some(32 / pack)
 }
 
+/// Packs per thread of the 16-bit forward's wide raw-pair block_regs kernel, a variant the
+/// planner does not pick (v11.1): 64 columns a thread, so half the threads a row and, at 79
+/// registers (ptxas, sm_90, 256-thread blocks at most: BLOCK_REGS_WIDE_THREADS), 12 rows
+/// of 4096 keys resident a multiprocessor against the 32-column kernel's 9.
+const BLOCK_REGS_16BIT_WIDE_PACKS: u32 = 8;
+
+/// Threads of the largest block of the wide raw-pair kernel (`__launch_bounds__(256, 3)`
+/// in kernels/masked_softmax.cu: 85 registers a thread at most): rows up to 16384 keys, as
+/// the 32-column kernel holds.
+const BLOCK_REGS_WIDE_THREADS: u32 = 256;
+
+/// Threads of the largest block a block_regs kernel of `packs` packs of `pack` runs.
+fn block_regs_max_threads(pack: u32, packs: u32) -> u32 {
+    if pack * packs > 32 {
+        BLOCK_REGS_WIDE_THREADS
+    } else {
+        REGS_BLOCK
+    }
+}
+
 /// Threads of the largest block of a register kernel (block_regs): 512, so that each
 /// thread may use 128 registers (`__launch_bounds__(512)`); at 1024 threads a 64-register
 /// budget left the compiler spilling, and the measured crossover to the looping kernels
@@ -480,6 +500,12 @@ impl KernelKind {
             });
             if let Some(packs) = block_regs_16bit_packs(dtype, pack) {
                 kinds.push(KernelKind::BlockRegs { pack, packs });
+                if direction == Direction::Forward {
+                    kinds.push(KernelKind::BlockRegs {
+                        pack,
+                        packs: BLOCK_REGS_16BIT_WIDE_PACKS,
+                    });
+                }
             }
             kinds.extend([
                 KernelKind::BlockCached { pack },
@@ -1222,13 +1248,14 @@ impl Problem {
                 Some(plan(grid, ROWS_BLOCK, 0))
             }
             KernelKind::BlockRegs { packs, .. } => {
-                if columns > (REGS_BLOCK * pack * packs) as u64 {
+                let most = block_regs_max_threads(pack, packs);
+                if columns > (most * pack * packs) as u64 {
                     return None;
                 }
                 let block = row_packs
                     .div_ceil(packs as u64)
                     .next_power_of_two()
-                    .clamp(64, REGS_BLOCK as u64) as u32;
+                    .clamp(64, most as u64) as u32;
                 let grid = self.rows.min(sms * (threads_per_sm / block as u64).max(1));
                 Some(plan(grid, block, BLOCK_SCRATCH_BYTES))
             }
@@ -1875,6 +1902,26 @@ mod tests {
     }
 
     #[test]
+    fn the_wide_raw_pair_kernel_runs_blocks_of_at_most_256_threads() {
+        let wide = KernelKind::BlockRegs { pack: 8, packs: 8 };
+        let named = |k_len: usize| {
+            let spec = Spec::new(Shape::matrix(1000, k_len));
+            plan_kernel(wide, Direction::Forward, &spec, DType::F16, H100, ALIGNED).unwrap()
+        };
+        // 64 columns a thread: 64 threads at 4096 keys (the 32-column kernel takes 128),
+        // 256 at 16384, and no further (its launch bounds: 256 threads).
+        assert_eq!(named(4096).map(|p| p.block), Some(64));
+        assert_eq!(named(16_384).map(|p| p.block), Some(256));
+        assert_eq!(named(16_392), None);
+        // Forward only, and never the planner's.
+        assert!(!KernelKind::all(DType::BF16, true, Direction::Backward).contains(&wide));
+        for k_len in [2048, 4096, 8192, 16_384] {
+            let spec = Spec::new(Shape::matrix(10_000, k_len));
+            assert_ne!(plan(&spec, DType::F16, ALIGNED).kernel, wide);
+        }
+    }
+
+    #[test]
     fn invalid_specs_and_kinds_built_by_hand_are_refused() {
         let spec = Spec::new(Shape::matrix(4, 64));
         for bad in [
@@ -1935,10 +1982,15 @@ mod tests {
             KernelKind::all(DType::F32, true, Direction::Forward).len(),
             38
         );
-        // 16-bit: the same, with the f32-key short rows kernels (variants only).
+        // 16-bit: the same, with the f32-key short rows kernels and the wide raw-pair
+        // block_regs (variant only).
         assert_eq!(
             KernelKind::all(DType::F16, true, Direction::Forward).len(),
-            38 + 9
+            38 + 9 + 1
+        );
+        assert_eq!(
+            KernelKind::BlockRegs { pack: 8, packs: 8 }.name(DType::F16, Direction::Forward),
+            "masked_softmax_fwd_block_regs_p8x8_f16"
         );
         assert_eq!(
             KernelKind::RowsKeys {
