@@ -1559,14 +1559,10 @@ mod tests {
             );
         }
         // The f32 backward's rows kernels stop at 256 keys: block_regs from 257.
-        assert_eq!(
-            backward(257, DType::F32),
-            KernelKind::BlockRegs { pack: 4, packs: 2 }
-        );
-        assert_eq!(
-            backward(512, DType::F32),
-            KernelKind::BlockRegs { pack: 4, packs: 2 }
-        );
+        for k in [257, 512] {
+            let regs = KernelKind::BlockRegs { pack: 4, packs: 2 };
+            assert_eq!(backward(k, DType::F32), regs, "k={k}");
+        }
         // The 16-bit forward's rows of up to 2 packs a lane hold f32 keys (RowsKeys); at 4
         // packs a lane, raw pairs.
         for (dtype, k, group, packs) in [
@@ -2095,27 +2091,12 @@ mod tests {
         // (f32 keys up to 8192, raw pairs up to 16384), then block_cached while the keys
         // fit its shared memory (32768 keys: 128 KiB), with clusters or without.
         let decode_of = |k_len| Spec::new(Shape::new(1, 32, 1, k_len));
+        let regs = |pack, packs| KernelKind::BlockRegs { pack, packs };
         for (k_len, dtype, kernel) in [
-            (
-                4096,
-                DType::F16,
-                KernelKind::BlockRegs { pack: 8, packs: 2 },
-            ),
-            (
-                4097,
-                DType::F16,
-                KernelKind::BlockRegs { pack: 8, packs: 2 },
-            ),
-            (
-                8192,
-                DType::F32,
-                KernelKind::BlockRegs { pack: 4, packs: 4 },
-            ),
-            (
-                16_384,
-                DType::BF16,
-                KernelKind::BlockRegs { pack: 8, packs: 4 },
-            ),
+            (4096, DType::F16, regs(8, 2)),
+            (4097, DType::F16, regs(8, 2)),
+            (8192, DType::F32, regs(4, 4)),
+            (16_384, DType::BF16, regs(8, 4)),
             (8193, DType::F32, KernelKind::BlockCached { pack: 4 }),
             (32_768, DType::F16, KernelKind::BlockCached { pack: 8 }),
         ] {
