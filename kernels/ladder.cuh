@@ -33,8 +33,8 @@
     ROWS(SUFFIX, T, 1, 1, 8)
 
 // The forward's 16-bit short rows with f32 keys instead of raw pairs (src/plan.rs,
-// KernelKind::RowsKeys): the shapes rows_shape gives 16-bit forward rows up to 512 keys,
-// for the benchmark's variants.
+// KernelKind::RowsKeys): the shapes rows_shape gives 16-bit forward rows up to 512 keys;
+// the planner takes those of up to 2 packs a lane, the benchmark's variants the others.
 #define ROWS_KEYS_LADDER(ROWS, SUFFIX, T, P) \
     ROWS_GROUP_LADDER(ROWS, SUFFIX, T, P)    \
     ROWS_SPLIT_LADDER_4(ROWS, SUFFIX, T, P)

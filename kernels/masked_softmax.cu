@@ -219,7 +219,8 @@ __device__ __forceinline__ void block_regs_forward_16bit(const T* x, T* y, const
 // ---------------------------------------------------------------- rows in registers
 
 // (16-bit vector packs take rows_forward_16bit instead, with R twice as large; the
-// rows_keys kernels, for the variants, take this form for them.)
+// rows_keys kernels, which the planner gives 16-bit rows of up to 2 packs a lane, take
+// this form for them.)
 template <typename T, int PACK, int PACKS, int GROUP>
 __device__ __forceinline__ void rows_forward(const T* x, T* y, const MaskParams& p) {
     constexpr int R = rows_at_once<PACK * PACKS>();
@@ -577,8 +578,9 @@ __device__ __forceinline__ void cluster_forward(const T* x, T* y, const MaskPara
     REGISTER_KERNEL(masked_softmax_fwd_rows_g##G##_p##P##x##N##_##SUFFIX)
 
 // The 16-bit rows kernels with f32 keys (rows_forward) rather than raw pairs: one exp an
-// element where raw pairs take two, half the rows in flight. For the benchmark's variants
-// (src/plan.rs, KernelKind::RowsKeys). Register budget as the f32 kernels'.
+// element where raw pairs take two, half the rows in flight. The planner takes them for
+// rows of up to 2 packs a lane (src/plan.rs, KernelKind::RowsKeys); the wider ones are
+// the benchmark's variants. Register budget as the f32 kernels'.
 #define ROWS_KEYS_KERNEL(SUFFIX, T, G, P, N)                                                        \
     extern "C" __global__ void __launch_bounds__(256, (P) * (N) <= 16 ? 4 : 1)                      \
         masked_softmax_fwd_rows_keys_g##G##_p##P##x##N##_##SUFFIX(const T* x, T* y, MaskParams p) { \

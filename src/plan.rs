@@ -214,8 +214,9 @@ pub enum KernelKind {
         /// Packs per lane.
         packs: u32,
     },
-    /// A block per row (64 to 512 threads), `packs` packs of `pack` elements per thread
-    /// in registers: rows up to `512 * pack * packs` columns.
+    /// A block per row (64 to 512 threads; 256 at most for the 16-bit forward's wide
+    /// variant of 64 columns a thread), `packs` packs of `pack` elements per thread in
+    /// registers: rows up to that many threads times `pack * packs` columns.
     BlockRegs {
         /// Elements per pack.
         pack: u32,
@@ -458,8 +459,9 @@ const SHIFTED_MIN_PACKS: u64 = 8;
 /// lost (2.59x against 2.41x), so f32 keeps the group ladder (`rows_shape`).
 const TINY_ROW_KEYS: u64 = 8;
 
-/// Longest f32 rows the planner gives block_regs, and block_cached forward and backward
-/// (measured crossovers: see `Problem::choose`).
+/// Longest f32 rows the planner gives block_regs, and block_cached forward and backward,
+/// where rows are many (fewer than 4 a multiprocessor keep block_regs up to its capacity,
+/// fewer than one block_cached wherever it fits: see `Problem::choose`).
 const WIDE_REGS_KEYS: u64 = 4096;
 const WIDE_CACHED_KEYS: u64 = 8192;
 const WIDE_CACHED_BACKWARD_KEYS: u64 = 16384;
@@ -1354,7 +1356,9 @@ mod tests {
         match kind {
             KernelKind::Rows { group, pack, packs }
             | KernelKind::RowsKeys { group, pack, packs } => Some((group * pack * packs) as u64),
-            KernelKind::BlockRegs { pack, packs } => Some((512 * pack * packs) as u64),
+            KernelKind::BlockRegs { pack, packs } => {
+                Some((block_regs_max_threads(pack, packs) * pack * packs) as u64)
+            }
             _ => None,
         }
     }
@@ -1365,7 +1369,8 @@ mod tests {
             [(d, H100), (d, H100_CLUSTERS)]
                 .into_iter()
                 .flat_map(move |(d, l)| {
-                    // Few rows (a cluster each where there are clusters) and many rows.
+                    // Few rows (a block each where one holds the row, else a cluster each
+                    // where there are clusters) and many rows.
                     [10, 1000].into_iter().flat_map(move |rows| {
                         [Direction::Forward, Direction::Backward]
                             .map(|direction| (d, l, rows, direction))
@@ -2386,7 +2391,7 @@ mod tests {
     }
 
     #[test]
-    fn few_rows_too_long_for_block_regs_get_a_backward_cluster_each() {
+    fn few_backward_rows_take_a_block_while_one_holds_them_then_a_cluster() {
         let with_dy = Buffers {
             dy: 0x3000,
             ..ALIGNED

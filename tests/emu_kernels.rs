@@ -36,8 +36,9 @@ const A100ISH: DeviceLimits = DeviceLimits {
     cluster_residency: ClusterResidency::UNKNOWN,
 };
 /// A GPU with thread-block clusters and more multiprocessors than the long-row cases have
-/// rows, so those take the cluster kernels; shared memory small enough that some chunks
-/// are cached and some are not.
+/// rows, so those too long for block_regs and block_cached take the cluster kernels (the
+/// f32 backward at 4097-8200 keys, the f32 forward at 8200, 16-bit at 20000); shared memory small enough that some chunks are
+/// cached and some are not.
 const HOPPERISH: DeviceLimits = DeviceLimits {
     sm_count: 64,
     max_threads_per_sm: 2048,
