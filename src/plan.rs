@@ -427,15 +427,6 @@ const BLOCK_REGS_16BIT_WIDE_PACKS: u32 = 8;
 /// the 32-column kernel holds.
 const BLOCK_REGS_WIDE_THREADS: u32 = 256;
 
-/// Threads of the largest block a block_regs kernel of `packs` packs of `pack` runs.
-fn block_regs_max_threads(pack: u32, packs: u32) -> u32 {
-    if pack * packs > 32 {
-        BLOCK_REGS_WIDE_THREADS
-    } else {
-        REGS_BLOCK
-    }
-}
-
 /// Threads of the largest block of a register kernel (block_regs): 512, so that each
 /// thread may use 128 registers (`__launch_bounds__(512)`); at 1024 threads a 64-register
 /// budget left the compiler spilling, and the measured crossover to the looping kernels
@@ -549,6 +540,21 @@ impl KernelKind {
         match self {
             KernelKind::Split { pack } => Some(format!("{d}_split_stats_p{pack}_{t}")),
             _ => None,
+        }
+    }
+
+    /// Threads of the largest block the kind's kernel is launched with (its
+    /// `__launch_bounds__`): the rows kernels' 256, the wide 16-bit raw-pair block_regs'
+    /// 256 (BLOCK_REGS_WIDE_THREADS), every other block kernel's 512.
+    pub fn max_block_threads(self) -> u32 {
+        match self {
+            KernelKind::Rows { .. } | KernelKind::RowsKeys { .. } => ROWS_BLOCK,
+            KernelKind::BlockRegs { pack, packs } if pack * packs > 32 => BLOCK_REGS_WIDE_THREADS,
+            KernelKind::BlockRegs { .. } => REGS_BLOCK,
+            KernelKind::BlockCached { .. }
+            | KernelKind::BlockStream { .. }
+            | KernelKind::Split { .. }
+            | KernelKind::Cluster { .. } => LOOP_BLOCK,
         }
     }
 
@@ -1062,8 +1068,8 @@ impl Problem {
         // types, both directions where block_regs holds the row); 8 x 32 rows of 4097 f32
         // forward 1.12x against block_cached's 1.23x (16384 rows: block_cached 1.59x,
         // block_regs 2.07x, so many f32 rows keep WIDE_REGS_KEYS).
-        let few_per_sm = self.rows < 4 * self.sms();
-        if few_per_sm && self.configure(regs).is_some() {
+        let regs_hold_row = self.configure(regs).is_some();
+        if self.rows < 4 * self.sms() && regs_hold_row {
             return regs;
         }
         // Too few rows to give each multiprocessor a block: block_cached where its shared
@@ -1072,8 +1078,9 @@ impl Problem {
         // 1.31x; at 32768 forward keys 1.37-1.41x against 1.61-1.74x (a cluster's launch
         // and its two syncs across blocks cost more than 4 in 5 idle multiprocessors).
         let cached = KernelKind::BlockCached { pack };
+        let cached_holds_row = self.configure(cached).is_some();
         if self.rows < self.sms() {
-            if self.configure(cached).is_some() {
+            if cached_holds_row {
                 return cached;
             }
             if self.clusters() {
@@ -1094,14 +1101,14 @@ impl Problem {
         // against block_stream's 2.47x; even at 2^18) and backward to block_stream (1.62x
         // at 65536 against the streaming cluster's 2.00x).
         let wide = self.dtype.size_in_bytes() == 4;
-        if (!wide || self.k_len <= WIDE_REGS_KEYS) && self.configure(regs).is_some() {
+        if (!wide || self.k_len <= WIDE_REGS_KEYS) && regs_hold_row {
             return regs;
         }
         let cached_keys = match direction {
             Direction::Forward => WIDE_CACHED_KEYS,
             Direction::Backward => WIDE_CACHED_BACKWARD_KEYS,
         };
-        if wide && self.k_len <= cached_keys && self.configure(cached).is_some() {
+        if wide && self.k_len <= cached_keys && cached_holds_row {
             return cached;
         }
         if self.clusters() && !wide && direction == Direction::Forward {
@@ -1250,7 +1257,7 @@ impl Problem {
                 Some(plan(grid, ROWS_BLOCK, 0))
             }
             KernelKind::BlockRegs { packs, .. } => {
-                let most = block_regs_max_threads(pack, packs);
+                let most = kind.max_block_threads();
                 if columns > (most * pack * packs) as u64 {
                     return None;
                 }
@@ -1357,7 +1364,7 @@ mod tests {
             KernelKind::Rows { group, pack, packs }
             | KernelKind::RowsKeys { group, pack, packs } => Some((group * pack * packs) as u64),
             KernelKind::BlockRegs { pack, packs } => {
-                Some((block_regs_max_threads(pack, packs) * pack * packs) as u64)
+                Some((kind.max_block_threads() * pack * packs) as u64)
             }
             _ => None,
         }
