@@ -259,6 +259,9 @@ fn main() -> Result<()> {
     // The variants time the streaming kernels without their L2 priorities too.
     let mut plain_l2 = softmax.share();
     plain_l2.set_l2_hints(false);
+    // And the block kernels compiled for it with the next row's L2 prefetch.
+    let mut prefetch = softmax.share();
+    prefetch.set_next_row_prefetch(true);
     // The planner's kernels again on grids counted by threads alone (before v10).
     let mut unfitted = softmax.share();
     unfitted.set_grid_fitting(false);
@@ -322,6 +325,7 @@ fn main() -> Result<()> {
                 timer: &timer,
                 softmax: &softmax,
                 plain_l2: &plain_l2,
+                prefetch: &prefetch,
                 unfitted: &unfitted,
                 baseline: (!args.no_baseline).then_some(&baseline),
                 copy_gbps,
@@ -374,6 +378,8 @@ struct Env<'a> {
     softmax: &'a CudaSoftmax,
     /// The same kernels with `set_l2_hints(false)`.
     plain_l2: &'a CudaSoftmax,
+    /// The same kernels with `set_next_row_prefetch(true)`.
+    prefetch: &'a CudaSoftmax,
     /// The same kernels with `set_grid_fitting(false)`.
     unfitted: &'a CudaSoftmax,
     baseline: Option<&'a Baseline>,
@@ -722,8 +728,9 @@ fn run_case<T: Element + DeviceRepr>(
             // A block per row of at most a warp's packs: far slower, and slow to time.
             _ => spec.shape.k_len > (WARP_SIZE * planned.pack()) as usize,
         });
-    // Every other kernel, and the streaming ones (the planner's too) again without their
-    // L2 priorities (named `<kernel>+plain_l2`).
+    // Every other kernel, the streaming ones (the planner's too) again without their L2
+    // priorities (named `<kernel>+plain_l2`), and the block kernels compiled for it (the
+    // planner's too) again with the next row's L2 prefetch (`<kernel>+prefetch`).
     let streaming = |k: &KernelKind| {
         matches!(
             k,
@@ -732,14 +739,21 @@ fn run_case<T: Element + DeviceRepr>(
                 | KernelKind::Cluster { cached: false, .. }
         )
     };
+    let prefetching = |k: &KernelKind| k.prefetch_name(T::DTYPE, direction).is_some();
     let mut runs: Vec<(KernelKind, &CudaSoftmax)> = Vec::new();
     if streaming(&planned) {
         runs.push((planned, env.plain_l2));
+    }
+    if prefetching(&planned) {
+        runs.push((planned, env.prefetch));
     }
     for kind in others {
         runs.push((kind, env.softmax));
         if streaming(&kind) {
             runs.push((kind, env.plain_l2));
+        }
+        if prefetching(&kind) {
+            runs.push((kind, env.prefetch));
         }
     }
     for (kind, softmax) in runs {
@@ -764,6 +778,9 @@ fn run_case<T: Element + DeviceRepr>(
         let mut name = kind.name(T::DTYPE, direction);
         if !softmax.l2_hints() {
             name.push_str(PLAIN_L2);
+        }
+        if softmax.next_row_prefetch() {
+            name.push_str(PREFETCH);
         }
         let host_us = env.timer.host_us.get();
         let launch = softmax.plan(Some(kind), direction, spec, T::DTYPE, buffers)?;
@@ -985,6 +1002,9 @@ fn check_predictions(path: &Path, against: &[PathBuf]) -> Result<()> {
 
 /// Suffix of a variant's kernel name timed with `set_l2_hints(false)`.
 const PLAIN_L2: &str = "+plain_l2";
+/// Suffix of a variant's kernel name timed with `set_next_row_prefetch(true)`: the kind's
+/// `*_prefetch_*` kernel (a candidate for the planner, where the `+plain_l2` runs are not).
+const PREFETCH: &str = "+prefetch";
 /// A call's enqueue time over the GPU's time per launch from which a case's timing counts
 /// as the host's (the benchmark's closing line).
 const HOST_BOUND: f64 = 0.8;

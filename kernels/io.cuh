@@ -331,3 +331,37 @@ template <typename I>
 __device__ __forceinline__ ColumnWindow<I> shifted(ColumnWindow<I> w, I lead) {
     return ColumnWindow<I>{I(w.start + lead), I(w.end + lead)};
 }
+
+// Asks the L2 for the whole 16-byte chunks of the bytes [begin, end), called by every lane
+// of one warp: a hint, on which no result depends, that never reaches a byte outside
+// [begin, end) (so never one outside the caller's buffer, even where a row ends off a
+// 16-byte boundary; the partial chunks at the ends are left to the loads). sm_90: one bulk
+// prefetch by lane 0 (the copy engine walks the range); before: the warp's lanes one
+// `prefetch.global.L2` a 128-byte line each. The emulator reads the range's first and
+// last bytes instead, so that its guard pages catch a range past a buffer.
+__device__ __forceinline__ void prefetch_l2(const void* begin, const void* end) {
+    const uintptr_t lo = (reinterpret_cast<uintptr_t>(begin) + 15) & ~uintptr_t(15);
+    const uintptr_t hi = reinterpret_cast<uintptr_t>(end) & ~uintptr_t(15);
+    if (hi <= lo) return;
+#ifdef MASKED_SOFTMAX_EMULATION
+    CHECK_ALIGNED(reinterpret_cast<const void*>(lo), 16);
+    const volatile unsigned char* bytes = reinterpret_cast<const volatile unsigned char*>(lo);
+    (void)bytes[0];
+    (void)bytes[hi - lo - 1];
+#elif __CUDA_ARCH__ >= 900
+    // PTX takes a 32-bit size, but the SASS (UBLKPF) keeps 16 bits of 16-byte units: a
+    // longer range would wrap, so a hint of more than 1 MiB stops there (the block kernels'
+    // rows are shorter: at most 227 KiB).
+    if (threadIdx.x % 32 == 0) {
+        const uint32_t bytes = uint32_t(min(hi - lo, (uintptr_t(1) << 20) - 16));
+        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(
+                         __cvta_generic_to_global(reinterpret_cast<const void*>(lo))),
+                     "r"(bytes));
+    }
+#else
+    for (uintptr_t line = (lo & ~uintptr_t(127)) + (threadIdx.x % 32) * 128; line < hi; line += 32 * 128) {
+        const uintptr_t at = line < lo ? lo : line;
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(__cvta_generic_to_global(reinterpret_cast<const void*>(at))));
+    }
+#endif
+}

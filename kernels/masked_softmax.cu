@@ -200,12 +200,13 @@ __device__ __forceinline__ void rows_forward_16bit(const T* x, T* y, const MaskP
 // One block per row, the row's packs across the block as raw pairs (thread t holds packs
 // t, t + blockDim, ...: PACKS of them, twice the columns of block_regs_forward's f32 keys).
 // Dynamic shared memory: 32 floats of scratch.
-template <typename T, int PACK, int PACKS>
+template <typename T, int PACK, int PACKS, bool PREFETCH = false>
 __device__ __forceinline__ void block_regs_forward_16bit(const T* x, T* y, const MaskParams& p) {
     static_assert(sizeof(T) == 2 && PACK % 2 == 0, "16-bit vector packs only");
     const RawPairKeys<T> keys = RawPairKeys<T>::of(p.scale);
     float* scratch = dynamic_shared<float>();
-    for_each_block_row(p, PackShift<T, PACK>::of(x, p), [&](const BlockRow& row) {
+    const T* none = nullptr;  // a second input to prefetch: the forward has one
+    for_each_block_row<PREFETCH>(p, PackShift<T, PACK>::of(x, p), x, none, [&](const BlockRow& row) {
         const ShortWindow& w = row.window;
         const auto column = [](int i) { return block_pack_column<PACK>(i); };
         RawPack<T, PACK> raw[PACKS];
@@ -261,11 +262,12 @@ __device__ __forceinline__ void rows_forward(const T* x, T* y, const MaskParams&
 // of them), all fetched before any is used. One read, one write, two block reductions.
 // Rows of at most 512 * PACK * PACKS columns: 32-bit columns. Dynamic shared memory: 32
 // floats of scratch.
-template <typename T, int PACK, int PACKS>
+template <typename T, int PACK, int PACKS, bool PREFETCH = false>
 __device__ __forceinline__ void block_regs_forward(const T* x, T* y, const MaskParams& p) {
     const ScaleMap sm = ScaleMap::of(p.scale);
     float* scratch = dynamic_shared<float>();
-    for_each_block_row(p, PackShift<T, PACK>::of(x, p), [&](const BlockRow& row) {
+    const T* none = nullptr;  // a second input to prefetch: the forward has one
+    for_each_block_row<PREFETCH>(p, PackShift<T, PACK>::of(x, p), x, none, [&](const BlockRow& row) {
         const ShortWindow& w = row.window;
         const auto column = [](int i) { return block_pack_column<PACK>(i); };
         RawPack<T, PACK> raw[PACKS];
@@ -296,13 +298,15 @@ __device__ __forceinline__ void block_regs_forward(const T* x, T* y, const MaskP
 
 // Keys cached in shared memory: thread t owns packs t, t + blockDim, ... in every phase
 // and is the only one to touch their slots, so only the reductions need barriers.
-template <typename T, int PACK>
+template <typename T, int PACK, bool PREFETCH = false>
 __device__ __forceinline__ void block_cached_forward(const T* x, T* y, const MaskParams& p) {
     const ScaleMap sm = ScaleMap::of(p.scale);
     const RowIndex index = RowIndex::of(p);
     const PackShift<T, PACK> shift = PackShift<T, PACK>::of(x, p);
     float* cache = dynamic_shared<float>();
     float* scratch = cache + packs_in<PACK>(shift.columns(p.k_len)) * PACK;
+    const T* none = nullptr;  // a second input to prefetch: the forward has one
+    prefetch_row_l2<PREFETCH>(p, index, int64_t(blockIdx.x) + gridDim.x, x, none);
     for (int64_t row = blockIdx.x; row < p.rows; row += gridDim.x) {
         const RowFrame f = RowFrame::of(p, shift, index, row);
         const RowWindow& w = f.window;
@@ -345,6 +349,7 @@ __device__ __forceinline__ void block_cached_forward(const T* x, T* y, const Mas
         for (int64_t i = threadIdx.x; i < packs_in<PACK>(f.own(p).end); i += blockDim.x)
             store_window<T, PACK>(y + offset, i * PACK, f.own(p), w.start, w.end,
                                   [&](int j) { return cache[i * PACK + j] * inv_sum; });
+        prefetch_row_l2<PREFETCH>(p, index, row + 2 * int64_t(gridDim.x), x, none);
     }
 }
 
@@ -671,5 +676,22 @@ BLOCK_REGS_16BIT_KERNEL(f16, __half, 8, 4, 512, 2)
 BLOCK_REGS_16BIT_KERNEL(bf16, __nv_bfloat16, 8, 4, 512, 2)
 BLOCK_REGS_16BIT_KERNEL(f16, __half, 8, 8, 256, 3)
 BLOCK_REGS_16BIT_KERNEL(bf16, __nv_bfloat16, 8, 8, 256, 3)
+
 ROWS_KEYS_LADDER(ROWS_KEYS_KERNEL, f16, __half, 8)
 ROWS_KEYS_LADDER(ROWS_KEYS_KERNEL, bf16, __nv_bfloat16, 8)
+
+// The next row's L2 prefetch (work.cuh, prefetch_row_l2): the planner's block kernels of
+// the large cases, again, with the same launch bounds (src/plan.rs,
+// KernelKind::prefetch_name lists them). Variants, until measured.
+#define PREFETCH_KERNEL(NAME, SUFFIX, T, THREADS, MIN_BLOCKS, BODY)                                     \
+    extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)                                   \
+        masked_softmax_fwd_##NAME##_prefetch_##SUFFIX(const T* x, T* y, MaskParams p) {                 \
+        BODY(x, y, p);                                                                                  \
+    }                                                                                                   \
+    REGISTER_KERNEL(masked_softmax_fwd_##NAME##_prefetch_##SUFFIX)
+PREFETCH_KERNEL(block_regs_p4x4, f32, float, 512, BLOCK_REGS_MIN_BLOCKS(float, 4),
+                (block_regs_forward<float, 4, 4, true>))
+PREFETCH_KERNEL(block_regs_p8x4, f16, __half, 512, 2, (block_regs_forward_16bit<__half, 8, 4, true>))
+PREFETCH_KERNEL(block_regs_p8x4, bf16, __nv_bfloat16, 512, 2,
+                (block_regs_forward_16bit<__nv_bfloat16, 8, 4, true>))
+PREFETCH_KERNEL(block_cached_p4, f32, float, 512, 1, (block_cached_forward<float, 4, true>))

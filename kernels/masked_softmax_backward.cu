@@ -119,10 +119,10 @@ __device__ __forceinline__ void rows_backward_16bit(const T* y, const T* dy, T* 
 // The row's y and dy in registers across the block: thread t holds packs t, t + blockDim,
 // ... (PACKS of each), all fetched before any is used. Rows of at most 512 * PACK * PACKS
 // columns: 32-bit columns. Dynamic shared memory: 32 floats.
-template <typename T, int PACK, int PACKS>
+template <typename T, int PACK, int PACKS, bool PREFETCH = false>
 __device__ __forceinline__ void block_regs_backward(const T* y, const T* dy, T* dx, const MaskParams& p) {
     float* scratch = dynamic_shared<float>();
-    for_each_block_row(p, PackShift<T, PACK>::of(y, p), [&](const BlockRow& row) {
+    for_each_block_row<PREFETCH>(p, PackShift<T, PACK>::of(y, p), y, dy, [&](const BlockRow& row) {
         const ShortWindow& w = row.window;
         const auto column = [](int i) { return block_pack_column<PACK>(i); };
         PackPair<T, PACK> raw[PACKS];
@@ -151,11 +151,11 @@ __device__ __forceinline__ void block_regs_backward(const T* y, const T* dy, T* 
 // block_regs_backward's form for 16-bit vector packs: y and dy kept as fetched, so a thread
 // holds twice the columns of f32 values for the same registers (see rows_backward_16bit).
 // Dynamic shared memory: 32 floats.
-template <typename T, int PACK, int PACKS>
+template <typename T, int PACK, int PACKS, bool PREFETCH = false>
 __device__ __forceinline__ void block_regs_backward_16bit(const T* y, const T* dy, T* dx, const MaskParams& p) {
     static_assert(sizeof(T) == 2 && PACK > 1, "16-bit vector packs only");
     float* scratch = dynamic_shared<float>();
-    for_each_block_row(p, PackShift<T, PACK>::of(y, p), [&](const BlockRow& row) {
+    for_each_block_row<PREFETCH>(p, PackShift<T, PACK>::of(y, p), y, dy, [&](const BlockRow& row) {
         const ShortWindow& w = row.window;
         const auto column = [](int i) { return block_pack_column<PACK>(i); };
         PackPair<T, PACK> raw[PACKS];
@@ -189,7 +189,7 @@ __device__ __forceinline__ void decode_pair(const PackPair<T, PACK>& raw, int64_
 // y and dy of the valid packs cached in shared memory ([y..][dy..] per pack slot); thread t
 // owns packs t, t + blockDim, ... in both passes. Dynamic shared memory:
 // [2 * packs * PACK floats][32 floats of scratch].
-template <typename T, int PACK>
+template <typename T, int PACK, bool PREFETCH = false>
 __device__ __forceinline__ void block_cached_backward(const T* y, const T* dy, T* dx, const MaskParams& p) {
     const RowIndex index = RowIndex::of(p);
     const PackShift<T, PACK> shift = PackShift<T, PACK>::of(y, p);
@@ -197,6 +197,7 @@ __device__ __forceinline__ void block_cached_backward(const T* y, const T* dy, T
     float* cache_y = dynamic_shared<float>();
     float* cache_dy = cache_y + row_packs * PACK;
     float* scratch = cache_dy + row_packs * PACK;
+    prefetch_row_l2<PREFETCH>(p, index, int64_t(blockIdx.x) + gridDim.x, y, dy);
     for (int64_t row = blockIdx.x; row < p.rows; row += gridDim.x) {
         const RowFrame f = RowFrame::of(p, shift, index, row);
         const RowWindow& w = f.window;
@@ -224,6 +225,7 @@ __device__ __forceinline__ void block_cached_backward(const T* y, const T* dy, T
             store_window<T, PACK>(dx + offset, i * PACK, f.own(p), w.start, w.end, [&](int j) {
                 return softmax_grad(cache_y[i * PACK + j], cache_dy[i * PACK + j], dot, p.scale);
             });
+        prefetch_row_l2<PREFETCH>(p, index, row + 2 * int64_t(gridDim.x), y, dy);
     }
 }
 
@@ -519,5 +521,20 @@ __device__ __forceinline__ void cluster_backward(const T* y, const T* dy, T* dx,
 BWD_TYPE_KERNELS(f32, float, 4, 2, ROWS_WARP_LADDER_4, ROWS_SPLIT_LADDER_4)
 BWD_TYPE_KERNELS(f16, __half, 8, 1, ROWS_WARP_LADDER_4, ROWS_SPLIT_LADDER_2)
 BWD_TYPE_KERNELS(bf16, __nv_bfloat16, 8, 1, ROWS_WARP_LADDER_4, ROWS_SPLIT_LADDER_2)
+
 BWD_BLOCK_REGS_16BIT_KERNEL(f16, __half, 8, 4)
 BWD_BLOCK_REGS_16BIT_KERNEL(bf16, __nv_bfloat16, 8, 4)
+
+// The next row's L2 prefetch (work.cuh, prefetch_row_l2): the planner's block kernels of
+// the large cases, again, with the same launch bounds (src/plan.rs,
+// KernelKind::prefetch_name lists them). Variants, until measured.
+#define BWD_PREFETCH_KERNEL(NAME, SUFFIX, T, BODY)                                                  \
+    extern "C" __global__ void __launch_bounds__(512) masked_softmax_bwd_##NAME##_prefetch_##SUFFIX \
+        BWD_SIGNATURE(T) {                                                                          \
+        BODY(y, dy, dx, p);                                                                         \
+    }                                                                                               \
+    REGISTER_KERNEL(masked_softmax_bwd_##NAME##_prefetch_##SUFFIX)
+BWD_PREFETCH_KERNEL(block_regs_p4x2, f32, float, (block_regs_backward<float, 4, 2, true>))
+BWD_PREFETCH_KERNEL(block_regs_p8x4, f16, __half, (block_regs_backward_16bit<__half, 8, 4, true>))
+BWD_PREFETCH_KERNEL(block_regs_p8x4, bf16, __nv_bfloat16, (block_regs_backward_16bit<__nv_bfloat16, 8, 4, true>))
+BWD_PREFETCH_KERNEL(block_cached_p4, f32, float, (block_cached_backward<float, 4, true>))

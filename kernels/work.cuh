@@ -126,6 +126,28 @@ struct SplitItems {
 // last, which the L2 still holds (read under evict_last: RereadPolicy).
 __device__ __forceinline__ int64_t split_item_backwards(const SplitItems& s, int64_t k) { return s.items - 1 - k; }
 
+// The block kernels that hold one row at a time (block_regs, block_cached) load it, then
+// reduce and write it with no load in flight: a multiprocessor's loads in flight are only
+// those of its blocks that are loading. Their PREFETCH instances (`*_prefetch_*`: the
+// benchmark's variants, CudaSoftmax::set_next_row_prefetch) have warp 0 ask the L2 for a
+// row's valid scores (`a`, and `b` if not null: the backward's dy) one row of the block
+// ahead: for its second row before its first, then, as it finishes each row r, for row
+// r + 2 of its grid stride. So the DRAM fetches a block's next row while the block reduces
+// and writes the current one, and the next row's loads hit the L2. A hint: no result
+// depends on it (io.cuh, prefetch_l2). At the end of a row, where none of its values is
+// live: at the start (for row r + 1) it took up to 17 more registers (ptxas sm_90).
+template <bool PREFETCH, typename T>
+__device__ __forceinline__ void prefetch_row_l2(const MaskParams& p, const RowIndex& index, int64_t row, const T* a,
+                                                const T* b) {
+    if constexpr (PREFETCH) {
+        if (threadIdx.x >= 32 || row >= p.rows) return;
+        const RowWindow w = row_window(p, index, row);
+        const int64_t offset = row * p.row_stride;
+        prefetch_l2(a + offset + w.start, a + offset + w.end);
+        if (b) prefetch_l2(b + offset + w.start, b + offset + w.end);
+    }
+}
+
 // A row of a kernel that loops over it (block_cached, block_stream, cluster: any length,
 // 64-bit columns), seen from its frame (PackShift).
 struct RowFrame {
@@ -318,15 +340,19 @@ struct BlockRow {
 };
 
 // Calls body(const BlockRow&) for every row the block handles (a grid-stride loop), each
-// seen from its frame by `shift`.
-template <typename T, int PACK, typename Body>
-__device__ __forceinline__ void for_each_block_row(const MaskParams& p, const PackShift<T, PACK>& shift, Body body) {
+// seen from its frame by `shift`; under PREFETCH, with the L2 asked for the rows ahead in
+// `a` (and `b`, if not null) as prefetch_row_l2 says.
+template <bool PREFETCH, typename T, int PACK, typename Body>
+__device__ __forceinline__ void for_each_block_row(const MaskParams& p, const PackShift<T, PACK>& shift, const T* a,
+                                                   const T* b, Body body) {
     const RowIndex index = RowIndex::of(p);
+    prefetch_row_l2<PREFETCH>(p, index, int64_t(blockIdx.x) + gridDim.x, a, b);
     for (int64_t row = blockIdx.x; row < p.rows; row += gridDim.x) {
         const int64_t offset = row * p.row_stride;
         const int32_t lead = shift.lead(offset);
         body(BlockRow{shifted(narrow(row_window(p, index, row)), lead), offset - lead,
                       ShortWindow{lead, int32_t(lead + p.k_len)}});
+        prefetch_row_l2<PREFETCH>(p, index, row + 2 * int64_t(gridDim.x), a, b);
     }
 }
 

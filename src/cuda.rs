@@ -218,6 +218,12 @@ pub struct CudaSoftmax {
     staging: Mutex<Option<Staging>>,
     /// The first launch of kinds that take two ([`KernelKind::first_pass_name`]).
     first_passes: HashMap<(Direction, KernelKind, DType), CudaFunction>,
+    /// The kinds compiled again with the next row's L2 prefetch
+    /// ([`KernelKind::prefetch_name`]), with their own occupancy.
+    prefetching: HashMap<(Direction, KernelKind, DType), (CudaFunction, KernelOccupancy)>,
+    /// Whether launches of those kinds take their prefetching kernels
+    /// ([`set_next_row_prefetch`](Self::set_next_row_prefetch)).
+    next_row_prefetch: bool,
     /// The split kernels' partial statistics ([`LaunchPlan::partials`]); grows, never
     /// shrinks, and is ordered across streams as `staging` is.
     partials: Mutex<Option<Partials>>,
@@ -273,24 +279,34 @@ impl CudaSoftmax {
         let mut functions = HashMap::new();
         let mut occupancy = HashMap::new();
         let mut first_passes = HashMap::new();
+        let mut prefetching = HashMap::new();
         for direction in [Direction::Forward, Direction::Backward] {
             let (_, ptx) = module_ptx_for(direction.module(), major, minor)
                 .ok_or(Error::UnsupportedDevice { major, minor })?;
             let module = ctx.load_module(Ptx::from_src(ptx))?;
             for dtype in DType::ALL {
                 for kind in KernelKind::all(dtype, limits.clusters, direction) {
-                    let function = module.load_function(&kind.name(dtype, direction))?;
-                    if let KernelKind::BlockCached { .. } | KernelKind::Cluster { .. } = kind {
-                        // Above 48 KiB a block's dynamic shared memory needs an opt-in.
-                        function.set_attribute(
-                            CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                            limits.max_shared_per_block as i32,
-                        )?;
-                    }
-                    occupancy.insert((direction, kind, dtype), kernel_occupancy(&function));
-                    functions.insert((direction, kind, dtype), function);
+                    let load = |name: &str| -> Result<CudaFunction> {
+                        let function = module.load_function(name)?;
+                        if let KernelKind::BlockCached { .. } | KernelKind::Cluster { .. } = kind {
+                            // Above 48 KiB a block's dynamic shared memory needs an opt-in.
+                            function.set_attribute(
+                                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                                limits.max_shared_per_block as i32,
+                            )?;
+                        }
+                        Ok(function)
+                    };
+                    let key = (direction, kind, dtype);
+                    let function = load(&kind.name(dtype, direction))?;
+                    occupancy.insert(key, kernel_occupancy(&function));
+                    functions.insert(key, function);
                     if let Some(name) = kind.first_pass_name(dtype, direction) {
-                        first_passes.insert((direction, kind, dtype), module.load_function(&name)?);
+                        first_passes.insert(key, module.load_function(&name)?);
+                    }
+                    if let Some(name) = kind.prefetch_name(dtype, direction) {
+                        let function = load(&name)?;
+                        prefetching.insert(key, (function.clone(), kernel_occupancy(&function)));
                     }
                 }
             }
@@ -313,6 +329,8 @@ impl CudaSoftmax {
             grid_fitting: true,
             staging: Mutex::new(None),
             first_passes,
+            prefetching,
+            next_row_prefetch: false,
             partials: Mutex::new(None),
         })
     }
@@ -341,6 +359,44 @@ impl CudaSoftmax {
     /// See [`set_l2_hints`](Self::set_l2_hints).
     pub fn l2_hints(&self) -> bool {
         self.l2_hints
+    }
+
+    /// Whether the block kernels that hold one row at a time, in the kinds compiled for it
+    /// ([`KernelKind::prefetch_name`]), ask the L2 cache for the block's rows ahead while
+    /// they work on one, so that those rows' loads hit the L2 rather than wait on DRAM:
+    /// their `*_prefetch_*` kernels take the place of the planned ones (same launch, same
+    /// results). Off by default: it is the benchmark's `+prefetch` variant until a GPU
+    /// run says where it helps. Other kinds are launched as ever.
+    ///
+    /// ```no_run
+    /// # fn main() -> masked_softmax::Result<()> {
+    /// let ctx = masked_softmax::cuda::open_device(0)?;
+    /// let mut softmax = masked_softmax::cuda::CudaSoftmax::new(&ctx)?;
+    /// softmax.set_next_row_prefetch(true);
+    /// assert!(softmax.next_row_prefetch());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn set_next_row_prefetch(&mut self, on: bool) {
+        self.next_row_prefetch = on;
+    }
+
+    /// See [`set_next_row_prefetch`](Self::set_next_row_prefetch).
+    pub fn next_row_prefetch(&self) -> bool {
+        self.next_row_prefetch
+    }
+
+    /// The prefetching kernel this handle launches for `kind`, if it takes one
+    /// ([`set_next_row_prefetch`](Self::set_next_row_prefetch)).
+    fn prefetching(
+        &self,
+        direction: Direction,
+        kind: KernelKind,
+        dtype: DType,
+    ) -> Option<&(CudaFunction, KernelOccupancy)> {
+        self.next_row_prefetch
+            .then(|| self.prefetching.get(&(direction, kind, dtype)))
+            .flatten()
     }
 
     /// Whether launches size their grids by what the device runs at once: the kernels'
@@ -385,9 +441,9 @@ impl CudaSoftmax {
             return Ok(None);
         };
         if self.grid_fitting
-            && let Some(occupancy) = self.occupancy.get(&(direction, plan.kernel, dtype))
+            && let Some(occupancy) = self.occupancy(direction, plan.kernel, dtype)
         {
-            plan.fit_resident(&limits, occupancy);
+            plan.fit_resident(&limits, &occupancy);
         }
         Ok(Some(plan))
     }
@@ -404,6 +460,8 @@ impl CudaSoftmax {
             grid_fitting: self.grid_fitting,
             staging: Mutex::new(None),
             first_passes: self.first_passes.clone(),
+            prefetching: self.prefetching.clone(),
+            next_row_prefetch: self.next_row_prefetch,
             partials: Mutex::new(None),
         }
     }
@@ -421,14 +479,18 @@ impl CudaSoftmax {
     /// How many blocks of the loaded kernel `kind` a multiprocessor runs at once by its
     /// threads and registers, as the driver counted them when the handle loaded it
     /// (`None` for a kind not loaded): launches cut their grids to it
-    /// ([`LaunchPlan::fit_resident`]).
+    /// ([`LaunchPlan::fit_resident`]). The prefetching kernel's where this handle
+    /// launches that ([`set_next_row_prefetch`](Self::set_next_row_prefetch)).
     pub fn occupancy(
         &self,
         direction: Direction,
         kind: KernelKind,
         dtype: DType,
     ) -> Option<KernelOccupancy> {
-        self.occupancy.get(&(direction, kind, dtype)).copied()
+        match self.prefetching(direction, kind, dtype) {
+            Some(&(_, occupancy)) => Some(occupancy),
+            None => self.occupancy.get(&(direction, kind, dtype)).copied(),
+        }
     }
 
     /// `y = softmax(scale * x)` over each row's valid keys and exact zeros elsewhere,
@@ -746,7 +808,11 @@ impl CudaSoftmax {
         };
         // Every kernel the planner picks is loaded (a unit test checks the PTX holds them);
         // a kind named by the caller may be one that is not compiled.
-        let Some(function) = self.functions.get(&(direction, plan.kernel, plan.dtype)) else {
+        let function = match self.prefetching(direction, plan.kernel, plan.dtype) {
+            Some((function, _)) => Some(function),
+            None => self.functions.get(&(direction, plan.kernel, plan.dtype)),
+        };
+        let Some(function) = function else {
             return match kind {
                 Some(_) => Ok(false),
                 None => Err(Error::MissingKernel {
@@ -1110,7 +1176,8 @@ mod tests {
                 for dtype in DType::ALL {
                     for kind in KernelKind::all(dtype, target >= 90, direction) {
                         let names = std::iter::once(kind.name(dtype, direction))
-                            .chain(kind.first_pass_name(dtype, direction));
+                            .chain(kind.first_pass_name(dtype, direction))
+                            .chain(kind.prefetch_name(dtype, direction));
                         for name in names {
                             assert!(
                                 ptx.contains(&format!(".entry {name}(")),

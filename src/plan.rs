@@ -543,6 +543,29 @@ impl KernelKind {
         }
     }
 
+    /// The kind's kernel compiled again with the next row's L2 prefetch (`*_prefetch_*`,
+    /// kernels/work.cuh `prefetch_row_l2`), which
+    /// [`CudaSoftmax::set_next_row_prefetch`](crate::cuda::CudaSoftmax::set_next_row_prefetch)
+    /// launches in its place: the block kernels the planner gives the large cases (the
+    /// vector block_regs of each type and direction, f32 block_cached). The same launch
+    /// as the kind's; the planner never asks for it (a variant, until measured).
+    pub fn prefetch_name(self, dtype: DType, direction: Direction) -> Option<String> {
+        let vector = vector_pack(dtype);
+        let compiled = match self {
+            KernelKind::BlockRegs { pack, packs } if pack == vector => {
+                packs
+                    == block_regs_16bit_packs(dtype, pack)
+                        .unwrap_or_else(|| block_regs_packs(pack, direction))
+            }
+            KernelKind::BlockCached { pack } => dtype == DType::F32 && pack == vector,
+            _ => false,
+        };
+        let (d, t) = (direction.prefix(), dtype.kernel_suffix());
+        let base = self.name(dtype, direction);
+        let kind = base.strip_prefix(d)?.strip_suffix(t)?;
+        compiled.then(|| format!("{d}{kind}prefetch_{t}"))
+    }
+
     /// Threads of the largest block the kind's kernel is launched with (its
     /// `__launch_bounds__`): the rows kernels' 256, the wide 16-bit raw-pair block_regs'
     /// 256 (BLOCK_REGS_WIDE_THREADS), every other block kernel's 512.
@@ -2036,6 +2059,37 @@ mod tests {
             KernelKind::BlockStream { pack: 8 }.first_pass_name(DType::F16, Direction::Forward),
             None
         );
+        // Next-row prefetching instances: the vector block_regs of each type and direction
+        // and the f32 block_cached, nothing else.
+        let prefetching = |dtype, direction| -> Vec<String> {
+            KernelKind::all(dtype, true, direction)
+                .into_iter()
+                .filter_map(|k| k.prefetch_name(dtype, direction))
+                .collect()
+        };
+        assert_eq!(
+            prefetching(DType::F32, Direction::Forward),
+            [
+                "masked_softmax_fwd_block_regs_p4x4_prefetch_f32",
+                "masked_softmax_fwd_block_cached_p4_prefetch_f32"
+            ]
+        );
+        assert_eq!(
+            prefetching(DType::F32, Direction::Backward),
+            [
+                "masked_softmax_bwd_block_regs_p4x2_prefetch_f32",
+                "masked_softmax_bwd_block_cached_p4_prefetch_f32"
+            ]
+        );
+        for direction in [Direction::Forward, Direction::Backward] {
+            assert_eq!(
+                prefetching(DType::F16, direction),
+                [format!(
+                    "{}_block_regs_p8x4_prefetch_f16",
+                    direction.prefix()
+                )]
+            );
+        }
         assert_eq!(
             KernelKind::Cluster {
                 pack: 8,

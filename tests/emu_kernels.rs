@@ -65,11 +65,14 @@ const MAX_ELEMENTS: usize = 1 << 15;
 static LAUNCHED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 
 /// One problem for the emulated kernels: the device, the kernel (the planner's if `kind`
-/// is `None`), the direction, the spec and lengths, the inputs (`[x]` forward, `[y, dy]`
-/// backward) and where the buffers sit against their guard pages.
+/// is `None`; its next-row prefetching instance if `prefetch`, as
+/// `CudaSoftmax::set_next_row_prefetch` launches it), the direction, the spec and lengths,
+/// the inputs (`[x]` forward, `[y, dy]` backward) and where the buffers sit against their
+/// guard pages.
 struct Emulation<'a, T> {
     limits: DeviceLimits,
     kind: Option<KernelKind>,
+    prefetch: bool,
     direction: Direction,
     spec: &'a Spec,
     lengths: Lengths<'a>,
@@ -117,7 +120,14 @@ impl<T: Element> Emulation<'_, T> {
         let Some(mut plan) = plan else {
             return Ok(None);
         };
-        LAUNCHED.lock().unwrap().insert(plan.kernel_name());
+        let name = match self.prefetch {
+            false => plan.kernel_name(),
+            true => match plan.kernel.prefetch_name(T::DTYPE, direction) {
+                Some(name) => name,
+                None => return Ok(None),
+            },
+        };
+        LAUNCHED.lock().unwrap().insert(name.clone());
         if let KernelKind::Split { .. } = plan.kernel {
             return self.run_split(plan, buffers, &ins, &out, out_buf);
         }
@@ -145,9 +155,9 @@ impl<T: Element> Emulation<'_, T> {
         };
         // SAFETY: (const T*, T*, MaskParams) forward and (const T*, const T*, T*, MaskParams)
         // backward; the buffers hold the shape's elements and `batch` lengths.
-        unsafe { masked_softmax_emu::launch(&plan.kernel_name(), dims, args) }?;
+        unsafe { masked_softmax_emu::launch(&name, dims, args) }?;
         if !ins.iter().chain([&out]).all(GuardedBuffer::canary_intact) {
-            return Err(format!("{}: wrote before a buffer", plan.kernel_name()));
+            return Err(format!("{name}: wrote before a buffer"));
         }
         Ok(Some(out_buf.as_slice().to_vec()))
     }
@@ -237,6 +247,7 @@ fn check<T: Element>(
     Emulation {
         limits,
         kind: None,
+        prefetch: false,
         direction,
         spec,
         lengths,
@@ -247,8 +258,8 @@ fn check<T: Element>(
     .map(|_| ())
 }
 
-/// Every compiled kernel of a direction that can run `case`, named rather than planned, at
-/// both buffer placements (at the end of a page, rows sit off 16-byte boundaries and the
+/// Every compiled kernel of a direction that can run `case` (the prefetching instances
+/// too), named rather than planned, at both buffer placements (at the end of a page, rows sit off 16-byte boundaries and the
 /// vector kernels see them shifted): each must match the reference.
 fn every_kernel<T: Element>(direction: Direction, case: &Case) -> Result<(), String> {
     let inputs = case.inputs::<T>(direction);
@@ -277,12 +288,22 @@ fn every_kernel_on<T: Element>(
 ) -> Result<(), String> {
     let mut ran = 0;
     let mut vector_ran = [false; PLACEMENTS.len()];
-    for kind in KernelKind::all(T::DTYPE, true, direction) {
+    let runs = KernelKind::all(T::DTYPE, true, direction)
+        .into_iter()
+        .flat_map(|kind| {
+            let prefetch = kind.prefetch_name(T::DTYPE, direction).is_some();
+            std::iter::once((kind, false)).chain(prefetch.then_some((kind, true)))
+        });
+    for (kind, prefetch) in runs {
         for (i, (placement, _)) in PLACEMENTS.into_iter().enumerate() {
-            let name = kind.name(T::DTYPE, direction);
+            let name = match prefetch {
+                false => kind.name(T::DTYPE, direction),
+                true => kind.prefetch_name(T::DTYPE, direction).unwrap_or_default(),
+            };
             let emulation = Emulation {
                 limits: BIG_SHARED,
                 kind: Some(kind),
+                prefetch,
                 direction,
                 spec,
                 lengths,
@@ -547,6 +568,7 @@ fn main() {
                         .flat_map(move |k| {
                             std::iter::once(k.name(d, direction))
                                 .chain(k.first_pass_name(d, direction))
+                                .chain(k.prefetch_name(d, direction))
                         })
                 })
             })

@@ -27,6 +27,9 @@ struct Gpu {
     softmax: CudaSoftmax,
     /// The same kernels with `set_l2_hints(false)` (the streaming kernels' other loads).
     plain_l2: CudaSoftmax,
+    /// The same kernels with `set_next_row_prefetch(true)` (the block kernels' prefetching
+    /// instances).
+    prefetch: CudaSoftmax,
 }
 
 fn open_gpu() -> Result<Gpu, String> {
@@ -37,10 +40,13 @@ fn open_gpu() -> Result<Gpu, String> {
     let softmax = CudaSoftmax::new(&ctx).map_err(|e| e.to_string())?;
     let mut plain_l2 = softmax.share();
     plain_l2.set_l2_hints(false);
+    let mut prefetch = softmax.share();
+    prefetch.set_next_row_prefetch(true);
     Ok(Gpu {
         ctx,
         softmax,
         plain_l2,
+        prefetch,
     })
 }
 
@@ -353,7 +359,8 @@ fn every_kernel_special<T: Element + DeviceRepr>(g: &Gpu, t: SpecialTrial) -> Te
 
 /// Every compiled kernel of `direction` that can run the problem, each into a poisoned
 /// output (`inputs`: `[x]` forward, `[y, dy]` backward); the streaming kernels also
-/// without their L2 priorities (`set_l2_hints(false)`).
+/// without their L2 priorities (`set_l2_hints(false)`), the block kernels compiled for it
+/// also with the next row's prefetch (`set_next_row_prefetch(true)`).
 fn every_kernel_on<T: Element + DeviceRepr>(
     g: &Gpu,
     direction: Direction,
@@ -384,7 +391,10 @@ fn every_kernel_on<T: Element + DeviceRepr>(
                     | KernelKind::Split { .. }
                     | KernelKind::Cluster { cached: false, .. }
             );
-            std::iter::once((kind, &g.softmax)).chain(streaming.then_some((kind, &g.plain_l2)))
+            let prefetch = kind.prefetch_name(T::DTYPE, direction).is_some();
+            std::iter::once((kind, &g.softmax))
+                .chain(streaming.then_some((kind, &g.plain_l2)))
+                .chain(prefetch.then_some((kind, &g.prefetch)))
         });
     for (kind, softmax) in runs {
         let mut out = stream.clone_htod(&poison)?;
@@ -404,10 +414,10 @@ fn every_kernel_on<T: Element + DeviceRepr>(
                 compare::backward(spec, host_lengths, inputs[0], inputs[1], &out)
             }
         }?;
-        let hints = if softmax.l2_hints() {
-            ""
-        } else {
-            " (plain L2)"
+        let hints = match (softmax.l2_hints(), softmax.next_row_prefetch()) {
+            (false, _) => " (plain L2)",
+            (true, true) => " (next-row prefetch)",
+            (true, false) => "",
         };
         report
             .into_result()
@@ -668,12 +678,20 @@ fn cluster_residency(g: &Gpu) -> TestResult {
 
 /// The handle knows every loaded kernel's blocks a multiprocessor at the block sizes the
 /// planner gives it (launches cut their grids to it): at least 1, at most what the
-/// threads allow.
+/// threads allow. The prefetching instances too, on a handle that launches them.
 fn kernel_occupancy(g: &Gpu) -> TestResult {
     let limits = g.softmax.limits();
     for dtype in DType::ALL {
         for direction in [Direction::Forward, Direction::Backward] {
-            for kind in KernelKind::all(dtype, limits.clusters, direction) {
+            let kinds = KernelKind::all(dtype, limits.clusters, direction);
+            let prefetching = kinds.iter().filter_map(|&kind| {
+                let name = kind.prefetch_name(dtype, direction)?;
+                Some((kind, &g.prefetch, name))
+            });
+            let plain = kinds
+                .iter()
+                .map(|&kind| (kind, &g.softmax, kind.name(dtype, direction)));
+            for (kind, softmax, name) in plain.chain(prefetching) {
                 let blocks: &[u32] = match kind {
                     KernelKind::Rows { .. } | KernelKind::RowsKeys { .. } => &[256],
                     KernelKind::BlockRegs { .. } => &[64, 128, 256, 512],
@@ -682,9 +700,7 @@ fn kernel_occupancy(g: &Gpu) -> TestResult {
                     }
                     _ => &[],
                 };
-                let name = kind.name(dtype, direction);
-                let occupancy = g
-                    .softmax
+                let occupancy = softmax
                     .occupancy(direction, kind, dtype)
                     .ok_or(format!("{name}: not loaded"))?;
                 // Up to the kind's launch bounds (the wide 16-bit block_regs: 256).
