@@ -1015,16 +1015,27 @@ const CROSSOVER_MARGIN: f64 = 1.03;
 /// `--crossovers`: for each (case, direction, type) of a variants run, the planner's kernel
 /// and the fastest other kernel; `<<` marks one faster by `CROSSOVER_MARGIN` or more. The
 /// `+plain_l2` runs (the same kernels without their L2 priorities, which the planner never
-/// picks) are not candidates: the last column is the planner's kernel's own time over its
-/// `+plain_l2` run (below 1: the priorities help).
+/// picks) are not candidates: the column `vs no L2` is the planner's kernel's own time over
+/// its `+plain_l2` run (below 1: the priorities help). The `+prefetch` runs are candidates,
+/// and the last column is the planner's kernel's own time over its `+prefetch` run (above
+/// 1: its prefetching instance is faster).
 fn print_crossovers(report: &Report) {
     println!(
         "{} ({}), {}",
         report.gpu, report.compute_capability, report.date_utc
     );
     println!(
-        "{:<30} {:<4} {:<5} {:<38} {:>8} {:<46} {:>8} {:>7} {:>9}",
-        "case", "dir", "type", "planned", "x floor", "fastest other", "x floor", "gain", "vs no L2"
+        "{:<30} {:<4} {:<5} {:<38} {:>8} {:<46} {:>8} {:>7} {:>9} {:>9}",
+        "case",
+        "dir",
+        "type",
+        "planned",
+        "x floor",
+        "fastest other",
+        "x floor",
+        "gain",
+        "vs no L2",
+        "prefetch"
     );
     let short = |k: &str| {
         k.trim_start_matches("masked_softmax_fwd_")
@@ -1045,17 +1056,20 @@ fn print_crossovers(report: &Report) {
             .filter(|r| !r.kernel.ends_with(PLAIN_L2))
             .min_by(|a, b| a.time_us.total_cmp(&b.time_us));
         let Some(fastest) = fastest else { continue };
-        let own_plain = variants()
-            .find(|r| r.kernel == format!("{}{PLAIN_L2}", planned.kernel))
-            .map_or("-".into(), |r| {
-                format!("{:.3}", planned.time_us / r.time_us)
-            });
+        let own = |suffix: &str| {
+            variants()
+                .find(|r| r.kernel == format!("{}{suffix}", planned.kernel))
+                .map_or("-".into(), |r| {
+                    format!("{:.3}", planned.time_us / r.time_us)
+                })
+        };
+        let (own_plain, own_prefetch) = (own(PLAIN_L2), own(PREFETCH));
         cases += 1;
         let gain = planned.time_us / fastest.time_us;
         let mark = if gain >= CROSSOVER_MARGIN { "<<" } else { "" };
         marked += usize::from(!mark.is_empty());
         println!(
-            "{:<30} {:<4} {:<5} {:<38} {:>8.3} {:<46} {:>8.3} {:>6.3}x {:>9} {mark}",
+            "{:<30} {:<4} {:<5} {:<38} {:>8.3} {:<46} {:>8.3} {:>6.3}x {:>9} {:>9} {mark}",
             planned.case,
             &planned.direction[..3],
             planned.dtype,
@@ -1064,7 +1078,8 @@ fn print_crossovers(report: &Report) {
             short(&fastest.kernel),
             fastest.over_floor,
             gain,
-            own_plain
+            own_plain,
+            own_prefetch
         );
     }
     println!(

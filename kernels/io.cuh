@@ -338,16 +338,14 @@ __device__ __forceinline__ ColumnWindow<I> shifted(ColumnWindow<I> w, I lead) {
 // 16-byte boundary; the partial chunks at the ends are left to the loads). sm_90: one bulk
 // prefetch by lane 0 (the copy engine walks the range); before: the warp's lanes one
 // `prefetch.global.L2` a 128-byte line each. The emulator reads the range's first and
-// last bytes instead, so that its guard pages catch a range past a buffer.
+// last bytes instead, so that its guard pages catch a range past a buffer, and counts
+// the range (the tests check the bytes against the rows the kernel should ask for).
 __device__ __forceinline__ void prefetch_l2(const void* begin, const void* end) {
     const uintptr_t lo = (reinterpret_cast<uintptr_t>(begin) + 15) & ~uintptr_t(15);
     const uintptr_t hi = reinterpret_cast<uintptr_t>(end) & ~uintptr_t(15);
     if (hi <= lo) return;
 #ifdef MASKED_SOFTMAX_EMULATION
-    CHECK_ALIGNED(reinterpret_cast<const void*>(lo), 16);
-    const volatile unsigned char* bytes = reinterpret_cast<const volatile unsigned char*>(lo);
-    (void)bytes[0];
-    (void)bytes[hi - lo - 1];
+    if (threadIdx.x % 32 == 0) emu::l2_prefetch(reinterpret_cast<const void*>(lo), hi - lo);  // as sm_90
 #elif __CUDA_ARCH__ >= 900
     // PTX takes a 32-bit size, but the SASS (UBLKPF) keeps 16 bits of 16-byte units: a
     // longer range would wrap, so a hint of more than 1 MiB stops there (the block kernels'

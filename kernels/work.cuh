@@ -135,7 +135,9 @@ __device__ __forceinline__ int64_t split_item_backwards(const SplitItems& s, int
 // r + 2 of its grid stride. So the DRAM fetches a block's next row while the block reduces
 // and writes the current one, and the next row's loads hit the L2. A hint: no result
 // depends on it (io.cuh, prefetch_l2). At the end of a row, where none of its values is
-// live: at the start (for row r + 1) it took up to 17 more registers (ptxas sm_90).
+// live, it costs the block_regs instances 0-2 registers; at the start (for row r + 1) it
+// took up to 17 more (ptxas sm_90). The block_cached ones still take 8-15 more (39 -> 47,
+// 49 -> 64), which their shared memory, not registers, keeps from costing blocks.
 template <bool PREFETCH, typename T>
 __device__ __forceinline__ void prefetch_row_l2(const MaskParams& p, const RowIndex& index, int64_t row, const T* a,
                                                 const T* b) {

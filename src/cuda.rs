@@ -388,7 +388,7 @@ impl CudaSoftmax {
 
     /// The prefetching kernel this handle launches for `kind`, if it takes one
     /// ([`set_next_row_prefetch`](Self::set_next_row_prefetch)).
-    fn prefetching(
+    fn prefetch_instance(
         &self,
         direction: Direction,
         kind: KernelKind,
@@ -487,7 +487,7 @@ impl CudaSoftmax {
         kind: KernelKind,
         dtype: DType,
     ) -> Option<KernelOccupancy> {
-        match self.prefetching(direction, kind, dtype) {
+        match self.prefetch_instance(direction, kind, dtype) {
             Some(&(_, occupancy)) => Some(occupancy),
             None => self.occupancy.get(&(direction, kind, dtype)).copied(),
         }
@@ -808,7 +808,7 @@ impl CudaSoftmax {
         };
         // Every kernel the planner picks is loaded (a unit test checks the PTX holds them);
         // a kind named by the caller may be one that is not compiled.
-        let function = match self.prefetching(direction, plan.kernel, plan.dtype) {
+        let function = match self.prefetch_instance(direction, plan.kernel, plan.dtype) {
             Some((function, _)) => Some(function),
             None => self.functions.get(&(direction, plan.kernel, plan.dtype)),
         };

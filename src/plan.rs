@@ -560,10 +560,13 @@ impl KernelKind {
             KernelKind::BlockCached { pack } => dtype == DType::F32 && pack == vector,
             _ => false,
         };
-        let (d, t) = (direction.prefix(), dtype.kernel_suffix());
-        let base = self.name(dtype, direction);
-        let kind = base.strip_prefix(d)?.strip_suffix(t)?;
-        compiled.then(|| format!("{d}{kind}prefetch_{t}"))
+        if !compiled {
+            return None;
+        }
+        // The kind's name with `prefetch_` before the type: `..._p4x4_prefetch_f32`.
+        let name = self.name(dtype, direction);
+        let stem = name.strip_suffix(dtype.kernel_suffix())?;
+        Some(format!("{stem}prefetch_{}", dtype.kernel_suffix()))
     }
 
     /// Threads of the largest block the kind's kernel is launched with (its
@@ -2082,13 +2085,16 @@ mod tests {
             ]
         );
         for direction in [Direction::Forward, Direction::Backward] {
-            assert_eq!(
-                prefetching(DType::F16, direction),
-                [format!(
-                    "{}_block_regs_p8x4_prefetch_f16",
-                    direction.prefix()
-                )]
-            );
+            for dtype in [DType::F16, DType::BF16] {
+                assert_eq!(
+                    prefetching(dtype, direction),
+                    [format!(
+                        "{}_block_regs_p8x4_prefetch_{}",
+                        direction.prefix(),
+                        dtype.kernel_suffix()
+                    )]
+                );
+            }
         }
         assert_eq!(
             KernelKind::Cluster {

@@ -59,10 +59,20 @@ const BIG_SHARED: DeviceLimits = DeviceLimits {
     reserved_shared_per_block: 0,
     cluster_residency: ClusterResidency::UNKNOWN,
 };
+/// One multiprocessor of 512 threads: a grid of 1 to 4 block kernels, so each block strides
+/// over many rows and the prefetching instances ask for most of them (`prefetch_*` trials).
+const TINY_GRID: DeviceLimits = DeviceLimits {
+    sm_count: 1,
+    max_threads_per_sm: 512,
+    ..BIG_SHARED
+};
 const MAX_ELEMENTS: usize = 1 << 15;
 
 /// Every kernel some case launched: the whole matrix must reach every compiled kernel.
 static LAUNCHED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+/// Every prefetching instance some case saw ask the L2 for a row: the whole matrix must
+/// reach each (the every-kernel trials' grids mostly give a block a single row).
+static PREFETCHED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 
 /// One problem for the emulated kernels: the device, the kernel (the planner's if `kind`
 /// is `None`; its next-row prefetching instance if `prefetch`, as
@@ -159,7 +169,46 @@ impl<T: Element> Emulation<'_, T> {
         if !ins.iter().chain([&out]).all(GuardedBuffer::canary_intact) {
             return Err(format!("{name}: wrote before a buffer"));
         }
+        let prefetched = masked_softmax_emu::last_launch_prefetches();
+        let expected = match self.prefetch {
+            true => self.expected_prefetches(&ins, plan.grid),
+            false => (0, 0),
+        };
+        if prefetched != expected {
+            return Err(format!(
+                "{name}: L2 prefetches (ranges, bytes) {prefetched:?}, expected {expected:?}"
+            ));
+        }
+        if prefetched.0 > 0 {
+            PREFETCHED.lock().unwrap().insert(name.clone());
+        }
         Ok(Some(out_buf.as_slice().to_vec()))
+    }
+
+    /// The L2 prefetches a prefetching instance on `grid` blocks makes (kernels/work.cuh,
+    /// prefetch_row_l2): every row from `grid` on (a block's rows after its first) once,
+    /// each input's valid window in the whole 16-byte chunks it holds (io.cuh, prefetch_l2).
+    fn expected_prefetches(&self, ins: &[GuardedBuffer<T>], grid: u32) -> (u64, u64) {
+        let shape = &self.spec.shape;
+        let size = T::DTYPE.size_in_bytes();
+        let (mut count, mut bytes) = (0, 0);
+        for row in grid as usize..shape.rows().unwrap() {
+            let b = row / (shape.heads * shape.q_len);
+            let kv = self.lengths.kv.map_or(shape.k_len, |l| l[b] as usize);
+            let q = self.lengths.q.map_or(shape.q_len, |l| l[b] as usize);
+            let w = masked_softmax::mask::row_window(self.spec, kv, q, row % shape.q_len);
+            for input in ins {
+                let at = |column: usize| {
+                    input.addr() as usize + (row * shape.row_stride + column) * size
+                };
+                let (lo, hi) = (at(w.start).next_multiple_of(16), at(w.end) / 16 * 16);
+                if !w.is_empty() && hi > lo {
+                    count += 1;
+                    bytes += (hi - lo) as u64;
+                }
+            }
+        }
+        (count, bytes)
     }
 
     /// A planned [`KernelKind::Split`]: its statistics launch, then its writing launch, with
@@ -331,6 +380,42 @@ fn every_kernel_on<T: Element>(
         ));
     }
     Ok(())
+}
+
+/// The prefetching instances of `direction` ([`KernelKind::prefetch_name`]) that can run
+/// `case`, on TINY_GRID, where a block strides over several rows: each must match the
+/// reference and ask the L2 for exactly the bytes of the rows after each block's first
+/// (`Emulation::run`). (Whether each asks for any somewhere: the matrix's end, PREFETCHED.)
+fn prefetch_instances<T: Element>(direction: Direction, case: &Case) -> Result<(), String> {
+    let inputs = case.inputs::<T>(direction);
+    let inputs: Vec<&[T]> = inputs.iter().map(Vec::as_slice).collect();
+    let kinds: Vec<KernelKind> = KernelKind::all(T::DTYPE, false, direction)
+        .into_iter()
+        .filter(|k| k.prefetch_name(T::DTYPE, direction).is_some())
+        .collect();
+    if kinds.is_empty() {
+        return Err("no prefetching instance".into());
+    }
+    let mut ran = false;
+    for kind in kinds {
+        for (placement, _) in PLACEMENTS {
+            let emulation = Emulation {
+                limits: TINY_GRID,
+                kind: Some(kind),
+                prefetch: true,
+                direction,
+                spec: &case.spec,
+                lengths: case.lengths(),
+                inputs: &inputs,
+                placement,
+            };
+            ran |= emulation.check()?;
+        }
+    }
+    match ran {
+        true => Ok(()),
+        false => Err("no prefetching instance can run the case".into()),
+    }
 }
 
 fn to<T: Element>(v: Vec<f64>) -> Vec<T> {
@@ -525,6 +610,23 @@ fn main() {
             Box::new(move || dispatch!(dtype, every_kernel, direction, &case)),
         );
     }
+    // The prefetching instances where blocks stride over rows, in the modes that give rows
+    // full, empty, cut at both ends and left-padded windows.
+    for (mode, k) in common::MODES
+        .iter()
+        .filter(|m| ["right", "causal_left_q", "window_q"].contains(&m.name))
+        .flat_map(|m| [77, 1000, 4097, 8192].map(|k| (m, k)))
+    {
+        for dtype in DType::ALL {
+            for (direction, d) in common::DIRECTIONS {
+                let case = Case::new(*mode, k, MAX_ELEMENTS);
+                add(
+                    format!("prefetch_{d}_{}_{}_k{k}", mode.name, dtype.kernel_suffix()),
+                    Box::new(move || dispatch!(dtype, prefetch_instances, direction, &case)),
+                );
+            }
+        }
+    }
     // The special values through the planner's kernels (HOPPERISH: 20 rows of 20000 keys
     // take the clusters), and through every kernel at the usual and a negative scale.
     for t in special_trials(&[5, 100, 1000, 3000, 5000, 10000, 20000], &SPECIAL_SCALES) {
@@ -578,9 +680,22 @@ fn main() {
             println!("emu_kernels: the case matrix never launched {missed:?}");
             std::process::exit(1);
         }
+        let prefetched = PREFETCHED.lock().unwrap();
+        let idle: Vec<&String> = compiled
+            .iter()
+            .filter(|n| n.contains("_prefetch_") && !prefetched.contains(*n))
+            .collect();
+        if !idle.is_empty() {
+            println!(
+                "emu_kernels: these prefetching instances never asked the L2 for a row: {idle:?}"
+            );
+            std::process::exit(1);
+        }
         println!(
-            "emu_kernels: every one of the {} compiled kernels ran",
-            compiled.len()
+            "emu_kernels: every one of the {} compiled kernels ran, and each of the {} \
+             prefetching instances asked the L2 for rows",
+            compiled.len(),
+            prefetched.len()
         );
     }
     conclusion.exit();

@@ -414,17 +414,89 @@ fn every_kernel_on<T: Element + DeviceRepr>(
                 compare::backward(spec, host_lengths, inputs[0], inputs[1], &out)
             }
         }?;
-        let hints = match (softmax.l2_hints(), softmax.next_row_prefetch()) {
-            (false, _) => " (plain L2)",
-            (true, true) => " (next-row prefetch)",
-            (true, false) => "",
+        // The kernel that ran: the kind's, or its prefetching instance.
+        let name = match softmax.next_row_prefetch() {
+            true => kind.prefetch_name(T::DTYPE, direction),
+            false => None,
+        };
+        let name = name.unwrap_or_else(|| kind.name(T::DTYPE, direction));
+        let hints = if softmax.l2_hints() {
+            ""
+        } else {
+            " (plain L2)"
         };
         report
             .into_result()
-            .map_err(|e| format!("{}{hints}: {e}", kind.name(T::DTYPE, direction)))?;
+            .map_err(|e| format!("{name}{hints}: {e}"))?;
     }
     if ran == 0 {
         return Err("no kernel ran".into());
+    }
+    Ok(())
+}
+
+/// The prefetching instances ([`KernelKind::prefetch_name`], launched by a handle with
+/// `set_next_row_prefetch(true)`) where their blocks stride over rows: 2048 rows (more than
+/// a GPU keeps resident blocks of these kernels, so most rows are asked into the L2 ahead
+/// of their block), left padding with a causal mask and key lengths from empty to full,
+/// NaN pads, each into a poisoned output. The every-kernel trials' few rows mostly give a
+/// block one row, and so no prefetch.
+fn prefetch_many_rows<T: Element + DeviceRepr>(
+    g: &Gpu,
+    direction: Direction,
+    k_len: usize,
+) -> TestResult {
+    let spec = Spec {
+        shape: Shape::new(8, 32, 8, k_len),
+        padding: Padding::Left,
+        causal: Some(masked_softmax::Causal { window: None }),
+        scale: 0.7,
+    };
+    let k = k_len as i32;
+    let kv = [k, 0, 1, k / 3, k - 1, 7, k / 2 + 5, k];
+    let lengths = Lengths {
+        kv: Some(&kv),
+        q: None,
+    };
+    let to = |v: Vec<f64>| -> Vec<T> { v.into_iter().map(T::from_f64).collect() };
+    let inputs: Vec<Vec<T>> = match direction {
+        Direction::Forward => vec![to(scores_with_nan_pads(&spec, lengths, 41))],
+        Direction::Backward => {
+            let (y, dy) = backward_inputs(&spec, lengths, 41);
+            vec![to(y), to(dy)]
+        }
+    };
+    let stream = g.ctx.new_stream()?;
+    let first = stream.clone_htod(&inputs[0])?;
+    let second = inputs.get(1).map(|dy| stream.clone_htod(dy)).transpose()?;
+    let poison = vec![T::from_f64(f64::NAN); inputs[0].len()];
+    let mut ran = 0;
+    for kind in KernelKind::all(T::DTYPE, g.prefetch.limits().clusters, direction) {
+        let Some(name) = kind.prefetch_name(T::DTYPE, direction) else {
+            continue;
+        };
+        let mut out = stream.clone_htod(&poison)?;
+        let launched = match &second {
+            None => g
+                .prefetch
+                .forward_with_kernel(kind, &stream, &spec, lengths, &first, &mut out)?,
+            Some(dy) => g
+                .prefetch
+                .backward_with_kernel(kind, &stream, &spec, lengths, &first, dy, &mut out)?,
+        };
+        if !launched {
+            continue;
+        }
+        ran += 1;
+        let out = stream.clone_dtoh(&out)?;
+        let report = match direction {
+            Direction::Forward => compare::forward(&spec, lengths, &inputs[0], &out),
+            Direction::Backward => compare::backward(&spec, lengths, &inputs[0], &inputs[1], &out),
+        }?;
+        report.into_result().map_err(|e| format!("{name}: {e}"))?;
+    }
+    if ran == 0 {
+        return Err("no prefetching instance ran".into());
     }
     Ok(())
 }
@@ -852,6 +924,7 @@ fn in_sanitize_subset(name: &str) -> bool {
             && !name.contains("_k300000_"))
         || (modes.iter().any(|m| name.starts_with(m)) && sizes.iter().any(|k| name.contains(k)))
         || (name.starts_with("long_rows_right") && name.ends_with("k65536"))
+        || (name.starts_with("prefetch_many_rows") && name.ends_with("_k1000"))
         || (name.starts_with("every_kernel_special")
             && (name.ends_with("_k5000_aligned_scale1e0") || name.ends_with("_k5000_odd_scale1e0")))
         || (name.starts_with("every_kernel")
@@ -971,6 +1044,17 @@ fn main() {
             format!("every_kernel_special_{}", t.name()),
             Box::new(move |g| dispatch!(t.dtype, every_kernel_special, g, t)),
         );
+    }
+    // The prefetching instances on many rows (block_regs' capacities and block_cached).
+    for k in [1000, 4096, 8192] {
+        for dtype in DType::ALL {
+            for (direction, d) in common::DIRECTIONS {
+                add(
+                    format!("prefetch_many_rows_{d}_{}_k{k}", dtype.kernel_suffix()),
+                    Box::new(move |g| dispatch!(dtype, prefetch_many_rows, g, direction, k)),
+                );
+            }
+        }
     }
     // Every kernel that can run a problem, named: both sides of each kernel's capacity.
     let k_lens: Vec<usize> = EVERY_KERNEL_K_LENS

@@ -59,6 +59,9 @@ uint64_t warp_exchange(uint64_t value, int src_lane);
 [[noreturn]] void fail(const char* what);
 // Dynamic shared memory of the running block.
 void* dynamic_shared_memory();
+// A kernel's L2 prefetch hint of `bytes` bytes at `begin` (whole 16-byte chunks): no effect
+// here but a read of its first and last bytes, counted per launch (emu_last_launch_prefetches).
+void l2_prefetch(const void* begin, size_t bytes);
 // Thread-block clusters (blocks of a cluster run together; a kernel launched with clusters
 // must keep its shared data in dynamic shared memory, since a function-local static is
 // one copy for the whole cluster here).

@@ -101,6 +101,8 @@ struct Launch {
     unsigned current = 0;
     uint64_t progress = 0;  // arrivals and exits: a round without any is a deadlock
     std::string error;
+    uint64_t prefetches = 0;        // l2_prefetch calls of the launch
+    uint64_t prefetched_bytes = 0;  // and the bytes they asked for
 };
 
 // One launch per OS thread at a time: tests on different threads emulate in parallel.
@@ -287,12 +289,26 @@ void fail(const char* what) {
 
 void* dynamic_shared_memory() { return my_block().shared.data(); }
 
+void l2_prefetch(const void* begin, size_t bytes) {
+    if (reinterpret_cast<uintptr_t>(begin) % 16 != 0 || bytes == 0 || bytes % 16 != 0)
+        fail("L2 prefetch of a range not in whole 16-byte chunks");
+    // Read its ends (a range past a buffer faults on the guard pages) and count it.
+    const volatile unsigned char* b = static_cast<const volatile unsigned char*>(begin);
+    (void)b[0];
+    (void)b[bytes - 1];
+    g_launch->prefetches += 1;
+    g_launch->prefetched_bytes += bytes;
+}
+
 int register_kernel(const char* name, Invoker invoke) {
     registry()[name] = invoke;
     return 0;
 }
 
 }  // namespace emu
+
+// The calling thread's last launch (its counters outlive it).
+thread_local emu::Launch* emu_last_launch = nullptr;
 
 extern "C" {
 
@@ -317,6 +333,7 @@ int emu_launch(const char* name, const unsigned grid[3], const unsigned block[3]
         return report("invalid cluster size (must divide grid.x, at most 16)");
     static thread_local Launch launch;  // fibers and stacks are reused across launches
     Launch& l = launch;
+    emu_last_launch = &l;
     l.invoke = found->second;
     l.params = params;
     l.grid = g;
@@ -324,6 +341,8 @@ int emu_launch(const char* name, const unsigned grid[3], const unsigned block[3]
     l.cluster = cluster;
     l.shared_bytes = shared_bytes;
     l.error.clear();
+    l.prefetches = 0;
+    l.prefetched_bytes = 0;
     l.blocks.resize(cluster);
     while (l.fibers.size() < n * cluster) {
         l.fibers.emplace_back();
@@ -339,6 +358,16 @@ int emu_launch(const char* name, const unsigned grid[3], const unsigned block[3]
     }
     g_launch = nullptr;
     return 0;
+}
+
+// The L2 prefetches (emu::l2_prefetch) of the calling thread's last launch: how many, and
+// their bytes.
+void emu_last_launch_prefetches(uint64_t* count, uint64_t* bytes) {
+    *count = *bytes = 0;
+    if (emu_last_launch) {
+        *count = emu_last_launch->prefetches;
+        *bytes = emu_last_launch->prefetched_bytes;
+    }
 }
 
 // The names of the registered kernels, separated by '\n', into `out` (NUL-terminated).

@@ -26,11 +26,26 @@ unsafe extern "C" {
         error_len: usize,
     ) -> i32;
     fn emu_kernel_names(out: *mut c_char, out_len: usize) -> usize;
+    fn emu_last_launch_prefetches(count: *mut u64, bytes: *mut u64);
 }
 
 /// True if this build carries the kernels (the CUDA headers were found at build time).
 pub fn available() -> bool {
     cfg!(emu_kernels)
+}
+
+/// The L2 prefetch hints of the calling thread's last launch: how many ranges the kernel
+/// asked for, and their bytes in all (`(0, 0)` before any launch, or without kernels).
+pub fn last_launch_prefetches() -> (u64, u64) {
+    #[cfg(emu_kernels)]
+    {
+        let (mut count, mut bytes) = (0, 0);
+        // SAFETY: two writable u64.
+        unsafe { emu_last_launch_prefetches(&mut count, &mut bytes) };
+        (count, bytes)
+    }
+    #[cfg(not(emu_kernels))]
+    (0, 0)
 }
 
 /// Names of the kernels the emulator can run.
