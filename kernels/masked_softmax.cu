@@ -306,8 +306,7 @@ __device__ __forceinline__ void block_cached_forward(const T* x, T* y, const Mas
     float* cache = dynamic_shared<float>();
     float* scratch = cache + packs_in<PACK>(shift.columns(p.k_len)) * PACK;
     const T* none = nullptr;  // a second input to prefetch: the forward has one
-    prefetch_row_l2<PREFETCH>(p, index, int64_t(blockIdx.x) + gridDim.x, x, none);
-    for (int64_t row = blockIdx.x; row < p.rows; row += gridDim.x) {
+    for_each_grid_row<PREFETCH>(p, index, x, none, [&](int64_t row) {
         const RowFrame f = RowFrame::of(p, shift, index, row);
         const RowWindow& w = f.window;
         const int64_t offset = f.offset;
@@ -349,8 +348,7 @@ __device__ __forceinline__ void block_cached_forward(const T* x, T* y, const Mas
         for (int64_t i = threadIdx.x; i < packs_in<PACK>(f.own(p).end); i += blockDim.x)
             store_window<T, PACK>(y + offset, i * PACK, f.own(p), w.start, w.end,
                                   [&](int j) { return cache[i * PACK + j] * inv_sum; });
-        prefetch_row_l2<PREFETCH>(p, index, row + 2 * int64_t(gridDim.x), x, none);
-    }
+    });
 }
 
 // The two passes of the kernels that read rows twice (block_stream, split), over one

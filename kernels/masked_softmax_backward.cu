@@ -197,8 +197,7 @@ __device__ __forceinline__ void block_cached_backward(const T* y, const T* dy, T
     float* cache_y = dynamic_shared<float>();
     float* cache_dy = cache_y + row_packs * PACK;
     float* scratch = cache_dy + row_packs * PACK;
-    prefetch_row_l2<PREFETCH>(p, index, int64_t(blockIdx.x) + gridDim.x, y, dy);
-    for (int64_t row = blockIdx.x; row < p.rows; row += gridDim.x) {
+    for_each_grid_row<PREFETCH>(p, index, y, dy, [&](int64_t row) {
         const RowFrame f = RowFrame::of(p, shift, index, row);
         const RowWindow& w = f.window;
         const int64_t offset = f.offset;
@@ -225,8 +224,7 @@ __device__ __forceinline__ void block_cached_backward(const T* y, const T* dy, T
             store_window<T, PACK>(dx + offset, i * PACK, f.own(p), w.start, w.end, [&](int j) {
                 return softmax_grad(cache_y[i * PACK + j], cache_dy[i * PACK + j], dot, p.scale);
             });
-        prefetch_row_l2<PREFETCH>(p, index, row + 2 * int64_t(gridDim.x), y, dy);
-    }
+    });
 }
 
 // The two passes of the kernels that read rows twice (block_stream, split), over one

@@ -150,6 +150,19 @@ __device__ __forceinline__ void prefetch_row_l2(const MaskParams& p, const RowIn
     }
 }
 
+// Calls body(row) for every row the block handles (a grid-stride loop), under PREFETCH
+// asking the L2 for its rows one ahead in `a` (and `b`, if not null) as prefetch_row_l2
+// says: the block kernels that hold one row at a time (block_regs, block_cached).
+template <bool PREFETCH, typename T, typename Body>
+__device__ __forceinline__ void for_each_grid_row(const MaskParams& p, const RowIndex& index, const T* a, const T* b,
+                                                  Body body) {
+    prefetch_row_l2<PREFETCH>(p, index, int64_t(blockIdx.x) + gridDim.x, a, b);
+    for (int64_t row = blockIdx.x; row < p.rows; row += gridDim.x) {
+        body(row);
+        prefetch_row_l2<PREFETCH>(p, index, row + 2 * int64_t(gridDim.x), a, b);
+    }
+}
+
 // A row of a kernel that loops over it (block_cached, block_stream, cluster: any length,
 // 64-bit columns), seen from its frame (PackShift).
 struct RowFrame {
@@ -342,20 +355,17 @@ struct BlockRow {
 };
 
 // Calls body(const BlockRow&) for every row the block handles (a grid-stride loop), each
-// seen from its frame by `shift`; under PREFETCH, with the L2 asked for the rows ahead in
-// `a` (and `b`, if not null) as prefetch_row_l2 says.
+// seen from its frame by `shift` (for_each_grid_row: the prefetch under PREFETCH).
 template <bool PREFETCH, typename T, int PACK, typename Body>
 __device__ __forceinline__ void for_each_block_row(const MaskParams& p, const PackShift<T, PACK>& shift, const T* a,
                                                    const T* b, Body body) {
     const RowIndex index = RowIndex::of(p);
-    prefetch_row_l2<PREFETCH>(p, index, int64_t(blockIdx.x) + gridDim.x, a, b);
-    for (int64_t row = blockIdx.x; row < p.rows; row += gridDim.x) {
+    for_each_grid_row<PREFETCH>(p, index, a, b, [&](int64_t row) {
         const int64_t offset = row * p.row_stride;
         const int32_t lead = shift.lead(offset);
         body(BlockRow{shifted(narrow(row_window(p, index, row)), lead), offset - lead,
                       ShortWindow{lead, int32_t(lead + p.k_len)}});
-        prefetch_row_l2<PREFETCH>(p, index, row + 2 * int64_t(gridDim.x), a, b);
-    }
+    });
 }
 
 // Column of a thread's pack i: thread t holds packs t, t + blockDim, t + 2 blockDim, ...

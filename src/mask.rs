@@ -82,7 +82,7 @@ pub(crate) fn batch_lengths(shape: &Shape, lengths: &Lengths, b: usize) -> (usiz
 
 /// The valid window of row `row` (rows counted over `[batch, heads, q_len]`) for a
 /// validated spec and lengths.
-pub(crate) fn window_of_row(spec: &Spec, lengths: &Lengths, row: usize) -> RowWindow {
+pub fn window_of_row(spec: &Spec, lengths: &Lengths, row: usize) -> RowWindow {
     let shape = &spec.shape;
     let b = row / (shape.heads * shape.q_len);
     let i = row % shape.q_len;

@@ -193,10 +193,7 @@ impl<T: Element> Emulation<'_, T> {
         let size = T::DTYPE.size_in_bytes();
         let (mut count, mut bytes) = (0, 0);
         for row in grid as usize..shape.rows().unwrap() {
-            let b = row / (shape.heads * shape.q_len);
-            let kv = self.lengths.kv.map_or(shape.k_len, |l| l[b] as usize);
-            let q = self.lengths.q.map_or(shape.q_len, |l| l[b] as usize);
-            let w = masked_softmax::mask::row_window(self.spec, kv, q, row % shape.q_len);
+            let w = masked_softmax::mask::window_of_row(self.spec, &self.lengths, row);
             for input in ins {
                 let at = |column: usize| {
                     input.addr() as usize + (row * shape.row_stride + column) * size
