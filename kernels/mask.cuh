@@ -110,6 +110,34 @@ __device__ __forceinline__ RowLengths fetch_row_lengths(const MaskParams& p, con
     return r;
 }
 
+// A launch whose rows kernels can take each row in 32-bit arithmetic (NarrowRows, work.cuh):
+// fewer than 2^31 rows (so the fast divisions hold), row starts a 32-bit multiply apart
+// (row_stride < 2^31: the offset is one wide multiply) and windows in 32 bits
+// (k_len + q_len < 2^31 - 1). Every launch the tests and benchmarks make but the 2^31-row
+// ones.
+__device__ __forceinline__ bool narrow_rows_launch(const MaskParams& p) {
+    return p.rows < (int64_t(1) << 31) && p.row_stride < (int64_t(1) << 31) && p.k_len + p.q_len < INT32_MAX;
+}
+
+// RowLengths of a row of a narrow_rows_launch: the query position in 32 bits, and only
+// where a mask needs it (key padding alone does not: one division a row fewer).
+struct NarrowRowLengths {
+    int32_t i;   // query position in [0, q_len); 0 under MASK_KEYS_ONLY
+    int32_t kv;  // raw device key length
+    int32_t q;   // raw device query length
+};
+
+__device__ __forceinline__ NarrowRowLengths fetch_narrow_row_lengths(const MaskParams& p, uint32_t row) {
+    NarrowRowLengths r{0, 0, 0};
+    const uint32_t b = p.per_batch.divide(row);
+    if (p.kv_lens != nullptr) r.kv = p.kv_lens[b];
+    if (!(p.flags & MASK_KEYS_ONLY)) {  // (key padding alone has no query lengths)
+        r.i = int32_t(row - p.per_query.divide(row) * uint32_t(p.q_len));
+        if (p.q_lens != nullptr) r.q = p.q_lens[b];
+    }
+    return r;
+}
+
 // The valid key columns of query row i from its raw lengths, in integer type I: every
 // intermediate lies within +-(k_len + q_len), and `window` is 0 or at most k_len + 1.
 template <typename I>
@@ -149,29 +177,26 @@ __device__ __forceinline__ RowWindow window_of(const MaskParams& p, const RowLen
                               p.q_lens != nullptr ? int64_t(l.q) : p.q_len, p.k_len, p.q_len, p.window);
 }
 
-// The same, in 32-bit arithmetic when k_len + q_len < 2^31: for the rows kernels, whose
-// short rows pay for a window once per handful of elements (64-bit compares and selects
-// cost two instructions each). The test and the capped window depend on the launch only,
-// so they live in uniform registers. (The block kernels, one window per row of thousands
-// of columns, keep the 64-bit path alone: both paths cost them registers.)
+// The same in 32-bit arithmetic, for a launch where k_len + q_len < 2^31 - 1 (the caller's
+// test, narrow_rows_launch): for the rows kernels, whose short rows pay for a window once per handful of
+// elements (64-bit compares and selects cost two instructions each). (The block kernels,
+// one window per row of thousands of columns, keep the 64-bit path alone: both paths cost
+// them registers.)
 //
 // Key padding alone (MASK_KEYS_ONLY: padded sequences without a causal mask, as in the
-// sweep's short rows) takes a branch of its own:
-// 14 instructions a row in sm_90 SASS (rows_g1_p1x1_f32) where the general rule's right-
-// padding path takes about 30, as much as a short row's arithmetic on a few columns.
-__device__ __forceinline__ RowWindow window_of_short_row(const MaskParams& p, const RowLengths& l) {
-    if (p.k_len + p.q_len < INT32_MAX) {
-        const int32_t k_len = int32_t(p.k_len), q_len = int32_t(p.q_len);
-        if (p.flags & MASK_KEYS_ONLY) {
-            const int32_t kv = p.kv_lens != nullptr ? clamp_length(l.kv, k_len) : k_len;
-            return (p.flags & MASK_LEFT_PADDING) ? RowWindow{k_len - kv, k_len} : RowWindow{0, kv};
-        }
-        // A window longer than k_len keeps the same keys as k_len + 1 (0 stays unlimited).
-        const int32_t window = int32_t(p.window > p.k_len ? p.k_len + 1 : p.window);
-        return window_in<int32_t>(p, int32_t(l.i), p.kv_lens != nullptr ? l.kv : k_len,
-                                  p.q_lens != nullptr ? l.q : q_len, k_len, q_len, window);
+// sweep's short rows) takes a branch of its own: in v9.3's sm_90 SASS (rows_g1_p1x1_f32)
+// 14 instructions a row where the general rule's right-padding path took about 30, as much
+// as a short row's arithmetic on a few columns.
+__device__ __forceinline__ ShortWindow window_of_narrow_row(const MaskParams& p, const NarrowRowLengths& l) {
+    const int32_t k_len = int32_t(p.k_len), q_len = int32_t(p.q_len);
+    if (p.flags & MASK_KEYS_ONLY) {
+        const int32_t kv = p.kv_lens != nullptr ? clamp_length(l.kv, k_len) : k_len;
+        return (p.flags & MASK_LEFT_PADDING) ? ShortWindow{k_len - kv, k_len} : ShortWindow{0, kv};
     }
-    return window_of(p, l);
+    // A window longer than k_len keeps the same keys as k_len + 1 (0 stays unlimited).
+    const int32_t window = int32_t(p.window > p.k_len ? p.k_len + 1 : p.window);
+    return narrow(window_in<int32_t>(p, l.i, p.kv_lens != nullptr ? l.kv : k_len, p.q_lens != nullptr ? l.q : q_len,
+                                     k_len, q_len, window));
 }
 
 // The valid key columns of row `row` (counted over [batch, heads, q_len]).

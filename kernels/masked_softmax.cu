@@ -249,7 +249,9 @@ __device__ __forceinline__ void rows_forward(const T* x, T* y, const MaskParams&
             max_key = group_max<GROUP>(max_key);
             const bool zero_row = max_key == -CUDART_INF_F;
             const float sum = group_sum<GROUP>(weigh_keys(keys, max_key, sm, live));
-            const float inv_sum = zero_row ? 0.f : 1.f / sum;
+            // (A lane's own row at GROUP 1, where the division is most of a row's arithmetic;
+            // in the other shapes the faster reciprocal made ptxas spill.)
+            const float inv_sum = zero_row ? 0.f : (GROUP == 1 ? reciprocal_of_sum(sum) : 1.f / sum);
             store_group_row<T, PACK, PACKS, GROUP>(y, rows[r], int32_t(p.k_len),
                                                    [&](int i, int j) { return keys[i][j] * inv_sum; });
         }

@@ -74,6 +74,23 @@ __device__ __forceinline__ float fast_exp2(float x) {
 #endif
 }
 
+// 1 / s for a row's sum of weights, correctly rounded: the sum is NaN or in [1, keys] (the
+// max key weighs ex2(0) = 1, every other key at most 1; rows_forward takes it for a lane's
+// row of at most 8 keys), where 1.f / s's fast path
+// (an approximate reciprocal and one Newton step, the sm_80/sm_90 SASS of rcp.rn) is its
+// whole answer; 1.f / s would add a range test and a branch to a called slow path for
+// subnormal and huge divisors, about 6 instructions a row of a rows kernel. A NaN sum
+// gives NaN.
+__device__ __forceinline__ float reciprocal_of_sum(float s) {
+#ifdef MASKED_SOFTMAX_EMULATION
+    return 1.f / s;
+#else
+    float r;
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(s));
+    return fmaf(r, fmaf(-s, r, 1.f), r);
+#endif
+}
+
 // The scale, split into the sign that orders keys and the magnitude that weighs them.
 struct ScaleMap {
     static constexpr float LOG2E = 1.4426950408889634f;

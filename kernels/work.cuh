@@ -239,60 +239,121 @@ __device__ __forceinline__ constexpr int rows_at_once() {
     return FLOATS >= 16 ? 1 : (16 / FLOATS > 4 ? 4 : 16 / FLOATS);
 }
 
+// How a rows kernel finds its rows' windows: NarrowRows in 32-bit arithmetic, for every
+// narrow_rows_launch (mask.cuh); WideRows in 64 bits for the others (2^31 rows or more, a
+// row stride of 2^31 or more, k_len + q_len of 2^31 - 1 or more). Picked by a launch-wide test
+// per batch of rows, so that the per-row work of short rows (a length load, a division,
+// the window: more instructions than a row of a few keys takes to reduce and write) has no
+// 64-bit arithmetic and no launch-wide test in it: v13, 123 -> 78 instructions a row of
+// rows_g1_p1x1_f32 (PERFORMANCE.md, scripts/sass-path.py).
+struct NarrowRows {
+    using Row = uint32_t;
+    using Lengths = NarrowRowLengths;
+
+    __device__ __forceinline__ Lengths fetch(const MaskParams& p, Row row) const {
+        return fetch_narrow_row_lengths(p, row);
+    }
+    __device__ __forceinline__ ShortWindow window(const MaskParams& p, const Lengths& l) const {
+        return window_of_narrow_row(p, l);
+    }
+    // Row starts are a 32-bit by 32-bit multiply apart (one wide multiply).
+    __device__ __forceinline__ static int64_t offset(const MaskParams& p, Row row) {
+        return int64_t(uint64_t(row) * uint32_t(p.row_stride));
+    }
+};
+
+struct WideRows {
+    using Row = int64_t;
+    using Lengths = RowLengths;
+    RowIndex index;
+
+    __device__ __forceinline__ static WideRows of(const MaskParams& p) { return WideRows{RowIndex::of(p)}; }
+    __device__ __forceinline__ Lengths fetch(const MaskParams& p, Row row) const {
+        return fetch_row_lengths(p, index, row);
+    }
+    __device__ __forceinline__ ShortWindow window(const MaskParams& p, const Lengths& l) const {
+        return narrow(window_of(p, l));
+    }
+    __device__ __forceinline__ static int64_t offset(const MaskParams& p, Row row) { return row * p.row_stride; }
+};
+
+// A window, or the empty one if `none`: selects rather than a branch, so that a lane past
+// the last row (which works out the last row's window instead, from lengths at an address
+// that exists) costs the others no divergent path around each row's length load and mask.
+__device__ __forceinline__ ShortWindow none_if(bool none, ShortWindow w) {
+    return ShortWindow{none ? 0 : w.start, none ? 0 : w.end};
+}
+
+// The R rows a lane takes from batch `base` (GroupRow, for_each_group_rows), worked out in
+// the arithmetic of Rows (NarrowRows or WideRows).
+template <typename Rows, int GROUP, int R, typename T, int PACK>
+__device__ __forceinline__ void group_rows_of(const MaskParams& p, const Rows& rule, const PackShift<T, PACK>& shift,
+                                              int64_t base, GroupRow (&rows)[R]) {
+    using Row = typename Rows::Row;
+    constexpr int ROWS_PER_WARP = WARP / GROUP;
+    constexpr int BATCH = ROWS_PER_WARP * R;  // rows a warp takes at once
+    const int lane = threadIdx.x % WARP;
+    // base < rows, so base + BATCH fits a narrow row.
+    const Row first = Row(base), rows_total = Row(p.rows);
+    // Row r of a group is row first + r * ROWS_PER_WARP + lane / GROUP: batch row
+    // `r * ROWS_PER_WARP + lane / GROUP` of the warp's BATCH rows.
+    if constexpr (R > 1 && BATCH <= WARP) {
+        // The R rows' windows at once rather than one after another: lane l works out batch
+        // row l's (a length load, an index division and the mask arithmetic: more than a
+        // short row's arithmetic per element) and the groups read theirs from it with two
+        // shuffles.
+        const Row own_row = first + Row(lane);
+        const bool own_active = lane < BATCH && own_row < rows_total;
+        const ShortWindow own =
+            none_if(!own_active, rule.window(p, rule.fetch(p, own_active ? own_row : rows_total - 1)));
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            const int batch_row = r * ROWS_PER_WARP + lane / GROUP;
+            const Row row = first + Row(batch_row);
+            const bool active = row < rows_total;
+            const ShortWindow window{__shfl_sync(FULL_MASK, own.start, batch_row),
+                                     __shfl_sync(FULL_MASK, own.end, batch_row)};
+            rows[r] = group_row(active, lane % GROUP, window, Rows::offset(p, active ? row : Row(0)), shift);
+        }
+    } else {
+        // One row per group, or more rows than lanes (one or two lanes per row): each lane
+        // works out its own, all R rows' lengths in flight before any is used.
+        typename Rows::Lengths lengths[R];
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            const Row row = first + Row(r * ROWS_PER_WARP + lane / GROUP);
+            lengths[r] = rule.fetch(p, row < rows_total ? row : rows_total - 1);
+        }
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            const Row row = first + Row(r * ROWS_PER_WARP + lane / GROUP);
+            const bool active = row < rows_total;
+            rows[r] = group_row(active, lane % GROUP, none_if(!active, rule.window(p, lengths[r])),
+                                Rows::offset(p, active ? row : Row(0)), shift);
+        }
+    }
+}
+
 // Calls body(const GroupRow (&)[R]) for every batch of R rows a lane handles, GROUP lanes
 // per row (32 / GROUP rows per warp), each seen from its frame by `shift`, over a
 // grid-stride loop that is warp-uniform:
 // every lane of a warp makes the same calls, so a body may shuffle across the warp with a
 // full mask. Lane `member` of a group owns the packs at columns (i * GROUP + member) * PACK.
+// (Only the rows' windows and offsets are worked out two ways, NarrowRows or WideRows, by a
+// test per batch: a body compiled twice took up to 7 registers more, and spilled.)
 template <int GROUP, int R, typename T, int PACK, typename Body>
 __device__ __forceinline__ void for_each_group_rows(const MaskParams& p, const PackShift<T, PACK>& shift, Body body) {
-    constexpr int ROWS_PER_WARP = WARP / GROUP;
-    constexpr int BATCH = ROWS_PER_WARP * R;  // rows a warp takes at once
-    const RowIndex index = RowIndex::of(p);
-    const int lane = threadIdx.x % WARP;
+    constexpr int BATCH = WARP / GROUP * R;  // rows a warp takes at once
+    const bool narrow_launch = narrow_rows_launch(p);
     const int64_t warps_per_block = blockDim.x / WARP;
     const int64_t first_warp = int64_t(blockIdx.x) * warps_per_block + threadIdx.x / WARP;
     const int64_t warp_step = int64_t(gridDim.x) * warps_per_block;
-    for (int64_t base = first_warp * ROWS_PER_WARP * R; base < p.rows; base += warp_step * ROWS_PER_WARP * R) {
-        // Row r of a group is row base + r * ROWS_PER_WARP + lane / GROUP: batch row
-        // `r * ROWS_PER_WARP + lane / GROUP` of the warp's BATCH rows.
+    for (int64_t base = first_warp * BATCH; base < p.rows; base += warp_step * BATCH) {
         GroupRow rows[R];
-        if constexpr (R > 1 && BATCH <= WARP) {
-            // The R rows' windows at once rather than one after another: lane l works out
-            // batch row l's (a length load, an index division and the mask arithmetic: more
-            // than a short row's arithmetic per element) and the groups read theirs from it
-            // with two shuffles.
-            const int64_t own_row = base + lane;
-            const bool own_active = lane < BATCH && own_row < p.rows;
-            const ShortWindow own =
-                own_active ? narrow(window_of_short_row(p, fetch_row_lengths(p, index, own_row))) : ShortWindow{0, 0};
-#pragma unroll
-            for (int r = 0; r < R; ++r) {
-                const int batch_row = r * ROWS_PER_WARP + lane / GROUP;
-                const int64_t row = base + batch_row;
-                const bool active = row < p.rows;
-                const ShortWindow window{__shfl_sync(FULL_MASK, own.start, batch_row),
-                                         __shfl_sync(FULL_MASK, own.end, batch_row)};
-                rows[r] = group_row(active, lane % GROUP, window, (active ? row : 0) * p.row_stride, shift);
-            }
-        } else {
-            // One row per group, or more rows than lanes (one or two lanes per row): each
-            // lane works out its own, all R rows' lengths in flight before any is used.
-            RowLengths lengths[R];
-#pragma unroll
-            for (int r = 0; r < R; ++r) {
-                const int64_t row = base + r * ROWS_PER_WARP + lane / GROUP;
-                lengths[r] = row < p.rows ? fetch_row_lengths(p, index, row) : RowLengths{0, 0, 0};
-            }
-#pragma unroll
-            for (int r = 0; r < R; ++r) {
-                const int64_t row = base + r * ROWS_PER_WARP + lane / GROUP;
-                const bool active = row < p.rows;
-                rows[r] = group_row(active, lane % GROUP,
-                                    active ? narrow(window_of_short_row(p, lengths[r])) : ShortWindow{0, 0},
-                                    (active ? row : 0) * p.row_stride, shift);
-            }
-        }
+        if (narrow_launch)
+            group_rows_of<NarrowRows, GROUP, R>(p, NarrowRows{}, shift, base, rows);
+        else
+            group_rows_of<WideRows, GROUP, R>(p, WideRows::of(p), shift, base, rows);
         body(rows);
     }
 }

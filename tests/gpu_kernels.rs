@@ -549,12 +549,44 @@ fn fuzz<T: Element + DeviceRepr>(g: &Gpu, first: u64, count: u64) -> TestResult 
     Ok(())
 }
 
-/// More than 2^31 elements (f16, 4.3 GB per buffer): 64-bit offsets everywhere. The rows
-/// at both ends get random scores (the rest stays 0) and are checked against the reference.
+/// More than 2^31 elements (f16, 4.3 GB per buffer) in rows of 65536 keys (the block and
+/// cluster kernels): 64-bit offsets everywhere. See [`huge_matrix`].
 fn beyond_2_31_elements(g: &Gpu) -> TestResult {
-    let (rows, k_len) = (32_769usize, 65_536usize);
+    huge_matrix(g, 32_769, 65_536, None)
+}
+
+/// More than 2^32 elements (f16, 8.6 GB per buffer) in rows of 1024 keys, which the rows
+/// kernels take: their 32-bit row arithmetic (kernels/work.cuh, NarrowRows) forms each
+/// row's offset as one 32 x 32-bit wide multiply, here past 2^32. See [`huge_matrix`].
+fn beyond_2_32_elements_rows(g: &Gpu) -> TestResult {
+    huge_matrix(g, 4_194_309, 1024, Some("rows"))
+}
+
+/// A `rows` x `k_len` f16 matrix of more than 2^31 elements, forward and backward in place:
+/// the rows at both ends get random scores (the rest stays 0) and are checked against the
+/// reference. `kernel`: a prefix the planned kernel's name must have, both directions.
+fn huge_matrix(g: &Gpu, rows: usize, k_len: usize, kernel: Option<&str>) -> TestResult {
     assert!(rows * k_len > 1 << 31);
     let spec = Spec::new(Shape::matrix(rows, k_len)).scale(0.5);
+    if let Some(prefix) = kernel {
+        let buffers = Buffers {
+            x: 1 << 20,
+            y: 2 << 20,
+            dy: 3 << 20,
+            kv_lens: 4 << 20,
+            q_lens: 0,
+        };
+        for direction in [Direction::Forward, Direction::Backward] {
+            let plan = g
+                .softmax
+                .plan(None, direction, &spec, DType::F16, buffers)?
+                .ok_or("no plan")?;
+            let name = plan.kernel.name(DType::F16, direction);
+            if !name.contains(prefix) {
+                return Err(format!("{direction:?}: planned {name}, not a {prefix} kernel").into());
+            }
+        }
+    }
     let mut rng = common::Lcg(31);
     let kv: Vec<i32> = (0..rows)
         .map(|_| rng.range(1, k_len as i64) as i32)
@@ -598,8 +630,9 @@ fn beyond_2_31_elements(g: &Gpu) -> TestResult {
 }
 
 /// 2^31 rows and more (query rows of one key, f16, 4.3 GB per buffer): the kernels' 64-bit
-/// row decomposition and mask arithmetic, which no smaller problem reaches (RowIndex and
-/// window_of_short_row in kernels/mask.cuh switch at 2^31 rows). The query length
+/// row decomposition and mask arithmetic, which no smaller problem reaches (RowIndex in
+/// kernels/mask.cuh and the rows kernels' WideRows, kernels/work.cuh, take over at 2^31
+/// rows). The query length
 /// (i32::MAX, the most a length can say) pads the rows from 2^31 - 1 on, which hold NaN.
 /// Rows at both ends and across 2^31 are checked, forward and backward in place.
 fn beyond_2_31_rows(g: &Gpu) -> TestResult {
@@ -1101,6 +1134,10 @@ fn main() {
     add(
         "beyond_2_31_elements".into(),
         Box::new(beyond_2_31_elements),
+    );
+    add(
+        "beyond_2_32_elements_rows".into(),
+        Box::new(beyond_2_32_elements_rows),
     );
     add("beyond_2_31_rows".into(), Box::new(beyond_2_31_rows));
     add(
