@@ -19,6 +19,11 @@
 // Key padding alone (no causal mask, no query lengths), set by the host: every row's window
 // is its batch entry's kv keys at the unpadded end, with no query position to work out.
 #define MASK_KEYS_ONLY 16
+// Set by the host (src/plan.rs, KernelParams::new) when every row index, row-offset factor
+// and window of the launch fits in 32 bits (narrow_rows_launch): the rows kernels then take
+// NarrowRows (work.cuh). Cleared, they take the 64-bit path, as for the giant launches (the
+// emulator's tests clear it to run that path on small problems).
+#define MASK_NARROW_ROWS 32
 
 // n / d for a divisor fixed for the whole launch, without a divide instruction: for n and d
 // below 2^31, n / d = (umulhi(n, magic) + n) >> shift (Granlund and Montgomery, in the form
@@ -46,7 +51,7 @@ struct MaskParams {
     int64_t window;          // sliding window in keys; 0 = unlimited (causal only)
     float scale;             // applied to every valid score before the softmax
     int32_t flags;           // MASK_LEFT_PADDING | MASK_CAUSAL | MASK_SHIFTED_PACKS | MASK_PLAIN_STREAM |
-                             // MASK_KEYS_ONLY
+                             // MASK_KEYS_ONLY | MASK_NARROW_ROWS
     FastDivisor per_batch;   // by heads * q_len (when rows < 2^31)
     FastDivisor per_query;   // by q_len (when rows < 2^31)
 };
@@ -113,11 +118,10 @@ __device__ __forceinline__ RowLengths fetch_row_lengths(const MaskParams& p, con
 // A launch whose rows kernels can take each row in 32-bit arithmetic (NarrowRows, work.cuh):
 // fewer than 2^31 rows (so the fast divisions hold), row starts a 32-bit multiply apart
 // (row_stride < 2^31: the offset is one wide multiply) and windows in 32 bits
-// (k_len + q_len < 2^31 - 1). Every launch the tests and benchmarks make but the 2^31-row
-// ones.
-__device__ __forceinline__ bool narrow_rows_launch(const MaskParams& p) {
-    return p.rows < (int64_t(1) << 31) && p.row_stride < (int64_t(1) << 31) && p.k_len + p.q_len < INT32_MAX;
-}
+// (k_len + q_len < 2^31 - 1), as the host found (MASK_NARROW_ROWS): every launch but the
+// giant ones. (A flag, one test of a uniform register, where the kernel's own test of the
+// three sizes took 10 instructions a batch of rows: ptxas worked it out again in the loop.)
+__device__ __forceinline__ bool narrow_rows_launch(const MaskParams& p) { return (p.flags & MASK_NARROW_ROWS) != 0; }
 
 // RowLengths of a row of a narrow_rows_launch: the query position in 32 bits, and only
 // where a mask needs it (key padding alone does not: one division a row fewer).

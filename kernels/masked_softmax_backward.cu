@@ -436,11 +436,16 @@ __device__ __forceinline__ void cluster_backward(const T* y, const T* dy, T* dx,
 // elements of y and of dy (32 of each as 16-bit raw pairs: g32_p8x4, 64 registers without
 // spills on sm_90, where ptxas left alone takes 80); 3 (80 registers) for f32 packs of 16
 // elements (p4x4: g8 and g16 took 80 on sm_90 until v13's narrow rows, 83 after, one block
-// fewer; g32 took 82, 2 blocks; held to 3 blocks they fit without spills).
-#define BWD_ROWS_MIN_BLOCKS(T, P, N) \
-    ((P) * (N) <= (RAW_PAIRS(T, P) ? 32 : 8) ? 4 : ((P) > 1 && (P) * (N) <= 16 ? 3 : 1))
+// fewer; g32 took 82, 2 blocks; held to 3 blocks they fit without spills); 6 (40
+// registers) for the 16-bit lane-a-row kernels of 4 and 8 single elements (g1_p1x4,
+// g1_p1x8: the backward of rows of up to 8 keys off 16-byte boundaries, k=7: sm_90 gave
+// them 46 and 40 before v13, 53 and 43 after, one block fewer; held, 38 and 37, no spills).
+#define BWD_ROWS_MIN_BLOCKS(T, G, P, N)                                             \
+    (sizeof(T) == 2 && (G) == 1 && (P) == 1 && ((N) == 4 || (N) == 8)           \
+         ? 6                                                                     \
+         : ((P) * (N) <= (RAW_PAIRS(T, P) ? 32 : 8) ? 4 : ((P) > 1 && (P) * (N) <= 16 ? 3 : 1)))
 #define BWD_ROWS_KERNEL(SUFFIX, T, G, P, N)                                                         \
-    extern "C" __global__ void __launch_bounds__(256, BWD_ROWS_MIN_BLOCKS(T, P, N)) \
+    extern "C" __global__ void __launch_bounds__(256, BWD_ROWS_MIN_BLOCKS(T, G, P, N))              \
         masked_softmax_bwd_rows_g##G##_p##P##x##N##_##SUFFIX BWD_SIGNATURE(T) {                     \
         if constexpr (RAW_PAIRS(T, P))                                                             \
             rows_backward_16bit<T, P, N, G>(y, dy, dx, p);                                         \

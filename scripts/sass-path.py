@@ -4,15 +4,22 @@
 No GPU: it reads `cuobjdump -sass -fun NAME file.cubin` (cubins from scripts/check-ptxas.sh,
 cuobjdump from the nvidia-cuda-cuobjdump wheel) and walks from the loop's first instruction
 to its back edge. Predicated instructions count as issued (a warp issues them whatever the
-predicate), as ncu's instruction counts do. Conditional branches are not taken, except:
+predicate), as ncu's instruction counts do. BRA.DIV (a shuffle's fallback for a diverged
+warp) is not taken. Conditional branches are not taken, except:
 
 - the reciprocal's in-range test (a compare against 0x1ffffff just before: taken, to the
   MUFU.RCP fast path; the other side is the called slow path for subnormal divisors);
+- a branch on the usual-scale test (ScaleMap::plain: the FSETP against 2^-64,
+  5.42101086242752217e-20): to the usual scale's path, whichever way ptxas wrote it;
 - the 32-bit window test (`@!P` after a compare against 0x7fffffff: taken);
 - the addresses given as ADDR:T (taken) or ADDR:N (not taken) in the third argument.
 
-So the default path is the rows kernels' common one (every row active, a non-zero row, the
-usual scale); which branch is which, read in the SASS. Calibration: for
+So the default path is the lane-a-row kernels' common one (every row active, a non-zero
+row, the usual scale). Which branch is which, read in the SASS: in kernels of 16-byte
+packs the default walks each pack's element-by-element path (a pack across the window's
+edge), so give the whole-pack branches (the ones around LDG.E.128) as taken; in v13's
+rows kernels give the 32-bit rows' branch (`@P0 BRA P2, ...` near the loop's head) and the
+key-padding-alone skips as taken. Calibration: for
 masked_softmax_fwd_rows_g1_p1x1_f32 before v13 it counts 490 instructions for a loop of 4
 rows, 122.5 a row, where ncu measured 123 a row on the H200 (v10 profile, sweep k1).
 
@@ -49,15 +56,24 @@ def main():
         for item in sys.argv[2].split(","):
             addr, way = item.split(":")
             overrides[int(addr, 16)] = way == "T"
-    # The loop: the last backward branch.
+    # The row loop: the backward branch that spans the most code (the warp-divergence
+    # fallbacks of shuffles, reached by BRA.DIV, also branch back, into the loop's body).
     back = [(a, branch_target(ins[a])) for a in order if branch_target(ins[a]) is not None and branch_target(ins[a]) < a]
     if not back:
         sys.exit("no loop (no backward branch) in " + sys.argv[1])
-    end, start = back[-1]
+    end, start = max(back, key=lambda b: b[0] - b[1])
     pc, count, taken = start, 0, []
+    unusual_scale = None  # the predicate that holds for the unusual scales, while it lives
     while True:
         text = ins[pc]
         count += 1
+        body = re.sub(r"^@!?U?P\w+ ", "", text)
+        dest = re.match(r"[FIP]\w*SETP\S* (P\d),|PLOP3\S* (P\d),", body)
+        if dest:
+            written = dest.group(1) or dest.group(2)
+            # ScaleMap::plain's test: |scale| < 2^-64 or |scale| log2(e) = inf.
+            unusual_scale = written if "5.42101086242752217e-20" in body else (
+                None if written == unusual_scale else unusual_scale)
         if count > 100000:
             sys.exit("the path does not reach the back edge: give more branch decisions")
         if pc == end:
@@ -69,6 +85,9 @@ def main():
             if text.startswith("@"):
                 before = " ".join(ins[order[j]] for j in range(max(0, i - 3), i))
                 take = "0x1ffffff" in before or ("0x7fffffff" in before and text.startswith("@!P"))
+                guard = re.match(r"@(!?)(P\d) ", text)
+                if guard and guard.group(2) == unusual_scale:
+                    take = guard.group(1) == "!"  # to the usual scale's path
                 take = overrides.get(pc, take)
                 if take:
                     nxt = target

@@ -636,7 +636,7 @@ pub struct KernelParams {
     /// Scale applied to the scores.
     pub scale: f32,
     /// [`MASK_LEFT_PADDING`] | [`MASK_CAUSAL`] | [`MASK_SHIFTED_PACKS`] |
-    /// [`MASK_PLAIN_STREAM`] | [`MASK_KEYS_ONLY`].
+    /// [`MASK_PLAIN_STREAM`] | [`MASK_KEYS_ONLY`] | [`MASK_NARROW_ROWS`].
     pub flags: i32,
     /// Divides a row index by `heads * q_len` (launches of fewer than 2^31 rows).
     pub per_batch: FastDivisor,
@@ -697,6 +697,12 @@ pub const MASK_PLAIN_STREAM: i32 = 8;
 /// [`KernelParams::flags`]: key padding alone (no causal mask, no query lengths), the
 /// rows kernels' short path to a row's window.
 pub const MASK_KEYS_ONLY: i32 = 16;
+/// [`KernelParams::flags`] bit, set by [`KernelParams::new`] when the launch has fewer than
+/// 2^31 rows, a row stride below 2^31 and `k_len + q_len` below 2^31 - 1: the rows kernels
+/// then work out each row's lengths, window and offset in 32-bit arithmetic
+/// (kernels/work.cuh, NarrowRows); without it, in 64 bits. A kernel trusts it: set on a
+/// launch outside those sizes, rows would be misplaced.
+pub const MASK_NARROW_ROWS: i32 = 32;
 
 impl KernelParams {
     /// From a spec (validated: every size then fits in i64, since it fits in isize bytes)
@@ -715,10 +721,15 @@ impl KernelParams {
         } else if q_lens == 0 {
             flags |= MASK_KEYS_ONLY;
         }
+        let rows = shape.rows()?;
+        const NARROW: usize = 1 << 31;
+        if rows < NARROW && shape.row_stride < NARROW && shape.k_len + shape.q_len < NARROW - 1 {
+            flags |= MASK_NARROW_ROWS;
+        }
         Ok(KernelParams {
             kv_lens,
             q_lens,
-            rows: shape.rows()? as i64,
+            rows: rows as i64,
             heads: shape.heads as i64,
             q_len: shape.q_len as i64,
             k_len: shape.k_len as i64,
@@ -2576,7 +2587,7 @@ mod tests {
             .sliding_window(4)
             .scale(0.5);
         let p = KernelParams::new(&spec, 0x1000, 0).unwrap();
-        assert_eq!(p.flags, MASK_LEFT_PADDING | MASK_CAUSAL);
+        assert_eq!(p.flags, MASK_LEFT_PADDING | MASK_CAUSAL | MASK_NARROW_ROWS);
         assert_eq!(
             (p.rows, p.heads, p.q_len, p.k_len, p.row_stride),
             (24, 3, 4, 10, 12)
@@ -2589,7 +2600,7 @@ mod tests {
         let p = KernelParams::new(&spec.sliding_window(10), 0, 0).unwrap();
         assert_eq!(p.window, 0);
         let p = KernelParams::new(&Spec::new(Shape::matrix(1, 5)), 0, 0).unwrap();
-        assert_eq!((p.flags, p.window), (MASK_KEYS_ONLY, 0));
+        assert_eq!((p.flags, p.window), (MASK_KEYS_ONLY | MASK_NARROW_ROWS, 0));
         // Key padding alone, either side, with or without key lengths; not with query
         // lengths or a causal mask.
         let keys = Spec::new(Shape::new(2, 3, 4, 10));
@@ -2606,5 +2617,21 @@ mod tests {
                 "{spec:?} {q_lens}"
             );
         }
+    }
+
+    #[test]
+    fn narrow_rows_below_2_31_rows_row_stride_and_keys_plus_queries() {
+        let narrow = |shape: Shape| {
+            KernelParams::new(&Spec::new(shape), 0, 0).unwrap().flags & MASK_NARROW_ROWS != 0
+        };
+        let edge = 1usize << 31;
+        assert!(narrow(Shape::matrix(edge - 1, 1)));
+        assert!(!narrow(Shape::matrix(edge, 1)));
+        assert!(narrow(Shape::matrix(2, 1).with_row_stride(edge - 1)));
+        assert!(!narrow(Shape::matrix(2, 1).with_row_stride(edge)));
+        // k_len + q_len up to 2^31 - 2 (kernels/mask.cuh, window_in: every intermediate
+        // within +-(k_len + q_len) in 32 bits).
+        assert!(narrow(Shape::new(1, 1, 2, edge - 4)));
+        assert!(!narrow(Shape::new(1, 1, 2, edge - 3)));
     }
 }

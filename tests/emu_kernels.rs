@@ -19,7 +19,7 @@ use common::{
 };
 use libtest_mimic::{Arguments, Completion, Trial};
 use masked_softmax::plan::{
-    Buffers, ClusterResidency, DeviceLimits, Direction, KernelKind, plan_launch,
+    Buffers, ClusterResidency, DeviceLimits, Direction, KernelKind, MASK_NARROW_ROWS, plan_launch,
 };
 use masked_softmax::{DType, Element, Lengths, Padding, Shape, Spec, compare, seed};
 use masked_softmax_emu::{Dims, GuardedBuffer, Placement};
@@ -83,6 +83,10 @@ struct Emulation<'a, T> {
     limits: DeviceLimits,
     kind: Option<KernelKind>,
     prefetch: bool,
+    /// Clears MASK_NARROW_ROWS, so that the rows kernels take the 64-bit path that only
+    /// launches of 2^31 rows (or a row stride or `k_len + q_len` as large) take otherwise
+    /// (kernels/work.cuh, WideRows).
+    wide_rows: bool,
     direction: Direction,
     spec: &'a Spec,
     lengths: Lengths<'a>,
@@ -130,6 +134,14 @@ impl<T: Element> Emulation<'_, T> {
         let Some(mut plan) = plan else {
             return Ok(None);
         };
+        // Every problem here is small: the planner must let the rows kernels take their
+        // 32-bit path, unless the trial asks for the 64-bit one.
+        if plan.params.flags & MASK_NARROW_ROWS == 0 {
+            return Err(format!("{}: MASK_NARROW_ROWS not set", plan.kernel_name()));
+        }
+        if self.wide_rows {
+            plan.params.flags &= !MASK_NARROW_ROWS;
+        }
         let name = match self.prefetch {
             false => plan.kernel_name(),
             true => match plan.kernel.prefetch_name(T::DTYPE, direction) {
@@ -294,6 +306,7 @@ fn check<T: Element>(
         limits,
         kind: None,
         prefetch: false,
+        wide_rows: false,
         direction,
         spec,
         lengths,
@@ -334,22 +347,32 @@ fn every_kernel_on<T: Element>(
 ) -> Result<(), String> {
     let mut ran = 0;
     let mut vector_ran = [false; PLACEMENTS.len()];
+    // Each kernel, each prefetching instance, and each rows kernel again on its 64-bit path
+    // (Emulation::wide_rows).
     let runs = KernelKind::all(T::DTYPE, true, direction)
         .into_iter()
         .flat_map(|kind| {
             let prefetch = kind.prefetch_name(T::DTYPE, direction).is_some();
-            std::iter::once((kind, false)).chain(prefetch.then_some((kind, true)))
+            let rows = matches!(kind, KernelKind::Rows { .. } | KernelKind::RowsKeys { .. });
+            std::iter::once((kind, false, false))
+                .chain(prefetch.then_some((kind, true, false)))
+                .chain(rows.then_some((kind, false, true)))
         });
-    for (kind, prefetch) in runs {
+    for (kind, prefetch, wide_rows) in runs {
         for (i, (placement, _)) in PLACEMENTS.into_iter().enumerate() {
             let name = match prefetch {
                 false => kind.name(T::DTYPE, direction),
                 true => kind.prefetch_name(T::DTYPE, direction).unwrap_or_default(),
             };
+            let name = match wide_rows {
+                false => name,
+                true => format!("{name} (64-bit rows)"),
+            };
             let emulation = Emulation {
                 limits: BIG_SHARED,
                 kind: Some(kind),
                 prefetch,
+                wide_rows,
                 direction,
                 spec,
                 lengths,
@@ -400,6 +423,7 @@ fn prefetch_instances<T: Element>(direction: Direction, case: &Case) -> Result<(
                 limits: TINY_GRID,
                 kind: Some(kind),
                 prefetch: true,
+                wide_rows: false,
                 direction,
                 spec: &case.spec,
                 lengths: case.lengths(),
