@@ -241,11 +241,11 @@ __device__ __forceinline__ constexpr int rows_at_once() {
 
 // How a rows kernel finds its rows' windows: NarrowRows in 32-bit arithmetic, for every
 // narrow_rows_launch (mask.cuh); WideRows in 64 bits for the others (2^31 rows or more, a
-// row stride of 2^31 or more, k_len + q_len of 2^31 - 1 or more). Picked by a launch-wide test
-// per batch of rows, so that the per-row work of short rows (a length load, a division,
-// the window: more instructions than a row of a few keys takes to reduce and write) has no
-// 64-bit arithmetic and no launch-wide test in it: v13, 123 -> 69 instructions a row of
-// rows_g1_p1x1_f32 (PERFORMANCE.md, scripts/sass-path.py).
+// row stride of 2^31 or more, k_len + q_len of 2^31 - 1 or more). Picked per batch of
+// rows by the host's MASK_NARROW_ROWS, so that the per-row work of short rows (a length
+// load, a division, the window: more instructions than a row of a few keys takes to
+// reduce and write) has no 64-bit arithmetic and no launch-wide test in it: v13, 123 -> 69
+// instructions a row of rows_g1_p1x1_f32 (PERFORMANCE.md, scripts/sass-path.py).
 struct NarrowRows {
     using Row = uint32_t;
     using Lengths = NarrowRowLengths;

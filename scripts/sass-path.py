@@ -10,7 +10,12 @@ warp) is not taken. Conditional branches are not taken, except:
 - the reciprocal's in-range test (a compare against 0x1ffffff just before: taken, to the
   MUFU.RCP fast path; the other side is the called slow path for subnormal divisors);
 - a branch on the usual-scale test (ScaleMap::plain: the FSETP against 2^-64,
-  5.42101086242752217e-20): to the usual scale's path, whichever way ptxas wrote it;
+  5.42101086242752217e-20, whose predicate holds for the unusual scales), when the walk
+  passed that FSETP: to the usual scale's path, `@P` or `@!P`. (A test hoisted out of the
+  loop, or a predicate rewritten by an instruction the walk does not read as a predicate
+  write, escapes this rule: check the branches taken in the output.)
+- (the 0x7fffffff rule is for kernels before v13, which tested k_len + q_len < 2^31 - 1
+  in the loop; the calibration below is theirs);
 - the 32-bit window test (`@!P` after a compare against 0x7fffffff: taken);
 - the addresses given as ADDR:T (taken) or ADDR:N (not taken) in the third argument.
 
@@ -58,7 +63,11 @@ def main():
             overrides[int(addr, 16)] = way == "T"
     # The row loop: the backward branch that spans the most code (the warp-divergence
     # fallbacks of shuffles, reached by BRA.DIV, also branch back, into the loop's body).
+    # Those stubs sit after the kernel's first unconditional EXIT: only branches before it count.
+    exits = [a for a in order if ins[a] == "EXIT"]
+    first_exit = exits[0] if exits else order[-1] + 1
     back = [(a, branch_target(ins[a])) for a in order if branch_target(ins[a]) is not None and branch_target(ins[a]) < a]
+    back = [b for b in back if b[0] < first_exit] or back
     if not back:
         sys.exit("no loop (no backward branch) in " + sys.argv[1])
     end, start = max(back, key=lambda b: b[0] - b[1])

@@ -723,7 +723,8 @@ impl KernelParams {
         }
         let rows = shape.rows()?;
         const NARROW: usize = 1 << 31;
-        if rows < NARROW && shape.row_stride < NARROW && shape.k_len + shape.q_len < NARROW - 1 {
+        let keys_and_queries = shape.k_len.saturating_add(shape.q_len);
+        if rows < NARROW && shape.row_stride < NARROW && keys_and_queries < NARROW - 1 {
             flags |= MASK_NARROW_ROWS;
         }
         Ok(KernelParams {
