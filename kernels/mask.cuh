@@ -124,7 +124,9 @@ __device__ __forceinline__ RowLengths fetch_row_lengths(const MaskParams& p, con
 __device__ __forceinline__ bool narrow_rows_launch(const MaskParams& p) { return (p.flags & MASK_NARROW_ROWS) != 0; }
 
 // RowLengths of a row of a narrow_rows_launch: the query position in 32 bits, and only
-// where a mask needs it (key padding alone does not: one division a row fewer).
+// where a mask needs it (key padding alone does not: one division a row fewer). The twin of
+// fetch_row_lengths's fast branch, kept apart: fetch_row_lengths built on it reshaped the
+// block, split and cluster kernels' registers (up to 20 more on sm_80, and a spill).
 struct NarrowRowLengths {
     int32_t i;   // query position in [0, q_len); 0 under MASK_KEYS_ONLY
     int32_t kv;  // raw device key length
@@ -182,10 +184,10 @@ __device__ __forceinline__ RowWindow window_of(const MaskParams& p, const RowLen
 }
 
 // The same in 32-bit arithmetic, for a launch where k_len + q_len < 2^31 - 1 (the caller's
-// test, narrow_rows_launch): for the rows kernels, whose short rows pay for a window once per handful of
-// elements (64-bit compares and selects cost two instructions each). (The block kernels,
-// one window per row of thousands of columns, keep the 64-bit path alone: both paths cost
-// them registers.)
+// test, narrow_rows_launch): for the rows kernels, whose short rows pay for a window once
+// per handful of elements (64-bit compares and selects cost two instructions each). (The
+// block kernels, one window per row of thousands of columns, keep the 64-bit path alone:
+// both paths cost them registers.)
 //
 // Key padding alone (MASK_KEYS_ONLY: padded sequences without a causal mask, as in the
 // sweep's short rows) takes a branch of its own: in v9.3's sm_90 SASS (rows_g1_p1x1_f32)
