@@ -259,7 +259,8 @@ fn main() -> Result<()> {
     // The variants time the streaming kernels without their L2 priorities too.
     let mut plain_l2 = softmax.share();
     plain_l2.set_l2_hints(false);
-    // And the block kernels compiled for it with the next row's L2 prefetch.
+    // And the kernels compiled to fetch ahead (the block kernels' next row into the L2,
+    // the short rows kernels' next batch's lengths).
     let mut prefetch = softmax.share();
     prefetch.set_next_row_prefetch(true);
     // The planner's kernels again on grids counted by threads alone (before v10).
@@ -729,8 +730,8 @@ fn run_case<T: Element + DeviceRepr>(
             _ => spec.shape.k_len > (WARP_SIZE * planned.pack()) as usize,
         });
     // Every other kernel, the streaming ones (the planner's too) again without their L2
-    // priorities (named `<kernel>+plain_l2`), and the block kernels compiled for it (the
-    // planner's too) again with the next row's L2 prefetch (`<kernel>+prefetch`).
+    // priorities (named `<kernel>+plain_l2`), and the kernels compiled to fetch ahead (the
+    // planner's too) again as their `*_prefetch_*` instances (`<kernel>+prefetch`).
     let streaming = |k: &KernelKind| {
         matches!(
             k,

@@ -176,13 +176,13 @@ struct RawPairKeys {
 
 // The rows kernels' raw-pair form (rows_forward for 16-bit vector packs): the same loop,
 // twice the rows at once for the same registers.
-template <typename T, int PACK, int PACKS, int GROUP>
+template <typename T, int PACK, int PACKS, int GROUP, bool AHEAD = false>
 __device__ __forceinline__ void rows_forward_16bit(const T* x, T* y, const MaskParams& p) {
     static_assert(sizeof(T) == 2 && PACK % 2 == 0, "16-bit vector packs only");
     constexpr int R = rows_at_once<PACK * PACKS / 2>();  // registers of PACK * PACKS / 2 floats
     const RawPairKeys<T> keys = RawPairKeys<T>::of(p.scale);
     const int32_t k_len = int32_t(p.k_len);
-    for_each_group_rows<GROUP, R>(p, PackShift<T, PACK>::of(x, p), [&](const GroupRow (&rows)[R]) {
+    for_each_group_rows<AHEAD, GROUP, R>(p, PackShift<T, PACK>::of(x, p), [&](const GroupRow (&rows)[R]) {
         // Every load of the R rows in flight, then the arithmetic.
         RawPack<T, PACK> raw[R][PACKS];
         fetch_group_rows<T, PACK, PACKS, GROUP, R>(x, rows, raw);
@@ -222,11 +222,11 @@ __device__ __forceinline__ void block_regs_forward_16bit(const T* x, T* y, const
 // (16-bit vector packs take rows_forward_16bit instead, with R twice as large; the
 // rows_keys kernels, which the planner gives 16-bit rows of up to 2 packs a lane, take
 // this form for them.)
-template <typename T, int PACK, int PACKS, int GROUP>
+template <typename T, int PACK, int PACKS, int GROUP, bool AHEAD = false>
 __device__ __forceinline__ void rows_forward(const T* x, T* y, const MaskParams& p) {
     constexpr int R = rows_at_once<PACK * PACKS>();
     const ScaleMap sm = ScaleMap::of(p.scale);
-    for_each_group_rows<GROUP, R>(p, PackShift<T, PACK>::of(x, p), [&](const GroupRow (&rows)[R]) {
+    for_each_group_rows<AHEAD, GROUP, R>(p, PackShift<T, PACK>::of(x, p), [&](const GroupRow (&rows)[R]) {
         // Every load of the R rows in flight, then the arithmetic.
         RawPack<T, PACK> raw[R][PACKS];
         fetch_group_rows<T, PACK, PACKS, GROUP, R>(x, rows, raw);
@@ -572,26 +572,30 @@ __device__ __forceinline__ void cluster_forward(const T* x, T* y, const MaskPara
 // fewer of a row per lane (32 columns as 16-bit raw pairs) are held to 64 registers, 4
 // blocks per multiprocessor.
 #define ROWS_MIN_BLOCKS(T, P, N) ((P) * (N) <= (RAW_PAIRS(T, P) ? 32 : 16) ? 4 : 1)
-#define ROWS_KERNEL(SUFFIX, T, G, P, N)                                                              \
-    extern "C" __global__ void __launch_bounds__(256, ROWS_MIN_BLOCKS(T, P, N))                      \
-        masked_softmax_fwd_rows_g##G##_p##P##x##N##_##SUFFIX(const T* x, T* y, MaskParams p) {       \
-        if constexpr (RAW_PAIRS(T, P))                                                              \
-            rows_forward_16bit<T, P, N, G>(x, y, p);                                                \
-        else                                                                                        \
-            rows_forward<T, P, N, G>(x, y, p);                                                      \
-    }                                                                                               \
-    REGISTER_KERNEL(masked_softmax_fwd_rows_g##G##_p##P##x##N##_##SUFFIX)
+// (ROWS_INSTANCE: TAG empty, or `prefetch_` for the instances fetching each batch's
+// lengths a batch ahead, AHEAD; see the end of this file.)
+#define ROWS_INSTANCE(SUFFIX, T, G, P, N, TAG, AHEAD)                                                    \
+    extern "C" __global__ void __launch_bounds__(256, ROWS_MIN_BLOCKS(T, P, N))                          \
+        masked_softmax_fwd_rows_g##G##_p##P##x##N##_##TAG##SUFFIX(const T* x, T* y, MaskParams p) {      \
+        if constexpr (RAW_PAIRS(T, P))                                                                  \
+            rows_forward_16bit<T, P, N, G, AHEAD>(x, y, p);                                             \
+        else                                                                                            \
+            rows_forward<T, P, N, G, AHEAD>(x, y, p);                                                   \
+    }                                                                                                   \
+    REGISTER_KERNEL(masked_softmax_fwd_rows_g##G##_p##P##x##N##_##TAG##SUFFIX)
+#define ROWS_KERNEL(SUFFIX, T, G, P, N) ROWS_INSTANCE(SUFFIX, T, G, P, N, , false)
 
 // The 16-bit rows kernels with f32 keys (rows_forward) rather than raw pairs: one exp an
 // element where raw pairs take two, half the rows in flight. The planner takes them for
 // rows of up to 2 packs a lane (src/plan.rs, KernelKind::RowsKeys); the wider ones are
 // the benchmark's variants. Register budget as the f32 kernels'.
-#define ROWS_KEYS_KERNEL(SUFFIX, T, G, P, N)                                                        \
-    extern "C" __global__ void __launch_bounds__(256, (P) * (N) <= 16 ? 4 : 1)                      \
-        masked_softmax_fwd_rows_keys_g##G##_p##P##x##N##_##SUFFIX(const T* x, T* y, MaskParams p) { \
-        rows_forward<T, P, N, G>(x, y, p);                                                          \
-    }                                                                                               \
-    REGISTER_KERNEL(masked_softmax_fwd_rows_keys_g##G##_p##P##x##N##_##SUFFIX)
+#define ROWS_KEYS_INSTANCE(SUFFIX, T, G, P, N, TAG, AHEAD)                                               \
+    extern "C" __global__ void __launch_bounds__(256, (P) * (N) <= 16 ? 4 : 1)                          \
+        masked_softmax_fwd_rows_keys_g##G##_p##P##x##N##_##TAG##SUFFIX(const T* x, T* y, MaskParams p) { \
+        rows_forward<T, P, N, G, AHEAD>(x, y, p);                                                       \
+    }                                                                                                   \
+    REGISTER_KERNEL(masked_softmax_fwd_rows_keys_g##G##_p##P##x##N##_##TAG##SUFFIX)
+#define ROWS_KEYS_KERNEL(SUFFIX, T, G, P, N) ROWS_KEYS_INSTANCE(SUFFIX, T, G, P, N, , false)
 
 // Block kernels keep 16 floats of the row per thread in registers, in blocks of up to 512
 // threads (see BLOCK_REGS_MIN_BLOCKS for their register budget).
@@ -695,3 +699,22 @@ PREFETCH_KERNEL(block_regs_p8x4, f16, __half, 512, 2, (block_regs_forward_16bit<
 PREFETCH_KERNEL(block_regs_p8x4, bf16, __nv_bfloat16, 512, 2,
                 (block_regs_forward_16bit<__nv_bfloat16, 8, 4, true>))
 PREFETCH_KERNEL(block_cached_p4, f32, float, 512, 1, (block_cached_forward<float, 4, true>))
+
+// The short rows kernels the planner gives rows of 1, 7, 32 and 64 keys (the sweep's),
+// again, fetching each batch's lengths a batch ahead (work.cuh, for_each_group_rows under
+// AHEAD), with the same launch bounds (src/plan.rs, KernelKind::prefetch_name lists them).
+// Variants, until measured.
+#define ROWS_PREFETCH(SUFFIX, T, G, P, N) ROWS_INSTANCE(SUFFIX, T, G, P, N, prefetch_, true)
+#define ROWS_KEYS_PREFETCH(SUFFIX, T, G, P, N) ROWS_KEYS_INSTANCE(SUFFIX, T, G, P, N, prefetch_, true)
+ROWS_PREFETCH(f32, float, 1, 1, 1)
+ROWS_PREFETCH(f32, float, 8, 1, 1)
+ROWS_PREFETCH(f32, float, 8, 4, 1)
+ROWS_PREFETCH(f32, float, 8, 4, 2)
+ROWS_PREFETCH(f16, __half, 1, 1, 1)
+ROWS_PREFETCH(f16, __half, 1, 1, 8)
+ROWS_KEYS_PREFETCH(f16, __half, 4, 8, 1)
+ROWS_KEYS_PREFETCH(f16, __half, 8, 8, 1)
+ROWS_PREFETCH(bf16, __nv_bfloat16, 1, 1, 1)
+ROWS_PREFETCH(bf16, __nv_bfloat16, 1, 1, 8)
+ROWS_KEYS_PREFETCH(bf16, __nv_bfloat16, 4, 8, 1)
+ROWS_KEYS_PREFETCH(bf16, __nv_bfloat16, 8, 8, 1)

@@ -34,10 +34,10 @@ __device__ __forceinline__ float softmax_grad(float y, float dy, float dot, floa
     return y * (dy - dot) * scale;
 }
 
-template <typename T, int PACK, int PACKS, int GROUP>
+template <typename T, int PACK, int PACKS, int GROUP, bool AHEAD = false>
 __device__ __forceinline__ void rows_backward(const T* y, const T* dy, T* dx, const MaskParams& p) {
     constexpr int R = rows_at_once<2 * PACK * PACKS>();
-    for_each_group_rows<GROUP, R>(p, PackShift<T, PACK>::of(y, p), [&](const GroupRow (&rows)[R]) {
+    for_each_group_rows<AHEAD, GROUP, R>(p, PackShift<T, PACK>::of(y, p), [&](const GroupRow (&rows)[R]) {
         // Every load of the R rows in flight, then the arithmetic.
         PackPair<T, PACK> raw[R][PACKS];
         fetch_group_row_pairs<T, PACK, PACKS, GROUP, R>(y, dy, rows, raw);
@@ -97,12 +97,12 @@ __device__ __forceinline__ void forget_pairs(PackPair<T, PACK> (&raw)[PACKS]) {
 // register, half the registers of f32 values), so a lane takes twice the rows at once and
 // has twice the bytes in flight, converting each value twice (for the dot product, then to
 // write).
-template <typename T, int PACK, int PACKS, int GROUP>
+template <typename T, int PACK, int PACKS, int GROUP, bool AHEAD = false>
 __device__ __forceinline__ void rows_backward_16bit(const T* y, const T* dy, T* dx, const MaskParams& p) {
     static_assert(sizeof(T) == 2 && PACK > 1, "16-bit vector packs only");
     constexpr int R = rows_at_once<PACK * PACKS>();  // registers of 2 * PACK * PACKS / 2 floats
     const int32_t k_len = int32_t(p.k_len);
-    for_each_group_rows<GROUP, R>(p, PackShift<T, PACK>::of(y, p), [&](const GroupRow (&rows)[R]) {
+    for_each_group_rows<AHEAD, GROUP, R>(p, PackShift<T, PACK>::of(y, p), [&](const GroupRow (&rows)[R]) {
         PackPair<T, PACK> raw[R][PACKS];
         fetch_group_row_pairs<T, PACK, PACKS, GROUP, R>(y, dy, rows, raw);
 #pragma unroll
@@ -444,15 +444,18 @@ __device__ __forceinline__ void cluster_backward(const T* y, const T* dy, T* dx,
     (sizeof(T) == 2 && (G) == 1 && (P) == 1 && ((N) == 4 || (N) == 8)           \
          ? 6                                                                     \
          : ((P) * (N) <= (RAW_PAIRS(T, P) ? 32 : 8) ? 4 : ((P) > 1 && (P) * (N) <= 16 ? 3 : 1)))
-#define BWD_ROWS_KERNEL(SUFFIX, T, G, P, N)                                                         \
+// (BWD_ROWS_INSTANCE: TAG empty, or `prefetch_` for the instances fetching each batch's
+// lengths a batch ahead, AHEAD; see the end of this file.)
+#define BWD_ROWS_INSTANCE(SUFFIX, T, G, P, N, TAG, AHEAD)                                           \
     extern "C" __global__ void __launch_bounds__(256, BWD_ROWS_MIN_BLOCKS(T, G, P, N))              \
-        masked_softmax_bwd_rows_g##G##_p##P##x##N##_##SUFFIX BWD_SIGNATURE(T) {                     \
+        masked_softmax_bwd_rows_g##G##_p##P##x##N##_##TAG##SUFFIX BWD_SIGNATURE(T) {                \
         if constexpr (RAW_PAIRS(T, P))                                                             \
-            rows_backward_16bit<T, P, N, G>(y, dy, dx, p);                                         \
+            rows_backward_16bit<T, P, N, G, AHEAD>(y, dy, dx, p);                                  \
         else                                                                                       \
-            rows_backward<T, P, N, G>(y, dy, dx, p);                                               \
+            rows_backward<T, P, N, G, AHEAD>(y, dy, dx, p);                                        \
     }                                                                                              \
-    REGISTER_KERNEL(masked_softmax_bwd_rows_g##G##_p##P##x##N##_##SUFFIX)
+    REGISTER_KERNEL(masked_softmax_bwd_rows_g##G##_p##P##x##N##_##TAG##SUFFIX)
+#define BWD_ROWS_KERNEL(SUFFIX, T, G, P, N) BWD_ROWS_INSTANCE(SUFFIX, T, G, P, N, , false)
 
 // 16 floats (8 of y, 8 of dy) per thread in registers, in blocks of up to 512 threads, with
 // the register budget left to ptxas: held to 2 blocks' worth (64 registers, as the forward's
@@ -545,3 +548,21 @@ BWD_PREFETCH_KERNEL(block_regs_p4x2, f32, float, (block_regs_backward<float, 4, 
 BWD_PREFETCH_KERNEL(block_regs_p8x4, f16, __half, (block_regs_backward_16bit<__half, 8, 4, true>))
 BWD_PREFETCH_KERNEL(block_regs_p8x4, bf16, __nv_bfloat16, (block_regs_backward_16bit<__nv_bfloat16, 8, 4, true>))
 BWD_PREFETCH_KERNEL(block_cached_p4, f32, float, (block_cached_backward<float, 4, true>))
+
+// The short rows kernels the planner gives rows of 1, 7, 32 and 64 keys (the sweep's),
+// again, fetching each batch's lengths a batch ahead (work.cuh, for_each_group_rows under
+// AHEAD), with the same launch bounds (src/plan.rs, KernelKind::prefetch_name lists them).
+// Variants, until measured.
+#define BWD_ROWS_PREFETCH(SUFFIX, T, G, P, N) BWD_ROWS_INSTANCE(SUFFIX, T, G, P, N, prefetch_, true)
+BWD_ROWS_PREFETCH(f32, float, 1, 1, 1)
+BWD_ROWS_PREFETCH(f32, float, 8, 1, 1)
+BWD_ROWS_PREFETCH(f32, float, 8, 4, 1)
+BWD_ROWS_PREFETCH(f32, float, 8, 4, 2)
+BWD_ROWS_PREFETCH(f16, __half, 1, 1, 1)
+BWD_ROWS_PREFETCH(f16, __half, 1, 1, 8)
+BWD_ROWS_PREFETCH(f16, __half, 4, 8, 1)
+BWD_ROWS_PREFETCH(f16, __half, 8, 8, 1)
+BWD_ROWS_PREFETCH(bf16, __nv_bfloat16, 1, 1, 1)
+BWD_ROWS_PREFETCH(bf16, __nv_bfloat16, 1, 1, 8)
+BWD_ROWS_PREFETCH(bf16, __nv_bfloat16, 4, 8, 1)
+BWD_ROWS_PREFETCH(bf16, __nv_bfloat16, 8, 8, 1)

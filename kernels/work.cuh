@@ -245,7 +245,9 @@ __device__ __forceinline__ constexpr int rows_at_once() {
 // rows by the host's MASK_NARROW_ROWS, so that the per-row work of short rows (a length
 // load, a division, the window: more instructions than a row of a few keys takes to
 // reduce and write) has no 64-bit arithmetic and no launch-wide test in it: v13, 123 -> 69
-// instructions a row of rows_g1_p1x1_f32 (PERFORMANCE.md, scripts/sass-path.py).
+// instructions a row of rows_g1_p1x1_f32 (PERFORMANCE.md, scripts/sass-path.py). Each
+// fetches a row's lengths (the loads) apart from working out its window from them, so
+// that the loads can be issued a batch ahead (for_each_group_rows under AHEAD).
 struct NarrowRows {
     using Row = uint32_t;
     using Lengths = NarrowRowLengths;
@@ -284,51 +286,89 @@ __device__ __forceinline__ ShortWindow none_if(bool none, ShortWindow w) {
     return ShortWindow{none ? 0 : w.start, none ? 0 : w.end};
 }
 
-// The R rows a lane takes from batch `base` (GroupRow, for_each_group_rows), worked out in
-// the arithmetic of Rows (NarrowRows or WideRows).
+// The rows of a batch that a lane fetches the lengths of, in a rows kernel of GROUP lanes a
+// row taking R rows at once: a warp takes BATCH rows at once, row r of a group being batch
+// row r * ROWS_PER_WARP + lane / GROUP. Where a batch has no more rows than a warp has
+// lanes (SHARED), lane l fetches batch row l's alone and the groups read the R rows'
+// windows from those lanes by shuffles (group_rows_of): one length load, index division
+// and mask a lane, where each lane working out its own R rows took R of each, more than a
+// short row's arithmetic per element. Otherwise (one row per group, or more rows than
+// lanes) a lane fetches its own R rows'.
+template <int GROUP, int R>
+struct BatchShape {
+    static constexpr int ROWS_PER_WARP = WARP / GROUP;
+    static constexpr int BATCH = ROWS_PER_WARP * R;
+    static constexpr bool SHARED = R > 1 && BATCH <= WARP;
+    static constexpr int FETCHES = SHARED ? 1 : R;  // rows whose lengths a lane fetches
+
+    // Batch row of a lane's row r, and of its fetch n.
+    __device__ __forceinline__ static int lane_row(int r, int lane) { return r * ROWS_PER_WARP + lane / GROUP; }
+    __device__ __forceinline__ static int fetched_row(int n, int lane) { return SHARED ? lane : lane_row(n, lane); }
+};
+
+// The lengths a lane fetches for a batch (BatchShape), as loaded: all of them in flight
+// before any is used.
+template <typename Rows, int GROUP, int R>
+struct BatchLengths {
+    typename Rows::Lengths of[BatchShape<GROUP, R>::FETCHES];
+};
+
+// Row `batch_row` of the batch from `base`, or the last row for a lane past it (whose
+// lengths exist; its window is then emptied by none_if): `active` says which.
+template <typename Rows>
+__device__ __forceinline__ typename Rows::Row row_or_last(const MaskParams& p, int64_t base, int batch_row,
+                                                          bool& active) {
+    using Row = typename Rows::Row;
+    // base <= rows, so base + a batch's rows fits a narrow row (and rows themselves do).
+    const Row row = Row(base) + Row(batch_row), rows_total = Row(p.rows);
+    active = row < rows_total;
+    return active ? row : rows_total - 1;
+}
+
+// Issues the length loads of a lane's rows of the batch from `base` (base <= rows: from
+// rows, every lane fetches the last row's).
+template <typename Rows, int GROUP, int R>
+__device__ __forceinline__ BatchLengths<Rows, GROUP, R> fetch_batch_lengths(const MaskParams& p, const Rows& rule,
+                                                                            int64_t base) {
+    using Shape = BatchShape<GROUP, R>;
+    const int lane = threadIdx.x % WARP;
+    BatchLengths<Rows, GROUP, R> l;
+#pragma unroll
+    for (int n = 0; n < Shape::FETCHES; ++n) {
+        bool active;
+        l.of[n] = rule.fetch(p, row_or_last<Rows>(p, base, Shape::fetched_row(n, lane), active));
+    }
+    return l;
+}
+
+// The R rows a lane takes from the batch from `base` (GroupRow, for_each_group_rows), from
+// the lengths fetch_batch_lengths fetched for it, worked out in the arithmetic of Rows.
 template <typename Rows, int GROUP, int R, typename T, int PACK>
 __device__ __forceinline__ void group_rows_of(const MaskParams& p, const Rows& rule, const PackShift<T, PACK>& shift,
-                                              int64_t base, GroupRow (&rows)[R]) {
+                                              int64_t base, const BatchLengths<Rows, GROUP, R>& lengths,
+                                              GroupRow (&rows)[R]) {
+    using Shape = BatchShape<GROUP, R>;
     using Row = typename Rows::Row;
-    constexpr int ROWS_PER_WARP = WARP / GROUP;
-    constexpr int BATCH = ROWS_PER_WARP * R;  // rows a warp takes at once
     const int lane = threadIdx.x % WARP;
-    // base < rows, so base + BATCH fits a narrow row.
-    const Row first = Row(base), rows_total = Row(p.rows);
-    // Row r of a group is row first + r * ROWS_PER_WARP + lane / GROUP: batch row
-    // `r * ROWS_PER_WARP + lane / GROUP` of the warp's BATCH rows.
-    if constexpr (R > 1 && BATCH <= WARP) {
-        // The R rows' windows at once rather than one after another: lane l works out batch
-        // row l's (a length load, an index division and the mask arithmetic: more than a
-        // short row's arithmetic per element) and the groups read theirs from it with two
-        // shuffles.
-        const Row own_row = first + Row(lane);
-        const bool own_active = lane < BATCH && own_row < rows_total;
-        const ShortWindow own =
-            none_if(!own_active, rule.window(p, rule.fetch(p, own_active ? own_row : rows_total - 1)));
+    if constexpr (Shape::SHARED) {
+        // Lane l works out batch row l's window (lanes past the batch or the rows, none).
+        const bool own_active = lane < Shape::BATCH && Row(base) + Row(lane) < Row(p.rows);
+        const ShortWindow own = none_if(!own_active, rule.window(p, lengths.of[0]));
 #pragma unroll
         for (int r = 0; r < R; ++r) {
-            const int batch_row = r * ROWS_PER_WARP + lane / GROUP;
-            const Row row = first + Row(batch_row);
-            const bool active = row < rows_total;
+            const int batch_row = Shape::lane_row(r, lane);
+            bool active;
+            const Row row = row_or_last<Rows>(p, base, batch_row, active);
             const ShortWindow window{__shfl_sync(FULL_MASK, own.start, batch_row),
                                      __shfl_sync(FULL_MASK, own.end, batch_row)};
             rows[r] = group_row(active, lane % GROUP, window, Rows::offset(p, active ? row : Row(0)), shift);
         }
     } else {
-        // One row per group, or more rows than lanes (one or two lanes per row): each lane
-        // works out its own, all R rows' lengths in flight before any is used.
-        typename Rows::Lengths lengths[R];
 #pragma unroll
         for (int r = 0; r < R; ++r) {
-            const Row row = first + Row(r * ROWS_PER_WARP + lane / GROUP);
-            lengths[r] = rule.fetch(p, row < rows_total ? row : rows_total - 1);
-        }
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-            const Row row = first + Row(r * ROWS_PER_WARP + lane / GROUP);
-            const bool active = row < rows_total;
-            rows[r] = group_row(active, lane % GROUP, none_if(!active, rule.window(p, lengths[r])),
+            bool active;
+            const Row row = row_or_last<Rows>(p, base, Shape::lane_row(r, lane), active);
+            rows[r] = group_row(active, lane % GROUP, none_if(!active, rule.window(p, lengths.of[r])),
                                 Rows::offset(p, active ? row : Row(0)), shift);
         }
     }
@@ -336,24 +376,51 @@ __device__ __forceinline__ void group_rows_of(const MaskParams& p, const Rows& r
 
 // Calls body(const GroupRow (&)[R]) for every batch of R rows a lane handles, GROUP lanes
 // per row (32 / GROUP rows per warp), each seen from its frame by `shift`, over a
-// grid-stride loop that is warp-uniform:
-// every lane of a warp makes the same calls, so a body may shuffle across the warp with a
-// full mask. Lane `member` of a group owns the packs at columns (i * GROUP + member) * PACK.
-// (Only the rows' windows and offsets are worked out two ways, NarrowRows or WideRows, by a
-// test per batch: a body compiled twice took up to 7 registers more, and spilled.)
-template <int GROUP, int R, typename T, int PACK, typename Body>
+// grid-stride loop that is warp-uniform: every lane of a warp makes the same calls, so a
+// body may shuffle across the warp with a full mask. Lane `member` of a group owns the
+// packs at columns (i * GROUP + member) * PACK. (Only the rows' windows and offsets are
+// worked out two ways, NarrowRows or WideRows, by a test per batch: a body compiled twice
+// took up to 7 registers more, and spilled.)
+//
+// Under AHEAD (the `_prefetch_` instances of the short rows kernels: src/plan.rs,
+// KernelKind::prefetch_name) a narrow_rows_launch fetches each batch's lengths a batch
+// ahead: the next batch's length loads are issued after the current batch's windows are
+// worked out and before the body issues its score loads, so that a short row's two
+// dependent loads (its length, then its scores) overlap the next batch's first instead of
+// taking two memory latencies in turn. The price: three registers a fetched row
+// (NarrowRowLengths) held across the body, and a few instructions a batch; in the forward
+// ptxas no longer hoists the scale's test out of the rows (sm_90 rows_g1_p1x1_f32: 79
+// instructions a row against 67.5; PERFORMANCE.md, v14). (The 64-bit path, for giant
+// launches alone, fetches in turn.)
+template <bool AHEAD, int GROUP, int R, typename T, int PACK, typename Body>
 __device__ __forceinline__ void for_each_group_rows(const MaskParams& p, const PackShift<T, PACK>& shift, Body body) {
-    constexpr int BATCH = WARP / GROUP * R;  // rows a warp takes at once
+    constexpr int BATCH = BatchShape<GROUP, R>::BATCH;
     const bool narrow_launch = narrow_rows_launch(p);
     const int64_t warps_per_block = blockDim.x / WARP;
     const int64_t first_warp = int64_t(blockIdx.x) * warps_per_block + threadIdx.x / WARP;
-    const int64_t warp_step = int64_t(gridDim.x) * warps_per_block;
-    for (int64_t base = first_warp * BATCH; base < p.rows; base += warp_step * BATCH) {
+    const int64_t step = int64_t(gridDim.x) * warps_per_block * BATCH;
+    int64_t base = first_warp * BATCH;
+    BatchLengths<NarrowRows, GROUP, R> ahead{};  // AHEAD: the batch's, fetched a batch ahead
+    if (AHEAD && narrow_launch && base < p.rows)
+        ahead = fetch_batch_lengths<NarrowRows, GROUP, R>(p, NarrowRows{}, base);
+    for (; base < p.rows; base += step) {
         GroupRow rows[R];
-        if (narrow_launch)
-            group_rows_of<NarrowRows, GROUP, R>(p, NarrowRows{}, shift, base, rows);
-        else
-            group_rows_of<WideRows, GROUP, R>(p, WideRows::of(p), shift, base, rows);
+        if (narrow_launch) {
+            if constexpr (AHEAD) {
+                group_rows_of<NarrowRows, GROUP, R>(p, NarrowRows{}, shift, base, ahead, rows);
+                // The next batch's, or (past the last batch) the last row's again: no branch.
+                const int64_t next = base + step;
+                ahead = fetch_batch_lengths<NarrowRows, GROUP, R>(p, NarrowRows{}, next < p.rows ? next : p.rows);
+            } else {
+                group_rows_of<NarrowRows, GROUP, R>(p, NarrowRows{}, shift, base,
+                                                    fetch_batch_lengths<NarrowRows, GROUP, R>(p, NarrowRows{}, base),
+                                                    rows);
+            }
+        } else {
+            const WideRows wide = WideRows::of(p);
+            group_rows_of<WideRows, GROUP, R>(p, wide, shift, base,
+                                              fetch_batch_lengths<WideRows, GROUP, R>(p, wide, base), rows);
+        }
         body(rows);
     }
 }

@@ -361,12 +361,14 @@ impl CudaSoftmax {
         self.l2_hints
     }
 
-    /// Whether the block kernels that hold one row at a time, in the kinds compiled for it
-    /// ([`KernelKind::prefetch_name`]), ask the L2 cache for the block's rows ahead while
-    /// they work on one, so that those rows' loads hit the L2 rather than wait on DRAM:
-    /// their `*_prefetch_*` kernels take the place of the planned ones (same launch, same
-    /// results). Off by default: it is the benchmark's `+prefetch` variant until a GPU
-    /// run says where it helps. Other kinds are launched as ever.
+    /// Whether the kinds compiled to fetch ahead ([`KernelKind::prefetch_name`]) take
+    /// their `*_prefetch_*` kernels in place of the planned ones (same launch, same
+    /// results): the block kernels that hold one row at a time ask the L2 cache for the
+    /// block's next row while they work on one, so that its loads hit the L2 rather than
+    /// wait on DRAM; the short rows kernels (rows of 1 to 64 keys) fetch each batch's
+    /// lengths a batch ahead, so that a row's length and score loads do not wait out two
+    /// memory latencies in turn. Off by default: it is the benchmark's `+prefetch` variant
+    /// until a GPU run says where it helps. Other kinds are launched as ever.
     ///
     /// ```no_run
     /// # fn main() -> masked_softmax::Result<()> {

@@ -543,21 +543,63 @@ impl KernelKind {
         }
     }
 
-    /// The kind's kernel compiled again with the next row's L2 prefetch (`*_prefetch_*`,
-    /// kernels/work.cuh `prefetch_row_l2`), which
+    /// The kind's kernel compiled again to fetch ahead (`*_prefetch_*`), which
     /// [`CudaSoftmax::set_next_row_prefetch`](crate::cuda::CudaSoftmax::set_next_row_prefetch)
-    /// launches in its place: the block kernels the planner gives the large cases (the
-    /// vector block_regs of each type and direction, f32 block_cached). The same launch
-    /// as the kind's; the planner never asks for it (a variant, until measured).
+    /// launches in its place. The same launch as the kind's; the planner never asks for it
+    /// (a variant, until measured). Two kinds of instance:
+    /// - the block kernels the planner gives the large cases (the vector block_regs of
+    ///   each type and direction, f32 block_cached) ask the L2 for the block's next row
+    ///   while they work on the current one (kernels/work.cuh `prefetch_row_l2`;
+    ///   [`asks_l2_ahead`](Self::asks_l2_ahead));
+    /// - the rows kernels the planner gives rows of 1, 7, 32 and 64 keys fetch each
+    ///   batch's lengths a batch ahead, into registers (kernels/work.cuh
+    ///   `for_each_group_rows` under AHEAD), so that a short row's length and score loads
+    ///   no longer wait out two memory latencies in turn.
     pub fn prefetch_name(self, dtype: DType, direction: Direction) -> Option<String> {
         let vector = vector_pack(dtype);
+        let f32 = dtype == DType::F32;
         let compiled = match self {
             KernelKind::BlockRegs { pack, packs } if pack == vector => {
                 packs
                     == block_regs_16bit_packs(dtype, pack)
                         .unwrap_or_else(|| block_regs_packs(pack, direction))
             }
-            KernelKind::BlockCached { pack } => dtype == DType::F32 && pack == vector,
+            KernelKind::BlockCached { pack } => f32 && pack == vector,
+            // One key: a lane a row.
+            KernelKind::Rows {
+                group: 1,
+                pack: 1,
+                packs: 1,
+            } => true,
+            // Seven keys (single elements: rows off 16-byte boundaries): f32 on 8 lanes of
+            // one, 16-bit on a lane of 8.
+            KernelKind::Rows {
+                group: 8,
+                pack: 1,
+                packs: 1,
+            } => f32,
+            KernelKind::Rows {
+                group: 1,
+                pack: 1,
+                packs: 8,
+            } => !f32,
+            // 32 and 64 keys, 16-byte packs: f32 on 8 lanes of one or two packs; 16-bit on
+            // 4 or 8 lanes of one, as f32 keys forward (RowsKeys), raw pairs backward.
+            KernelKind::Rows {
+                group: 8,
+                pack,
+                packs: 1 | 2,
+            } if f32 => pack == vector,
+            KernelKind::Rows {
+                group: 4 | 8,
+                pack,
+                packs: 1,
+            } if !f32 => pack == vector && direction == Direction::Backward,
+            KernelKind::RowsKeys {
+                group: 4 | 8,
+                pack,
+                packs: 1,
+            } => pack == vector,
             _ => false,
         };
         if !compiled {
@@ -567,6 +609,16 @@ impl KernelKind {
         let name = self.name(dtype, direction);
         let stem = name.strip_suffix(dtype.kernel_suffix())?;
         Some(format!("{stem}prefetch_{}", dtype.kernel_suffix()))
+    }
+
+    /// Whether the kind's [`prefetch_name`](Self::prefetch_name) instance asks the L2 for
+    /// the block's next row (the block kernels'), rather than fetching the next batch's
+    /// lengths into registers (the rows kernels').
+    pub fn asks_l2_ahead(self) -> bool {
+        matches!(
+            self,
+            KernelKind::BlockRegs { .. } | KernelKind::BlockCached { .. }
+        )
     }
 
     /// Threads of the largest block the kind's kernel is launched with (its
@@ -2074,39 +2126,57 @@ mod tests {
             KernelKind::BlockStream { pack: 8 }.first_pass_name(DType::F16, Direction::Forward),
             None
         );
-        // Next-row prefetching instances: the vector block_regs of each type and direction
-        // and the f32 block_cached, nothing else.
+        // Prefetching instances: the vector block_regs of each type and direction and the
+        // f32 block_cached (asking the L2), and the rows kernels of 1, 7, 32 and 64 keys
+        // (lengths a batch ahead), nothing else.
         let prefetching = |dtype, direction| -> Vec<String> {
             KernelKind::all(dtype, true, direction)
                 .into_iter()
                 .filter_map(|k| k.prefetch_name(dtype, direction))
                 .collect()
         };
-        assert_eq!(
-            prefetching(DType::F32, Direction::Forward),
-            [
-                "masked_softmax_fwd_block_regs_p4x4_prefetch_f32",
-                "masked_softmax_fwd_block_cached_p4_prefetch_f32"
-            ]
-        );
-        assert_eq!(
-            prefetching(DType::F32, Direction::Backward),
-            [
-                "masked_softmax_bwd_block_regs_p4x2_prefetch_f32",
-                "masked_softmax_bwd_block_cached_p4_prefetch_f32"
-            ]
-        );
         for direction in [Direction::Forward, Direction::Backward] {
+            let d = direction.prefix();
+            let regs = match direction {
+                Direction::Forward => "p4x4",
+                Direction::Backward => "p4x2",
+            };
+            assert_eq!(
+                prefetching(DType::F32, direction),
+                [
+                    format!("{d}_rows_g8_p4x1_prefetch_f32"),
+                    format!("{d}_rows_g8_p4x2_prefetch_f32"),
+                    format!("{d}_block_regs_{regs}_prefetch_f32"),
+                    format!("{d}_block_cached_p4_prefetch_f32"),
+                    format!("{d}_rows_g1_p1x1_prefetch_f32"),
+                    format!("{d}_rows_g8_p1x1_prefetch_f32"),
+                ]
+            );
             for dtype in [DType::F16, DType::BF16] {
-                assert_eq!(
-                    prefetching(dtype, direction),
-                    [format!(
-                        "{}_block_regs_p8x4_prefetch_{}",
-                        direction.prefix(),
-                        dtype.kernel_suffix()
-                    )]
-                );
+                let t = dtype.kernel_suffix();
+                let rows = match direction {
+                    Direction::Forward => "rows_keys",
+                    Direction::Backward => "rows",
+                };
+                let mut expected = vec![
+                    format!("{d}_{rows}_g4_p8x1_prefetch_{t}"),
+                    format!("{d}_{rows}_g8_p8x1_prefetch_{t}"),
+                    format!("{d}_block_regs_p8x4_prefetch_{t}"),
+                    format!("{d}_rows_g1_p1x1_prefetch_{t}"),
+                    format!("{d}_rows_g1_p1x8_prefetch_{t}"),
+                ];
+                let mut listed = prefetching(dtype, direction);
+                expected.sort();
+                listed.sort();
+                assert_eq!(listed, expected);
             }
+        }
+        for kind in KernelKind::all(DType::F16, true, Direction::Forward) {
+            let block = matches!(
+                kind,
+                KernelKind::BlockRegs { .. } | KernelKind::BlockCached { .. }
+            );
+            assert_eq!(kind.asks_l2_ahead(), block);
         }
         assert_eq!(
             KernelKind::Cluster {

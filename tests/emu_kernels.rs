@@ -71,7 +71,8 @@ const MAX_ELEMENTS: usize = 1 << 15;
 /// Every kernel some case launched: the whole matrix must reach every compiled kernel.
 static LAUNCHED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 /// Every prefetching instance some case saw ask the L2 for a row: the whole matrix must
-/// reach each (the every-kernel trials' grids mostly give a block a single row).
+/// reach each that asks ([`KernelKind::asks_l2_ahead`]; the every-kernel trials' grids
+/// mostly give a block a single row).
 static PREFETCHED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 
 /// One problem for the emulated kernels: the device, the kernel (the planner's if `kind`
@@ -182,7 +183,8 @@ impl<T: Element> Emulation<'_, T> {
             return Err(format!("{name}: wrote before a buffer"));
         }
         let prefetched = masked_softmax_emu::last_launch_prefetches();
-        let expected = match self.prefetch {
+        // (The rows kernels' instances fetch lengths ahead into registers: no L2 hint.)
+        let expected = match self.prefetch && plan.kernel.asks_l2_ahead() {
             true => self.expected_prefetches(&ins, plan.grid),
             false => (0, 0),
         };
@@ -347,8 +349,8 @@ fn every_kernel_on<T: Element>(
 ) -> Result<(), String> {
     let mut ran = 0;
     let mut vector_ran = [false; PLACEMENTS.len()];
-    // Each kernel, each prefetching instance, and each rows kernel again on its 64-bit path
-    // (Emulation::wide_rows).
+    // Each kernel, each prefetching instance, and each rows kernel (and its prefetching
+    // instance) again on its 64-bit path (Emulation::wide_rows).
     let runs = KernelKind::all(T::DTYPE, true, direction)
         .into_iter()
         .flat_map(|kind| {
@@ -357,6 +359,7 @@ fn every_kernel_on<T: Element>(
             std::iter::once((kind, false, false))
                 .chain(prefetch.then_some((kind, true, false)))
                 .chain(rows.then_some((kind, false, true)))
+                .chain((rows && prefetch).then_some((kind, true, true)))
         });
     for (kind, prefetch, wide_rows) in runs {
         for (i, (placement, _)) in PLACEMENTS.into_iter().enumerate() {
@@ -403,9 +406,11 @@ fn every_kernel_on<T: Element>(
 }
 
 /// The prefetching instances of `direction` ([`KernelKind::prefetch_name`]) that can run
-/// `case`, on TINY_GRID, where a block strides over several rows: each must match the
-/// reference and ask the L2 for exactly the bytes of the rows after each block's first
-/// (`Emulation::run`). (Whether each asks for any somewhere: the matrix's end, PREFETCHED.)
+/// `case`, on TINY_GRID, where a block strides over several rows (and a rows kernel's warp
+/// over several batches, each fetching the next's lengths): each must match the reference
+/// and, where it asks the L2, ask for exactly the bytes of the rows after each block's
+/// first (`Emulation::run`). (Whether each asks for any somewhere: the matrix's end,
+/// PREFETCHED.)
 fn prefetch_instances<T: Element>(direction: Direction, case: &Case) -> Result<(), String> {
     let inputs = case.inputs::<T>(direction);
     let inputs: Vec<&[T]> = inputs.iter().map(Vec::as_slice).collect();
@@ -631,12 +636,13 @@ fn main() {
             Box::new(move || dispatch!(dtype, every_kernel, direction, &case)),
         );
     }
-    // The prefetching instances where blocks stride over rows, in the modes that give rows
-    // full, empty, cut at both ends and left-padded windows.
+    // The prefetching instances where blocks stride over rows (the rows kernels': warps
+    // over batches of rows, 1 to 64 keys), in the modes that give rows full, empty, cut at
+    // both ends and left-padded windows.
     for (mode, k) in common::MODES
         .iter()
         .filter(|m| ["right", "causal_left_q", "window_q"].contains(&m.name))
-        .flat_map(|m| [77, 1000, 4097, 8192].map(|k| (m, k)))
+        .flat_map(|m| [1, 7, 32, 64, 77, 1000, 4097, 8192].map(|k| (m, k)))
     {
         for dtype in DType::ALL {
             for (direction, d) in common::DIRECTIONS {
@@ -702,10 +708,18 @@ fn main() {
             std::process::exit(1);
         }
         let prefetched = PREFETCHED.lock().unwrap();
-        let idle: Vec<&String> = compiled
-            .iter()
-            .filter(|n| n.contains("_prefetch_") && !prefetched.contains(*n))
+        let asking: Vec<String> = [Direction::Forward, Direction::Backward]
+            .into_iter()
+            .flat_map(|direction| {
+                DType::ALL.into_iter().flat_map(move |d| {
+                    KernelKind::all(d, true, direction)
+                        .into_iter()
+                        .filter(|k| k.asks_l2_ahead())
+                        .filter_map(move |k| k.prefetch_name(d, direction))
+                })
+            })
             .collect();
+        let idle: Vec<&String> = asking.iter().filter(|n| !prefetched.contains(*n)).collect();
         if !idle.is_empty() {
             println!(
                 "emu_kernels: these prefetching instances never asked the L2 for a row: {idle:?}"
@@ -714,7 +728,7 @@ fn main() {
         }
         println!(
             "emu_kernels: every one of the {} compiled kernels ran, and each of the {} \
-             prefetching instances asked the L2 for rows",
+             prefetching instances that asks the L2 asked for rows",
             compiled.len(),
             prefetched.len()
         );

@@ -438,9 +438,10 @@ fn every_kernel_on<T: Element + DeviceRepr>(
 /// The prefetching instances ([`KernelKind::prefetch_name`], launched by a handle with
 /// `set_next_row_prefetch(true)`) where their blocks stride over rows: about 2^23 scores,
 /// at least 2048 rows, more than the launch's grid (checked: so most rows are asked into
-/// the L2 ahead of their block), left padding with a causal mask and key lengths from
-/// empty to full, NaN pads, each into a poisoned output. The every-kernel trials' few rows
-/// mostly give a block one row, and so no prefetch.
+/// the L2 ahead of their block, or a rows kernel's warp fetches the lengths of batch after
+/// batch ahead), left padding with a causal mask and key lengths from empty to full, NaN
+/// pads, each into a poisoned output. The every-kernel trials' few rows mostly give a
+/// block one row, and so no prefetch.
 fn prefetch_many_rows<T: Element + DeviceRepr>(
     g: &Gpu,
     direction: Direction,
@@ -454,7 +455,7 @@ fn prefetch_many_rows<T: Element + DeviceRepr>(
         scale: 0.7,
     };
     let k = k_len as i32;
-    let kv = [k, 0, 1, k / 3, k - 1, 7, k / 2 + 5, k];
+    let kv = [k, 0, 1, k / 3, k - 1, 7, k / 2 + 5, k].map(|v| v.min(k));
     let lengths = Lengths {
         kv: Some(&kv),
         q: None,
@@ -1122,8 +1123,9 @@ fn main() {
             Box::new(move |g| dispatch!(t.dtype, every_kernel_special, g, t)),
         );
     }
-    // The prefetching instances on many rows (block_regs' capacities and block_cached).
-    for k in [1000, 4096, 8192] {
+    // The prefetching instances on many rows (the short rows kernels' 1 to 64 keys,
+    // block_regs' capacities and block_cached).
+    for k in [1, 7, 32, 64, 1000, 4096, 8192] {
         for dtype in DType::ALL {
             for (direction, d) in common::DIRECTIONS {
                 add(
