@@ -314,7 +314,9 @@ struct BatchLengths {
 };
 
 // Row `batch_row` of the batch from `base`, or the last row for a lane past it (whose
-// lengths exist; its window is then emptied by none_if): `active` says which.
+// lengths exist; its window is then emptied by none_if): `active` says which. (In the
+// SHARED shape a lane past the batch fetches row base + lane's, one of the next batch's or
+// the last row, and group_rows_of discards its window.)
 template <typename Rows>
 __device__ __forceinline__ typename Rows::Row row_or_last(const MaskParams& p, int64_t base, int batch_row,
                                                           bool& active) {

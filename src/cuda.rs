@@ -218,8 +218,8 @@ pub struct CudaSoftmax {
     staging: Mutex<Option<Staging>>,
     /// The first launch of kinds that take two ([`KernelKind::first_pass_name`]).
     first_passes: HashMap<(Direction, KernelKind, DType), CudaFunction>,
-    /// The kinds compiled again with the next row's L2 prefetch
-    /// ([`KernelKind::prefetch_name`]), with their own occupancy.
+    /// The kinds compiled again to fetch ahead ([`KernelKind::prefetch_name`]: the next
+    /// row into the L2, or the next batch's lengths), with their own occupancy.
     prefetching: HashMap<(Direction, KernelKind, DType), (CudaFunction, KernelOccupancy)>,
     /// Whether launches of those kinds take their prefetching kernels
     /// ([`set_next_row_prefetch`](Self::set_next_row_prefetch)).
@@ -365,9 +365,9 @@ impl CudaSoftmax {
     /// their `*_prefetch_*` kernels in place of the planned ones (same launch, same
     /// results): the block kernels that hold one row at a time ask the L2 cache for the
     /// block's next row while they work on one, so that its loads hit the L2 rather than
-    /// wait on DRAM; the short rows kernels (rows of 1 to 64 keys) fetch each batch's
-    /// lengths a batch ahead, so that a row's length and score loads do not wait out two
-    /// memory latencies in turn. Off by default: it is the benchmark's `+prefetch` variant
+    /// wait on DRAM; the rows kernels the planner gives rows of 1, 7, 32 and 64 keys fetch
+    /// each batch's lengths a batch ahead, so that a row's length and score loads do not
+    /// wait out two memory latencies in turn. Off by default: it is the benchmark's `+prefetch` variant
     /// until a GPU run says where it helps. Other kinds are launched as ever.
     ///
     /// ```no_run

@@ -2171,12 +2171,17 @@ mod tests {
                 assert_eq!(listed, expected);
             }
         }
-        for kind in KernelKind::all(DType::F16, true, Direction::Forward) {
-            let block = matches!(
-                kind,
-                KernelKind::BlockRegs { .. } | KernelKind::BlockCached { .. }
-            );
-            assert_eq!(kind.asks_l2_ahead(), block);
+        // The instances that ask the L2 are v12's block kernels (kernels/*.cu: the
+        // PREFETCH_KERNEL ones), the others v14's rows kernels (ROWS_PREFETCH).
+        for dtype in DType::ALL {
+            for direction in [Direction::Forward, Direction::Backward] {
+                for kind in KernelKind::all(dtype, true, direction) {
+                    if let Some(name) = kind.prefetch_name(dtype, direction) {
+                        assert_eq!(kind.asks_l2_ahead(), name.contains("_block_"), "{name}");
+                        assert_eq!(!kind.asks_l2_ahead(), name.contains("_rows_"), "{name}");
+                    }
+                }
+            }
         }
         assert_eq!(
             KernelKind::Cluster {

@@ -60,7 +60,8 @@ const BIG_SHARED: DeviceLimits = DeviceLimits {
     cluster_residency: ClusterResidency::UNKNOWN,
 };
 /// One multiprocessor of 512 threads: a grid of 1 to 4 block kernels, so each block strides
-/// over many rows and the prefetching instances ask for most of them (`prefetch_*` trials).
+/// over many rows and the prefetching instances ask for most of them (`prefetch_*` trials),
+/// and 16 warps of a rows kernel, each over several batches of `Case::many_rows`.
 const TINY_GRID: DeviceLimits = DeviceLimits {
     sm_count: 1,
     max_threads_per_sm: 512,
@@ -76,7 +77,7 @@ static LAUNCHED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 static PREFETCHED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 
 /// One problem for the emulated kernels: the device, the kernel (the planner's if `kind`
-/// is `None`; its next-row prefetching instance if `prefetch`, as
+/// is `None`; its prefetching instance if `prefetch`, as
 /// `CudaSoftmax::set_next_row_prefetch` launches it), the direction, the spec and lengths,
 /// the inputs (`[x]` forward, `[y, dy]` backward) and where the buffers sit against their
 /// guard pages.
@@ -406,17 +407,23 @@ fn every_kernel_on<T: Element>(
 }
 
 /// The prefetching instances of `direction` ([`KernelKind::prefetch_name`]) that can run
-/// `case`, on TINY_GRID, where a block strides over several rows (and a rows kernel's warp
+/// `case`, those that ask the L2 or the others as `asking_l2` says, on TINY_GRID, where a block strides over several rows (and a rows kernel's warp
 /// over several batches, each fetching the next's lengths): each must match the reference
 /// and, where it asks the L2, ask for exactly the bytes of the rows after each block's
 /// first (`Emulation::run`). (Whether each asks for any somewhere: the matrix's end,
 /// PREFETCHED.)
-fn prefetch_instances<T: Element>(direction: Direction, case: &Case) -> Result<(), String> {
+fn prefetch_instances<T: Element>(
+    direction: Direction,
+    case: &Case,
+    asking_l2: bool,
+) -> Result<(), String> {
     let inputs = case.inputs::<T>(direction);
     let inputs: Vec<&[T]> = inputs.iter().map(Vec::as_slice).collect();
     let kinds: Vec<KernelKind> = KernelKind::all(T::DTYPE, false, direction)
         .into_iter()
-        .filter(|k| k.prefetch_name(T::DTYPE, direction).is_some())
+        .filter(|k| {
+            k.prefetch_name(T::DTYPE, direction).is_some() && k.asks_l2_ahead() == asking_l2
+        })
         .collect();
     if kinds.is_empty() {
         return Err("no prefetching instance".into());
@@ -636,9 +643,10 @@ fn main() {
             Box::new(move || dispatch!(dtype, every_kernel, direction, &case)),
         );
     }
-    // The prefetching instances where blocks stride over rows (the rows kernels': warps
-    // over batches of rows, 1 to 64 keys), in the modes that give rows full, empty, cut at
-    // both ends and left-padded windows.
+    // The prefetching instances where blocks stride over rows (and, at 1 to 64 keys, the
+    // rows kernels' instances, where warps take several batches of rows, each with its own
+    // lengths: 6144 rows, 3 to 48 batches a warp on TINY_GRID's 16 warps), in the modes
+    // that give rows full, empty, cut at both ends and left-padded windows.
     for (mode, k) in common::MODES
         .iter()
         .filter(|m| ["right", "causal_left_q", "window_q"].contains(&m.name))
@@ -646,10 +654,16 @@ fn main() {
     {
         for dtype in DType::ALL {
             for (direction, d) in common::DIRECTIONS {
-                let case = Case::new(*mode, k, MAX_ELEMENTS);
+                let short = k <= 64;
+                let case = match short {
+                    true => Case::many_rows(*mode, k, 6144),
+                    false => Case::new(*mode, k, MAX_ELEMENTS),
+                };
                 add(
                     format!("prefetch_{d}_{}_{}_k{k}", mode.name, dtype.kernel_suffix()),
-                    Box::new(move || dispatch!(dtype, prefetch_instances, direction, &case)),
+                    Box::new(move || {
+                        dispatch!(dtype, prefetch_instances, direction, &case, !short)
+                    }),
                 );
             }
         }

@@ -438,27 +438,43 @@ fn every_kernel_on<T: Element + DeviceRepr>(
 /// The prefetching instances ([`KernelKind::prefetch_name`], launched by a handle with
 /// `set_next_row_prefetch(true)`) where their blocks stride over rows: about 2^23 scores,
 /// at least 2048 rows, more than the launch's grid (checked: so most rows are asked into
-/// the L2 ahead of their block, or a rows kernel's warp fetches the lengths of batch after
-/// batch ahead), left padding with a causal mask and key lengths from empty to full, NaN
-/// pads, each into a poisoned output. The every-kernel trials' few rows mostly give a
-/// block one row, and so no prefetch.
+/// the L2 ahead of their block), left padding with a causal mask and key lengths from
+/// empty to full, NaN pads, each into a poisoned output. The every-kernel trials' few rows
+/// mostly give a block one row, and so no prefetch. At 1 to 64 keys (the rows kernels'
+/// instances, which fetch each batch's lengths a batch ahead) the rows come in entries of
+/// 3 queries with their own key and query lengths instead (`Case::many_rows`).
 fn prefetch_many_rows<T: Element + DeviceRepr>(
     g: &Gpu,
     direction: Direction,
     k_len: usize,
 ) -> TestResult {
     let q_len = ((1 << 23) / (256 * k_len)).max(8);
-    let spec = Spec {
-        shape: Shape::new(8, 32, q_len, k_len),
-        padding: Padding::Left,
-        causal: Some(masked_softmax::Causal { window: None }),
-        scale: 0.7,
-    };
     let k = k_len as i32;
-    let kv = [k, 0, 1, k / 3, k - 1, 7, k / 2 + 5, k].map(|v| v.min(k));
-    let lengths = Lengths {
-        kv: Some(&kv),
-        q: None,
+    let kv = [k, 0, 1, k / 3, k - 1, 7, k / 2 + 5, k];
+    // Short rows (the rows kernels' instances): 2^23 / k rows in entries of 2 heads and 3
+    // queries, each entry its own lengths, so that every batch of a warp (4 to 128 rows,
+    // several a warp on a whole GPU's grid) has its own windows.
+    let short = (k_len <= 64).then(|| {
+        let mode = common::MODES
+            .into_iter()
+            .find(|m| m.name == "causal_left_q")
+            .expect("a mode of that name");
+        common::Case::many_rows(mode, k_len, (1 << 23) / k_len)
+    });
+    let (spec, lengths) = match &short {
+        Some(case) => (case.spec, case.lengths()),
+        None => (
+            Spec {
+                shape: Shape::new(8, 32, q_len, k_len),
+                padding: Padding::Left,
+                causal: Some(masked_softmax::Causal { window: None }),
+                scale: 0.7,
+            },
+            Lengths {
+                kv: Some(&kv),
+                q: None,
+            },
+        ),
     };
     let to = |v: Vec<f64>| -> Vec<T> { v.into_iter().map(T::from_f64).collect() };
     let inputs: Vec<Vec<T>> = match direction {
@@ -491,7 +507,7 @@ fn prefetch_many_rows<T: Element + DeviceRepr>(
         }
         ran += 1;
         // The grid the handle launched (16-byte aligned buffers, as these are): it must
-        // leave blocks more than one row, or no prefetch ran.
+        // leave blocks more than one row (warps more than one batch), or no prefetch ran.
         let buffers = Buffers {
             x: 1 << 20,
             y: 2 << 20,
@@ -504,7 +520,17 @@ fn prefetch_many_rows<T: Element + DeviceRepr>(
             .plan(Some(kind), direction, &spec, T::DTYPE, buffers)?
             .ok_or(format!("{name}: launched, but no plan"))?;
         let rows = spec.shape.rows()?;
-        if plan.grid as usize >= rows {
+        // A rows kernel's instance: at least 4 rows a group of lanes, so that each warp
+        // takes a whole batch at the most rows a lane takes at once (4), more where fewer.
+        if let KernelKind::Rows { group, .. } | KernelKind::RowsKeys { group, .. } = kind {
+            let groups = plan.grid as usize * plan.block as usize / group as usize;
+            if rows < 4 * groups {
+                return Err(format!(
+                    "{name}: {groups} groups of lanes for {rows} rows: too few to fetch ahead"
+                )
+                .into());
+            }
+        } else if plan.grid as usize >= rows {
             return Err(format!(
                 "{name}: a grid of {} for {rows} rows: no prefetch",
                 plan.grid
@@ -1008,7 +1034,7 @@ fn in_sanitize_subset(name: &str) -> bool {
         || (name.starts_with("every_kernel")
             && name.contains("_right_")
             && [
-                "_k7", "_k64", "_k1021", "_k1032", "_k16377", "_k16384", "_k20001",
+                "_k1", "_k7", "_k64", "_k1021", "_k1032", "_k16377", "_k16384", "_k20001",
             ]
             .iter()
             .any(|k| name.ends_with(k)))

@@ -176,6 +176,36 @@ impl Case {
         Case { spec, kv, q, seed }
     }
 
+    /// A case of `mode` with about `rows` rows of `k_len` in batch entries of 2 heads and 3
+    /// queries each, every entry its own key (and query) lengths, full and empty among
+    /// them: consecutive runs of rows (a rows kernel's batches) see different windows.
+    pub fn many_rows(mode: Mode, k_len: usize, rows: usize) -> Case {
+        let seed = k_len as u64 * 6361 + mode.name.len() as u64 + rows as u64;
+        let mut rng = Lcg(seed);
+        let (heads, q_len) = (2, 3);
+        let batch = (rows / (heads * q_len)).max(2);
+        let row_stride = if k_len % 2 == 1 { k_len + 2 } else { k_len };
+        let shape = Shape::new(batch, heads, q_len, k_len).with_row_stride(row_stride);
+        let k = k_len as i64;
+        let kv = (0..batch)
+            .map(|b| match b {
+                0 => k,
+                1 => 0,
+                _ => rng.range(0, k),
+            } as i32)
+            .collect();
+        let q = mode
+            .query_lengths
+            .then(|| (0..batch).map(|_| rng.range(0, 3) as i32).collect());
+        let spec = Spec {
+            shape,
+            padding: mode.padding,
+            causal: mode.causal,
+            scale: 0.7,
+        };
+        Case { spec, kv, q, seed }
+    }
+
     pub fn lengths(&self) -> Lengths<'_> {
         Lengths {
             kv: Some(&self.kv),
