@@ -55,3 +55,21 @@
 #define ROWS_WARP_LADDER_32(ROWS, SUFFIX, T, P) \
     ROWS_WARP_LADDER_16(ROWS, SUFFIX, T, P)     \
     ROWS(SUFFIX, T, 32, P, 32)
+
+// The rows kernels the planner gives rows of 1, 7, 32 and 64 keys, in every type, compiled
+// again to fetch each batch's lengths a batch ahead (src/plan.rs, KernelKind::prefetch_name
+// lists the same): ROWS for the f32 ones and the 16-bit single-element ones, ROWS16 for the
+// 16-bit ones of 16-byte packs (f32 keys forward, raw pairs backward).
+#define SHORT_ROWS_PREFETCH_LADDER(ROWS, ROWS16) \
+    ROWS(f32, float, 1, 1, 1)                   \
+    ROWS(f32, float, 8, 1, 1)                   \
+    ROWS(f32, float, 8, 4, 1)                   \
+    ROWS(f32, float, 8, 4, 2)                   \
+    ROWS(f16, __half, 1, 1, 1)                  \
+    ROWS(f16, __half, 1, 1, 8)                  \
+    ROWS16(f16, __half, 4, 8, 1)                \
+    ROWS16(f16, __half, 8, 8, 1)                \
+    ROWS(bf16, __nv_bfloat16, 1, 1, 1)          \
+    ROWS(bf16, __nv_bfloat16, 1, 1, 8)          \
+    ROWS16(bf16, __nv_bfloat16, 4, 8, 1)        \
+    ROWS16(bf16, __nv_bfloat16, 8, 8, 1)

@@ -551,18 +551,7 @@ BWD_PREFETCH_KERNEL(block_cached_p4, f32, float, (block_cached_backward<float, 4
 
 // The short rows kernels the planner gives rows of 1, 7, 32 and 64 keys (the sweep's),
 // again, fetching each batch's lengths a batch ahead (work.cuh, for_each_group_rows under
-// AHEAD), with the same launch bounds (src/plan.rs, KernelKind::prefetch_name lists them).
+// AHEAD), with the same launch bounds; the list is ladder.cuh's SHORT_ROWS_PREFETCH_LADDER.
 // Variants, until measured.
 #define BWD_ROWS_PREFETCH(SUFFIX, T, G, P, N) BWD_ROWS_INSTANCE(SUFFIX, T, G, P, N, prefetch_, true)
-BWD_ROWS_PREFETCH(f32, float, 1, 1, 1)
-BWD_ROWS_PREFETCH(f32, float, 8, 1, 1)
-BWD_ROWS_PREFETCH(f32, float, 8, 4, 1)
-BWD_ROWS_PREFETCH(f32, float, 8, 4, 2)
-BWD_ROWS_PREFETCH(f16, __half, 1, 1, 1)
-BWD_ROWS_PREFETCH(f16, __half, 1, 1, 8)
-BWD_ROWS_PREFETCH(f16, __half, 4, 8, 1)
-BWD_ROWS_PREFETCH(f16, __half, 8, 8, 1)
-BWD_ROWS_PREFETCH(bf16, __nv_bfloat16, 1, 1, 1)
-BWD_ROWS_PREFETCH(bf16, __nv_bfloat16, 1, 1, 8)
-BWD_ROWS_PREFETCH(bf16, __nv_bfloat16, 4, 8, 1)
-BWD_ROWS_PREFETCH(bf16, __nv_bfloat16, 8, 8, 1)
+SHORT_ROWS_PREFETCH_LADDER(BWD_ROWS_PREFETCH, BWD_ROWS_PREFETCH)

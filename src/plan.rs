@@ -551,10 +551,10 @@ impl KernelKind {
     ///   each type and direction, f32 block_cached) ask the L2 for the block's next row
     ///   while they work on the current one (kernels/work.cuh `prefetch_row_l2`;
     ///   [`asks_l2_ahead`](Self::asks_l2_ahead));
-    /// - the rows kernels the planner gives rows of 1, 7, 32 and 64 keys fetch each
-    ///   batch's lengths a batch ahead, into registers (kernels/work.cuh
-    ///   `for_each_group_rows` under AHEAD), so that a short row's length and score loads
-    ///   no longer wait out two memory latencies in turn.
+    /// - the rows kernels the planner gives rows of 1, 7, 32 and 64 keys (kernels/ladder.cuh,
+    ///   SHORT_ROWS_PREFETCH_LADDER) fetch each batch's lengths a batch ahead, into
+    ///   registers (kernels/work.cuh `for_each_group_rows` under AHEAD), so that a short
+    ///   row's length and score loads no longer wait out two memory latencies in turn.
     pub fn prefetch_name(self, dtype: DType, direction: Direction) -> Option<String> {
         let vector = vector_pack(dtype);
         let f32 = dtype == DType::F32;

@@ -702,18 +702,22 @@ fn main() {
     let conclusion = libtest_mimic::run(&args, trials);
     if available && whole_matrix {
         let launched = LAUNCHED.lock().unwrap();
-        let compiled: Vec<String> = [Direction::Forward, Direction::Backward]
+        let kinds: Vec<(KernelKind, DType, Direction)> = [Direction::Forward, Direction::Backward]
             .into_iter()
             .flat_map(|direction| {
                 DType::ALL.into_iter().flat_map(move |d| {
                     KernelKind::all(d, true, direction)
                         .into_iter()
-                        .flat_map(move |k| {
-                            std::iter::once(k.name(d, direction))
-                                .chain(k.first_pass_name(d, direction))
-                                .chain(k.prefetch_name(d, direction))
-                        })
+                        .map(move |k| (k, d, direction))
                 })
+            })
+            .collect();
+        let compiled: Vec<String> = kinds
+            .iter()
+            .flat_map(|&(k, d, direction)| {
+                std::iter::once(k.name(d, direction))
+                    .chain(k.first_pass_name(d, direction))
+                    .chain(k.prefetch_name(d, direction))
             })
             .collect();
         let missed: Vec<&String> = compiled.iter().filter(|n| !launched.contains(*n)).collect();
@@ -722,16 +726,10 @@ fn main() {
             std::process::exit(1);
         }
         let prefetched = PREFETCHED.lock().unwrap();
-        let asking: Vec<String> = [Direction::Forward, Direction::Backward]
-            .into_iter()
-            .flat_map(|direction| {
-                DType::ALL.into_iter().flat_map(move |d| {
-                    KernelKind::all(d, true, direction)
-                        .into_iter()
-                        .filter(|k| k.asks_l2_ahead())
-                        .filter_map(move |k| k.prefetch_name(d, direction))
-                })
-            })
+        let asking: Vec<String> = kinds
+            .iter()
+            .filter(|(k, _, _)| k.asks_l2_ahead())
+            .filter_map(|&(k, d, direction)| k.prefetch_name(d, direction))
             .collect();
         let idle: Vec<&String> = asking.iter().filter(|n| !prefetched.contains(*n)).collect();
         if !idle.is_empty() {

@@ -152,10 +152,7 @@ impl Case {
         let mut rng = Lcg(seed);
         let (batch, heads) = (4, 2);
         let q_len = (max_elements / (batch * heads * k_len)).clamp(1, 9);
-        // Odd rows get an odd stride, which puts rows at every place against 16-byte
-        // boundaries (every lead of a shifted pack: kernels/io.cuh, PackShift).
-        let row_stride = if k_len % 2 == 1 { k_len + 2 } else { k_len };
-        let shape = Shape::new(batch, heads, q_len, k_len).with_row_stride(row_stride);
+        let shape = Self::shape(batch, heads, q_len, k_len);
         let k = k_len as i64;
         let kv = vec![k as i32, 0, rng.range(0, k) as i32, rng.range(1, k) as i32];
         let q = mode.query_lengths.then(|| {
@@ -167,6 +164,17 @@ impl Case {
                 rng.range(0, q) as i32,
             ]
         });
+        Self::of(mode, shape, kv, q, seed)
+    }
+
+    /// Odd rows get an odd stride, which puts rows at every place against 16-byte
+    /// boundaries (every lead of a shifted pack: kernels/io.cuh, PackShift).
+    fn shape(batch: usize, heads: usize, q_len: usize, k_len: usize) -> Shape {
+        let row_stride = if k_len % 2 == 1 { k_len + 2 } else { k_len };
+        Shape::new(batch, heads, q_len, k_len).with_row_stride(row_stride)
+    }
+
+    fn of(mode: Mode, shape: Shape, kv: Vec<i32>, q: Option<Vec<i32>>, seed: u64) -> Case {
         let spec = Spec {
             shape,
             padding: mode.padding,
@@ -184,8 +192,7 @@ impl Case {
         let mut rng = Lcg(seed);
         let (heads, q_len) = (2, 3);
         let batch = (rows / (heads * q_len)).max(2);
-        let row_stride = if k_len % 2 == 1 { k_len + 2 } else { k_len };
-        let shape = Shape::new(batch, heads, q_len, k_len).with_row_stride(row_stride);
+        let shape = Self::shape(batch, heads, q_len, k_len);
         let k = k_len as i64;
         let kv = (0..batch)
             .map(|b| match b {
@@ -197,13 +204,7 @@ impl Case {
         let q = mode
             .query_lengths
             .then(|| (0..batch).map(|_| rng.range(0, 3) as i32).collect());
-        let spec = Spec {
-            shape,
-            padding: mode.padding,
-            causal: mode.causal,
-            scale: 0.7,
-        };
-        Case { spec, kv, q, seed }
+        Self::of(mode, shape, kv, q, seed)
     }
 
     pub fn lengths(&self) -> Lengths<'_> {
