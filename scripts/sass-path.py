@@ -28,9 +28,16 @@ key-padding-alone skips as taken. Calibration: for
 masked_softmax_fwd_rows_g1_p1x1_f32 before v13 it counts 490 instructions for a loop of 4
 rows, 122.5 a row, where ncu measured 123 a row on the H200 (v10 profile, sweep k1).
 
-    scripts/sass-path.py SASS_FILE [TAKEN]      # loop bounds found from its back edge
+    scripts/sass-path.py [--trace] SASS_FILE [TAKEN]      # loop bounds found from its back edge
     e.g. cuobjdump -sass -fun masked_softmax_fwd_rows_g1_p1x1_f32 target/ptxas/masked_softmax.sm_90.cubin > k1.sass
          scripts/sass-path.py k1.sass 0x3d0:T,0x58a0:T
+
+--trace also prints, in the walk's order, each conditional branch met (its address, the
+instruction and T or N: where to look for the decisions to give) and each global load or
+store, MUFU and shuffle with its place on the path. The count does not say whether a
+kernel's loads are all in flight before their first use: in v14 a change that cut 38
+instructions from a batch had ptxas issue rows 2-4's score loads after row 1's `exp`,
+which waits on row 1's load (PERFORMANCE.md, v14). The order does.
 """
 import re
 import sys
@@ -53,12 +60,14 @@ def branch_target(text):
 
 
 def main():
-    if len(sys.argv) < 2:
+    trace = "--trace" in sys.argv[1:]
+    args = [a for a in sys.argv[1:] if a != "--trace"]
+    if not args:
         sys.exit(__doc__)
-    ins, order = parse(sys.argv[1])
+    ins, order = parse(args[0])
     overrides = {}
-    if len(sys.argv) > 2 and sys.argv[2]:
-        for item in sys.argv[2].split(","):
+    if len(args) > 1 and args[1]:
+        for item in args[1].split(","):
             addr, way = item.split(":")
             overrides[int(addr, 16)] = way == "T"
     # The row loop: the backward branch that spans the most code (the warp-divergence
@@ -76,6 +85,8 @@ def main():
     while True:
         text = ins[pc]
         count += 1
+        if trace and re.search(r"\b(LDG|STG|MUFU|SHFL)", text):
+            print(f"    {count:5d} {pc:#x} {text}")
         body = re.sub(r"^@!?U?P\w+ ", "", text)
         dest = re.match(r"[FIP]\w*SETP\S* (P\d),|PLOP3\S* (P\d),", body)
         if dest:
@@ -98,6 +109,8 @@ def main():
                 if guard and guard.group(2) == unusual_scale:
                     take = guard.group(1) == "!"  # to the usual scale's path
                 take = overrides.get(pc, take)
+                if trace:
+                    print(f"  branch {pc:#x} {text} -> {'T' if take else 'N'}")
                 if take:
                     nxt = target
                     taken.append(hex(pc))
