@@ -367,8 +367,9 @@ impl CudaSoftmax {
     /// block's next row while they work on one, so that its loads hit the L2 rather than
     /// wait on DRAM; the rows kernels the planner gives rows of 1, 7, 32 and 64 keys fetch
     /// each batch's lengths a batch ahead, so that a row's length and score loads do not
-    /// wait out two memory latencies in turn. Off by default: it is the benchmark's `+prefetch` variant
-    /// until a GPU run says where it helps. Other kinds are launched as ever.
+    /// wait out two memory latencies in turn. Off by default: it is the benchmark's
+    /// `+prefetch` variant until a GPU run says where it helps. Other kinds are launched as
+    /// ever.
     ///
     /// ```no_run
     /// # fn main() -> masked_softmax::Result<()> {

@@ -448,7 +448,6 @@ fn prefetch_many_rows<T: Element + DeviceRepr>(
     direction: Direction,
     k_len: usize,
 ) -> TestResult {
-    let q_len = ((1 << 23) / (256 * k_len)).max(8);
     let k = k_len as i32;
     let kv = [k, 0, 1, k / 3, k - 1, 7, k / 2 + 5, k];
     // Short rows (the rows kernels' instances): 2^23 / k rows in entries of 2 heads and 3
@@ -465,7 +464,7 @@ fn prefetch_many_rows<T: Element + DeviceRepr>(
         Some(case) => (case.spec, case.lengths()),
         None => (
             Spec {
-                shape: Shape::new(8, 32, q_len, k_len),
+                shape: Shape::new(8, 32, ((1 << 23) / (256 * k_len)).max(8), k_len),
                 padding: Padding::Left,
                 causal: Some(masked_softmax::Causal { window: None }),
                 scale: 0.7,
