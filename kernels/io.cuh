@@ -113,6 +113,18 @@ __device__ __forceinline__ PackCut pack_cut(I col, I start, I end) {
     return PackCut{lo > 0 ? int(lo) : 0, hi < N ? int(hi) : N};
 }
 
+// The same columns as bits (bit j: column col + j inside [start, end)), for any pack: all N
+// for a pack inside, none for a pack outside. On sm_90 two clamps, two shifts and a mask,
+// then one R2P makes the bits predicates, and a select a column applies them.
+template <int N, typename I>
+__device__ __forceinline__ uint32_t pack_bits(I col, I start, I end) {
+    static_assert(N < 32, "packs of fewer than 32 elements");
+    constexpr uint32_t ALL = (1u << N) - 1;
+    const I lo = start - col, hi = end - col;
+    const int first = lo > 0 ? (lo < N ? int(lo) : N) : 0, last = hi > 0 ? (hi < N ? int(hi) : N) : 0;
+    return (ALL << first) & ~(ALL << last) & ALL;
+}
+
 // An L2 eviction priority for a load (sm_80+: createpolicy, ld.global.L2::cache_hint): a
 // 64-bit descriptor the compiler keeps in uniform registers (no per-thread register). The
 // kernels that read each valid pack twice ask the L2 to keep the first read's lines for
@@ -222,11 +234,28 @@ __device__ __forceinline__ void fetch_window(const T* row, I col, I start, I end
 }
 
 // decode_window turns a fetched pack into f32: valid(v) for columns inside [start, end),
-// `fill` for the others.
-template <typename T, int N, typename I, typename F>
+// `fill` for the others. Packs inside the window, across an edge and outside it each take
+// their own code, unless SELECT_EDGE: then every pack decodes as a whole one (columns
+// outside the window hold zero bits: fetch_window), and one not wholly inside puts `fill`
+// where they are, a select a column. That is for the rows kernels, whose warps meet every
+// kind of pack at once (each lane group holds its own short row) and so ran every path in
+// turn, where now the whole pack's code is shared (sm_90 rows_keys_g8_p8x1_f16, a batch of
+// 8 rows: 709 instructions where packs cross edges, 583 with SELECT_EDGE; 415 and 418
+// where all are whole; PERFORMANCE.md v15). In the kernels that loop over long rows a
+// warp's packs are nearly all of one kind, and the select's live values cost registers
+// (tried for every kernel: the 16-bit cached clusters went from 51 to 85 on sm_90).
+template <bool SELECT_EDGE, typename T, int N, typename I, typename F>
 __device__ __forceinline__ void decode_window(const RawPack<T, N>& raw, I col, I start, I end, float fill, F valid,
                                               float (&out)[N]) {
-    if (col >= start && col + N <= end) {
+    if constexpr (SELECT_EDGE && N > 1) {
+#pragma unroll
+        for (int i = 0; i < N; ++i) out[i] = valid(to_f32(raw.get(i)));
+        if (!(col >= start && col + N <= end)) {
+            const uint32_t inside = pack_bits<N>(col, start, end);  // 0 for a pack outside
+#pragma unroll
+            for (int i = 0; i < N; ++i) out[i] = (inside >> i) & 1u ? out[i] : fill;
+        }
+    } else if (col >= start && col + N <= end) {
 #pragma unroll
         for (int i = 0; i < N; ++i) out[i] = valid(to_f32(raw.get(i)));
     } else if (N == 1 || !pack_overlaps<N>(col, start, end)) {
@@ -240,16 +269,18 @@ __device__ __forceinline__ void decode_window(const RawPack<T, N>& raw, I col, I
 }
 
 // The keys of a fetched pack (forward): masked columns get -inf, which weighs 0.
-template <typename T, int N, typename I>
+template <typename T, int N, bool SELECT_EDGE = false, typename I>
 __device__ __forceinline__ void decode_keys(const RawPack<T, N>& raw, I col, I start, I end, const ScaleMap& sm,
                                             float (&keys)[N]) {
-    decode_window<T, N>(raw, col, start, end, -CUDART_INF_F, [&](float v) { return sm.key(v); }, keys);
+    decode_window<SELECT_EDGE, T, N>(raw, col, start, end, -CUDART_INF_F, [&](float v) { return sm.key(v); }, keys);
 }
 
-// The values of a fetched pack (backward): masked columns get 0.
-template <typename T, int N, typename I>
-__device__ __forceinline__ void decode_values(const RawPack<T, N>& raw, I col, I start, I end, float (&values)[N]) {
-    decode_window<T, N>(raw, col, start, end, 0.f, [](float v) { return v; }, values);
+// The values of a pack from fetch_window (backward): masked columns get 0. They hold zero
+// bits as fetched, which decode to +0.0: so every pack decodes whole, with no test.
+template <typename T, int N>
+__device__ __forceinline__ void decode_values(const RawPack<T, N>& raw, float (&values)[N]) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) values[i] = to_f32(raw.get(i));
 }
 
 // A pack of y and the pack of dy at the same columns (the backward's unit of work).
@@ -275,12 +306,23 @@ __device__ __forceinline__ void store_values(T* row, I col, ColumnWindow<I> own,
 }
 
 // Writes the pack at `col` of a row: value(j) for its columns inside [start, end), +0.0 for
-// the others (value is not called for them); nothing outside the row's own columns `own`.
-// Whole packs inside or outside the window skip the per-column test.
-template <typename T, int N, typename I, typename F>
+// the others; nothing outside the row's own columns `own`. Whole packs inside or outside
+// the window skip the per-column test, and value(j) is called for the columns inside the
+// window alone, unless SELECT_EDGE (see decode_window): then it is called for every column
+// of every pack and a select keeps those inside, so it must have no effect and may see
+// whatever a column outside holds (the rows kernels' keys and values, in registers).
+template <typename T, int N, bool SELECT_EDGE = false, typename I, typename F>
 __device__ __forceinline__ void store_window(T* row, I col, ColumnWindow<I> own, I start, I end, F value) {
     float out[N];
-    if (col >= start && col + N <= end) {
+    if constexpr (SELECT_EDGE && N > 1) {
+#pragma unroll
+        for (int j = 0; j < N; ++j) out[j] = value(j);
+        if (!(col >= start && col + N <= end)) {
+            const uint32_t inside = pack_bits<N>(col, start, end);  // 0 for a pack outside
+#pragma unroll
+            for (int j = 0; j < N; ++j) out[j] = (inside >> j) & 1u ? out[j] : 0.f;
+        }
+    } else if (col >= start && col + N <= end) {
 #pragma unroll
         for (int j = 0; j < N; ++j) out[j] = value(j);
     } else if (N == 1 || !pack_overlaps<N>(col, start, end)) {

@@ -49,8 +49,8 @@ __device__ __forceinline__ void rows_backward(const T* y, const T* dy, T* dx, co
 #pragma unroll
             for (int i = 0; i < PACKS; ++i) {
                 const int32_t col = lane_pack_column<GROUP, PACK>(i, rows[r].member);
-                decode_values<T, PACK>(raw[r][i].y, col, w.start, w.end, ys[i]);
-                decode_values<T, PACK>(raw[r][i].dy, col, w.start, w.end, dys[i]);
+                decode_values<T, PACK>(raw[r][i].y, ys[i]);
+                decode_values<T, PACK>(raw[r][i].dy, dys[i]);
                 if (pack_overlaps<PACK>(col, w.start, w.end))  // else zeros: nothing to add
 #pragma unroll
                     for (int j = 0; j < PACK; ++j) dot += ys[i][j] * dys[i][j];
@@ -131,8 +131,8 @@ __device__ __forceinline__ void block_regs_backward(const T* y, const T* dy, T* 
         float dot = 0.f;
 #pragma unroll
         for (int i = 0; i < PACKS; ++i) {
-            decode_values<T, PACK>(raw[i].y, column(i), w.start, w.end, ys[i]);
-            decode_values<T, PACK>(raw[i].dy, column(i), w.start, w.end, dys[i]);
+            decode_values<T, PACK>(raw[i].y, ys[i]);
+            decode_values<T, PACK>(raw[i].dy, dys[i]);
             if (pack_overlaps<PACK>(column(i), w.start, w.end))  // else zeros: nothing to add
 #pragma unroll
                 for (int j = 0; j < PACK; ++j) dot += ys[i][j] * dys[i][j];
@@ -171,7 +171,7 @@ __device__ __forceinline__ void block_regs_backward_16bit(const T* y, const T* d
     });
 }
 
-// Fetches the pair of packs at column `col` (see fetch_window), and decodes one.
+// Fetches the pair of packs at column `col` (see fetch_window); decode_pair decodes them.
 template <typename T, int PACK>
 __device__ __forceinline__ void fetch_pair(const T* y, const T* dy, int64_t col, const RowWindow& w,
                                            PackPair<T, PACK>& raw, const L2Policy* policy = nullptr) {
@@ -180,10 +180,9 @@ __device__ __forceinline__ void fetch_pair(const T* y, const T* dy, int64_t col,
 }
 
 template <typename T, int PACK>
-__device__ __forceinline__ void decode_pair(const PackPair<T, PACK>& raw, int64_t col, const RowWindow& w,
-                                            float (&ys)[PACK], float (&dys)[PACK]) {
-    decode_values<T, PACK>(raw.y, col, w.start, w.end, ys);
-    decode_values<T, PACK>(raw.dy, col, w.start, w.end, dys);
+__device__ __forceinline__ void decode_pair(const PackPair<T, PACK>& raw, float (&ys)[PACK], float (&dys)[PACK]) {
+    decode_values<T, PACK>(raw.y, ys);
+    decode_values<T, PACK>(raw.dy, dys);
 }
 
 // y and dy of the valid packs cached in shared memory ([y..][dy..] per pack slot); thread t
@@ -209,7 +208,7 @@ __device__ __forceinline__ void block_cached_backward(const T* y, const T* dy, T
             [&](int64_t i, PackPair<T, PACK>& raw) { fetch_pair<T, PACK>(y + offset, dy + offset, i * PACK, w, raw); },
             [&](int64_t i, const PackPair<T, PACK>& raw) {
                 float ys[PACK], dys[PACK];
-                decode_pair<T, PACK>(raw, i * PACK, w, ys, dys);
+                decode_pair<T, PACK>(raw, ys, dys);
 #pragma unroll
                 for (int j = 0; j < PACK; ++j) dot += ys[j] * dys[j];
                 // y's pack, then dy's: 16-byte stores (see cluster_backward).
@@ -239,7 +238,7 @@ __device__ __forceinline__ void for_pack_pairs(const T* y, const T* dy, const Ro
         [&](int64_t i, PackPair<T, PACK>& raw) { fetch_pair<T, PACK>(y, dy, i * PACK, w, raw, policy); },
         [&](int64_t i, const PackPair<T, PACK>& raw) {
             float ys[PACK], dys[PACK];
-            decode_pair<T, PACK>(raw, i * PACK, w, ys, dys);
+            decode_pair<T, PACK>(raw, ys, dys);
             body(i, ys, dys);
         });
 }
@@ -380,7 +379,7 @@ __device__ __forceinline__ void cluster_backward(const T* y, const T* dy, T* dx,
             },
             [&](int64_t i, const PackPair<T, PACK>& raw) {
                 float ys[PACK], dys[PACK];
-                decode_pair<T, PACK>(raw, i * PACK, w, ys, dys);
+                decode_pair<T, PACK>(raw, ys, dys);
 #pragma unroll
                 for (int j = 0; j < PACK; ++j) dot += ys[j] * dys[j];
                 if (CACHED) {
@@ -418,7 +417,7 @@ __device__ __forceinline__ void cluster_backward(const T* y, const T* dy, T* dx,
                 },
                 [&](int64_t i, const PackPair<T, PACK>& raw) {
                     float ys[PACK], dys[PACK];
-                    decode_pair<T, PACK>(raw, i * PACK, w, ys, dys);
+                    decode_pair<T, PACK>(raw, ys, dys);
                     store_window<T, PACK>(dx + offset, i * PACK, f.own(p), w.start, w.end,
                                           [&](int j) { return softmax_grad(ys[j], dys[j], row_dot, p.scale); });
                 });

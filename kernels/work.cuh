@@ -460,7 +460,9 @@ __device__ __forceinline__ void fetch_group_row_pairs(const T* y, const T* dy, c
 }
 
 // Writes a lane's PACKS packs of row `r`: value(i, j) for element j of pack i inside the
-// row's window, exact +0.0 outside it; nothing for inactive lanes or outside the row.
+// row's window, exact +0.0 outside it; nothing for inactive lanes or outside the row. A
+// pack across an edge of the window asks value for all its elements (store_window,
+// SELECT_EDGE: a warp of short rows meets every kind of pack at once).
 template <typename T, int PACK, int PACKS, int GROUP, typename Value>
 __device__ __forceinline__ void store_group_row(T* out, const GroupRow& r, int32_t k_len, Value value) {
     if (!r.active) return;
@@ -469,8 +471,8 @@ __device__ __forceinline__ void store_group_row(T* out, const GroupRow& r, int32
     for (int i = 0; i < PACKS; ++i) {
         const int32_t col = lane_pack_column<GROUP, PACK>(i, r.member);
         if (col >= own.end) break;
-        store_window<T, PACK>(out + r.offset, col, own, r.window.start, r.window.end,
-                              [&](int j) { return value(i, j); });
+        store_window<T, PACK, true>(out + r.offset, col, own, r.window.start, r.window.end,
+                                    [&](int j) { return value(i, j); });
     }
 }
 
