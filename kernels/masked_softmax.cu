@@ -240,8 +240,8 @@ __device__ __forceinline__ void rows_forward(const T* x, T* y, const MaskParams&
             };
 #pragma unroll
             for (int i = 0; i < PACKS; ++i) {
-                decode_keys<T, PACK, true>(raw[r][i], lane_pack_column<GROUP, PACK>(i, rows[r].member), w.start,
-                                           w.end, sm, keys[i]);
+                decode_keys<T, PACK, select_edge<GROUP, PACKS>()>(
+                    raw[r][i], lane_pack_column<GROUP, PACK>(i, rows[r].member), w.start, w.end, sm, keys[i]);
                 if (live(i))
 #pragma unroll
                     for (int j = 0; j < PACK; ++j) max_key = max_nan(max_key, keys[i][j]);

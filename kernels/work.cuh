@@ -459,10 +459,23 @@ __device__ __forceinline__ void fetch_group_row_pairs(const T* y, const T* dy, c
         }
 }
 
+// Whether a rows kernel of GROUP lanes a row, PACKS packs a lane, takes packs across the
+// window's edge as whole ones (decode_window, store_window: SELECT_EDGE). Where a warp
+// holds several rows, each pack index meets packs inside, across and outside the windows
+// at once, and the select spares the warp the per-column path. Where it holds one (GROUP
+// 32), the pack indices beyond the row's end are outside for the whole warp, which the
+// per-pack branches skip for a few moves and the select would decode and weigh: sm_90
+// rows_g32_p4x8_f32 takes 24 instructions more for each such pack, some 3.5 a row of
+// k=1000, against about 35 fewer for the one across the edge. So one-row warps select
+// only with up to 2 packs a lane (on average half a pack index outside).
+template <int GROUP, int PACKS>
+__device__ __forceinline__ constexpr bool select_edge() {
+    return GROUP < WARP || PACKS <= 2;
+}
+
 // Writes a lane's PACKS packs of row `r`: value(i, j) for element j of pack i inside the
-// row's window, exact +0.0 outside it; nothing for inactive lanes or outside the row. A
-// pack across an edge of the window asks value for all its elements (store_window,
-// SELECT_EDGE: a warp of short rows meets every kind of pack at once).
+// row's window, exact +0.0 outside it; nothing for inactive lanes or outside the row.
+// Under select_edge, value is asked for every element (store_window).
 template <typename T, int PACK, int PACKS, int GROUP, typename Value>
 __device__ __forceinline__ void store_group_row(T* out, const GroupRow& r, int32_t k_len, Value value) {
     if (!r.active) return;
@@ -471,8 +484,8 @@ __device__ __forceinline__ void store_group_row(T* out, const GroupRow& r, int32
     for (int i = 0; i < PACKS; ++i) {
         const int32_t col = lane_pack_column<GROUP, PACK>(i, r.member);
         if (col >= own.end) break;
-        store_window<T, PACK, true>(out + r.offset, col, own, r.window.start, r.window.end,
-                                    [&](int j) { return value(i, j); });
+        store_window<T, PACK, select_edge<GROUP, PACKS>()>(out + r.offset, col, own, r.window.start,
+                                                          r.window.end, [&](int j) { return value(i, j); });
     }
 }
 
