@@ -32,6 +32,15 @@ rows, 122.5 a row, where ncu measured 123 a row on the H200 (v10 profile, sweep 
     e.g. cuobjdump -sass -fun masked_softmax_fwd_rows_g1_p1x1_f32 target/ptxas/masked_softmax.sm_90.cubin > k1.sass
          scripts/sass-path.py k1.sass 0x3d0:T,0x58a0:T
 
+--union TAKEN2 walks the loop a second time with the decisions TAKEN2 and also counts the
+instructions on either walk, each once: what a warp issues when its lanes split between
+the two at the branches where they differ (a divergent warp runs both sides in turn). For
+the rows kernels, TAKEN every pack whole and TAKEN2 every pack across the window's edge
+(their branches not taken) give the cost of a warp whose rows end inside packs, which is
+most warps of short rows (PERFORMANCE.md, v15).
+
+    scripts/sass-path.py k64.sass 0x1c00:T,0x1fa0:T --union 0x1c00:N,0x1fa0:N
+
 --trace also prints, in the walk's order, each conditional branch met (its address, the
 instruction and T or N: where to look for the decisions to give) and each global load or
 store, MUFU and shuffle with its place on the path. The count does not say whether a
@@ -59,34 +68,23 @@ def branch_target(text):
     return int(m.group(1), 16) if m else None
 
 
-def main():
-    trace = "--trace" in sys.argv[1:]
-    args = [a for a in sys.argv[1:] if a != "--trace"]
-    if not args:
-        sys.exit(__doc__)
-    ins, order = parse(args[0])
+def decisions(arg):
     overrides = {}
-    if len(args) > 1 and args[1]:
-        for item in args[1].split(","):
-            addr, way = item.split(":")
-            overrides[int(addr, 16)] = way == "T"
-    # The row loop: the backward branch that spans the most code (the warp-divergence
-    # fallbacks of shuffles, reached by BRA.DIV, also branch back, into the loop's body).
-    # Those stubs sit after the kernel's first unconditional EXIT: only branches before it count.
-    exits = [a for a in order if ins[a] == "EXIT"]
-    first_exit = exits[0] if exits else order[-1] + 1
-    back = [(a, branch_target(ins[a])) for a in order if branch_target(ins[a]) is not None and branch_target(ins[a]) < a]
-    back = [b for b in back if b[0] < first_exit] or back
-    if not back:
-        sys.exit("no loop (no backward branch) in " + sys.argv[1])
-    end, start = max(back, key=lambda b: b[0] - b[1])
-    pc, count, taken = start, 0, []
+    for item in filter(None, (arg or "").split(",")):
+        addr, way = item.split(":")
+        overrides[int(addr, 16)] = way == "T"
+    return overrides
+
+
+def walk(ins, order, start, end, overrides, trace):
+    """The addresses on the path from start to the back edge at end, and the branches taken."""
+    pc, path, taken = start, [], []
     unusual_scale = None  # the predicate that holds for the unusual scales, while it lives
     while True:
         text = ins[pc]
-        count += 1
+        path.append(pc)
         if trace and re.search(r"\b(LDG|STG|MUFU|SHFL)", text):
-            print(f"    {count:5d} {pc:#x} {text}")
+            print(f"    {len(path):5d} {pc:#x} {text}")
         body = re.sub(r"^@!?U?P\w+ ", "", text)
         dest = re.match(r"[FIP]\w*SETP\S* (P\d),|PLOP3\S* (P\d),", body)
         if dest:
@@ -94,10 +92,10 @@ def main():
             # ScaleMap::plain's test: |scale| < 2^-64 or |scale| log2(e) = inf.
             unusual_scale = written if "5.42101086242752217e-20" in body else (
                 None if written == unusual_scale else unusual_scale)
-        if count > 100000:
+        if len(path) > 100000:
             sys.exit("the path does not reach the back edge: give more branch decisions")
         if pc == end:
-            break
+            return path, taken
         i = order.index(pc)
         nxt = order[i + 1]
         target = branch_target(text)
@@ -117,7 +115,40 @@ def main():
             else:
                 nxt = target
         pc = nxt
-    print(f"loop {start:#x}..{end:#x}: {count} instructions on the path; branches taken: {' '.join(taken) or 'none'}")
+
+
+def main():
+    argv = sys.argv[1:]
+    trace = "--trace" in argv
+    argv = [a for a in argv if a != "--trace"]
+    second = None
+    if "--union" in argv:
+        i = argv.index("--union")
+        if i + 1 >= len(argv):
+            sys.exit("--union needs a second set of decisions")
+        second = argv[i + 1]
+        del argv[i:i + 2]
+    if not argv:
+        sys.exit(__doc__)
+    ins, order = parse(argv[0])
+    # The row loop: the backward branch that spans the most code (the warp-divergence
+    # fallbacks of shuffles, reached by BRA.DIV, also branch back, into the loop's body).
+    # Those stubs sit after the kernel's first unconditional EXIT: only branches before it count.
+    exits = [a for a in order if ins[a] == "EXIT"]
+    first_exit = exits[0] if exits else order[-1] + 1
+    back = [(a, branch_target(ins[a])) for a in order if branch_target(ins[a]) is not None and branch_target(ins[a]) < a]
+    back = [b for b in back if b[0] < first_exit] or back
+    if not back:
+        sys.exit("no loop (no backward branch) in " + argv[0])
+    end, start = max(back, key=lambda b: b[0] - b[1])
+    path, taken = walk(ins, order, start, end, decisions(argv[1] if len(argv) > 1 else ""), trace)
+    print(f"loop {start:#x}..{end:#x}: {len(path)} instructions on the path; branches taken: {' '.join(taken) or 'none'}")
+    if second is not None:
+        if trace:
+            print("  second walk (--union):")
+        path2, taken2 = walk(ins, order, start, end, decisions(second), trace)
+        print(f"second walk: {len(path2)} instructions; branches taken: {' '.join(taken2) or 'none'}")
+        print(f"union: {len(set(path) | set(path2))} instructions on either walk")
 
 
 if __name__ == "__main__":
