@@ -149,8 +149,8 @@ __device__ __forceinline__ void with_plain_scale(const ScaleMap& sm, Body body) 
 
 // Turns a thread's keys into weights against the row's max key (all 0 in a zero row, whose
 // max is -inf) and returns their sum: the middle of every register-resident kernel. Packs
-// for which live(i) is false (wholly outside the row's window, so never read again: see
-// store_window) are skipped: their weights would all be 0.
+// for which live(i) is false (wholly outside the row's window, whose outputs are zeros
+// whatever their keys: see store_window) are skipped: their weights would all be 0.
 template <int PACKS, int PACK, typename Live>
 __device__ __forceinline__ float weigh_keys(float (&keys)[PACKS][PACK], float max_key, const ScaleMap& sm,
                                             Live live) {

@@ -460,17 +460,17 @@ __device__ __forceinline__ void fetch_group_row_pairs(const T* y, const T* dy, c
 }
 
 // Whether a rows kernel of GROUP lanes a row, PACKS packs a lane, takes packs across the
-// window's edge as whole ones (decode_window, store_window: SELECT_EDGE). Where a warp
-// holds several rows, each pack index meets packs inside, across and outside the windows
-// at once, and the select spares the warp the per-column path. Where it holds one (GROUP
-// 32), the pack indices beyond the row's end are outside for the whole warp, which the
-// per-pack branches skip for a few moves and the select would decode and weigh: sm_90
-// rows_g32_p4x8_f32 takes 24 instructions more for each such pack, some 3.5 a row of
-// k=1000, against about 35 fewer for the one across the edge. So one-row warps select
-// only with up to 2 packs a lane (on average half a pack index outside).
+// window's edge as whole ones (decode_window, store_window: SELECT_EDGE): where a warp holds
+// at least as many rows (32 / GROUP) as a lane holds packs. Then at most pack indices the
+// warp holds packs inside, across and outside the windows at once, and the select spares
+// it the per-column path. With fewer rows, more pack indices lie wholly outside for the
+// whole warp, which the per-pack branches skip for a few moves and the select would decode
+// and value: sm_90 rows_g32_p4x8_f32 (k=1000) takes 24 instructions more for each
+// such pack, some 3.5 a row, against about 35 fewer for the one across the edge, and
+// rows_g16_p4x4_f32 (k=256, 2 rows) comes out even (PERFORMANCE.md v15).
 template <int GROUP, int PACKS>
 __device__ __forceinline__ constexpr bool select_edge() {
-    return GROUP < WARP || PACKS <= 2;
+    return WARP / GROUP >= PACKS;
 }
 
 // Writes a lane's PACKS packs of row `r`: value(i, j) for element j of pack i inside the
