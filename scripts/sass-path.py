@@ -39,7 +39,14 @@ the rows kernels, TAKEN every pack whole and TAKEN2 every pack across the window
 (their branches not taken) give the cost of a warp whose rows end inside packs, which is
 most warps of short rows (PERFORMANCE.md, v15).
 
-    scripts/sass-path.py k64.sass 0x1c00:T,0x1fa0:T --union 0x1c00:N,0x1fa0:N
+    e.g. v15's rows_keys_g8_p8x1_f16 (from scripts/check-ptxas.sh's masked_softmax.sm_90.cubin),
+    every fetch, decode and store whole, then every one across the edge (the own-columns
+    stores, 0x31a0 and 0x4310, whole in both): 418, 581 and a union of 583
+    scripts/sass-path.py k64.sass 0x1c00:T,0x1fa0:T,0x23d0:T,0x3020:T,0x31a0:T,0x35b0:T,0x41a0:T,0x4310:T
+        --union 0x1c00:N,0x1fa0:N,0x23d0:N,0x3020:N,0x31a0:T,0x35b0:N,0x41a0:N,0x4310:T   (one command line)
+    (addresses move with any change to the kernels: find the branches again with --trace).
+    The union counts distinct addresses, so an instruction a walk passes twice (a rolled
+    inner loop, such as the unusual scale's) counts once there.
 
 --trace also prints, in the walk's order, each conditional branch met (its address, the
 instruction and T or N: where to look for the decisions to give) and each global load or
