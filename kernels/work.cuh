@@ -461,9 +461,9 @@ __device__ __forceinline__ void fetch_group_row_pairs(const T* y, const T* dy, c
 
 // Whether a rows kernel of GROUP lanes a row, PACKS packs a lane, takes packs across the
 // window's edge as whole ones (decode_window, store_window: SELECT_EDGE): where a warp holds
-// at least as many rows (32 / GROUP) as a lane holds packs. Then at most pack indices the
-// warp holds packs inside, across and outside the windows at once, and the select spares
-// it the per-column path. With fewer rows, more pack indices lie wholly outside for the
+// at least as many rows (32 / GROUP) as a lane holds packs. Then, at most of its pack
+// indices, the warp holds packs inside, across and outside the windows at once, and the
+// select spares it the per-column path. With fewer rows, more pack indices lie wholly outside for the
 // whole warp, which the per-pack branches skip for a few moves and the select would decode
 // and value: sm_90 rows_g32_p4x8_f32 (k=1000) takes 24 instructions more for each
 // such pack, some 3.5 a row, against about 35 fewer for the one across the edge, and
