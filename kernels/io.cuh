@@ -125,6 +125,17 @@ __device__ __forceinline__ uint32_t pack_bits(I col, I start, I end) {
     return (ALL << first) & ~(ALL << last) & ALL;
 }
 
+// Puts `fill` in the columns of a pack not wholly inside [start, end) that lie outside it
+// (all of them for a pack outside): the select of SELECT_EDGE (decode_window, store_window).
+template <int N, typename I>
+__device__ __forceinline__ void fill_outside(float (&v)[N], I col, I start, I end, float fill) {
+    if (!(col >= start && col + N <= end)) {
+        const uint32_t inside = pack_bits<N>(col, start, end);  // 0 for a pack outside
+#pragma unroll
+        for (int j = 0; j < N; ++j) v[j] = (inside >> j) & 1u ? v[j] : fill;
+    }
+}
+
 // An L2 eviction priority for a load (sm_80+: createpolicy, ld.global.L2::cache_hint): a
 // 64-bit descriptor the compiler keeps in uniform registers (no per-thread register). The
 // kernels that read each valid pack twice ask the L2 to keep the first read's lines for
@@ -250,11 +261,7 @@ __device__ __forceinline__ void decode_window(const RawPack<T, N>& raw, I col, I
     if constexpr (SELECT_EDGE && N > 1) {
 #pragma unroll
         for (int i = 0; i < N; ++i) out[i] = valid(to_f32(raw.get(i)));
-        if (!(col >= start && col + N <= end)) {
-            const uint32_t inside = pack_bits<N>(col, start, end);  // 0 for a pack outside
-#pragma unroll
-            for (int i = 0; i < N; ++i) out[i] = (inside >> i) & 1u ? out[i] : fill;
-        }
+        fill_outside<N>(out, col, start, end, fill);
     } else if (col >= start && col + N <= end) {
 #pragma unroll
         for (int i = 0; i < N; ++i) out[i] = valid(to_f32(raw.get(i)));
@@ -317,11 +324,7 @@ __device__ __forceinline__ void store_window(T* row, I col, ColumnWindow<I> own,
     if constexpr (SELECT_EDGE && N > 1) {
 #pragma unroll
         for (int j = 0; j < N; ++j) out[j] = value(j);
-        if (!(col >= start && col + N <= end)) {
-            const uint32_t inside = pack_bits<N>(col, start, end);  // 0 for a pack outside
-#pragma unroll
-            for (int j = 0; j < N; ++j) out[j] = (inside >> j) & 1u ? out[j] : 0.f;
-        }
+        fill_outside<N>(out, col, start, end, 0.f);
     } else if (col >= start && col + N <= end) {
 #pragma unroll
         for (int j = 0; j < N; ++j) out[j] = value(j);
