@@ -41,6 +41,10 @@
 //! [`KernelKind::Split`] (rows cut into chunks spread over the whole grid, two launches
 //! and a scratch buffer) runs any length on request; the planner does not pick it yet.
 //!
+//! Blocks: the block kernels' blocks are whole warps, as many as a row needs (steps 3-5;
+//! 64 to 512 threads), not the next power of two: a row a pack past one would otherwise
+//! take twice the threads and registers and halve the rows a multiprocessor holds.
+//!
 //! Grids: every kernel strides over its rows (or chunks) by the grid, so a grid need hold
 //! no more than the blocks the device runs at once (more would start as a second wave,
 //! part-empty unless whole). The planner counts threads, shared memory with the system's
@@ -214,9 +218,9 @@ pub enum KernelKind {
         /// Packs per lane.
         packs: u32,
     },
-    /// A block per row (64 to 512 threads; 256 at most for the 16-bit forward's wide
-    /// variant of 64 columns a thread), `packs` packs of `pack` elements per thread in
-    /// registers: rows up to that many threads times `pack * packs` columns.
+    /// A block per row (64 to 512 threads, in whole warps; 256 at most for the 16-bit
+    /// forward's wide variant of 64 columns a thread), `packs` packs of `pack` elements per
+    /// thread in registers: rows up to that many threads times `pack * packs` columns.
     BlockRegs {
         /// Elements per pack.
         pack: u32,
@@ -890,26 +894,45 @@ impl LaunchPlan {
 }
 
 /// How many blocks of one compiled kernel a multiprocessor runs at once by the kernel's
-/// threads and registers alone (no dynamic shared memory), at block sizes of 32 to 1024
-/// threads (powers of two): what the driver's occupancy calculator answers for the loaded
-/// kernel ([`CudaSoftmax::new`](crate::cuda::CudaSoftmax::new) asks it), for
+/// threads and registers alone (no dynamic shared memory), at every block size in whole
+/// warps from 32 to 1024 threads (the block kernels' sizes: see `whole_warps`): what the
+/// driver's occupancy calculator answers for the loaded kernel
+/// ([`CudaSoftmax::new`](crate::cuda::CudaSoftmax::new) asks it), for
 /// [`LaunchPlan::fit_resident`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct KernelOccupancy {
-    /// Blocks a multiprocessor by block size (32, 64, ... 1024 threads); 0 where unknown.
-    blocks: [u32; 6],
+    /// Blocks a multiprocessor by block size (32, 64, 96, ... 1024 threads); 0 where unknown.
+    blocks: [u32; OCCUPANCY_BLOCK_SIZES],
 }
+
+/// Block sizes a [`KernelOccupancy`] holds: 1 to 32 warps.
+const OCCUPANCY_BLOCK_SIZES: usize = 32;
 
 impl KernelOccupancy {
     /// Nothing known.
-    pub const UNKNOWN: KernelOccupancy = KernelOccupancy { blocks: [0; 6] };
-    /// The block sizes recorded.
-    pub const BLOCK_SIZES: [u32; 6] = [32, 64, 128, 256, 512, 1024];
+    pub const UNKNOWN: KernelOccupancy = KernelOccupancy {
+        blocks: [0; OCCUPANCY_BLOCK_SIZES],
+    };
+    /// The block sizes recorded: 32, 64, 96, ... 1024 threads.
+    pub const BLOCK_SIZES: [u32; OCCUPANCY_BLOCK_SIZES] = {
+        let mut sizes = [0; OCCUPANCY_BLOCK_SIZES];
+        let mut i = 0;
+        while i < OCCUPANCY_BLOCK_SIZES {
+            sizes[i] = (i as u32 + 1) * WARP_SIZE;
+            i += 1;
+        }
+        sizes
+    };
+
+    fn index(block: u32) -> Option<usize> {
+        let i = (block / WARP_SIZE).checked_sub(1)? as usize;
+        (block % WARP_SIZE == 0 && i < OCCUPANCY_BLOCK_SIZES).then_some(i)
+    }
 
     /// Records `blocks_per_sm` blocks of `block` threads a multiprocessor; other block
     /// sizes, and 0, are ignored.
     pub fn record(&mut self, block: u32, blocks_per_sm: u32) {
-        if let Some(i) = Self::BLOCK_SIZES.iter().position(|&b| b == block)
+        if let Some(i) = Self::index(block)
             && blocks_per_sm > 0
         {
             self.blocks[i] = blocks_per_sm;
@@ -918,8 +941,7 @@ impl KernelOccupancy {
 
     /// Blocks of `block` threads a multiprocessor, if known.
     pub fn get(&self, block: u32) -> Option<u32> {
-        let i = Self::BLOCK_SIZES.iter().position(|&b| b == block)?;
-        Some(self.blocks[i]).filter(|&n| n > 0)
+        Some(self.blocks[Self::index(block)?]).filter(|&n| n > 0)
     }
 }
 
@@ -944,6 +966,15 @@ const MAX_CLUSTER: u64 = 8;
 const REGISTERS_PER_SM: u64 = 64 * 1024;
 /// Registers per thread the cluster kernels take at most (ptxas, sm_90: 40-64).
 const CLUSTER_KERNEL_REGISTERS: u64 = 64;
+
+/// The threads of whole warps that `threads` need: a block kernel's size. Blocks in whole
+/// warps rather than powers of two (v16): a row one pack past a power of two took a
+/// block twice the size, half of it idle and holding its registers and threads, so half
+/// as many rows resident a multiprocessor (H200, v10: 16-bit forward block_regs at 4097
+/// keys, 256 threads a row where 4096 keys take 128, 2.92x the floor against 1.55x).
+fn whole_warps(threads: u64) -> u64 {
+    threads.next_multiple_of(WARP_SIZE as u64)
+}
 
 fn prev_power_of_two(n: u64) -> u64 {
     if n == 0 { 0 } else { 1 << n.ilog2() }
@@ -1332,10 +1363,7 @@ impl Problem {
             partials: 0,
         };
         // The looping block kernels: about 8 packs per thread, 128 to LOOP_BLOCK threads.
-        let loop_block = row_packs
-            .div_ceil(8)
-            .next_power_of_two()
-            .clamp(128, LOOP_BLOCK as u64) as u32;
+        let loop_block = whole_warps(row_packs.div_ceil(8)).clamp(128, LOOP_BLOCK as u64) as u32;
         match kind {
             KernelKind::Rows { group, packs, .. } | KernelKind::RowsKeys { group, packs, .. } => {
                 if columns > (group * pack * packs) as u64 {
@@ -1351,10 +1379,8 @@ impl Problem {
                 if columns > (most * pack * packs) as u64 {
                     return None;
                 }
-                let block = row_packs
-                    .div_ceil(packs as u64)
-                    .next_power_of_two()
-                    .clamp(64, most as u64) as u32;
+                let block =
+                    whole_warps(row_packs.div_ceil(packs as u64)).clamp(64, most as u64) as u32;
                 let grid = self.rows.min(sms * (threads_per_sm / block as u64).max(1));
                 Some(plan(grid, block, BLOCK_SCRATCH_BYTES))
             }
@@ -2438,6 +2464,72 @@ mod tests {
             ..H100
         };
         assert_eq!(grid(unreserved), 264);
+    }
+
+    #[test]
+    fn block_kernels_take_the_warps_a_row_needs() {
+        // (Dense rows of odd length start off 16-byte boundaries: seen shifted.)
+        let rows = |k_len: usize| Spec::new(Shape::matrix(16_384, k_len));
+        // 16-bit forward block_regs, 32 columns a thread: 4096 keys on 4 warps; 4097 seen
+        // shifted, 4104 columns, on 5 warps (a power of two would take 8).
+        let p = plan(&rows(4096), DType::F16, ALIGNED);
+        assert_eq!(
+            (p.kernel_name().as_str(), p.block),
+            ("masked_softmax_fwd_block_regs_p8x4_f16", 128)
+        );
+        let p = plan(&rows(4097), DType::F16, ALIGNED);
+        assert_eq!(p.params.flags & MASK_SHIFTED_PACKS, MASK_SHIFTED_PACKS);
+        assert_eq!(
+            (p.kernel_name().as_str(), p.block),
+            ("masked_softmax_fwd_block_regs_p8x4_f16", 160)
+        );
+        // At 2500 keys, 3 warps; never fewer than 2 (the f32 backward at 300 keys, 8
+        // columns a thread, 38 threads).
+        assert_eq!(plan(&rows(2500), DType::F16, ALIGNED).block, 96);
+        let p = plan_backward(&rows(300), DType::F32, H100, ALIGNED).unwrap();
+        assert_eq!(
+            (p.kernel_name().as_str(), p.block),
+            ("masked_softmax_bwd_block_regs_p4x2_f32", 64)
+        );
+        // The f32 forward's block_cached, about 8 packs a thread: 1025 packs on 5 warps.
+        let p = plan(&rows(4097), DType::F32, ALIGNED);
+        assert_eq!(
+            (p.kernel_name().as_str(), p.block),
+            ("masked_softmax_fwd_block_cached_p4_f32", 160)
+        );
+        // block_stream, 8 packs a thread: 3000 packs on 12 warps.
+        let p = plan(&rows(12_000), DType::F32, ALIGNED);
+        assert_eq!(
+            (p.kernel_name().as_str(), p.block),
+            ("masked_softmax_fwd_block_stream_p4_f32", 384)
+        );
+        // The driver's count at 5 warps cuts the grid of 12 blocks a multiprocessor by
+        // threads to the 7 that 54 registers a thread let run.
+        let p = plan(&rows(4097), DType::F16, ALIGNED);
+        assert_eq!(p.grid, 132 * 12);
+        let mut occupancy = KernelOccupancy::UNKNOWN;
+        occupancy.record(160, 7);
+        let mut fitted = p.clone();
+        fitted.fit_resident(&H100, &occupancy);
+        assert_eq!(fitted.grid, 132 * 7);
+    }
+
+    #[test]
+    fn occupancy_is_kept_for_every_whole_number_of_warps() {
+        let mut occupancy = KernelOccupancy::UNKNOWN;
+        for (i, &block) in KernelOccupancy::BLOCK_SIZES.iter().enumerate() {
+            assert_eq!(block, 32 * (i as u32 + 1));
+            occupancy.record(block, 100 + i as u32);
+        }
+        assert_eq!(occupancy.get(32), Some(100));
+        assert_eq!(occupancy.get(160), Some(104));
+        assert_eq!(occupancy.get(1024), Some(131));
+        // Sizes that are not whole warps, or past 1024 threads, are neither kept nor known.
+        for block in [0, 16, 100, 1056, u32::MAX] {
+            occupancy.record(block, 1);
+            assert_eq!(occupancy.get(block), None);
+        }
+        assert_eq!(occupancy.get(160), Some(104));
     }
 
     #[test]

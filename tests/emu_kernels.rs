@@ -75,6 +75,11 @@ static LAUNCHED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 /// reach each that asks ([`KernelKind::asks_l2_ahead`]; the every-kernel trials' grids
 /// mostly give a block a single row).
 static PREFETCHED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+/// Every block-per-row kernel some case launched in blocks of a whole number of warps other
+/// than a power of two (the planner sizes those blocks in whole warps): the whole matrix
+/// must launch each so, since nothing in a block kernel may take its block for a power of
+/// two.
+static UNEVEN_BLOCKS: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 
 /// One problem for the emulated kernels: the device, the kernel (the planner's if `kind`
 /// is `None`; its prefetching instance if `prefetch`, as
@@ -152,6 +157,9 @@ impl<T: Element> Emulation<'_, T> {
             },
         };
         LAUNCHED.lock().unwrap().insert(name.clone());
+        if !plan.block.is_power_of_two() {
+            UNEVEN_BLOCKS.lock().unwrap().insert(name.clone());
+        }
         if let KernelKind::Split { .. } = plan.kernel {
             return self.run_split(plan, buffers, &ins, &out, out_buf);
         }
@@ -738,11 +746,37 @@ fn main() {
             );
             std::process::exit(1);
         }
+        let uneven = UNEVEN_BLOCKS.lock().unwrap();
+        let block_per_row: Vec<String> = kinds
+            .iter()
+            .filter(|(k, _, _)| {
+                matches!(
+                    k,
+                    KernelKind::BlockRegs { .. }
+                        | KernelKind::BlockCached { .. }
+                        | KernelKind::BlockStream { .. }
+                )
+            })
+            .map(|&(k, d, direction)| k.name(d, direction))
+            .collect();
+        let even: Vec<&String> = block_per_row
+            .iter()
+            .filter(|n| !uneven.contains(*n))
+            .collect();
+        if !even.is_empty() {
+            println!(
+                "emu_kernels: these block kernels never ran in a block of whole warps other \
+                 than a power of two: {even:?}"
+            );
+            std::process::exit(1);
+        }
         println!(
-            "emu_kernels: every one of the {} compiled kernels ran, and each of the {} \
-             prefetching instances that asks the L2 asked for rows",
+            "emu_kernels: every one of the {} compiled kernels ran, each of the {} \
+             prefetching instances that asks the L2 asked for rows, and each of the {} \
+             block-per-row kernels ran in a block of warps not a power of two in number",
             compiled.len(),
-            prefetched.len()
+            prefetched.len(),
+            block_per_row.len()
         );
     }
     conclusion.exit();

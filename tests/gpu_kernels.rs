@@ -19,7 +19,7 @@ use common::{
 use cudarc::driver::{CudaContext, DeviceRepr};
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
 use masked_softmax::cuda::{CudaSoftmax, DeviceLengths, LengthsArg, open_device};
-use masked_softmax::plan::{Buffers, ClusterResidency, Direction, KernelKind};
+use masked_softmax::plan::{Buffers, ClusterResidency, Direction, KernelKind, KernelOccupancy};
 use masked_softmax::{DType, Element, Error, Lengths, Padding, Shape, Spec, compare, f16, seed};
 
 struct Gpu {
@@ -854,14 +854,17 @@ fn kernel_occupancy(g: &Gpu) -> TestResult {
                 .iter()
                 .map(|&kind| (kind, &g.softmax, kind.name(dtype, direction)));
             for (kind, softmax, name) in plain.chain(prefetching) {
-                let blocks: &[u32] = match kind {
-                    KernelKind::Rows { .. } | KernelKind::RowsKeys { .. } => &[256],
-                    KernelKind::BlockRegs { .. } => &[64, 128, 256, 512],
-                    KernelKind::BlockCached { .. } | KernelKind::BlockStream { .. } => {
-                        &[128, 256, 512]
-                    }
-                    _ => &[],
+                // The sizes the planner launches it at: whole warps for the block kernels.
+                let least = match kind {
+                    KernelKind::Rows { .. } | KernelKind::RowsKeys { .. } => 256,
+                    KernelKind::BlockRegs { .. } => 64,
+                    KernelKind::BlockCached { .. } | KernelKind::BlockStream { .. } => 128,
+                    _ => u32::MAX,
                 };
+                let blocks: Vec<u32> = KernelOccupancy::BLOCK_SIZES
+                    .into_iter()
+                    .filter(|&b| b >= least)
+                    .collect();
                 let occupancy = softmax
                     .occupancy(direction, kind, dtype)
                     .ok_or(format!("{name}: not loaded"))?;
@@ -874,7 +877,10 @@ fn kernel_occupancy(g: &Gpu) -> TestResult {
                     )?;
                 }
                 // Up to the kind's launch bounds (the wide 16-bit block_regs: 256).
-                for &block in blocks.iter().filter(|&&b| b <= kind.max_block_threads()) {
+                for block in blocks
+                    .into_iter()
+                    .filter(|&b| b <= kind.max_block_threads())
+                {
                     let driver =
                         function.occupancy_max_active_blocks_per_multiprocessor(block, 0, None)?;
                     match occupancy.get(block) {
