@@ -86,6 +86,48 @@ __device__ __forceinline__ void store_pack(T* dst, const float (&src)[N]) {
     *reinterpret_cast<Pack<T, N>*>(dst) = pack;
 }
 
+// store_pack for a 16-byte pack, as one 128-bit store whatever the code around it: in the
+// streaming kernels' loops over whole packs (work.cuh, for_window_packs) the compiler
+// split store_pack's stores of a batch of packs into 4-byte ones (sm_90, v17). In PTX,
+// with a memory clobber (as __stwb has) that keeps every other memory access on its side:
+// harmless there, where a batch's loads all come before its stores. (__stwb itself, the
+// `.wb` store, came out as STG.E.128.STRONG.SM, not the plain STG.E.128.)
+template <typename T, int N>
+__device__ __forceinline__ void store_pack_128(T* dst, const float (&src)[N]) {
+    static_assert(sizeof(T) * N == 16, "16-byte packs");
+    CHECK_ALIGNED(dst, 16);
+    uint32_t w[4];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+        if constexpr (sizeof(T) == 4) {
+            memcpy(&w[k], &src[k], 4);
+        } else {
+            const T lo = from_f32<T>(src[2 * k]), hi = from_f32<T>(src[2 * k + 1]);
+            uint16_t lo_bits, hi_bits;
+            memcpy(&lo_bits, static_cast<const void*>(&lo), 2);
+            memcpy(&hi_bits, static_cast<const void*>(&hi), 2);
+            w[k] = uint32_t(lo_bits) | (uint32_t(hi_bits) << 16);
+        }
+    }
+#ifdef MASKED_SOFTMAX_EMULATION
+    memcpy(static_cast<void*>(dst), w, 16);
+#else
+    asm volatile("st.global.v4.u32 [%0], {%1, %2, %3, %4};" ::"l"(dst), "r"(w[0]),
+                 "r"(w[1]), "r"(w[2]), "r"(w[3])
+                 : "memory");
+#endif
+}
+
+// A whole pack of the window (so within the row's own columns): 16-byte packs by
+// store_pack_128, single elements as they are.
+template <typename T, int N>
+__device__ __forceinline__ void store_whole(T* dst, const float (&src)[N]) {
+    if constexpr (sizeof(T) * N == 16)
+        store_pack_128<T, N>(dst, src);
+    else
+        store_pack<T, N>(dst, src);
+}
+
 // Column arithmetic within a row is in an integer type I that the kernel picks: int32_t
 // where its rows are short enough (the register kernels, up to 16384 columns, which the
 // planner's capacity checks guarantee: src/plan.rs, Problem::configure; where a
@@ -211,26 +253,33 @@ __device__ __forceinline__ void load_hinted(const void* src, L2Policy policy, ui
 // element-wise reads of a pack across an edge of the window stay plain. (A pointer known
 // at compile time: a runtime choice between a hinted and a plain load doubled the loop's
 // loads and spilled the backward clusters.)
+// The whole pack at `at`, every column of which the caller knows to lie inside the window.
+template <typename T, int N>
+__device__ __forceinline__ void fetch_whole(const T* at, RawPack<T, N>& raw, const L2Policy* policy = nullptr) {
+    using Raw = RawPack<T, N>;
+    CHECK_ALIGNED(at, Raw::BYTES);
+    if (policy) {
+        load_hinted<Raw::BYTES>(at, *policy, raw.w);
+    } else if constexpr (Raw::BYTES == 16) {
+        const uint4 v = *reinterpret_cast<const uint4*>(at);
+        raw.w[0] = v.x;
+        raw.w[1] = v.y;
+        raw.w[2] = v.z;
+        raw.w[3] = v.w;
+    } else if constexpr (Raw::BYTES == 4) {
+        raw.w[0] = *reinterpret_cast<const uint32_t*>(at);
+    } else {
+        static_assert(Raw::BYTES == 2, "packs are 16 bytes or one element");
+        raw.w[0] = *reinterpret_cast<const uint16_t*>(at);
+    }
+}
+
 template <typename T, int N, typename I>
 __device__ __forceinline__ void fetch_window(const T* row, I col, I start, I end, RawPack<T, N>& raw,
                                              const L2Policy* policy = nullptr) {
     using Raw = RawPack<T, N>;
     if (col >= start && col + N <= end) {
-        CHECK_ALIGNED(row + col, Raw::BYTES);
-        if (policy) {
-            load_hinted<Raw::BYTES>(row + col, *policy, raw.w);
-        } else if constexpr (Raw::BYTES == 16) {
-            const uint4 v = *reinterpret_cast<const uint4*>(row + col);
-            raw.w[0] = v.x;
-            raw.w[1] = v.y;
-            raw.w[2] = v.z;
-            raw.w[3] = v.w;
-        } else if constexpr (Raw::BYTES == 4) {
-            raw.w[0] = *reinterpret_cast<const uint32_t*>(row + col);
-        } else {
-            static_assert(Raw::BYTES == 2, "packs are 16 bytes or one element");
-            raw.w[0] = *reinterpret_cast<const uint16_t*>(row + col);
-        }
+        fetch_whole<T, N>(row + col, raw, policy);
     } else {
 #pragma unroll
         for (int i = 0; i < Raw::WORDS; ++i) raw.w[i] = 0;
@@ -280,6 +329,13 @@ template <typename T, int N, bool SELECT_EDGE = false, typename I>
 __device__ __forceinline__ void decode_keys(const RawPack<T, N>& raw, I col, I start, I end, const ScaleMap& sm,
                                             float (&keys)[N]) {
     decode_window<SELECT_EDGE, T, N>(raw, col, start, end, -CUDART_INF_F, [&](float v) { return sm.key(v); }, keys);
+}
+
+// The keys of a whole pack of the window (forward): no column to mask.
+template <typename T, int N>
+__device__ __forceinline__ void decode_whole_keys(const RawPack<T, N>& raw, const ScaleMap& sm, float (&keys)[N]) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) keys[i] = sm.key(to_f32(raw.get(i)));
 }
 
 // The values of a pack from fetch_window (backward): masked columns get 0. They hold zero

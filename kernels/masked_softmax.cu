@@ -353,44 +353,66 @@ __device__ __forceinline__ void block_cached_forward(const T* x, T* y, const Mas
     });
 }
 
-// The two passes of the kernels that read rows twice (block_stream, split), over one
-// thread's packs first, first + step, ... below end of a row seen from frame `f` (x and y
-// at the row's frame), read under `policy`. PLAIN: see ScaleMap::weigh.
-// Both walk the packs the same way: body(i, keys) gets pack i's keys, decoded.
-template <typename T, int PACK, typename Body>
-__device__ __forceinline__ void for_pack_keys(const T* x, const RowWindow& w, int64_t first, int64_t end,
-                                              uint32_t step, const ScaleMap& sm, const L2Policy* policy, Body body) {
-    for_packs<LOADS_IN_FLIGHT, RawPack<T, PACK>>(
-        first, end, step,
+// The two passes of the kernels that read rows twice (block_stream, split, the streaming
+// cluster), each over one thread's share of a row's packs (thread t of `step`: see
+// for_window_packs) seen from frame `f` (x and y at the row's frame), read under
+// `policy`. PLAIN: see ScaleMap::weigh.
+
+// Pass 1: the statistics of the valid keys of the packs [first, last) (those that reach
+// into the window).
+template <bool PLAIN, typename T, int PACK>
+__device__ __forceinline__ SoftmaxStats stream_stats(const T* x, const RowWindow& w, int64_t first, int64_t last,
+                                                     uint32_t t, uint32_t step, const ScaleMap& sm,
+                                                     const L2Policy* policy) {
+    SoftmaxStats st = stats_empty();
+    for_window_packs<PACK, LOADS_IN_FLIGHT, RawPack<T, PACK>>(
+        first, last, t, step, w.start, w.end,
+        [&](int64_t i, RawPack<T, PACK>& raw) { fetch_whole<T, PACK>(x + i * PACK, raw, policy); },
+        [&](int64_t, const RawPack<T, PACK>& raw) {
+            float keys[PACK];
+            decode_whole_keys<T, PACK>(raw, sm, keys);
+            stats_add<PLAIN>(st, keys, sm);
+        },
         [&](int64_t i, RawPack<T, PACK>& raw) { fetch_window<T, PACK>(x, i * PACK, w.start, w.end, raw, policy); },
         [&](int64_t i, const RawPack<T, PACK>& raw) {
             float keys[PACK];
             decode_keys<T, PACK>(raw, i * PACK, w.start, w.end, sm, keys);
-            body(i, keys);
+            stats_add<PLAIN>(st, keys, sm);
         });
-}
-
-// Pass 1: the statistics of the packs' valid keys.
-template <bool PLAIN, typename T, int PACK>
-__device__ __forceinline__ SoftmaxStats stream_stats(const T* x, const RowWindow& w, int64_t first, int64_t end,
-                                                     uint32_t step, const ScaleMap& sm, const L2Policy* policy) {
-    SoftmaxStats st = stats_empty();
-    for_pack_keys<T, PACK>(x, w, first, end, step, sm, policy,
-                           [&](int64_t, const float (&keys)[PACK]) { stats_add<PLAIN>(st, keys, sm); });
     return st;
 }
 
-// Pass 2: the packs' probabilities (zeros outside the window), written within the row's
-// own columns.
+// Pass 2: the probabilities of the packs [begin, end) of the row's own columns, zeros
+// outside the window (written, not read).
 template <bool PLAIN, typename T, int PACK>
 __device__ __forceinline__ void stream_write(const T* x, T* y, const RowFrame& f, const MaskParams& p,
-                                             const RowSoftmax& r, int64_t first, int64_t end, uint32_t step,
-                                             const ScaleMap& sm, const L2Policy* policy) {
+                                             const RowSoftmax& r, int64_t begin, int64_t end, uint32_t t,
+                                             uint32_t step, const ScaleMap& sm, const L2Policy* policy) {
     const RowWindow& w = f.window;
-    for_pack_keys<T, PACK>(x, w, first, end, step, sm, policy, [&](int64_t i, const float (&keys)[PACK]) {
-        store_window<T, PACK>(y, i * PACK, f.own(p), w.start, w.end,
-                              [&](int j) { return probability<PLAIN>(r, keys[j], sm); });
-    });
+    // The packs that reach into the window, within [begin, end). (The row's own columns,
+    // f.own(p), are worked out where used: kept across the loop, they made block_stream
+    // spill.)
+    const int64_t first = min(max(begin, w.start / PACK), end);
+    const int64_t last = max(first, min(end, packs_in<PACK>(w.end)));
+    write_zero_packs<T, PACK>(y, f.own(p), begin + t, first, step);
+    write_zero_packs<T, PACK>(y, f.own(p), last + t, end, step);
+    for_window_packs<PACK, LOADS_IN_FLIGHT, RawPack<T, PACK>>(
+        first, last, t, step, w.start, w.end,
+        [&](int64_t i, RawPack<T, PACK>& raw) { fetch_whole<T, PACK>(x + i * PACK, raw, policy); },
+        [&](int64_t i, const RawPack<T, PACK>& raw) {
+            float keys[PACK], out[PACK];
+            decode_whole_keys<T, PACK>(raw, sm, keys);
+#pragma unroll
+            for (int j = 0; j < PACK; ++j) out[j] = probability<PLAIN>(r, keys[j], sm);
+            store_whole<T, PACK>(y + i * PACK, out);  // a whole pack of the window: within own
+        },
+        [&](int64_t i, RawPack<T, PACK>& raw) { fetch_window<T, PACK>(x, i * PACK, w.start, w.end, raw, policy); },
+        [&](int64_t i, const RawPack<T, PACK>& raw) {
+            float keys[PACK];
+            decode_keys<T, PACK>(raw, i * PACK, w.start, w.end, sm, keys);
+            store_window<T, PACK>(y, i * PACK, f.own(p), w.start, w.end,
+                                  [&](int j) { return probability<PLAIN>(r, keys[j], sm); });
+        });
 }
 
 // Any row length: online statistics over the valid scores, then a second read to write
@@ -412,10 +434,10 @@ __device__ __forceinline__ void block_stream_forward(const T* x, T* y, const Mas
 
         with_plain_scale(sm, [&](auto plain) {
             constexpr bool PLAIN = decltype(plain)::value;
-            const SoftmaxStats st = stream_stats<PLAIN, T, PACK>(x + offset, w, first_pack + threadIdx.x, end_pack,
+            const SoftmaxStats st = stream_stats<PLAIN, T, PACK>(x + offset, w, first_pack, end_pack, threadIdx.x,
                                                                  blockDim.x, sm, &first_read);
             const RowSoftmax r = row_softmax(block_stats_merge(st, scratch, sm));
-            stream_write<PLAIN, T, PACK>(x + offset, y + offset, f, p, r, threadIdx.x, packs_in<PACK>(f.own(p).end),
+            stream_write<PLAIN, T, PACK>(x + offset, y + offset, f, p, r, 0, packs_in<PACK>(f.own(p).end), threadIdx.x,
                                          blockDim.x, sm, &second_read);
         });
     }
@@ -445,8 +467,8 @@ __device__ __forceinline__ void split_stats_forward(const T* x, float2* partials
         const int64_t offset = c.frame.offset;
         SoftmaxStats st = stats_empty();
         with_plain_scale(sm, [&](auto plain) {
-            st = stream_stats<decltype(plain)::value, T, PACK>(x + offset, w, c.first + threadIdx.x, c.last, blockDim.x,
-                                                               sm, &first_read);
+            st = stream_stats<decltype(plain)::value, T, PACK>(x + offset, w, c.first, c.last, threadIdx.x,
+                                                               blockDim.x, sm, &first_read);
         });
         st = block_stats_merge(st, scratch, sm);
         if (threadIdx.x == 0) partials[item] = make_float2(st.max_key, st.sum);
@@ -473,7 +495,7 @@ __device__ __forceinline__ void split_write_forward(const T* x, T* y, const floa
         }
         const RowSoftmax r = row_softmax(block_stats_merge(st, scratch, sm));
         with_plain_scale(sm, [&](auto plain) {
-            stream_write<decltype(plain)::value, T, PACK>(x + offset, y + offset, f, p, r, c.begin + threadIdx.x, c.end,
+            stream_write<decltype(plain)::value, T, PACK>(x + offset, y + offset, f, p, r, c.begin, c.end, threadIdx.x,
                                                           blockDim.x, sm, &second_read);
         });
     }
@@ -512,19 +534,24 @@ __device__ __forceinline__ void cluster_forward(const T* x, T* y, const MaskPara
         with_plain_scale(sm, [&](auto plain) {
             constexpr bool PLAIN = decltype(plain)::value;
             SoftmaxStats st = stats_empty();
-            for_packs<LOADS_IN_FLIGHT, RawPack<T, PACK>>(
-                first_owned(first, chunk.begin + threadIdx.x, blockDim.x), last, blockDim.x,
-                [&](int64_t i, RawPack<T, PACK>& raw) {
-                    fetch_window<T, PACK>(x + offset, i * PACK, w.start, w.end, raw, CACHED ? nullptr : &first_read);
-                },
-                [&](int64_t i, const RawPack<T, PACK>& raw) {
-                    float keys[PACK];
-                    decode_keys<T, PACK>(raw, i * PACK, w.start, w.end, sm, keys);
-                    stats_add<PLAIN>(st, keys, sm);
-                    if (CACHED)
+            if (CACHED) {
+                // Thread t caches the packs it will write: chunk.begin + t, + blockDim, ...
+                for_packs<LOADS_IN_FLIGHT, RawPack<T, PACK>>(
+                    first_owned(first, chunk.begin + threadIdx.x, blockDim.x), last, blockDim.x,
+                    [&](int64_t i, RawPack<T, PACK>& raw) {
+                        fetch_window<T, PACK>(x + offset, i * PACK, w.start, w.end, raw);
+                    },
+                    [&](int64_t i, const RawPack<T, PACK>& raw) {
+                        float keys[PACK];
+                        decode_keys<T, PACK>(raw, i * PACK, w.start, w.end, sm, keys);
+                        stats_add<PLAIN>(st, keys, sm);
 #pragma unroll
                         for (int j = 0; j < PACK; ++j) cache[(i - chunk.begin) * PACK + j] = keys[j];
-                });
+                    });
+            } else {
+                st = stream_stats<PLAIN, T, PACK>(x + offset, w, first, last, threadIdx.x, blockDim.x, sm,
+                                                  &first_read);
+            }
             st = block_stats_merge(st, scratch, sm);
             if (threadIdx.x == 0) *published = make_float2(st.max_key, st.sum);
             cluster_sync();
@@ -549,16 +576,8 @@ __device__ __forceinline__ void cluster_forward(const T* x, T* y, const MaskPara
                 }
             } else {
                 const L2Policy second_read = reread.second_read();
-                for_packs<LOADS_IN_FLIGHT, RawPack<T, PACK>>(
-                    chunk.begin + threadIdx.x, chunk.end, blockDim.x,
-                    [&](int64_t i, RawPack<T, PACK>& raw) {
-                        fetch_window<T, PACK>(x + offset, i * PACK, w.start, w.end, raw, &second_read);
-                    },
-                    [&](int64_t i, const RawPack<T, PACK>& raw) {
-                        float keys[PACK];
-                        decode_keys<T, PACK>(raw, i * PACK, w.start, w.end, sm, keys);
-                        store(i, keys);
-                    });
+                stream_write<PLAIN, T, PACK>(x + offset, y + offset, f, p, r, chunk.begin, chunk.end, threadIdx.x,
+                                             blockDim.x, sm, &second_read);
             }
         });
     }
@@ -618,7 +637,8 @@ __device__ __forceinline__ void cluster_forward(const T* x, T* y, const MaskPara
     }                                                                                                  \
     REGISTER_KERNEL(masked_softmax_fwd_block_regs_p##P##x##N##_##SUFFIX)
 
-// The looping block kernels run at most 512 threads per block (src/plan.rs, LOOP_BLOCK).
+// The looping block kernels run at most 512 threads per block (src/plan.rs, LOOP_BLOCK);
+// those that stream a row take STREAM_MIN_BLOCKS (work.cuh).
 #define BLOCK_KERNELS(SUFFIX, T, P, N)                                                                   \
     BLOCK_REGS_KERNEL(SUFFIX, T, P, N)                                                                  \
     extern "C" __global__ void __launch_bounds__(512)                                                   \
@@ -626,32 +646,35 @@ __device__ __forceinline__ void cluster_forward(const T* x, T* y, const MaskPara
         block_cached_forward<T, P>(x, y, p);                                                            \
     }                                                                                                   \
     REGISTER_KERNEL(masked_softmax_fwd_block_cached_p##P##_##SUFFIX)                                    \
-    extern "C" __global__ void __launch_bounds__(512)                                                   \
+    extern "C" __global__ void __launch_bounds__(512, STREAM_MIN_BLOCKS(P))                             \
         masked_softmax_fwd_block_stream_p##P##_##SUFFIX(const T* x, T* y, MaskParams p) {               \
         block_stream_forward<T, P>(x, y, p);                                                            \
     }                                                                                                   \
     REGISTER_KERNEL(masked_softmax_fwd_block_stream_p##P##_##SUFFIX)                                    \
-    extern "C" __global__ void __launch_bounds__(512)                                                   \
+    extern "C" __global__ void __launch_bounds__(512, SPLIT_MIN_BLOCKS)                                 \
         masked_softmax_fwd_split_stats_p##P##_##SUFFIX(const T* x, float2* partials, MaskParams p) {    \
         split_stats_forward<T, P>(x, partials, p);                                                      \
     }                                                                                                   \
     REGISTER_KERNEL(masked_softmax_fwd_split_stats_p##P##_##SUFFIX)                                     \
-    extern "C" __global__ void __launch_bounds__(512) masked_softmax_fwd_split_write_p##P##_##SUFFIX(   \
+    extern "C" __global__ void __launch_bounds__(512, SPLIT_MIN_BLOCKS)                                 \
+        masked_softmax_fwd_split_write_p##P##_##SUFFIX(                                                 \
         const T* x, T* y, const float2* partials, MaskParams p) {                                       \
         split_write_forward<T, P>(x, y, partials, p);                                                   \
     }                                                                                                   \
     REGISTER_KERNEL(masked_softmax_fwd_split_write_p##P##_##SUFFIX)
 
 #if MASKED_SOFTMAX_HAS_CLUSTERS
-#define CLUSTER_KERNEL(SUFFIX, T, P, MODE, CACHED)                                                       \
-    extern "C" __global__ void __launch_bounds__(512)                                                   \
+// BOUNDS: __launch_bounds__'s arguments. The cached ones' are (512) alone: given a
+// minimum of 1 block, ptxas took 79 registers where it takes 51 (16-bit, sm_90).
+#define CLUSTER_KERNEL(SUFFIX, T, P, MODE, CACHED, BOUNDS)                                               \
+    extern "C" __global__ void __launch_bounds__ BOUNDS                                                 \
         masked_softmax_fwd_cluster_##MODE##_p##P##_##SUFFIX(const T* x, T* y, MaskParams p) {           \
         cluster_forward<T, P, CACHED>(x, y, p);                                                         \
     }                                                                                                   \
     REGISTER_KERNEL(masked_softmax_fwd_cluster_##MODE##_p##P##_##SUFFIX)
-#define CLUSTER_KERNELS(SUFFIX, T, P)             \
-    CLUSTER_KERNEL(SUFFIX, T, P, cached, true)    \
-    CLUSTER_KERNEL(SUFFIX, T, P, stream, false)
+#define CLUSTER_KERNELS(SUFFIX, T, P)                   \
+    CLUSTER_KERNEL(SUFFIX, T, P, cached, true, (512)) \
+    CLUSTER_KERNEL(SUFFIX, T, P, stream, false, (512, STREAM_MIN_BLOCKS(P)))
 #else
 #define CLUSTER_KERNELS(SUFFIX, T, P)
 #endif

@@ -226,47 +226,77 @@ __device__ __forceinline__ void block_cached_backward(const T* y, const T* dy, T
     });
 }
 
-// The two passes of the kernels that read rows twice (block_stream, split), over one
-// thread's packs first, first + step, ... below end of a row seen from frame `f` (y, dy
-// and dx at the row's frame), read under `policy`.
-// Both walk the packs the same way: body(i, ys, dys) gets pack i's values, decoded.
-template <typename T, int PACK, typename Body>
-__device__ __forceinline__ void for_pack_pairs(const T* y, const T* dy, const RowWindow& w, int64_t first,
-                                               int64_t end, uint32_t step, const L2Policy* policy, Body body) {
-    for_packs<PAIRS_IN_FLIGHT, PackPair<T, PACK>>(
-        first, end, step,
+// The two passes of the kernels that read rows twice (block_stream, split, the streaming
+// cluster), each over one thread's share of a row's packs (thread t of `step`: see
+// for_window_packs) seen from frame `f` (y, dy and dx at the row's frame), read under
+// `policy`.
+
+// The whole pair of packs of the window at pack i (see fetch_whole).
+template <typename T, int PACK>
+__device__ __forceinline__ void fetch_whole_pair(const T* y, const T* dy, int64_t i, PackPair<T, PACK>& raw,
+                                                 const L2Policy* policy) {
+    fetch_whole<T, PACK>(y + i * PACK, raw.y, policy);
+    fetch_whole<T, PACK>(dy + i * PACK, raw.dy, policy);
+}
+
+// Pass 1: the sum of y * dy over the valid columns of the packs [first, last) (those that
+// reach into the window).
+template <typename T, int PACK>
+__device__ __forceinline__ float stream_dot(const T* y, const T* dy, const RowWindow& w, int64_t first, int64_t last,
+                                            uint32_t t, uint32_t step, const L2Policy* policy) {
+    float dot = 0.f;
+    const auto add = [&](const float (&ys)[PACK], const float (&dys)[PACK]) {
+#pragma unroll
+        for (int j = 0; j < PACK; ++j) dot += ys[j] * dys[j];
+    };
+    for_window_packs<PACK, PAIRS_IN_FLIGHT, PackPair<T, PACK>>(
+        first, last, t, step, w.start, w.end,
+        [&](int64_t i, PackPair<T, PACK>& raw) { fetch_whole_pair<T, PACK>(y, dy, i, raw, policy); },
+        [&](int64_t, const PackPair<T, PACK>& raw) {
+            float ys[PACK], dys[PACK];
+            decode_pair<T, PACK>(raw, ys, dys);
+            add(ys, dys);
+        },
+        [&](int64_t i, PackPair<T, PACK>& raw) { fetch_pair<T, PACK>(y, dy, i * PACK, w, raw, policy); },
+        [&](int64_t, const PackPair<T, PACK>& raw) {
+            float ys[PACK], dys[PACK];
+            decode_pair<T, PACK>(raw, ys, dys);  // masked columns: +0.0
+            add(ys, dys);
+        });
+    return dot;
+}
+
+// Pass 2: dx over the packs [begin, end) of the row's own columns, zeros outside the
+// window (written, not read).
+template <typename T, int PACK>
+__device__ __forceinline__ void stream_write_grad(const T* y, const T* dy, T* dx, const RowFrame& f,
+                                                  const MaskParams& p, float dot, int64_t begin, int64_t end,
+                                                  uint32_t t, uint32_t step, const L2Policy* policy) {
+    const RowWindow& w = f.window;
+    // The packs that reach into the window, within [begin, end). (The row's own columns,
+    // f.own(p), are worked out where used: kept across the loop, they made block_stream
+    // spill.)
+    const int64_t first = min(max(begin, w.start / PACK), end);
+    const int64_t last = max(first, min(end, packs_in<PACK>(w.end)));
+    write_zero_packs<T, PACK>(dx, f.own(p), begin + t, first, step);
+    write_zero_packs<T, PACK>(dx, f.own(p), last + t, end, step);
+    for_window_packs<PACK, PAIRS_IN_FLIGHT, PackPair<T, PACK>>(
+        first, last, t, step, w.start, w.end,
+        [&](int64_t i, PackPair<T, PACK>& raw) { fetch_whole_pair<T, PACK>(y, dy, i, raw, policy); },
+        [&](int64_t i, const PackPair<T, PACK>& raw) {
+            float ys[PACK], dys[PACK], out[PACK];
+            decode_pair<T, PACK>(raw, ys, dys);
+#pragma unroll
+            for (int j = 0; j < PACK; ++j) out[j] = softmax_grad(ys[j], dys[j], dot, p.scale);
+            store_whole<T, PACK>(dx + i * PACK, out);  // a whole pack of the window: within own
+        },
         [&](int64_t i, PackPair<T, PACK>& raw) { fetch_pair<T, PACK>(y, dy, i * PACK, w, raw, policy); },
         [&](int64_t i, const PackPair<T, PACK>& raw) {
             float ys[PACK], dys[PACK];
             decode_pair<T, PACK>(raw, ys, dys);
-            body(i, ys, dys);
+            store_window<T, PACK>(dx, i * PACK, f.own(p), w.start, w.end,
+                                  [&](int j) { return softmax_grad(ys[j], dys[j], dot, p.scale); });
         });
-}
-
-// Pass 1: the packs' sum of y * dy over valid columns.
-template <typename T, int PACK>
-__device__ __forceinline__ float stream_dot(const T* y, const T* dy, const RowWindow& w, int64_t first, int64_t end,
-                                            uint32_t step, const L2Policy* policy) {
-    float dot = 0.f;
-    for_pack_pairs<T, PACK>(y, dy, w, first, end, step, policy,
-                            [&](int64_t, const float (&ys)[PACK], const float (&dys)[PACK]) {
-#pragma unroll
-                                for (int j = 0; j < PACK; ++j) dot += ys[j] * dys[j];
-                            });
-    return dot;
-}
-
-// Pass 2: the packs' dx (zeros outside the window), written within the row's own columns.
-template <typename T, int PACK>
-__device__ __forceinline__ void stream_write_grad(const T* y, const T* dy, T* dx, const RowFrame& f,
-                                                  const MaskParams& p, float dot, int64_t first, int64_t end,
-                                                  uint32_t step, const L2Policy* policy) {
-    const RowWindow& w = f.window;
-    for_pack_pairs<T, PACK>(y, dy, w, first, end, step, policy,
-                            [&](int64_t i, const float (&ys)[PACK], const float (&dys)[PACK]) {
-                                store_window<T, PACK>(dx, i * PACK, f.own(p), w.start, w.end,
-                                                      [&](int j) { return softmax_grad(ys[j], dys[j], dot, p.scale); });
-                            });
 }
 
 // Any row length: the dot product, then a second read of y and dy to write dx (the two
@@ -286,11 +316,11 @@ __device__ __forceinline__ void block_stream_backward(const T* y, const T* dy, T
         const L2Policy first_read = reread.first_read();
         const L2Policy second_read = reread.second_read();
 
-        float dot = stream_dot<T, PACK>(y + offset, dy + offset, w, first_pack + threadIdx.x, end_pack, blockDim.x,
+        float dot = stream_dot<T, PACK>(y + offset, dy + offset, w, first_pack, end_pack, threadIdx.x, blockDim.x,
                                         &first_read);
         dot = block_sum(dot, scratch);
-        stream_write_grad<T, PACK>(y + offset, dy + offset, dx + offset, f, p, dot, threadIdx.x,
-                                   packs_in<PACK>(f.own(p).end), blockDim.x, &second_read);
+        stream_write_grad<T, PACK>(y + offset, dy + offset, dx + offset, f, p, dot, 0, packs_in<PACK>(f.own(p).end),
+                                   threadIdx.x, blockDim.x, &second_read);
     }
 }
 
@@ -312,7 +342,7 @@ __device__ __forceinline__ void split_stats_backward(const T* y, const T* dy, fl
         const SplitChunk c = SplitChunk::of(p, shift, index, split, item);
         const RowWindow& w = c.frame.window;
         const int64_t offset = c.frame.offset;
-        float dot = stream_dot<T, PACK>(y + offset, dy + offset, w, c.first + threadIdx.x, c.last, blockDim.x,
+        float dot = stream_dot<T, PACK>(y + offset, dy + offset, w, c.first, c.last, threadIdx.x, blockDim.x,
                                         &first_read);
         dot = block_sum(dot, scratch);
         if (threadIdx.x == 0) partials[item] = make_float2(dot, 0.f);
@@ -334,7 +364,7 @@ __device__ __forceinline__ void split_write_backward(const T* y, const T* dy, T*
         float row_dot = 0.f;
         for (int64_t i = threadIdx.x; i < split.chunks; i += blockDim.x) row_dot += partials[c.row * split.chunks + i].x;
         row_dot = block_sum(row_dot, scratch);
-        stream_write_grad<T, PACK>(y + offset, dy + offset, dx + offset, f, p, row_dot, c.begin + threadIdx.x, c.end,
+        stream_write_grad<T, PACK>(y + offset, dy + offset, dx + offset, f, p, row_dot, c.begin, c.end, threadIdx.x,
                                    blockDim.x, &second_read);
     }
 }
@@ -372,17 +402,18 @@ __device__ __forceinline__ void cluster_backward(const T* y, const T* dy, T* dx,
         const L2Policy first_read = reread.first_read();
 
         float dot = 0.f;
-        for_packs<PAIRS_IN_FLIGHT, PackPair<T, PACK>>(
-            first_owned(first, chunk.begin + threadIdx.x, blockDim.x), last, blockDim.x,
-            [&](int64_t i, PackPair<T, PACK>& raw) {
-                fetch_pair<T, PACK>(y + offset, dy + offset, i * PACK, w, raw, CACHED ? nullptr : &first_read);
-            },
-            [&](int64_t i, const PackPair<T, PACK>& raw) {
-                float ys[PACK], dys[PACK];
-                decode_pair<T, PACK>(raw, ys, dys);
+        if (CACHED) {
+            // Thread t caches the packs it will write: chunk.begin + t, + blockDim, ...
+            for_packs<PAIRS_IN_FLIGHT, PackPair<T, PACK>>(
+                first_owned(first, chunk.begin + threadIdx.x, blockDim.x), last, blockDim.x,
+                [&](int64_t i, PackPair<T, PACK>& raw) {
+                    fetch_pair<T, PACK>(y + offset, dy + offset, i * PACK, w, raw);
+                },
+                [&](int64_t i, const PackPair<T, PACK>& raw) {
+                    float ys[PACK], dys[PACK];
+                    decode_pair<T, PACK>(raw, ys, dys);
 #pragma unroll
-                for (int j = 0; j < PACK; ++j) dot += ys[j] * dys[j];
-                if (CACHED) {
+                    for (int j = 0; j < PACK; ++j) dot += ys[j] * dys[j];
                     // y's pack, then dy's: one 16-byte store each (interleaved, the two
                     // might alias for all the compiler knows, and went one float at a time).
                     const int64_t slot = (i - chunk.begin) * PACK;
@@ -390,8 +421,10 @@ __device__ __forceinline__ void cluster_backward(const T* y, const T* dy, T* dx,
                     for (int j = 0; j < PACK; ++j) cache_y[slot + j] = ys[j];
 #pragma unroll
                     for (int j = 0; j < PACK; ++j) cache_dy[slot + j] = dys[j];
-                }
-            });
+                });
+        } else {
+            dot = stream_dot<T, PACK>(y + offset, dy + offset, w, first, last, threadIdx.x, blockDim.x, &first_read);
+        }
         dot = block_sum(dot, scratch);
         if (threadIdx.x == 0) published->x = dot;
         cluster_sync();
@@ -410,17 +443,8 @@ __device__ __forceinline__ void cluster_backward(const T* y, const T* dy, T* dx,
             }
         } else {
             const L2Policy second_read = reread.second_read();
-            for_packs<PAIRS_IN_FLIGHT, PackPair<T, PACK>>(
-                chunk.begin + threadIdx.x, chunk.end, blockDim.x,
-                [&](int64_t i, PackPair<T, PACK>& raw) {
-                    fetch_pair<T, PACK>(y + offset, dy + offset, i * PACK, w, raw, &second_read);
-                },
-                [&](int64_t i, const PackPair<T, PACK>& raw) {
-                    float ys[PACK], dys[PACK];
-                    decode_pair<T, PACK>(raw, ys, dys);
-                    store_window<T, PACK>(dx + offset, i * PACK, f.own(p), w.start, w.end,
-                                          [&](int j) { return softmax_grad(ys[j], dys[j], row_dot, p.scale); });
-                });
+            stream_write_grad<T, PACK>(y + offset, dy + offset, dx + offset, f, p, row_dot, chunk.begin, chunk.end,
+                                       threadIdx.x, blockDim.x, &second_read);
         }
     }
 }
@@ -467,7 +491,8 @@ __device__ __forceinline__ void cluster_backward(const T* y, const T* dy, T* dx,
     }                                                                                               \
     REGISTER_KERNEL(masked_softmax_bwd_block_regs_p##P##x##N##_##SUFFIX)
 
-// The looping block kernels run at most 512 threads per block (src/plan.rs, LOOP_BLOCK).
+// The looping block kernels run at most 512 threads per block (src/plan.rs, LOOP_BLOCK);
+// those that stream a row take STREAM_MIN_BLOCKS (work.cuh).
 #define BWD_BLOCK_KERNELS(SUFFIX, T, P, N)                                                          \
     BWD_BLOCK_REGS_KERNEL(SUFFIX, T, P, N)                                                          \
     extern "C" __global__ void __launch_bounds__(512)                                               \
@@ -475,17 +500,19 @@ __device__ __forceinline__ void cluster_backward(const T* y, const T* dy, T* dx,
         block_cached_backward<T, P>(y, dy, dx, p);                                                 \
     }                                                                                              \
     REGISTER_KERNEL(masked_softmax_bwd_block_cached_p##P##_##SUFFIX)                               \
-    extern "C" __global__ void __launch_bounds__(512)                                               \
+    extern "C" __global__ void __launch_bounds__(512, STREAM_MIN_BLOCKS(P))                     \
         masked_softmax_bwd_block_stream_p##P##_##SUFFIX BWD_SIGNATURE(T) {                          \
         block_stream_backward<T, P>(y, dy, dx, p);                                                 \
     }                                                                                              \
     REGISTER_KERNEL(masked_softmax_bwd_block_stream_p##P##_##SUFFIX)                                \
-    extern "C" __global__ void __launch_bounds__(512) masked_softmax_bwd_split_stats_p##P##_##SUFFIX( \
+    extern "C" __global__ void __launch_bounds__(512, SPLIT_MIN_BLOCKS)                         \
+        masked_softmax_bwd_split_stats_p##P##_##SUFFIX(                                             \
         const T* y, const T* dy, float2* partials, MaskParams p) {                                  \
         split_stats_backward<T, P>(y, dy, partials, p);                                             \
     }                                                                                               \
     REGISTER_KERNEL(masked_softmax_bwd_split_stats_p##P##_##SUFFIX)                                 \
-    extern "C" __global__ void __launch_bounds__(512) masked_softmax_bwd_split_write_p##P##_##SUFFIX( \
+    extern "C" __global__ void __launch_bounds__(512, SPLIT_MIN_BLOCKS)                         \
+        masked_softmax_bwd_split_write_p##P##_##SUFFIX(                                             \
         const T* y, const T* dy, T* dx, const float2* partials, MaskParams p) {                     \
         split_write_backward<T, P>(y, dy, dx, partials, p);                                         \
     }                                                                                               \
@@ -500,15 +527,16 @@ __device__ __forceinline__ void cluster_backward(const T* y, const T* dy, T* dx,
     REGISTER_KERNEL(masked_softmax_bwd_block_regs_p##P##x##N##_##SUFFIX)
 
 #if MASKED_SOFTMAX_HAS_CLUSTERS
-#define BWD_CLUSTER_KERNEL(SUFFIX, T, P, MODE, CACHED)                                              \
-    extern "C" __global__ void __launch_bounds__(512)                                               \
+// BOUNDS: __launch_bounds__'s arguments (the cached ones': (512) alone, as the forward's).
+#define BWD_CLUSTER_KERNEL(SUFFIX, T, P, MODE, CACHED, BOUNDS)                                      \
+    extern "C" __global__ void __launch_bounds__ BOUNDS                                             \
         masked_softmax_bwd_cluster_##MODE##_p##P##_##SUFFIX BWD_SIGNATURE(T) {                      \
         cluster_backward<T, P, CACHED>(y, dy, dx, p);                                               \
     }                                                                                              \
     REGISTER_KERNEL(masked_softmax_bwd_cluster_##MODE##_p##P##_##SUFFIX)
-#define BWD_CLUSTER_KERNELS(SUFFIX, T, P)             \
-    BWD_CLUSTER_KERNEL(SUFFIX, T, P, cached, true)    \
-    BWD_CLUSTER_KERNEL(SUFFIX, T, P, stream, false)
+#define BWD_CLUSTER_KERNELS(SUFFIX, T, P)                   \
+    BWD_CLUSTER_KERNEL(SUFFIX, T, P, cached, true, (512)) \
+    BWD_CLUSTER_KERNEL(SUFFIX, T, P, stream, false, (512, STREAM_MIN_BLOCKS(P)))
 #else
 #define BWD_CLUSTER_KERNELS(SUFFIX, T, P)
 #endif

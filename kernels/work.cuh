@@ -52,6 +52,54 @@ __device__ __forceinline__ void for_packs(int64_t first, int64_t end, int64_t st
     }
 }
 
+// The packs [first, last) of a row seen through its window [start, end) of columns, as
+// thread t of `step` visits them: first + t, first + t + step, ... Whole packs (every
+// column inside the window) go to fetch(i, item) and use(i, item), a batch of U in flight
+// as in for_packs, with no test of the window; the packs across an edge, at most two (the
+// first, where `start` is off a pack boundary, and the last, where `end` is), go to
+// edge_fetch(i, item) and edge_use(i, item), which test their columns. `first` is at or
+// after start's pack and `last` at or before end's (a block's or a chunk's share of the
+// window's packs). The streaming kernels' passes: in a long row nearly every pack is
+// whole, and testing each against the window and the row's own columns took more
+// instructions than the arithmetic on its columns (PERFORMANCE.md v17).
+template <int PACK, int U, typename Item, typename Fetch, typename Use, typename EdgeFetch, typename EdgeUse>
+__device__ __forceinline__ void for_window_packs(int64_t first, int64_t last, uint32_t t, uint32_t step,
+                                                 int64_t start, int64_t end, Fetch fetch, Use use,
+                                                 EdgeFetch edge_fetch, EdgeUse edge_use) {
+    const auto edge = [&](int64_t i) {
+        Item item;
+        edge_fetch(i, item);
+        edge_use(i, item);
+    };
+    const int64_t whole_first = (start + PACK - 1) / PACK, whole_end = min(last, end / PACK);
+    int64_t i = first + t;
+    if (i < last && i < whole_first) {  // the pack across the window's start (thread 0's first)
+        edge(i);
+        i += step;
+    }
+    for (; i + (U - 1) * int64_t(step) < whole_end; i += U * int64_t(step)) {
+        Item items[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) fetch(i + u * int64_t(step), items[u]);
+#pragma unroll
+        for (int u = 0; u < U; ++u) use(i + u * int64_t(step), items[u]);
+    }
+    if (i < whole_end) {  // fewer than U whole packs left
+        Item items[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+            if (i + u * int64_t(step) < whole_end) fetch(i + u * int64_t(step), items[u]);
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+            if (i + u * int64_t(step) < whole_end) use(i + u * int64_t(step), items[u]);
+        do i += step;  // past those: at most U steps
+        while (i < whole_end);
+    }
+    // i is now this thread's first pack at or past whole_end: below `last`, only the pack
+    // across the window's end.
+    if (i < last) edge(i);
+}
+
 // Blocks of 512 threads per multiprocessor the forward block_regs kernels ask ptxas to fit
 // (`__launch_bounds__(512, n)`): 2 (64 registers each) where that does not spill, 1
 // (128 registers) for the scalar kernels and, on sm_80, f32 packs of 4, which need more.
@@ -61,6 +109,17 @@ __device__ __forceinline__ void for_packs(int64_t first, int64_t end, int64_t st
 #else
 #define BLOCK_REGS_MIN_BLOCKS(T, P) ((P) > 1 ? 2 : 1)
 #endif
+
+// Blocks of 512 threads per multiprocessor the kernels that stream a row (block_stream,
+// split, the streaming clusters; both directions) ask ptxas to fit (`__launch_bounds__(512,
+// n)`): 2 (64 registers, as the planner counts the clusters: src/plan.rs,
+// CLUSTER_KERNEL_REGISTERS) for 16-byte packs, 3 (40) for single elements. Left free, v17's
+// loops over whole packs took up to 90 registers (16-bit forward); at 3 blocks the 16-byte
+// ones spill, at 4 the single-element backward cluster does.
+#define STREAM_MIN_BLOCKS(P) ((P) > 1 ? 2 : 3)
+// The split kernels (not planned; their variants): 2, 64 registers, as the planner counts
+// them (src/plan.rs, SPLIT_REGISTERS); at 3 the single-element forward write spills.
+#define SPLIT_MIN_BLOCKS 2
 
 // Whether a kernel of type T and packs of P keeps its 16-bit columns as fetched, two to a
 // register ("raw pairs", masked_softmax.cu's RawPairKeys): the 16-bit vector kernels.
@@ -74,6 +133,22 @@ constexpr int PAIRS_IN_FLIGHT = 2;
 
 #include "io.cuh"
 #include "mask.cuh"
+
+// Writes +0.0 to the packs i, i + step, ... below end (packs outside the window: nothing
+// read), within the row's own columns `own`.
+template <typename T, int PACK>
+__device__ __forceinline__ void write_zero_packs(T* row, ColumnWindow<int64_t> own, int64_t i, int64_t end,
+                                                 uint32_t step) {
+    float zeros[PACK];
+#pragma unroll
+    for (int j = 0; j < PACK; ++j) zeros[j] = 0.f;
+    for (; i < end; i += step) {
+        if (i * PACK >= own.start && i * PACK + PACK <= own.end)
+            store_whole<T, PACK>(row + i * PACK, zeros);
+        else
+            store_values<T, PACK>(row, i * PACK, own, zeros);  // across an edge of the row
+    }
+}
 
 // The L2 eviction priorities of the kernels that read a row's valid packs twice, once for
 // the statistics and once to write (block_stream, cluster_stream, split). Every resident
