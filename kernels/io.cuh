@@ -214,9 +214,9 @@ struct L2Policy {
 };
 
 // One aligned load of 16, 4 or 2 bytes under `policy`. asm volatile keeps it where it is,
-// inside the window test that guards it (hoisted out, it could read a pad or past the
-// buffer); no memory clobber is needed, as each pack is read and then written by the same
-// thread.
+// inside the test that guards it (the window's, or the loop bounds of for_window_packs:
+// hoisted out, it could read a pad or past the buffer); no memory clobber is needed, as
+// each pack is read and then written by the same thread.
 template <int BYTES>
 __device__ __forceinline__ void load_hinted(const void* src, L2Policy policy, uint32_t (&w)[(BYTES + 3) / 4]) {
 #ifdef MASKED_SOFTMAX_EMULATION
@@ -244,16 +244,8 @@ __device__ __forceinline__ void load_hinted(const void* src, L2Policy policy, ui
 #endif
 }
 
-// Reading a pack takes two phases. fetch_window issues the loads: the raw pack at `col`,
-// reading only columns inside [start, end) (the others hold zero bits and are never read).
-// Nothing there uses what it loads, so a thread that fetches all its packs before decoding
-// any has all their loads in flight at once; fetching and using pack by pack would wait
-// out the memory latency once per pack (the branches keep the compiler from reordering).
-// With a `policy` (the kernels that read rows twice), whole packs load under it; the
-// element-wise reads of a pack across an edge of the window stay plain. (A pointer known
-// at compile time: a runtime choice between a hinted and a plain load doubled the loop's
-// loads and spilled the backward clusters.)
-// The whole pack at `at`, every column of which the caller knows to lie inside the window.
+// The whole pack at `at`, every column of which the caller knows to lie inside the window
+// (for_window_packs; fetch_window's packs inside).
 template <typename T, int N>
 __device__ __forceinline__ void fetch_whole(const T* at, RawPack<T, N>& raw, const L2Policy* policy = nullptr) {
     using Raw = RawPack<T, N>;
@@ -274,6 +266,15 @@ __device__ __forceinline__ void fetch_whole(const T* at, RawPack<T, N>& raw, con
     }
 }
 
+// Reading a pack takes two phases. fetch_window issues the loads: the raw pack at `col`,
+// reading only columns inside [start, end) (the others hold zero bits and are never read).
+// Nothing there uses what it loads, so a thread that fetches all its packs before decoding
+// any has all their loads in flight at once; fetching and using pack by pack would wait
+// out the memory latency once per pack (the branches keep the compiler from reordering).
+// With a `policy` (the kernels that read rows twice), whole packs load under it; the
+// element-wise reads of a pack across an edge of the window stay plain. (A pointer known
+// at compile time: a runtime choice between a hinted and a plain load doubled the loop's
+// loads and spilled the backward clusters.)
 template <typename T, int N, typename I>
 __device__ __forceinline__ void fetch_window(const T* row, I col, I start, I end, RawPack<T, N>& raw,
                                              const L2Policy* policy = nullptr) {

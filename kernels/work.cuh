@@ -92,7 +92,7 @@ __device__ __forceinline__ void for_window_packs(int64_t first, int64_t last, ui
 #pragma unroll
         for (int u = 0; u < U; ++u)
             if (i + u * int64_t(step) < whole_end) use(i + u * int64_t(step), items[u]);
-        do i += step;  // past those: at most U steps
+        do i += step;  // past those: at most U - 1 steps
         while (i < whole_end);
     }
     // i is now this thread's first pack at or past whole_end: below `last`, only the pack

@@ -11,8 +11,9 @@ mkdir -p "$out"
 nvcc="$(command -v nvcc || true)"
 [[ -n "$nvcc" ]] || nvcc="$("$root/scripts/install-cuda-toolchain.sh" --print | tail -n 1)"
 
-# Spills read in the SASS and accepted, as "arch kernel most-bytes-stored": each stores and
-# reloads one value once per row, outside every loop over a row's packs.
+# Spills read in the SASS and accepted, as "arch kernel bytes": at most that many bytes of
+# stack frame and of spill stores (loads unchecked). Each listed kernel stores and reloads
+# one value once per row, outside every loop over a row's packs.
 #  - block_stream_p8 16-bit forward on sm_90 (v17): the row index, at 64 registers
 #    (__launch_bounds__(512, 2)); left free, ptxas takes 90 and one block fits.
 allowed_spills="
