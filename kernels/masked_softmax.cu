@@ -389,15 +389,9 @@ __device__ __forceinline__ void stream_write(const T* x, T* y, const RowFrame& f
                                              const RowSoftmax& r, int64_t begin, int64_t end, uint32_t t,
                                              uint32_t step, const ScaleMap& sm, const L2Policy* policy) {
     const RowWindow& w = f.window;
-    // The packs that reach into the window, within [begin, end). (The row's own columns,
-    // f.own(p), are worked out where used: kept across the loop, they made block_stream
-    // spill.)
-    const int64_t first = min(max(begin, w.start / PACK), end);
-    const int64_t last = max(first, min(end, packs_in<PACK>(w.end)));
-    write_zero_packs<T, PACK>(y, f.own(p), begin + t, first, step);
-    write_zero_packs<T, PACK>(y, f.own(p), last + t, end, step);
+    const WindowShare share = zero_outside_window<T, PACK>(y, f, p, begin, end, t, step);
     for_window_packs<PACK, LOADS_IN_FLIGHT, RawPack<T, PACK>>(
-        first, last, t, step, w.start, w.end,
+        share.first, share.last, t, step, w.start, w.end,
         [&](int64_t i, RawPack<T, PACK>& raw) { fetch_whole<T, PACK>(x + i * PACK, raw, policy); },
         [&](int64_t i, const RawPack<T, PACK>& raw) {
             float keys[PACK], out[PACK];

@@ -258,6 +258,24 @@ struct RowFrame {
     __device__ __forceinline__ RowWindow own(const MaskParams& p) const { return RowWindow{lead, lead + p.k_len}; }
 };
 
+// The write pass of the streaming kernels (stream_write, stream_write_grad) over the packs
+// [begin, end) of a row's own columns (thread t of `step`): writes +0.0 to those wholly
+// outside the row's window, which nothing reads, and returns the others, [first, last),
+// for for_window_packs. (The row's own columns, f.own(p), are worked out where used: kept
+// across the pass, they made block_stream spill.)
+struct WindowShare {
+    int64_t first, last;
+};
+template <typename T, int PACK>
+__device__ __forceinline__ WindowShare zero_outside_window(T* row, const RowFrame& f, const MaskParams& p,
+                                                           int64_t begin, int64_t end, uint32_t t, uint32_t step) {
+    const int64_t first = min(max(begin, f.window.start / PACK), end);
+    const int64_t last = max(first, min(end, packs_in<PACK>(f.window.end)));
+    write_zero_packs<T, PACK>(row, f.own(p), begin + t, first, step);
+    write_zero_packs<T, PACK>(row, f.own(p), last + t, end, step);
+    return WindowShare{first, last};
+}
+
 // A split work item (SplitItems) as its kernel sees it: its row, seen from the row's frame,
 // and its chunk's packs: [begin, end) to write (within the row's own columns) and
 // [first, last) to read (those that reach into the row's window; empty if none do).
