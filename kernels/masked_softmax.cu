@@ -358,6 +358,29 @@ __device__ __forceinline__ void block_cached_forward(const T* x, T* y, const Mas
 // for_window_packs) seen from frame `f` (x and y at the row's frame), read under
 // `policy`. PLAIN: see ScaleMap::weigh.
 
+// Both walk a share of the packs the same way (for_window_packs): whole(i, keys) gets a
+// whole pack's keys, edge(i, keys) those of a pack across an edge of the window (masked
+// columns -inf).
+template <typename T, int PACK, typename Whole, typename Edge>
+__device__ __forceinline__ void for_pack_keys(const T* x, const RowWindow& w, int64_t first, int64_t last, uint32_t t,
+                                              uint32_t step, const ScaleMap& sm, const L2Policy* policy, Whole whole,
+                                              Edge edge) {
+    for_window_packs<PACK, LOADS_IN_FLIGHT, RawPack<T, PACK>>(
+        first, last, t, step, w.start, w.end,
+        [&](int64_t i, RawPack<T, PACK>& raw) { fetch_whole<T, PACK>(x + i * PACK, raw, policy); },
+        [&](int64_t i, const RawPack<T, PACK>& raw) {
+            float keys[PACK];
+            decode_whole_keys<T, PACK>(raw, sm, keys);
+            whole(i, keys);
+        },
+        [&](int64_t i, RawPack<T, PACK>& raw) { fetch_window<T, PACK>(x, i * PACK, w.start, w.end, raw, policy); },
+        [&](int64_t i, const RawPack<T, PACK>& raw) {
+            float keys[PACK];
+            decode_keys<T, PACK>(raw, i * PACK, w.start, w.end, sm, keys);
+            edge(i, keys);
+        });
+}
+
 // Pass 1: the statistics of the valid keys of the packs [first, last) (those that reach
 // into the window).
 template <bool PLAIN, typename T, int PACK>
@@ -365,20 +388,8 @@ __device__ __forceinline__ SoftmaxStats stream_stats(const T* x, const RowWindow
                                                      uint32_t t, uint32_t step, const ScaleMap& sm,
                                                      const L2Policy* policy) {
     SoftmaxStats st = stats_empty();
-    for_window_packs<PACK, LOADS_IN_FLIGHT, RawPack<T, PACK>>(
-        first, last, t, step, w.start, w.end,
-        [&](int64_t i, RawPack<T, PACK>& raw) { fetch_whole<T, PACK>(x + i * PACK, raw, policy); },
-        [&](int64_t, const RawPack<T, PACK>& raw) {
-            float keys[PACK];
-            decode_whole_keys<T, PACK>(raw, sm, keys);
-            stats_add<PLAIN>(st, keys, sm);
-        },
-        [&](int64_t i, RawPack<T, PACK>& raw) { fetch_window<T, PACK>(x, i * PACK, w.start, w.end, raw, policy); },
-        [&](int64_t i, const RawPack<T, PACK>& raw) {
-            float keys[PACK];
-            decode_keys<T, PACK>(raw, i * PACK, w.start, w.end, sm, keys);
-            stats_add<PLAIN>(st, keys, sm);
-        });
+    const auto add = [&](int64_t, const float (&keys)[PACK]) { stats_add<PLAIN>(st, keys, sm); };
+    for_pack_keys<T, PACK>(x, w, first, last, t, step, sm, policy, add, add);
     return st;
 }
 
@@ -390,20 +401,15 @@ __device__ __forceinline__ void stream_write(const T* x, T* y, const RowFrame& f
                                              uint32_t step, const ScaleMap& sm, const L2Policy* policy) {
     const RowWindow& w = f.window;
     const WindowShare share = zero_outside_window<T, PACK>(y, f, p, begin, end, t, step);
-    for_window_packs<PACK, LOADS_IN_FLIGHT, RawPack<T, PACK>>(
-        share.first, share.last, t, step, w.start, w.end,
-        [&](int64_t i, RawPack<T, PACK>& raw) { fetch_whole<T, PACK>(x + i * PACK, raw, policy); },
-        [&](int64_t i, const RawPack<T, PACK>& raw) {
-            float keys[PACK], out[PACK];
-            decode_whole_keys<T, PACK>(raw, sm, keys);
+    for_pack_keys<T, PACK>(
+        x, w, share.first, share.last, t, step, sm, policy,
+        [&](int64_t i, const float (&keys)[PACK]) {
+            float out[PACK];
 #pragma unroll
             for (int j = 0; j < PACK; ++j) out[j] = probability<PLAIN>(r, keys[j], sm);
             store_whole<T, PACK>(y + i * PACK, out);  // a whole pack of the window: within own
         },
-        [&](int64_t i, RawPack<T, PACK>& raw) { fetch_window<T, PACK>(x, i * PACK, w.start, w.end, raw, policy); },
-        [&](int64_t i, const RawPack<T, PACK>& raw) {
-            float keys[PACK];
-            decode_keys<T, PACK>(raw, i * PACK, w.start, w.end, sm, keys);
+        [&](int64_t i, const float (&keys)[PACK]) {
             store_window<T, PACK>(y, i * PACK, f.own(p), w.start, w.end,
                                   [&](int j) { return probability<PLAIN>(r, keys[j], sm); });
         });

@@ -239,30 +239,40 @@ __device__ __forceinline__ void fetch_whole_pair(const T* y, const T* dy, int64_
     fetch_whole<T, PACK>(dy + i * PACK, raw.dy, policy);
 }
 
+// Both walk a share of the packs the same way (for_window_packs): whole(i, ys, dys) gets a
+// whole pair of packs' values, edge(i, ys, dys) those of a pair across an edge of the
+// window (masked columns +0.0).
+template <typename T, int PACK, typename Whole, typename Edge>
+__device__ __forceinline__ void for_pack_pairs(const T* y, const T* dy, const RowWindow& w, int64_t first,
+                                               int64_t last, uint32_t t, uint32_t step, const L2Policy* policy,
+                                               Whole whole, Edge edge) {
+    for_window_packs<PACK, PAIRS_IN_FLIGHT, PackPair<T, PACK>>(
+        first, last, t, step, w.start, w.end,
+        [&](int64_t i, PackPair<T, PACK>& raw) { fetch_whole_pair<T, PACK>(y, dy, i, raw, policy); },
+        [&](int64_t i, const PackPair<T, PACK>& raw) {
+            float ys[PACK], dys[PACK];
+            decode_pair<T, PACK>(raw, ys, dys);
+            whole(i, ys, dys);
+        },
+        [&](int64_t i, PackPair<T, PACK>& raw) { fetch_pair<T, PACK>(y, dy, i * PACK, w, raw, policy); },
+        [&](int64_t i, const PackPair<T, PACK>& raw) {
+            float ys[PACK], dys[PACK];
+            decode_pair<T, PACK>(raw, ys, dys);
+            edge(i, ys, dys);
+        });
+}
+
 // Pass 1: the sum of y * dy over the valid columns of the packs [first, last) (those that
 // reach into the window).
 template <typename T, int PACK>
 __device__ __forceinline__ float stream_dot(const T* y, const T* dy, const RowWindow& w, int64_t first, int64_t last,
                                             uint32_t t, uint32_t step, const L2Policy* policy) {
     float dot = 0.f;
-    const auto add = [&](const float (&ys)[PACK], const float (&dys)[PACK]) {
+    const auto add = [&](int64_t, const float (&ys)[PACK], const float (&dys)[PACK]) {
 #pragma unroll
         for (int j = 0; j < PACK; ++j) dot += ys[j] * dys[j];
     };
-    for_window_packs<PACK, PAIRS_IN_FLIGHT, PackPair<T, PACK>>(
-        first, last, t, step, w.start, w.end,
-        [&](int64_t i, PackPair<T, PACK>& raw) { fetch_whole_pair<T, PACK>(y, dy, i, raw, policy); },
-        [&](int64_t, const PackPair<T, PACK>& raw) {
-            float ys[PACK], dys[PACK];
-            decode_pair<T, PACK>(raw, ys, dys);
-            add(ys, dys);
-        },
-        [&](int64_t i, PackPair<T, PACK>& raw) { fetch_pair<T, PACK>(y, dy, i * PACK, w, raw, policy); },
-        [&](int64_t, const PackPair<T, PACK>& raw) {
-            float ys[PACK], dys[PACK];
-            decode_pair<T, PACK>(raw, ys, dys);  // masked columns: +0.0
-            add(ys, dys);
-        });
+    for_pack_pairs<T, PACK>(y, dy, w, first, last, t, step, policy, add, add);
     return dot;
 }
 
@@ -274,20 +284,15 @@ __device__ __forceinline__ void stream_write_grad(const T* y, const T* dy, T* dx
                                                   uint32_t t, uint32_t step, const L2Policy* policy) {
     const RowWindow& w = f.window;
     const WindowShare share = zero_outside_window<T, PACK>(dx, f, p, begin, end, t, step);
-    for_window_packs<PACK, PAIRS_IN_FLIGHT, PackPair<T, PACK>>(
-        share.first, share.last, t, step, w.start, w.end,
-        [&](int64_t i, PackPair<T, PACK>& raw) { fetch_whole_pair<T, PACK>(y, dy, i, raw, policy); },
-        [&](int64_t i, const PackPair<T, PACK>& raw) {
-            float ys[PACK], dys[PACK], out[PACK];
-            decode_pair<T, PACK>(raw, ys, dys);
+    for_pack_pairs<T, PACK>(
+        y, dy, w, share.first, share.last, t, step, policy,
+        [&](int64_t i, const float (&ys)[PACK], const float (&dys)[PACK]) {
+            float out[PACK];
 #pragma unroll
             for (int j = 0; j < PACK; ++j) out[j] = softmax_grad(ys[j], dys[j], dot, p.scale);
             store_whole<T, PACK>(dx + i * PACK, out);  // a whole pack of the window: within own
         },
-        [&](int64_t i, PackPair<T, PACK>& raw) { fetch_pair<T, PACK>(y, dy, i * PACK, w, raw, policy); },
-        [&](int64_t i, const PackPair<T, PACK>& raw) {
-            float ys[PACK], dys[PACK];
-            decode_pair<T, PACK>(raw, ys, dys);
+        [&](int64_t i, const float (&ys)[PACK], const float (&dys)[PACK]) {
             store_window<T, PACK>(dx, i * PACK, f.own(p), w.start, w.end,
                                   [&](int j) { return softmax_grad(ys[j], dys[j], dot, p.scale); });
         });
