@@ -298,69 +298,11 @@ __device__ __forceinline__ void block_regs_forward(const T* x, T* y, const MaskP
     });
 }
 
-// Keys cached in shared memory: thread t owns packs t, t + blockDim, ... in every phase
-// and is the only one to touch their slots, so only the reductions need barriers.
-template <typename T, int PACK, bool PREFETCH = false>
-__device__ __forceinline__ void block_cached_forward(const T* x, T* y, const MaskParams& p) {
-    const ScaleMap sm = ScaleMap::of(p.scale);
-    const RowIndex index = RowIndex::of(p);
-    const PackShift<T, PACK> shift = PackShift<T, PACK>::of(x, p);
-    float* cache = dynamic_shared<float>();
-    float* scratch = cache + packs_in<PACK>(shift.columns(p.k_len)) * PACK;
-    const T* none = nullptr;  // a second input to prefetch: the forward has one
-    for_each_grid_row<PREFETCH>(p, index, x, none, [&](int64_t row) {
-        const RowFrame f = RowFrame::of(p, shift, index, row);
-        const RowWindow& w = f.window;
-        const int64_t offset = f.offset;
-        const int64_t first_pack = w.start / PACK, end_pack = (w.end + PACK - 1) / PACK;
-        const int64_t mine = first_owned(first_pack, threadIdx.x, blockDim.x);
-
-        float max_key = -CUDART_INF_F;
-        for_packs<LOADS_IN_FLIGHT, RawPack<T, PACK>>(
-            mine, end_pack, blockDim.x,
-            [&](int64_t i, RawPack<T, PACK>& raw) { fetch_window<T, PACK>(x + offset, i * PACK, w.start, w.end, raw); },
-            [&](int64_t i, const RawPack<T, PACK>& raw) {
-                float keys[PACK];
-                decode_keys<T, PACK>(raw, i * PACK, w.start, w.end, sm, keys);
-#pragma unroll
-                for (int j = 0; j < PACK; ++j) {
-                    max_key = max_nan(max_key, keys[j]);
-                    cache[i * PACK + j] = keys[j];
-                }
-            });
-        max_key = block_max(max_key, scratch);
-        const bool zero_row = max_key == -CUDART_INF_F;
-
-        // The cache turns from keys into weights; a zero row's -inf keys weigh 0 (against 0),
-        // so that no -inf is left to meet an inv_sum of 0 (-inf * 0 is NaN).
-        const float weigh_against = max_to_weigh_against(max_key);
-        float sum = 0.f;
-        with_plain_scale(sm, [&](auto plain) {
-            for (int64_t i = mine; i < end_pack; i += blockDim.x)
-#pragma unroll
-                for (int j = 0; j < PACK; ++j) {
-                    const float weight = sm.weigh<decltype(plain)::value>(cache[i * PACK + j], weigh_against);
-                    cache[i * PACK + j] = weight;
-                    sum += weight;
-                }
-        });
-        sum = block_sum(sum, scratch);
-        const float inv_sum = zero_row ? 0.f : 1.f / sum;
-
-        for (int64_t i = threadIdx.x; i < packs_in<PACK>(f.own(p).end); i += blockDim.x)
-            store_window<T, PACK>(y + offset, i * PACK, f.own(p), w.start, w.end,
-                                  [&](int j) { return cache[i * PACK + j] * inv_sum; });
-    });
-}
-
-// The two passes of the kernels that read rows twice (block_stream, split, the streaming
-// cluster), each over one thread's share of a row's packs (thread t of `step`: see
-// for_window_packs) seen from frame `f` (x and y at the row's frame), read under
-// `policy`. PLAIN: see ScaleMap::weigh.
-
-// Both walk a share of the packs the same way (for_window_packs): whole(i, keys) gets a
-// whole pack's keys, edge(i, keys) those of a pack across an edge of the window (masked
-// columns -inf).
+// The keys of one thread's share (thread t of `step`) of the packs [first, last) of a row
+// seen through its window `w` (for_window_packs), read under `policy` (none: the loads'
+// default): whole(i, keys) gets a whole pack's keys, edge(i, keys) those of a pack across
+// an edge of the window (masked columns -inf). The kernels that read a row's packs twice
+// walk them alike in both passes; the cached ones walk their cache the same way.
 template <typename T, int PACK, typename Whole, typename Edge>
 __device__ __forceinline__ void for_pack_keys(const T* x, const RowWindow& w, int64_t first, int64_t last, uint32_t t,
                                               uint32_t step, const ScaleMap& sm, const L2Policy* policy, Whole whole,
@@ -380,6 +322,84 @@ __device__ __forceinline__ void for_pack_keys(const T* x, const RowWindow& w, in
             edge(i, keys);
         });
 }
+
+// Keys cached in shared memory. Every phase walks thread t's share of the window's packs
+// the same way (for_pack_keys, then for_cached_packs: first + t, + blockDim, ...), so each
+// thread touches only the slots it filled and only the reductions need barriers; whole
+// packs skip the window's tests, and the row's packs outside the window are written as
+// zeros, never read (zero_outside_window).
+template <typename T, int PACK, bool PREFETCH = false>
+__device__ __forceinline__ void block_cached_forward(const T* x, T* y, const MaskParams& p) {
+    const ScaleMap sm = ScaleMap::of(p.scale);
+    const RowIndex index = RowIndex::of(p);
+    const PackShift<T, PACK> shift = PackShift<T, PACK>::of(x, p);
+    float* cache = dynamic_shared<float>();
+    float* scratch = cache + packs_in<PACK>(shift.columns(p.k_len)) * PACK;
+    const T* none = nullptr;  // a second input to prefetch: the forward has one
+    for_each_grid_row<PREFETCH>(p, index, x, none, [&](int64_t row) {
+        const RowFrame f = RowFrame::of(p, shift, index, row);
+        const RowWindow& w = f.window;
+        const int64_t offset = f.offset;
+        const int64_t first_pack = w.start / PACK, end_pack = packs_in<PACK>(w.end);
+        // Thread t's packs in every phase: first_pack + t, + blockDim, ... They change hands
+        // from one row to the next with the window's start, so no slot is filled before
+        // the last row's writes have read it.
+        __syncthreads();
+
+        float max_key = -CUDART_INF_F;
+        const auto cache_keys = [&](int64_t i, const float (&keys)[PACK]) {
+#pragma unroll
+            for (int j = 0; j < PACK; ++j) max_key = max_nan(max_key, keys[j]);
+            store_slot<PACK>(cache + i * PACK, keys);
+        };
+        for_pack_keys<T, PACK>(x + offset, w, first_pack, end_pack, threadIdx.x, blockDim.x, sm, nullptr, cache_keys,
+                               cache_keys);
+        max_key = block_max(max_key, scratch);
+        const bool zero_row = max_key == -CUDART_INF_F;
+
+        // The cache turns from keys into weights; a zero row's -inf keys weigh 0 (against 0),
+        // so that no -inf is left to meet an inv_sum of 0 (-inf * 0 is NaN).
+        const float weigh_against = max_to_weigh_against(max_key);
+        float sum = 0.f;
+        with_plain_scale(sm, [&](auto plain) {
+            for (int64_t i = first_pack + threadIdx.x; i < end_pack; i += blockDim.x) {
+                float weights[PACK];
+                load_slot<PACK>(cache + i * PACK, weights);
+#pragma unroll
+                for (int j = 0; j < PACK; ++j) {
+                    weights[j] = sm.weigh<decltype(plain)::value>(weights[j], weigh_against);
+                    sum += weights[j];
+                }
+                store_slot<PACK>(cache + i * PACK, weights);
+            }
+        });
+        sum = block_sum(sum, scratch);
+        const float inv_sum = zero_row ? 0.f : 1.f / sum;
+
+        const WindowShare share =
+            zero_outside_window<T, PACK>(y + offset, f, p, 0, packs_in<PACK>(f.own(p).end), threadIdx.x, blockDim.x);
+        for_cached_packs<PACK, CACHED_PACKS_AT_ONCE>(
+            share.first, share.last, threadIdx.x, blockDim.x, w.start, w.end,  // share.first is first_pack
+            [&](int64_t i) {
+                float out[PACK];
+                load_slot<PACK>(cache + i * PACK, out);
+#pragma unroll
+                for (int j = 0; j < PACK; ++j) out[j] *= inv_sum;
+                store_whole<T, PACK>(y + offset + i * PACK, out);  // a whole pack of the window: within own
+            },
+            [&](int64_t i) {
+                float weights[PACK];
+                load_slot<PACK>(cache + i * PACK, weights);
+                store_window<T, PACK>(y + offset, i * PACK, f.own(p), w.start, w.end,
+                                      [&](int j) { return weights[j] * inv_sum; });
+            });
+    });
+}
+
+// The two passes of the kernels that read rows twice (block_stream, split, the streaming
+// cluster), each over one thread's share of a row's packs (thread t of `step`: see
+// for_window_packs) seen from frame `f` (x and y at the row's frame), read under
+// `policy`. PLAIN: see ScaleMap::weigh.
 
 // Pass 1: the statistics of the valid keys of the packs [first, last) (those that reach
 // into the window).
@@ -535,19 +555,15 @@ __device__ __forceinline__ void cluster_forward(const T* x, T* y, const MaskPara
             constexpr bool PLAIN = decltype(plain)::value;
             SoftmaxStats st = stats_empty();
             if (CACHED) {
-                // Thread t caches the packs it will write: chunk.begin + t, + blockDim, ...
-                for_packs<LOADS_IN_FLIGHT, RawPack<T, PACK>>(
-                    first_owned(first, chunk.begin + threadIdx.x, blockDim.x), last, blockDim.x,
-                    [&](int64_t i, RawPack<T, PACK>& raw) {
-                        fetch_window<T, PACK>(x + offset, i * PACK, w.start, w.end, raw);
-                    },
-                    [&](int64_t i, const RawPack<T, PACK>& raw) {
-                        float keys[PACK];
-                        decode_keys<T, PACK>(raw, i * PACK, w.start, w.end, sm, keys);
-                        stats_add<PLAIN>(st, keys, sm);
-#pragma unroll
-                        for (int j = 0; j < PACK; ++j) cache[(i - chunk.begin) * PACK + j] = keys[j];
-                    });
+                // Thread t caches the packs it will write, first + t, + blockDim, ..., and
+                // they change hands from one row to the next (see block_cached_forward).
+                __syncthreads();
+                const auto cache_keys = [&](int64_t i, const float (&keys)[PACK]) {
+                    stats_add<PLAIN>(st, keys, sm);
+                    store_slot<PACK>(cache + (i - chunk.begin) * PACK, keys);
+                };
+                for_pack_keys<T, PACK>(x + offset, w, first, last, threadIdx.x, blockDim.x, sm, nullptr, cache_keys,
+                                       cache_keys);
             } else {
                 st = stream_stats<PLAIN, T, PACK>(x + offset, w, first, last, threadIdx.x, blockDim.x, sm,
                                                   &first_read);
@@ -563,17 +579,26 @@ __device__ __forceinline__ void cluster_forward(const T* x, T* y, const MaskPara
             cluster_sync();
             const RowSoftmax r = row_softmax(row_stats);
 
-            const auto store = [&](int64_t i, const float (&keys)[PACK]) {
-                store_window<T, PACK>(y + offset, i * PACK, f.own(p), w.start, w.end,
-                                      [&](int j) { return probability<PLAIN>(r, keys[j], sm); });
-            };
             if (CACHED) {
-                for (int64_t i = chunk.begin + threadIdx.x; i < chunk.end; i += blockDim.x) {
-                    float keys[PACK];
+                // Thread t reads back only the slots it filled (the same walk over the same
+                // packs: zero_outside_window's share is [first, last)).
+                const WindowShare share = zero_outside_window<T, PACK>(y + offset, f, p, chunk.begin, chunk.end,
+                                                                       threadIdx.x, blockDim.x);
+                for_cached_packs<PACK, CACHED_PACKS_AT_ONCE>(
+                    share.first, share.last, threadIdx.x, blockDim.x, w.start, w.end,
+                    [&](int64_t i) {
+                        float out[PACK];
+                        load_slot<PACK>(cache + (i - chunk.begin) * PACK, out);
 #pragma unroll
-                    for (int j = 0; j < PACK; ++j) keys[j] = cache[(i - chunk.begin) * PACK + j];
-                    store(i, keys);
-                }
+                        for (int j = 0; j < PACK; ++j) out[j] = probability<PLAIN>(r, out[j], sm);
+                        store_whole<T, PACK>(y + offset + i * PACK, out);  // a whole pack of the window
+                    },
+                    [&](int64_t i) {
+                        float keys[PACK];
+                        load_slot<PACK>(cache + (i - chunk.begin) * PACK, keys);
+                        store_window<T, PACK>(y + offset, i * PACK, f.own(p), w.start, w.end,
+                                              [&](int j) { return probability<PLAIN>(r, keys[j], sm); });
+                    });
             } else {
                 const L2Policy second_read = reread.second_read();
                 stream_write<PLAIN, T, PACK>(x + offset, y + offset, f, p, r, chunk.begin, chunk.end, threadIdx.x,
@@ -638,10 +663,17 @@ __device__ __forceinline__ void cluster_forward(const T* x, T* y, const MaskPara
     REGISTER_KERNEL(masked_softmax_fwd_block_regs_p##P##x##N##_##SUFFIX)
 
 // The looping block kernels run at most 512 threads per block (src/plan.rs, LOOP_BLOCK);
-// those that stream a row take STREAM_MIN_BLOCKS (work.cuh).
+// those that stream a row take STREAM_MIN_BLOCKS (work.cuh), block_cached
+// CACHED_MIN_BLOCKS: 3 blocks of 512 threads (40 registers) for f32 packs of 4, 4 (32)
+// for single elements, 2 (64) for 16-bit packs of 8. A block_cached block holds its row
+// in shared memory, about 8 packs a thread (src/plan.rs), so the f32 and single-element
+// kernels run out of registers before shared memory: at 49 registers (56 allocated) the
+// f32 forward kept 4 rows of 8192 keys a multiprocessor where shared memory holds 6. Left
+// free (launch bounds (512)), v18's loops took up to 72.
+#define CACHED_MIN_BLOCKS(T, P) ((P) == 1 ? 4 : sizeof(T) == 4 ? 3 : 2)
 #define BLOCK_KERNELS(SUFFIX, T, P, N)                                                                   \
     BLOCK_REGS_KERNEL(SUFFIX, T, P, N)                                                                  \
-    extern "C" __global__ void __launch_bounds__(512)                                                   \
+    extern "C" __global__ void __launch_bounds__(512, CACHED_MIN_BLOCKS(T, P))                          \
         masked_softmax_fwd_block_cached_p##P##_##SUFFIX(const T* x, T* y, MaskParams p) {               \
         block_cached_forward<T, P>(x, y, p);                                                            \
     }                                                                                                   \
@@ -664,8 +696,10 @@ __device__ __forceinline__ void cluster_forward(const T* x, T* y, const MaskPara
     REGISTER_KERNEL(masked_softmax_fwd_split_write_p##P##_##SUFFIX)
 
 #if MASKED_SOFTMAX_HAS_CLUSTERS
-// BOUNDS: __launch_bounds__'s arguments. The cached ones' are (512) alone: given a
-// minimum of 1 block, ptxas took 79 registers where it takes 51 (16-bit, sm_90).
+// BOUNDS: __launch_bounds__'s arguments: 2 blocks a multiprocessor (64 registers, as
+// the planner counts the clusters: src/plan.rs, CLUSTER_KERNEL_REGISTERS) for the cached
+// ones, STREAM_MIN_BLOCKS for the streaming ones. (Given (512, 1), ptxas took 79 registers
+// where (512) alone took 51; v18's loops under (512) took 64 and spilled.)
 #define CLUSTER_KERNEL(SUFFIX, T, P, MODE, CACHED, BOUNDS)                                               \
     extern "C" __global__ void __launch_bounds__ BOUNDS                                                 \
         masked_softmax_fwd_cluster_##MODE##_p##P##_##SUFFIX(const T* x, T* y, MaskParams p) {           \
@@ -673,7 +707,7 @@ __device__ __forceinline__ void cluster_forward(const T* x, T* y, const MaskPara
     }                                                                                                   \
     REGISTER_KERNEL(masked_softmax_fwd_cluster_##MODE##_p##P##_##SUFFIX)
 #define CLUSTER_KERNELS(SUFFIX, T, P)                   \
-    CLUSTER_KERNEL(SUFFIX, T, P, cached, true, (512)) \
+    CLUSTER_KERNEL(SUFFIX, T, P, cached, true, (512, 2)) \
     CLUSTER_KERNEL(SUFFIX, T, P, stream, false, (512, STREAM_MIN_BLOCKS(P)))
 #else
 #define CLUSTER_KERNELS(SUFFIX, T, P)
@@ -721,7 +755,8 @@ PREFETCH_KERNEL(block_regs_p4x4, f32, float, 512, BLOCK_REGS_MIN_BLOCKS(float, 4
 PREFETCH_KERNEL(block_regs_p8x4, f16, __half, 512, 2, (block_regs_forward_16bit<__half, 8, 4, true>))
 PREFETCH_KERNEL(block_regs_p8x4, bf16, __nv_bfloat16, 512, 2,
                 (block_regs_forward_16bit<__nv_bfloat16, 8, 4, true>))
-PREFETCH_KERNEL(block_cached_p4, f32, float, 512, 1, (block_cached_forward<float, 4, true>))
+// (block_cached_p4's with 2 blocks, not CACHED_MIN_BLOCKS' 3: at 40 registers it spills.)
+PREFETCH_KERNEL(block_cached_p4, f32, float, 512, 2, (block_cached_forward<float, 4, true>))
 
 // The short rows kernels the planner gives rows of 1, 7, 32 and 64 keys (the sweep's),
 // again, fetching each batch's lengths a batch ahead (work.cuh, for_each_group_rows under

@@ -185,52 +185,6 @@ __device__ __forceinline__ void decode_pair(const PackPair<T, PACK>& raw, float 
     decode_values<T, PACK>(raw.dy, dys);
 }
 
-// y and dy of the valid packs cached in shared memory ([y..][dy..] per pack slot); thread t
-// owns packs t, t + blockDim, ... in both passes. Dynamic shared memory:
-// [2 * packs * PACK floats][32 floats of scratch].
-template <typename T, int PACK, bool PREFETCH = false>
-__device__ __forceinline__ void block_cached_backward(const T* y, const T* dy, T* dx, const MaskParams& p) {
-    const RowIndex index = RowIndex::of(p);
-    const PackShift<T, PACK> shift = PackShift<T, PACK>::of(y, p);
-    const int64_t row_packs = packs_in<PACK>(shift.columns(p.k_len));
-    float* cache_y = dynamic_shared<float>();
-    float* cache_dy = cache_y + row_packs * PACK;
-    float* scratch = cache_dy + row_packs * PACK;
-    for_each_grid_row<PREFETCH>(p, index, y, dy, [&](int64_t row) {
-        const RowFrame f = RowFrame::of(p, shift, index, row);
-        const RowWindow& w = f.window;
-        const int64_t offset = f.offset;
-        const int64_t first_pack = w.start / PACK, end_pack = (w.end + PACK - 1) / PACK;
-
-        float dot = 0.f;
-        for_packs<PAIRS_IN_FLIGHT, PackPair<T, PACK>>(
-            first_owned(first_pack, threadIdx.x, blockDim.x), end_pack, blockDim.x,
-            [&](int64_t i, PackPair<T, PACK>& raw) { fetch_pair<T, PACK>(y + offset, dy + offset, i * PACK, w, raw); },
-            [&](int64_t i, const PackPair<T, PACK>& raw) {
-                float ys[PACK], dys[PACK];
-                decode_pair<T, PACK>(raw, ys, dys);
-#pragma unroll
-                for (int j = 0; j < PACK; ++j) dot += ys[j] * dys[j];
-                // y's pack, then dy's: 16-byte stores (see cluster_backward).
-#pragma unroll
-                for (int j = 0; j < PACK; ++j) cache_y[i * PACK + j] = ys[j];
-#pragma unroll
-                for (int j = 0; j < PACK; ++j) cache_dy[i * PACK + j] = dys[j];
-            });
-        dot = block_sum(dot, scratch);
-
-        for (int64_t i = threadIdx.x; i < packs_in<PACK>(f.own(p).end); i += blockDim.x)
-            store_window<T, PACK>(dx + offset, i * PACK, f.own(p), w.start, w.end, [&](int j) {
-                return softmax_grad(cache_y[i * PACK + j], cache_dy[i * PACK + j], dot, p.scale);
-            });
-    });
-}
-
-// The two passes of the kernels that read rows twice (block_stream, split, the streaming
-// cluster), each over one thread's share of a row's packs (thread t of `step`: see
-// for_window_packs) seen from frame `f` (y, dy and dx at the row's frame), read under
-// `policy`.
-
 // The whole pair of packs of the window at pack i (see fetch_whole).
 template <typename T, int PACK>
 __device__ __forceinline__ void fetch_whole_pair(const T* y, const T* dy, int64_t i, PackPair<T, PACK>& raw,
@@ -239,9 +193,12 @@ __device__ __forceinline__ void fetch_whole_pair(const T* y, const T* dy, int64_
     fetch_whole<T, PACK>(dy + i * PACK, raw.dy, policy);
 }
 
-// Both walk a share of the packs the same way (for_window_packs): whole(i, ys, dys) gets a
-// whole pair of packs' values, edge(i, ys, dys) those of a pair across an edge of the
-// window (masked columns +0.0).
+// The values of one thread's share (thread t of `step`) of the pairs of packs [first, last)
+// of a row seen through its window `w` (for_window_packs), read under `policy` (none: the
+// loads' default): whole(i, ys, dys) gets a whole pair of packs' values, edge(i, ys, dys)
+// those of a pair across an edge of the window (masked columns +0.0). The kernels that read
+// a row's packs twice walk them alike in both passes; the cached ones walk their cache the
+// same way.
 template <typename T, int PACK, typename Whole, typename Edge>
 __device__ __forceinline__ void for_pack_pairs(const T* y, const T* dy, const RowWindow& w, int64_t first,
                                                int64_t last, uint32_t t, uint32_t step, const L2Policy* policy,
@@ -261,6 +218,71 @@ __device__ __forceinline__ void for_pack_pairs(const T* y, const T* dy, const Ro
             edge(i, ys, dys);
         });
 }
+
+// y and dy of the valid packs cached in shared memory ([y..][dy..] per pack slot). Both
+// passes walk thread t's share of the window's packs the same way (for_pack_pairs, then
+// for_cached_packs), so each thread reads back only the slots it filled; whole packs skip
+// the window's tests, and the row's packs outside the window are written as zeros, never
+// read (zero_outside_window). Dynamic shared memory: [2 * packs * PACK floats][32 floats
+// of scratch].
+template <typename T, int PACK, bool PREFETCH = false>
+__device__ __forceinline__ void block_cached_backward(const T* y, const T* dy, T* dx, const MaskParams& p) {
+    const RowIndex index = RowIndex::of(p);
+    const PackShift<T, PACK> shift = PackShift<T, PACK>::of(y, p);
+    const int64_t row_packs = packs_in<PACK>(shift.columns(p.k_len));
+    float* cache_y = dynamic_shared<float>();
+    float* cache_dy = cache_y + row_packs * PACK;
+    float* scratch = cache_dy + row_packs * PACK;
+    for_each_grid_row<PREFETCH>(p, index, y, dy, [&](int64_t row) {
+        const RowFrame f = RowFrame::of(p, shift, index, row);
+        const RowWindow& w = f.window;
+        const int64_t offset = f.offset;
+        const int64_t first_pack = w.start / PACK, end_pack = packs_in<PACK>(w.end);
+        // Thread t's packs in both passes: first_pack + t, + blockDim, ..., changing hands
+        // from one row to the next (see block_cached_forward).
+        __syncthreads();
+
+        float dot = 0.f;
+        const auto cache_pair = [&](int64_t i, const float (&ys)[PACK], const float (&dys)[PACK]) {
+#pragma unroll
+            for (int j = 0; j < PACK; ++j) dot += ys[j] * dys[j];
+            store_slot<PACK>(cache_y + i * PACK, ys);
+            store_slot<PACK>(cache_dy + i * PACK, dys);
+        };
+        for_pack_pairs<T, PACK>(y + offset, dy + offset, w, first_pack, end_pack, threadIdx.x, blockDim.x, nullptr,
+                                cache_pair, cache_pair);
+        dot = block_sum(dot, scratch);
+
+        // The gradient of a cached pack (masked columns: y and dy +0.0, and dx written 0 by
+        // store_window anyway).
+        const auto grad = [&](int64_t i, float (&out)[PACK]) {
+            float ys[PACK], dys[PACK];
+            load_slot<PACK>(cache_y + i * PACK, ys);
+            load_slot<PACK>(cache_dy + i * PACK, dys);
+#pragma unroll
+            for (int j = 0; j < PACK; ++j) out[j] = softmax_grad(ys[j], dys[j], dot, p.scale);
+        };
+        const WindowShare share =
+            zero_outside_window<T, PACK>(dx + offset, f, p, 0, packs_in<PACK>(f.own(p).end), threadIdx.x, blockDim.x);
+        for_cached_packs<PACK, CACHED_PACKS_AT_ONCE>(
+            share.first, share.last, threadIdx.x, blockDim.x, w.start, w.end,  // share.first is first_pack
+            [&](int64_t i) {
+                float out[PACK];
+                grad(i, out);
+                store_whole<T, PACK>(dx + offset + i * PACK, out);  // a whole pack of the window: within own
+            },
+            [&](int64_t i) {
+                float out[PACK];
+                grad(i, out);
+                store_window<T, PACK>(dx + offset, i * PACK, f.own(p), w.start, w.end, [&](int j) { return out[j]; });
+            });
+    });
+}
+
+// The two passes of the kernels that read rows twice (block_stream, split, the streaming
+// cluster), each over one thread's share of a row's packs (thread t of `step`: see
+// for_window_packs) seen from frame `f` (y, dy and dx at the row's frame), read under
+// `policy`.
 
 // Pass 1: the sum of y * dy over the valid columns of the packs [first, last) (those that
 // reach into the window).
@@ -402,25 +424,17 @@ __device__ __forceinline__ void cluster_backward(const T* y, const T* dy, T* dx,
 
         float dot = 0.f;
         if (CACHED) {
-            // Thread t caches the packs it will write: chunk.begin + t, + blockDim, ...
-            for_packs<PAIRS_IN_FLIGHT, PackPair<T, PACK>>(
-                first_owned(first, chunk.begin + threadIdx.x, blockDim.x), last, blockDim.x,
-                [&](int64_t i, PackPair<T, PACK>& raw) {
-                    fetch_pair<T, PACK>(y + offset, dy + offset, i * PACK, w, raw);
-                },
-                [&](int64_t i, const PackPair<T, PACK>& raw) {
-                    float ys[PACK], dys[PACK];
-                    decode_pair<T, PACK>(raw, ys, dys);
+            // Thread t caches the packs it will write, first + t, + blockDim, ..., and they
+            // change hands from one row to the next (see block_cached_forward).
+            __syncthreads();
+            const auto cache_pair = [&](int64_t i, const float (&ys)[PACK], const float (&dys)[PACK]) {
 #pragma unroll
-                    for (int j = 0; j < PACK; ++j) dot += ys[j] * dys[j];
-                    // y's pack, then dy's: one 16-byte store each (interleaved, the two
-                    // might alias for all the compiler knows, and went one float at a time).
-                    const int64_t slot = (i - chunk.begin) * PACK;
-#pragma unroll
-                    for (int j = 0; j < PACK; ++j) cache_y[slot + j] = ys[j];
-#pragma unroll
-                    for (int j = 0; j < PACK; ++j) cache_dy[slot + j] = dys[j];
-                });
+                for (int j = 0; j < PACK; ++j) dot += ys[j] * dys[j];
+                store_slot<PACK>(cache_y + (i - chunk.begin) * PACK, ys);
+                store_slot<PACK>(cache_dy + (i - chunk.begin) * PACK, dys);
+            };
+            for_pack_pairs<T, PACK>(y + offset, dy + offset, w, first, last, threadIdx.x, blockDim.x, nullptr,
+                                    cache_pair, cache_pair);
         } else {
             dot = stream_dot<T, PACK>(y + offset, dy + offset, w, first, last, threadIdx.x, blockDim.x, &first_read);
         }
@@ -432,14 +446,31 @@ __device__ __forceinline__ void cluster_backward(const T* y, const T* dy, T* dx,
         cluster_sync();
 
         if (CACHED) {
-            // Thread t reads back only the slots it wrote in pass 1 (same packs, and only
-            // those inside the window: store_window asks for no others).
-            for (int64_t i = chunk.begin + threadIdx.x; i < chunk.end; i += blockDim.x) {
-                const int64_t slot = (i - chunk.begin) * PACK;
-                store_window<T, PACK>(dx + offset, i * PACK, f.own(p), w.start, w.end, [&](int j) {
-                    return softmax_grad(cache_y[slot + j], cache_dy[slot + j], row_dot, p.scale);
+            // Thread t reads back only the slots it filled (the same walk over the same
+            // packs: zero_outside_window's share is [first, last)).
+            const auto grad = [&](int64_t i, float (&out)[PACK]) {
+                float ys[PACK], dys[PACK];
+                load_slot<PACK>(cache_y + (i - chunk.begin) * PACK, ys);
+                load_slot<PACK>(cache_dy + (i - chunk.begin) * PACK, dys);
+#pragma unroll
+                for (int j = 0; j < PACK; ++j) out[j] = softmax_grad(ys[j], dys[j], row_dot, p.scale);
+            };
+            const WindowShare share =
+                zero_outside_window<T, PACK>(dx + offset, f, p, chunk.begin, chunk.end, threadIdx.x, blockDim.x);
+            // One pack at a time: at CACHED_PACKS_AT_ONCE the 16-bit kernel spilled.
+            for_cached_packs<PACK, 1>(
+                share.first, share.last, threadIdx.x, blockDim.x, w.start, w.end,
+                [&](int64_t i) {
+                    float out[PACK];
+                    grad(i, out);
+                    store_whole<T, PACK>(dx + offset + i * PACK, out);  // a whole pack of the window
+                },
+                [&](int64_t i) {
+                    float out[PACK];
+                    grad(i, out);
+                    store_window<T, PACK>(dx + offset, i * PACK, f.own(p), w.start, w.end,
+                                          [&](int j) { return out[j]; });
                 });
-            }
         } else {
             const L2Policy second_read = reread.second_read();
             stream_write_grad<T, PACK>(y + offset, dy + offset, dx + offset, f, p, row_dot, chunk.begin, chunk.end,
@@ -526,7 +557,7 @@ __device__ __forceinline__ void cluster_backward(const T* y, const T* dy, T* dx,
     REGISTER_KERNEL(masked_softmax_bwd_block_regs_p##P##x##N##_##SUFFIX)
 
 #if MASKED_SOFTMAX_HAS_CLUSTERS
-// BOUNDS: __launch_bounds__'s arguments (the cached ones': (512) alone, as the forward's).
+// BOUNDS: __launch_bounds__'s arguments (as the forward's: the cached ones' (512, 2)).
 #define BWD_CLUSTER_KERNEL(SUFFIX, T, P, MODE, CACHED, BOUNDS)                                      \
     extern "C" __global__ void __launch_bounds__ BOUNDS                                             \
         masked_softmax_bwd_cluster_##MODE##_p##P##_##SUFFIX BWD_SIGNATURE(T) {                      \
@@ -534,7 +565,7 @@ __device__ __forceinline__ void cluster_backward(const T* y, const T* dy, T* dx,
     }                                                                                              \
     REGISTER_KERNEL(masked_softmax_bwd_cluster_##MODE##_p##P##_##SUFFIX)
 #define BWD_CLUSTER_KERNELS(SUFFIX, T, P)                   \
-    BWD_CLUSTER_KERNEL(SUFFIX, T, P, cached, true, (512)) \
+    BWD_CLUSTER_KERNEL(SUFFIX, T, P, cached, true, (512, 2)) \
     BWD_CLUSTER_KERNEL(SUFFIX, T, P, stream, false, (512, STREAM_MIN_BLOCKS(P)))
 #else
 #define BWD_CLUSTER_KERNELS(SUFFIX, T, P)

@@ -128,6 +128,67 @@ __device__ __forceinline__ void for_window_packs(int64_t first, int64_t last, ui
 // Packs (or pack pairs, backward) per thread in flight in the block kernels' loops.
 constexpr int LOADS_IN_FLIGHT = 4;
 constexpr int PAIRS_IN_FLIGHT = 2;
+// Packs a batch in the cached kernels' walks over their shared memory (for_cached_packs):
+// nothing there waits on DRAM, and 4 took up to 72 registers (the 16-bit block_cached) or
+// spilled (the 16-bit cached clusters).
+constexpr int CACHED_PACKS_AT_ONCE = 2;
+
+// A pack's slot in a cached kernel's shared memory: PACK floats at `slot`, 16-byte aligned
+// where PACK is a multiple of 4 (the caches start 16-byte aligned and hold whole packs),
+// read and written 16 bytes at a time. Written through a float4, NVVM still split some of
+// the stores into 4-byte ones (the backward's dy slot, sm_90), so the store is PTX, with a
+// memory clobber as store_pack_128's.
+template <int PACK>
+__device__ __forceinline__ void load_slot(const float* slot, float (&v)[PACK]) {
+    if constexpr (PACK % 4 == 0) {
+        CHECK_ALIGNED(slot, 16);
+#pragma unroll
+        for (int q = 0; q < PACK / 4; ++q) {
+            const float4 f = reinterpret_cast<const float4*>(slot)[q];
+            v[4 * q] = f.x;
+            v[4 * q + 1] = f.y;
+            v[4 * q + 2] = f.z;
+            v[4 * q + 3] = f.w;
+        }
+    } else {
+#pragma unroll
+        for (int j = 0; j < PACK; ++j) v[j] = slot[j];
+    }
+}
+template <int PACK>
+__device__ __forceinline__ void store_slot(float* slot, const float (&v)[PACK]) {
+    if constexpr (PACK % 4 == 0) {
+        CHECK_ALIGNED(slot, 16);
+#ifdef MASKED_SOFTMAX_EMULATION
+        memcpy(static_cast<void*>(slot), v, sizeof(v));
+#else
+#pragma unroll
+        for (int q = 0; q < PACK / 4; ++q)
+            asm volatile("st.shared.v4.f32 [%0], {%1, %2, %3, %4};" ::"r"(
+                             uint32_t(__cvta_generic_to_shared(slot + 4 * q))),
+                         "f"(v[4 * q]), "f"(v[4 * q + 1]), "f"(v[4 * q + 2]), "f"(v[4 * q + 3])
+                         : "memory");
+#endif
+    } else {
+#pragma unroll
+        for (int j = 0; j < PACK; ++j) slot[j] = v[j];
+    }
+}
+
+// The packs [first, last) walked as for_window_packs walks them (thread t of `step`, U
+// packs a batch), with nothing to fetch: whole(i) for the whole packs, edge(i) for those
+// across an edge of the window [start, end). The cached kernels' later phases, over the packs their first phase
+// fetched into shared memory through for_window_packs: each thread comes back to the slots
+// it filled, and the whole packs skip the window's tests there too.
+template <int PACK, int U, typename Whole, typename Edge>
+__device__ __forceinline__ void for_cached_packs(int64_t first, int64_t last, uint32_t t, uint32_t step,
+                                                 int64_t start, int64_t end, Whole whole, Edge edge) {
+    struct Nothing {};
+    const auto fetch_nothing = [](int64_t, Nothing&) {};
+    for_window_packs<PACK, U, Nothing>(
+        first, last, t, step, start, end, fetch_nothing, [&](int64_t i, const Nothing&) { whole(i); }, fetch_nothing,
+        [&](int64_t i, const Nothing&) { edge(i); });
+}
 
 // ---------------------------------------------------------------- looping kernels
 
@@ -135,15 +196,20 @@ constexpr int PAIRS_IN_FLIGHT = 2;
 #include "mask.cuh"
 
 // Writes +0.0 to the packs i, i + step, ... below end (packs outside the window: nothing
-// read), within the row's own columns `own`.
+// read), within the row's own columns `own`. Only two packs can reach past `own` (own.start
+// is under PACK: io.cuh, PackShift): pack 0 where the row starts off a pack boundary, and
+// the pack across own.end; every other pack goes whole, tested by its index alone. (A
+// loop over the whole packs alone, with the two edges apart, took 10 instructions a pack
+// where this takes 17-19, but made the streaming clusters spill.)
 template <typename T, int PACK>
 __device__ __forceinline__ void write_zero_packs(T* row, ColumnWindow<int64_t> own, int64_t i, int64_t end,
                                                  uint32_t step) {
     float zeros[PACK];
 #pragma unroll
     for (int j = 0; j < PACK; ++j) zeros[j] = 0.f;
+    const int64_t whole_first = (own.start + PACK - 1) / PACK, whole_end = own.end / PACK;
     for (; i < end; i += step) {
-        if (i * PACK >= own.start && i * PACK + PACK <= own.end)
+        if (i >= whole_first && i < whole_end)
             store_whole<T, PACK>(row + i * PACK, zeros);
         else
             store_values<T, PACK>(row, i * PACK, own, zeros);  // across an edge of the row
