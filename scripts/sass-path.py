@@ -29,6 +29,7 @@ masked_softmax_fwd_rows_g1_p1x1_f32 before v13 it counts 490 instructions for a 
 rows, 122.5 a row, where ncu measured 123 a row on the H200 (v10 profile, sweep k1).
 
     scripts/sass-path.py [--trace] SASS_FILE [TAKEN]      # loop bounds found from its back edge
+    scripts/sass-path.py [--trace] --loops SASS_FILE      # every loop, whole packs
     e.g. cuobjdump -sass -fun masked_softmax_fwd_rows_g1_p1x1_f32 target/ptxas/masked_softmax.sm_90.cubin > k1.sass
          scripts/sass-path.py k1.sass 0x3d0:T,0x58a0:T
 
@@ -47,6 +48,17 @@ most warps of short rows (PERFORMANCE.md, v15).
     (addresses move with any change to the kernels: find the branches again with --trace).
     The union counts distinct addresses, so an instruction a walk passes twice (a rolled
     inner loop, such as the unusual scale's) counts once there.
+
+--loops lists every loop of the kernel instead (each backward branch before its first EXIT,
+inner loops and the row loop alike), each walked with the whole-pack decisions: every
+branch on two predicates (`@!P1 BRA P2, 0x...`, the form the looping kernels' tests of a
+pack against the window and the row's columns compile to) taken, which is the path of a
+whole pack (`LDG.E.128`, `STG.E.128`); with the loop's static size, its path and the
+loads, stores and MUFU on it. PERFORMANCE.md v17 and v18 count their batches this way
+(a batch of U packs a loop: divide by U; the write loops of zero packs show as small ones
+around a single STG).
+
+    e.g. scripts/sass-path.py --loops bc.sass     (bc.sass: the SASS of masked_softmax_fwd_block_cached_p4_f32)
 
 --trace also prints, in the walk's order, each conditional branch met (its address, the
 instruction and T or N: where to look for the decisions to give) and each global load or
@@ -124,10 +136,34 @@ def walk(ins, order, start, end, overrides, trace):
         pc = nxt
 
 
+def loops(ins, order, trace):
+    """--loops: every loop before the first EXIT, walked with the whole-pack decisions."""
+    exits = [a for a in order if ins[a] == "EXIT"]
+    first_exit = exits[0] if exits else order[-1] + 1
+    whole = {a: True for a in order if re.match(r"@!?U?P\w+ BRA !?U?P\w+, ", ins[a])}
+    for end in order:
+        start = branch_target(ins[end])
+        if start is None or start >= end or end >= first_exit:
+            continue
+        path, taken = walk(ins, order, start, end, whole, trace)
+        bodies = [re.sub(r"^@!?U?P\w+ ", "", ins[a]) for a in path]
+        counts = " ".join(f"{op} {sum(b.startswith(op) for b in bodies)}"
+                          for op in ("LDG", "LDS", "STS", "STG", "MUFU"))
+        print(f"loop {start:#x}..{end:#x}: static {(end - start) // 16 + 1}, "
+              f"{len(path)} on the path; {counts}")
+
+
 def main():
     argv = sys.argv[1:]
     trace = "--trace" in argv
     argv = [a for a in argv if a != "--trace"]
+    if "--loops" in argv:
+        argv.remove("--loops")
+        if not argv:
+            sys.exit(__doc__)
+        ins, order = parse(argv[0])
+        loops(ins, order, trace)
+        return
     second = None
     if "--union" in argv:
         i = argv.index("--union")
