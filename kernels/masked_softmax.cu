@@ -323,11 +323,12 @@ __device__ __forceinline__ void for_pack_keys(const T* x, const RowWindow& w, in
         });
 }
 
-// Keys cached in shared memory. Every phase walks thread t's share of the window's packs
-// the same way (for_pack_keys, then for_cached_packs: first + t, + blockDim, ...), so each
-// thread touches only the slots it filled and only the reductions need barriers; whole
-// packs skip the window's tests, and the row's packs outside the window are written as
-// zeros, never read (zero_outside_window).
+// Keys cached in shared memory. Every phase takes thread t's share of the window's packs,
+// first + t, + blockDim, ... (the fill by for_pack_keys, the write by for_cached_packs),
+// so within a row each thread touches only the slots it filled, and besides the
+// reductions' barriers only one a row before the fill is needed (the packs change hands
+// from row to row); whole packs skip the window's tests, and the row's packs outside the
+// window are written as zeros, never read (zero_outside_window).
 template <typename T, int PACK, bool PREFETCH = false>
 __device__ __forceinline__ void block_cached_forward(const T* x, T* y, const MaskParams& p) {
     const ScaleMap sm = ScaleMap::of(p.scale);
@@ -448,7 +449,7 @@ __device__ __forceinline__ void block_stream_forward(const T* x, T* y, const Mas
         const RowFrame f = RowFrame::of(p, shift, index, row);
         const RowWindow& w = f.window;
         const int64_t offset = f.offset;
-        const int64_t first_pack = w.start / PACK, end_pack = (w.end + PACK - 1) / PACK;
+        const int64_t first_pack = w.start / PACK, end_pack = packs_in<PACK>(w.end);
         const L2Policy first_read = reread.first_read();
         const L2Policy second_read = reread.second_read();
 
@@ -547,7 +548,7 @@ __device__ __forceinline__ void cluster_forward(const T* x, T* y, const MaskPara
         const RowWindow& w = f.window;
         const int64_t offset = f.offset;
         const int64_t first = max(chunk.begin, w.start / PACK);
-        const int64_t last = min(chunk.end, (w.end + PACK - 1) / PACK);
+        const int64_t last = min(chunk.end, packs_in<PACK>(w.end));
         // The cached kernel reads each pack once; the streaming one twice (RereadPolicy).
         const L2Policy first_read = reread.first_read();
 
@@ -663,7 +664,7 @@ __device__ __forceinline__ void cluster_forward(const T* x, T* y, const MaskPara
     REGISTER_KERNEL(masked_softmax_fwd_block_regs_p##P##x##N##_##SUFFIX)
 
 // The looping block kernels run at most 512 threads per block (src/plan.rs, LOOP_BLOCK);
-// those that stream a row take STREAM_MIN_BLOCKS (work.cuh), block_cached
+// those that stream a row take STREAM_MIN_BLOCKS (work.cuh), the forward's block_cached
 // CACHED_MIN_BLOCKS: 3 blocks of 512 threads (40 registers) for f32 packs of 4, 4 (32)
 // for single elements, 2 (64) for 16-bit packs of 8. A block_cached block holds its row
 // in shared memory, about 8 packs a thread (src/plan.rs), so the f32 and single-element

@@ -219,7 +219,19 @@ __device__ __forceinline__ void for_pack_pairs(const T* y, const T* dy, const Ro
         });
 }
 
-// y and dy of the valid packs cached in shared memory ([y..][dy..] per pack slot). Both
+// dx of a cached pack, from its slots of y and dy (a pack across the window's edge holds
+// +0.0 in its masked columns, and store_window writes +0.0 there whatever it gets).
+template <int PACK>
+__device__ __forceinline__ void cached_grad(const float* y_slot, const float* dy_slot, float dot, float scale,
+                                            float (&out)[PACK]) {
+    float ys[PACK], dys[PACK];
+    load_slot<PACK>(y_slot, ys);
+    load_slot<PACK>(dy_slot, dys);
+#pragma unroll
+    for (int j = 0; j < PACK; ++j) out[j] = softmax_grad(ys[j], dys[j], dot, scale);
+}
+
+// y and dy of the valid packs cached in shared memory (y of every pack, then dy). Both
 // passes walk thread t's share of the window's packs the same way (for_pack_pairs, then
 // for_cached_packs), so each thread reads back only the slots it filled; whole packs skip
 // the window's tests, and the row's packs outside the window are written as zeros, never
@@ -253,14 +265,8 @@ __device__ __forceinline__ void block_cached_backward(const T* y, const T* dy, T
                                 cache_pair, cache_pair);
         dot = block_sum(dot, scratch);
 
-        // The gradient of a cached pack (masked columns: y and dy +0.0, and dx written 0 by
-        // store_window anyway).
         const auto grad = [&](int64_t i, float (&out)[PACK]) {
-            float ys[PACK], dys[PACK];
-            load_slot<PACK>(cache_y + i * PACK, ys);
-            load_slot<PACK>(cache_dy + i * PACK, dys);
-#pragma unroll
-            for (int j = 0; j < PACK; ++j) out[j] = softmax_grad(ys[j], dys[j], dot, p.scale);
+            cached_grad<PACK>(cache_y + i * PACK, cache_dy + i * PACK, dot, p.scale, out);
         };
         const WindowShare share =
             zero_outside_window<T, PACK>(dx + offset, f, p, 0, packs_in<PACK>(f.own(p).end), threadIdx.x, blockDim.x);
@@ -333,7 +339,7 @@ __device__ __forceinline__ void block_stream_backward(const T* y, const T* dy, T
         const RowFrame f = RowFrame::of(p, shift, index, row);
         const RowWindow& w = f.window;
         const int64_t offset = f.offset;
-        const int64_t first_pack = w.start / PACK, end_pack = (w.end + PACK - 1) / PACK;
+        const int64_t first_pack = w.start / PACK, end_pack = packs_in<PACK>(w.end);
         const L2Policy first_read = reread.first_read();
         const L2Policy second_read = reread.second_read();
 
@@ -418,7 +424,7 @@ __device__ __forceinline__ void cluster_backward(const T* y, const T* dy, T* dx,
         const RowWindow& w = f.window;
         const int64_t offset = f.offset;
         const int64_t first = max(chunk.begin, w.start / PACK);
-        const int64_t last = min(chunk.end, (w.end + PACK - 1) / PACK);
+        const int64_t last = min(chunk.end, packs_in<PACK>(w.end));
         // The cached kernel reads each pack once; the streaming one twice (RereadPolicy).
         const L2Policy first_read = reread.first_read();
 
@@ -449,11 +455,8 @@ __device__ __forceinline__ void cluster_backward(const T* y, const T* dy, T* dx,
             // Thread t reads back only the slots it filled (the same walk over the same
             // packs: zero_outside_window's share is [first, last)).
             const auto grad = [&](int64_t i, float (&out)[PACK]) {
-                float ys[PACK], dys[PACK];
-                load_slot<PACK>(cache_y + (i - chunk.begin) * PACK, ys);
-                load_slot<PACK>(cache_dy + (i - chunk.begin) * PACK, dys);
-#pragma unroll
-                for (int j = 0; j < PACK; ++j) out[j] = softmax_grad(ys[j], dys[j], row_dot, p.scale);
+                cached_grad<PACK>(cache_y + (i - chunk.begin) * PACK, cache_dy + (i - chunk.begin) * PACK, row_dot,
+                                  p.scale, out);
             };
             const WindowShare share =
                 zero_outside_window<T, PACK>(dx + offset, f, p, chunk.begin, chunk.end, threadIdx.x, blockDim.x);

@@ -21,47 +21,18 @@ __device__ __forceinline__ T* dynamic_shared() {
 #endif
 }
 
-// x mod step for a step of at most 65535 (a block's threads), in 32-bit arithmetic:
-// x = hi 2^32 + lo, and every product below stays under 2^32. A 64-bit % is a called
-// subroutine in SASS, and the registers live across the call spill around it.
-__device__ __forceinline__ uint32_t mod_small(uint64_t x, uint32_t step) {
-    const uint32_t two32 = (0u - step) % step;  // 2^32 mod step
-    return ((uint32_t(x >> 32) % step) * two32 + uint32_t(x) % step) % step;
-}
-
-// The first pack at or after `first` that thread `t` owns when thread t owns packs
-// t, t + step, t + 2 step, ... (step: at most 65535).
-__device__ __forceinline__ int64_t first_owned(int64_t first, int64_t t, uint32_t step) {
-    const int64_t ahead = t - first;  // the answer is first + (ahead mod step), mod taken >= 0
-    return first + (ahead >= 0 ? mod_small(uint64_t(ahead), step) : (step - mod_small(uint64_t(-ahead), step)) % step);
-}
-
-// Calls use(i, item) for the packs i = first, first + step, ... below end, after
-// fetch(i, item) has issued the loads of a batch of U of them (see fetch_window): U loads
-// per thread in flight keep the memory system busy where one would leave it waiting.
-template <int U, typename Item, typename Fetch, typename Use>
-__device__ __forceinline__ void for_packs(int64_t first, int64_t end, int64_t step, Fetch fetch, Use use) {
-    for (int64_t base = first; base < end; base += U * step) {
-        Item items[U];
-#pragma unroll
-        for (int u = 0; u < U; ++u)
-            if (base + u * step < end) fetch(base + u * step, items[u]);
-#pragma unroll
-        for (int u = 0; u < U; ++u)
-            if (base + u * step < end) use(base + u * step, items[u]);
-    }
-}
-
 // The packs [first, last) of a row seen through its window [start, end) of columns, as
 // thread t of `step` visits them: first + t, first + t + step, ... Whole packs (every
 // column inside the window) go to fetch(i, item) and use(i, item), a batch of U in flight
-// as in for_packs, with no test of the window; the packs across an edge, at most two (the
+// (U loads per thread in flight keep the memory system busy where one would leave it
+// waiting), with no test of the window; the packs across an edge, at most two (the
 // first, where `start` is off a pack boundary, and the last, where `end` is), go to
 // edge_fetch(i, item) and edge_use(i, item), which test their columns. `first` is at or
 // after start's pack and `last` at or before end's (a block's or a chunk's share of the
-// window's packs). The streaming kernels' passes: in a long row nearly every pack is
-// whole, and testing each against the window and the row's own columns took more
-// instructions than the arithmetic on its columns (PERFORMANCE.md v17).
+// window's packs). The streaming kernels' passes and the cached kernels' fills: in a long
+// row nearly every pack is whole, and testing each against the window and the row's own
+// columns took more instructions than the arithmetic on its columns (PERFORMANCE.md v17,
+// v18).
 template <int PACK, int U, typename Item, typename Fetch, typename Use, typename EdgeFetch, typename EdgeUse>
 __device__ __forceinline__ void for_window_packs(int64_t first, int64_t last, uint32_t t, uint32_t step,
                                                  int64_t start, int64_t end, Fetch fetch, Use use,
@@ -137,7 +108,8 @@ constexpr int CACHED_PACKS_AT_ONCE = 2;
 // where PACK is a multiple of 4 (the caches start 16-byte aligned and hold whole packs),
 // read and written 16 bytes at a time. Written through a float4, NVVM still split some of
 // the stores into 4-byte ones (the backward's dy slot, sm_90), so the store is PTX, with a
-// memory clobber as store_pack_128's.
+// memory clobber as store_pack_128's. (`st.shared` addresses the block's own shared
+// memory: never hand store_slot a cluster_map pointer.)
 template <int PACK>
 __device__ __forceinline__ void load_slot(const float* slot, float (&v)[PACK]) {
     if constexpr (PACK % 4 == 0) {
@@ -177,9 +149,10 @@ __device__ __forceinline__ void store_slot(float* slot, const float (&v)[PACK]) 
 
 // The packs [first, last) walked as for_window_packs walks them (thread t of `step`, U
 // packs a batch), with nothing to fetch: whole(i) for the whole packs, edge(i) for those
-// across an edge of the window [start, end). The cached kernels' later phases, over the packs their first phase
-// fetched into shared memory through for_window_packs: each thread comes back to the slots
-// it filled, and the whole packs skip the window's tests there too.
+// across an edge of the window [start, end). The cached kernels' later phases, over the
+// packs their fill fetched into shared memory through for_window_packs: called with the
+// fill's first, last, t, step and window (any U), each thread comes back to exactly the
+// slots it filled, and the whole packs skip the window's tests there too.
 template <int PACK, int U, typename Whole, typename Edge>
 __device__ __forceinline__ void for_cached_packs(int64_t first, int64_t last, uint32_t t, uint32_t step,
                                                  int64_t start, int64_t end, Whole whole, Edge edge) {
@@ -198,7 +171,9 @@ __device__ __forceinline__ void for_cached_packs(int64_t first, int64_t last, ui
 // Writes +0.0 to the packs i, i + step, ... below end (packs outside the window: nothing
 // read), within the row's own columns `own`. Only two packs can reach past `own` (own.start
 // is under PACK: io.cuh, PackShift): pack 0 where the row starts off a pack boundary, and
-// the pack across own.end; every other pack goes whole, tested by its index alone. (A
+// the pack across own.end; every other pack goes whole, tested by its index alone (a
+// cluster's last chunk may also hold packs wholly past own.end: store_values writes
+// nothing of them). (A
 // loop over the whole packs alone, with the two edges apart, took 10 instructions a pack
 // where this takes 17-19, but made the streaming clusters spill.)
 template <typename T, int PACK>
@@ -324,10 +299,11 @@ struct RowFrame {
     __device__ __forceinline__ RowWindow own(const MaskParams& p) const { return RowWindow{lead, lead + p.k_len}; }
 };
 
-// The write pass of the streaming kernels (stream_write, stream_write_grad) over the packs
-// [begin, end) of a row's own columns (thread t of `step`): writes +0.0 to those wholly
-// outside the row's window, which nothing reads, and returns the others, [first, last),
-// for for_window_packs. (The row's own columns, f.own(p), are worked out where used: kept
+// The write pass of the looping kernels (stream_write, stream_write_grad, the cached ones)
+// over the packs [begin, end) of a row's own columns (thread t of `step`): writes +0.0 to
+// those wholly outside the row's window, which nothing reads, and returns the others,
+// [first, last), for for_window_packs or for_cached_packs (the same packs as a pass over
+// [max(begin, start's pack), min(end, end's pack)) reads, where it reads any). (The row's own columns, f.own(p), are worked out where used: kept
 // across the pass, they made block_stream spill.)
 struct WindowShare {
     int64_t first, last;

@@ -437,9 +437,10 @@ const BLOCK_REGS_WIDE_THREADS: u32 = 256;
 /// (v2, H200) sat below 1024 threads' worth of keys anyway.
 const REGS_BLOCK: u32 = 512;
 /// Threads of the largest block of a kernel that loops over its row (cached, stream,
-/// cluster): 512. Each kernel's launch bounds set its registers (kernels/:
-/// `CACHED_MIN_BLOCKS`, `STREAM_MIN_BLOCKS`, the clusters' 2 blocks), which
-/// `fit_resident` reads back from the driver.
+/// cluster): 512. Their launch bounds set their registers (kernels/: the forward
+/// block_cached's `CACHED_MIN_BLOCKS`, `STREAM_MIN_BLOCKS`, the cached clusters' 2 blocks;
+/// the backward block_cached is left free), which `fit_resident` reads back from the
+/// driver.
 const LOOP_BLOCK: u32 = 512;
 
 /// Shortest rows, in packs, that kernels of 16-byte packs take where rows start off 16-byte
@@ -966,7 +967,7 @@ const MAX_CLUSTER: u64 = 8;
 /// 32-bit registers per multiprocessor (every GPU of compute capability 8.0 and newer).
 const REGISTERS_PER_SM: u64 = 64 * 1024;
 /// Registers per thread the cluster kernels take at most (ptxas, sm_90: 40-64; their
-/// launch bounds ask for 2 blocks of 512 threads a multiprocessor, at most 64).
+/// launch bounds ask for at least 2 blocks of 512 threads a multiprocessor, so 64 at most).
 const CLUSTER_KERNEL_REGISTERS: u64 = 64;
 
 /// The threads of whole warps that `threads` need: a block kernel's size. Blocks in whole

@@ -70,15 +70,3 @@ extern "C" __global__ void selftest_shared_overrun(int words) {
     for (int i = int(threadIdx.x); i < words; i += int(blockDim.x)) mine[i] = i;
 }
 EMU_REGISTER_KERNEL(selftest_shared_overrun)
-
-// The kernels' 32-bit stand-ins for 64-bit remainders (work.cuh): for each case i,
-// owned[i] = first_owned(first[i], t[i], step[i]) and rem[i] = mod_small(first[i], step[i]).
-#include "work.cuh"
-extern "C" __global__ void selftest_first_owned(const int64_t* first, const int64_t* t, const uint32_t* step,
-                                                int64_t* owned, uint32_t* rem, int n) {
-    for (int i = int(threadIdx.x); i < n; i += int(blockDim.x)) {
-        owned[i] = first_owned(first[i], t[i], step[i]);
-        rem[i] = mod_small(uint64_t(first[i]), step[i]);
-    }
-}
-EMU_REGISTER_KERNEL(selftest_first_owned)
