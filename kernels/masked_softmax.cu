@@ -377,23 +377,13 @@ __device__ __forceinline__ void block_cached_forward(const T* x, T* y, const Mas
         sum = block_sum(sum, scratch);
         const float inv_sum = zero_row ? 0.f : 1.f / sum;
 
-        const WindowShare share =
-            zero_outside_window<T, PACK>(y + offset, f, p, 0, packs_in<PACK>(f.own(p).end), threadIdx.x, blockDim.x);
-        for_cached_packs<PACK, CACHED_PACKS_AT_ONCE>(
-            share.first, share.last, threadIdx.x, blockDim.x, w.start, w.end,  // share.first is first_pack
-            [&](int64_t i) {
-                float out[PACK];
-                load_slot<PACK>(cache + i * PACK, out);
+        // (zero_outside_window's share of [0, the row's packs) is [first_pack, end_pack).)
+        write_cached<T, PACK, CACHED_PACKS_AT_ONCE>(y + offset, f, p, 0, packs_in<PACK>(f.own(p).end),
+                                                    [&](int64_t i, float (&out)[PACK]) {
+                                                        load_slot<PACK>(cache + i * PACK, out);
 #pragma unroll
-                for (int j = 0; j < PACK; ++j) out[j] *= inv_sum;
-                store_whole<T, PACK>(y + offset + i * PACK, out);  // a whole pack of the window: within own
-            },
-            [&](int64_t i) {
-                float weights[PACK];
-                load_slot<PACK>(cache + i * PACK, weights);
-                store_window<T, PACK>(y + offset, i * PACK, f.own(p), w.start, w.end,
-                                      [&](int j) { return weights[j] * inv_sum; });
-            });
+                                                        for (int j = 0; j < PACK; ++j) out[j] *= inv_sum;
+                                                    });
     });
 }
 
@@ -583,22 +573,11 @@ __device__ __forceinline__ void cluster_forward(const T* x, T* y, const MaskPara
             if (CACHED) {
                 // Thread t reads back only the slots it filled (the same walk over the same
                 // packs: zero_outside_window's share is [first, last)).
-                const WindowShare share = zero_outside_window<T, PACK>(y + offset, f, p, chunk.begin, chunk.end,
-                                                                       threadIdx.x, blockDim.x);
-                for_cached_packs<PACK, CACHED_PACKS_AT_ONCE>(
-                    share.first, share.last, threadIdx.x, blockDim.x, w.start, w.end,
-                    [&](int64_t i) {
-                        float out[PACK];
+                write_cached<T, PACK, CACHED_PACKS_AT_ONCE>(
+                    y + offset, f, p, chunk.begin, chunk.end, [&](int64_t i, float (&out)[PACK]) {
                         load_slot<PACK>(cache + (i - chunk.begin) * PACK, out);
 #pragma unroll
                         for (int j = 0; j < PACK; ++j) out[j] = probability<PLAIN>(r, out[j], sm);
-                        store_whole<T, PACK>(y + offset + i * PACK, out);  // a whole pack of the window
-                    },
-                    [&](int64_t i) {
-                        float keys[PACK];
-                        load_slot<PACK>(cache + (i - chunk.begin) * PACK, keys);
-                        store_window<T, PACK>(y + offset, i * PACK, f.own(p), w.start, w.end,
-                                              [&](int j) { return probability<PLAIN>(r, keys[j], sm); });
                     });
             } else {
                 const L2Policy second_read = reread.second_read();

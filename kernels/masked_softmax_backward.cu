@@ -265,22 +265,10 @@ __device__ __forceinline__ void block_cached_backward(const T* y, const T* dy, T
                                 cache_pair, cache_pair);
         dot = block_sum(dot, scratch);
 
-        const auto grad = [&](int64_t i, float (&out)[PACK]) {
-            cached_grad<PACK>(cache_y + i * PACK, cache_dy + i * PACK, dot, p.scale, out);
-        };
-        const WindowShare share =
-            zero_outside_window<T, PACK>(dx + offset, f, p, 0, packs_in<PACK>(f.own(p).end), threadIdx.x, blockDim.x);
-        for_cached_packs<PACK, CACHED_PACKS_AT_ONCE>(
-            share.first, share.last, threadIdx.x, blockDim.x, w.start, w.end,  // share.first is first_pack
-            [&](int64_t i) {
-                float out[PACK];
-                grad(i, out);
-                store_whole<T, PACK>(dx + offset + i * PACK, out);  // a whole pack of the window: within own
-            },
-            [&](int64_t i) {
-                float out[PACK];
-                grad(i, out);
-                store_window<T, PACK>(dx + offset, i * PACK, f.own(p), w.start, w.end, [&](int j) { return out[j]; });
+        // (zero_outside_window's share of [0, the row's packs) is [first_pack, end_pack).)
+        write_cached<T, PACK, CACHED_PACKS_AT_ONCE>(
+            dx + offset, f, p, 0, packs_in<PACK>(f.own(p).end), [&](int64_t i, float (&out)[PACK]) {
+                cached_grad<PACK>(cache_y + i * PACK, cache_dy + i * PACK, dot, p.scale, out);
             });
     });
 }
@@ -453,27 +441,12 @@ __device__ __forceinline__ void cluster_backward(const T* y, const T* dy, T* dx,
 
         if (CACHED) {
             // Thread t reads back only the slots it filled (the same walk over the same
-            // packs: zero_outside_window's share is [first, last)).
-            const auto grad = [&](int64_t i, float (&out)[PACK]) {
+            // packs: zero_outside_window's share is [first, last)). One pack at a time: at
+            // CACHED_PACKS_AT_ONCE the 16-bit kernel spilled.
+            write_cached<T, PACK, 1>(dx + offset, f, p, chunk.begin, chunk.end, [&](int64_t i, float (&out)[PACK]) {
                 cached_grad<PACK>(cache_y + (i - chunk.begin) * PACK, cache_dy + (i - chunk.begin) * PACK, row_dot,
                                   p.scale, out);
-            };
-            const WindowShare share =
-                zero_outside_window<T, PACK>(dx + offset, f, p, chunk.begin, chunk.end, threadIdx.x, blockDim.x);
-            // One pack at a time: at CACHED_PACKS_AT_ONCE the 16-bit kernel spilled.
-            for_cached_packs<PACK, 1>(
-                share.first, share.last, threadIdx.x, blockDim.x, w.start, w.end,
-                [&](int64_t i) {
-                    float out[PACK];
-                    grad(i, out);
-                    store_whole<T, PACK>(dx + offset + i * PACK, out);  // a whole pack of the window
-                },
-                [&](int64_t i) {
-                    float out[PACK];
-                    grad(i, out);
-                    store_window<T, PACK>(dx + offset, i * PACK, f.own(p), w.start, w.end,
-                                          [&](int j) { return out[j]; });
-                });
+            });
         } else {
             const L2Policy second_read = reread.second_read();
             stream_write_grad<T, PACK>(y + offset, dy + offset, dx + offset, f, p, row_dot, chunk.begin, chunk.end,

@@ -318,6 +318,31 @@ __device__ __forceinline__ WindowShare zero_outside_window(T* row, const RowFram
     return WindowShare{first, last};
 }
 
+// The write phase of the cached kernels over the packs [begin, end) of a row's own columns
+// (`row` at the row's frame): zeros outside the window (zero_outside_window), and for
+// thread t's packs of the window, the ones it filled (for_cached_packs: the fill's walk
+// over the same share, U packs a batch), out(i, values) gives pack i's PACK values, stored
+// whole or, across an edge of the window, in its columns inside (+0.0 in the others,
+// whatever out gave there).
+template <typename T, int PACK, int U, typename Out>
+__device__ __forceinline__ void write_cached(T* row, const RowFrame& f, const MaskParams& p, int64_t begin,
+                                             int64_t end, Out out) {
+    const RowWindow& w = f.window;
+    const WindowShare share = zero_outside_window<T, PACK>(row, f, p, begin, end, threadIdx.x, blockDim.x);
+    for_cached_packs<PACK, U>(
+        share.first, share.last, threadIdx.x, blockDim.x, w.start, w.end,
+        [&](int64_t i) {
+            float values[PACK];
+            out(i, values);
+            store_whole<T, PACK>(row + i * PACK, values);  // a whole pack of the window: within own
+        },
+        [&](int64_t i) {
+            float values[PACK];
+            out(i, values);
+            store_window<T, PACK>(row, i * PACK, f.own(p), w.start, w.end, [&](int j) { return values[j]; });
+        });
+}
+
 // A split work item (SplitItems) as its kernel sees it: its row, seen from the row's frame,
 // and its chunk's packs: [begin, end) to write (within the row's own columns) and
 // [first, last) to read (those that reach into the row's window; empty if none do).
