@@ -324,11 +324,11 @@ __device__ __forceinline__ void for_pack_keys(const T* x, const RowWindow& w, in
 }
 
 // Keys cached in shared memory. Every phase takes thread t's share of the window's packs,
-// first + t, + blockDim, ... (the fill by for_pack_keys, the write by for_cached_packs),
+// first + t, + blockDim, ... (the fill by for_pack_keys, the write by write_cached),
 // so within a row each thread touches only the slots it filled, and besides the
 // reductions' barriers only one a row before the fill is needed (the packs change hands
 // from row to row); whole packs skip the window's tests, and the row's packs outside the
-// window are written as zeros, never read (zero_outside_window).
+// window are written as zeros, never read.
 template <typename T, int PACK, bool PREFETCH = false>
 __device__ __forceinline__ void block_cached_forward(const T* x, T* y, const MaskParams& p) {
     const ScaleMap sm = ScaleMap::of(p.scale);

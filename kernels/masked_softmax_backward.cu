@@ -233,9 +233,8 @@ __device__ __forceinline__ void cached_grad(const float* y_slot, const float* dy
 
 // y and dy of the valid packs cached in shared memory (y of every pack, then dy). Both
 // passes walk thread t's share of the window's packs the same way (for_pack_pairs, then
-// for_cached_packs), so each thread reads back only the slots it filled; whole packs skip
-// the window's tests, and the row's packs outside the window are written as zeros, never
-// read (zero_outside_window). Dynamic shared memory: [2 * packs * PACK floats][32 floats
+// write_cached), so each thread reads back only the slots it filled; whole packs skip the
+// window's tests, and the row's packs outside the window are written as zeros, never read. Dynamic shared memory: [2 * packs * PACK floats][32 floats
 // of scratch].
 template <typename T, int PACK, bool PREFETCH = false>
 __device__ __forceinline__ void block_cached_backward(const T* y, const T* dy, T* dx, const MaskParams& p) {
