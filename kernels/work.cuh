@@ -100,8 +100,7 @@ __device__ __forceinline__ void for_window_packs(int64_t first, int64_t last, ui
 constexpr int LOADS_IN_FLIGHT = 4;
 constexpr int PAIRS_IN_FLIGHT = 2;
 // Packs a batch in the cached kernels' walks over their shared memory (for_cached_packs):
-// nothing there waits on DRAM, and 4 took up to 72 registers (the 16-bit block_cached) or
-// spilled (the 16-bit cached clusters).
+// nothing there waits on DRAM, and at 4 the 16-bit cached clusters spilled (sm_90).
 constexpr int CACHED_PACKS_AT_ONCE = 2;
 
 // A pack's slot in a cached kernel's shared memory: PACK floats at `slot`, 16-byte aligned
