@@ -434,33 +434,63 @@ __device__ __forceinline__ ColumnWindow<I> shifted(ColumnWindow<I> w, I lead) {
     return ColumnWindow<I>{I(w.start + lead), I(w.end + lead)};
 }
 
-// Asks the L2 for the whole 16-byte chunks of the bytes [begin, end), called by every lane
-// of one warp: a hint, on which no result depends, that never reaches a byte outside
-// [begin, end) (so never one outside the caller's buffer, even where a row ends off a
-// 16-byte boundary; the partial chunks at the ends are left to the loads). sm_90: one bulk
-// prefetch by lane 0 (the copy engine walks the range); before: the warp's lanes one
-// `prefetch.global.L2` a 128-byte line each. The emulator reads the range's first and
-// last bytes instead, so that its guard pages catch a range past a buffer, and counts
-// the range (the tests check the bytes against the rows the kernel should ask for).
-__device__ __forceinline__ void prefetch_l2(const void* begin, const void* end) {
-    const uintptr_t lo = (reinterpret_cast<uintptr_t>(begin) + 15) & ~uintptr_t(15);
-    const uintptr_t hi = reinterpret_cast<uintptr_t>(end) & ~uintptr_t(15);
-    if (hi <= lo) return;
-#ifdef MASKED_SOFTMAX_EMULATION
-    if (threadIdx.x % 32 == 0) emu::l2_prefetch(reinterpret_cast<const void*>(lo), hi - lo);  // as sm_90
-#elif __CUDA_ARCH__ >= 900
-    // PTX takes a 32-bit size, but the SASS (UBLKPF) keeps 16 bits of 16-byte units: a
-    // longer range would wrap, so a hint of more than 1 MiB stops there (the block kernels'
-    // rows are shorter: at most 227 KiB).
-    if (threadIdx.x % 32 == 0) {
-        const uint32_t bytes = uint32_t(min(hi - lo, (uintptr_t(1) << 20) - 16));
-        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(
-                         __cvta_generic_to_global(reinterpret_cast<const void*>(lo))),
-                     "r"(bytes));
+// The whole 16-byte chunks of the bytes [begin, end), as [lo, hi) (empty: hi <= lo). An L2
+// prefetch asks for these alone, so it never reaches a byte outside [begin, end) (so never
+// one outside the caller's buffer, even where a row ends off a 16-byte boundary; the
+// partial chunks at the ends are left to the loads).
+struct L2Chunks {
+    uintptr_t lo, hi;
+
+    __device__ __forceinline__ static L2Chunks of(const void* begin, const void* end) {
+        return L2Chunks{(reinterpret_cast<uintptr_t>(begin) + 15) & ~uintptr_t(15),
+                        reinterpret_cast<uintptr_t>(end) & ~uintptr_t(15)};
     }
+    __device__ __forceinline__ bool empty() const { return hi <= lo; }
+};
+
+// One bulk prefetch of the chunks by the calling thread (sm_90; the copy engine walks the
+// range). PTX takes a 32-bit size, but the SASS (UBLKPF) keeps 16 bits of 16-byte units: a
+// longer range would wrap, so a hint of more than 1 MiB stops there (the block kernels'
+// rows are shorter: at most 227 KiB). The emulator reads the range's first and last bytes
+// instead, so that its guard pages catch a range past a buffer, and counts the range (the
+// tests check the bytes against the rows the kernel should ask for).
+__device__ __forceinline__ void bulk_prefetch_l2(const L2Chunks& c) {
+#ifdef MASKED_SOFTMAX_EMULATION
+    emu::l2_prefetch(reinterpret_cast<const void*>(c.lo), c.hi - c.lo);
+#elif __CUDA_ARCH__ >= 900
+    const uint32_t bytes = uint32_t(min(c.hi - c.lo, (uintptr_t(1) << 20) - 16));
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(
+                     __cvta_generic_to_global(reinterpret_cast<const void*>(c.lo))),
+                 "r"(bytes));
+#endif
+}
+
+// Asks the L2 for the whole 16-byte chunks of the bytes [begin, end) (L2Chunks), called by
+// every lane of one warp: a hint, on which no result depends. sm_90: one bulk prefetch by
+// lane 0; before: the warp's lanes one `prefetch.global.L2` a 128-byte line each.
+__device__ __forceinline__ void prefetch_l2(const void* begin, const void* end) {
+    const L2Chunks c = L2Chunks::of(begin, end);
+    if (c.empty()) return;
+#if defined(MASKED_SOFTMAX_EMULATION) || __CUDA_ARCH__ >= 900
+    if (threadIdx.x % 32 == 0) bulk_prefetch_l2(c);
 #else
-    for (uintptr_t line = (lo & ~uintptr_t(127)) + (threadIdx.x % 32) * 128; line < hi; line += 32 * 128) {
-        const uintptr_t at = line < lo ? lo : line;
+    for (uintptr_t line = (c.lo & ~uintptr_t(127)) + (threadIdx.x % 32) * 128; line < c.hi; line += 32 * 128) {
+        const uintptr_t at = line < c.lo ? c.lo : line;
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(__cvta_generic_to_global(reinterpret_cast<const void*>(at))));
+    }
+#endif
+}
+
+// The same hint asked by the calling lane alone, for a range of its own (the rows kernels:
+// one lane a row). sm_90: a bulk prefetch; before: a `prefetch.global.L2` a 128-byte line.
+__device__ __forceinline__ void prefetch_l2_lane(const void* begin, const void* end) {
+    const L2Chunks c = L2Chunks::of(begin, end);
+    if (c.empty()) return;
+#if defined(MASKED_SOFTMAX_EMULATION) || __CUDA_ARCH__ >= 900
+    bulk_prefetch_l2(c);
+#else
+    for (uintptr_t line = c.lo & ~uintptr_t(127); line < c.hi; line += 128) {
+        const uintptr_t at = line < c.lo ? c.lo : line;
         asm volatile("prefetch.global.L2 [%0];" ::"l"(__cvta_generic_to_global(reinterpret_cast<const void*>(at))));
     }
 #endif

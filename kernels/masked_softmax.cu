@@ -176,13 +176,14 @@ struct RawPairKeys {
 
 // The rows kernels' raw-pair form (rows_forward for 16-bit vector packs): the same loop,
 // twice the rows at once for the same registers.
-template <typename T, int PACK, int PACKS, int GROUP, bool AHEAD = false>
+template <typename T, int PACK, int PACKS, int GROUP, Ahead AHEAD = Ahead::none>
 __device__ __forceinline__ void rows_forward_16bit(const T* x, T* y, const MaskParams& p) {
     static_assert(sizeof(T) == 2 && PACK % 2 == 0, "16-bit vector packs only");
     constexpr int R = rows_at_once<PACK * PACKS / 2>();  // registers of PACK * PACKS / 2 floats
     const RawPairKeys<T> keys = RawPairKeys<T>::of(p.scale);
     const int32_t k_len = int32_t(p.k_len);
-    for_each_group_rows<AHEAD, GROUP, R>(p, PackShift<T, PACK>::of(x, p), [&](const GroupRow (&rows)[R]) {
+    const T* none = nullptr;  // a second input to prefetch: the forward has one
+    for_each_group_rows<AHEAD, GROUP, R>(p, PackShift<T, PACK>::of(x, p), x, none, [&](const GroupRow (&rows)[R]) {
         // Every load of the R rows in flight, then the arithmetic.
         RawPack<T, PACK> raw[R][PACKS];
         fetch_group_rows<T, PACK, PACKS, GROUP, R>(x, rows, raw);
@@ -222,11 +223,12 @@ __device__ __forceinline__ void block_regs_forward_16bit(const T* x, T* y, const
 // (16-bit vector packs take rows_forward_16bit instead, with R twice as large; the
 // rows_keys kernels, which the planner gives 16-bit rows of up to 2 packs a lane, take
 // this form for them.)
-template <typename T, int PACK, int PACKS, int GROUP, bool AHEAD = false>
+template <typename T, int PACK, int PACKS, int GROUP, Ahead AHEAD = Ahead::none>
 __device__ __forceinline__ void rows_forward(const T* x, T* y, const MaskParams& p) {
     constexpr int R = rows_at_once<PACK * PACKS>();
     const ScaleMap sm = ScaleMap::of(p.scale);
-    for_each_group_rows<AHEAD, GROUP, R>(p, PackShift<T, PACK>::of(x, p), [&](const GroupRow (&rows)[R]) {
+    const T* none = nullptr;  // a second input to prefetch: the forward has one
+    for_each_group_rows<AHEAD, GROUP, R>(p, PackShift<T, PACK>::of(x, p), x, none, [&](const GroupRow (&rows)[R]) {
         // Every load of the R rows in flight, then the arithmetic.
         RawPack<T, PACK> raw[R][PACKS];
         fetch_group_rows<T, PACK, PACKS, GROUP, R>(x, rows, raw);
@@ -607,7 +609,7 @@ __device__ __forceinline__ void cluster_forward(const T* x, T* y, const MaskPara
             rows_forward<T, P, N, G, AHEAD>(x, y, p);                                                   \
     }                                                                                                   \
     REGISTER_KERNEL(masked_softmax_fwd_rows_g##G##_p##P##x##N##_##TAG##SUFFIX)
-#define ROWS_KERNEL(SUFFIX, T, G, P, N) ROWS_INSTANCE(SUFFIX, T, G, P, N, , false)
+#define ROWS_KERNEL(SUFFIX, T, G, P, N) ROWS_INSTANCE(SUFFIX, T, G, P, N, , Ahead::none)
 
 // The 16-bit rows kernels with f32 keys (rows_forward) rather than raw pairs: one exp an
 // element where raw pairs take two, half the rows in flight. The planner takes them for
@@ -619,7 +621,7 @@ __device__ __forceinline__ void cluster_forward(const T* x, T* y, const MaskPara
         rows_forward<T, P, N, G, AHEAD>(x, y, p);                                                       \
     }                                                                                                   \
     REGISTER_KERNEL(masked_softmax_fwd_rows_keys_g##G##_p##P##x##N##_##TAG##SUFFIX)
-#define ROWS_KEYS_KERNEL(SUFFIX, T, G, P, N) ROWS_KEYS_INSTANCE(SUFFIX, T, G, P, N, , false)
+#define ROWS_KEYS_KERNEL(SUFFIX, T, G, P, N) ROWS_KEYS_INSTANCE(SUFFIX, T, G, P, N, , Ahead::none)
 
 // Block kernels keep 16 floats of the row per thread in registers, in blocks of up to 512
 // threads (see BLOCK_REGS_MIN_BLOCKS for their register budget).
@@ -742,6 +744,26 @@ PREFETCH_KERNEL(block_cached_p4, f32, float, 512, 2, (block_cached_forward<float
 // again, fetching each batch's lengths a batch ahead (work.cuh, for_each_group_rows under
 // AHEAD), with the same launch bounds; the list is ladder.cuh's SHORT_ROWS_PREFETCH_LADDER.
 // Variants, until measured.
-#define ROWS_PREFETCH(SUFFIX, T, G, P, N) ROWS_INSTANCE(SUFFIX, T, G, P, N, prefetch_, true)
-#define ROWS_KEYS_PREFETCH(SUFFIX, T, G, P, N) ROWS_KEYS_INSTANCE(SUFFIX, T, G, P, N, prefetch_, true)
+#define ROWS_PREFETCH(SUFFIX, T, G, P, N) ROWS_INSTANCE(SUFFIX, T, G, P, N, prefetch_, Ahead::lengths)
+#define ROWS_KEYS_PREFETCH(SUFFIX, T, G, P, N) ROWS_KEYS_INSTANCE(SUFFIX, T, G, P, N, prefetch_, Ahead::lengths)
 SHORT_ROWS_PREFETCH_LADDER(ROWS_PREFETCH, ROWS_KEYS_PREFETCH)
+
+// The rows kernels the planner gives rows of 77 to 1024 keys (one row a group of lanes at a
+// time), again, asking the L2 for each warp's next batch of rows and fetching lengths two
+// batches ahead (work.cuh, for_each_group_rows under Ahead::rows), with the same
+// launch bounds; src/plan.rs, KernelKind::prefetch_name lists the same. Variants, until
+// measured.
+#define ROWS_L2_PREFETCH(SUFFIX, T, G, P, N) ROWS_INSTANCE(SUFFIX, T, G, P, N, prefetch_, Ahead::rows)
+#define ROWS_KEYS_L2_PREFETCH(SUFFIX, T, G, P, N) ROWS_KEYS_INSTANCE(SUFFIX, T, G, P, N, prefetch_, Ahead::rows)
+ROWS_L2_PREFETCH(f32, float, 8, 4, 4)
+ROWS_L2_PREFETCH(f32, float, 16, 4, 4)
+ROWS_L2_PREFETCH(f32, float, 32, 4, 4)
+ROWS_L2_PREFETCH(f32, float, 32, 4, 8)
+ROWS_KEYS_L2_PREFETCH(f16, __half, 8, 8, 2)
+ROWS_L2_PREFETCH(f16, __half, 8, 8, 4)
+ROWS_L2_PREFETCH(f16, __half, 16, 8, 4)
+ROWS_L2_PREFETCH(f16, __half, 32, 8, 4)
+ROWS_KEYS_L2_PREFETCH(bf16, __nv_bfloat16, 8, 8, 2)
+ROWS_L2_PREFETCH(bf16, __nv_bfloat16, 8, 8, 4)
+ROWS_L2_PREFETCH(bf16, __nv_bfloat16, 16, 8, 4)
+ROWS_L2_PREFETCH(bf16, __nv_bfloat16, 32, 8, 4)

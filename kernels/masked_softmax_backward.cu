@@ -34,10 +34,10 @@ __device__ __forceinline__ float softmax_grad(float y, float dy, float dot, floa
     return y * (dy - dot) * scale;
 }
 
-template <typename T, int PACK, int PACKS, int GROUP, bool AHEAD = false>
+template <typename T, int PACK, int PACKS, int GROUP, Ahead AHEAD = Ahead::none>
 __device__ __forceinline__ void rows_backward(const T* y, const T* dy, T* dx, const MaskParams& p) {
     constexpr int R = rows_at_once<2 * PACK * PACKS>();
-    for_each_group_rows<AHEAD, GROUP, R>(p, PackShift<T, PACK>::of(y, p), [&](const GroupRow (&rows)[R]) {
+    for_each_group_rows<AHEAD, GROUP, R>(p, PackShift<T, PACK>::of(y, p), y, dy, [&](const GroupRow (&rows)[R]) {
         // Every load of the R rows in flight, then the arithmetic.
         PackPair<T, PACK> raw[R][PACKS];
         fetch_group_row_pairs<T, PACK, PACKS, GROUP, R>(y, dy, rows, raw);
@@ -97,12 +97,12 @@ __device__ __forceinline__ void forget_pairs(PackPair<T, PACK> (&raw)[PACKS]) {
 // register, half the registers of f32 values), so a lane takes twice the rows at once and
 // has twice the bytes in flight, converting each value twice (for the dot product, then to
 // write).
-template <typename T, int PACK, int PACKS, int GROUP, bool AHEAD = false>
+template <typename T, int PACK, int PACKS, int GROUP, Ahead AHEAD = Ahead::none>
 __device__ __forceinline__ void rows_backward_16bit(const T* y, const T* dy, T* dx, const MaskParams& p) {
     static_assert(sizeof(T) == 2 && PACK > 1, "16-bit vector packs only");
     constexpr int R = rows_at_once<PACK * PACKS>();  // registers of 2 * PACK * PACKS / 2 floats
     const int32_t k_len = int32_t(p.k_len);
-    for_each_group_rows<AHEAD, GROUP, R>(p, PackShift<T, PACK>::of(y, p), [&](const GroupRow (&rows)[R]) {
+    for_each_group_rows<AHEAD, GROUP, R>(p, PackShift<T, PACK>::of(y, p), y, dy, [&](const GroupRow (&rows)[R]) {
         PackPair<T, PACK> raw[R][PACKS];
         fetch_group_row_pairs<T, PACK, PACKS, GROUP, R>(y, dy, rows, raw);
 #pragma unroll
@@ -483,7 +483,7 @@ __device__ __forceinline__ void cluster_backward(const T* y, const T* dy, T* dx,
             rows_backward<T, P, N, G, AHEAD>(y, dy, dx, p);                                        \
     }                                                                                              \
     REGISTER_KERNEL(masked_softmax_bwd_rows_g##G##_p##P##x##N##_##TAG##SUFFIX)
-#define BWD_ROWS_KERNEL(SUFFIX, T, G, P, N) BWD_ROWS_INSTANCE(SUFFIX, T, G, P, N, , false)
+#define BWD_ROWS_KERNEL(SUFFIX, T, G, P, N) BWD_ROWS_INSTANCE(SUFFIX, T, G, P, N, , Ahead::none)
 
 // 16 floats (8 of y, 8 of dy) per thread in registers, in blocks of up to 512 threads, with
 // the register budget left to ptxas: held to 2 blocks' worth (64 registers, as the forward's
@@ -585,5 +585,22 @@ BWD_PREFETCH_KERNEL(block_cached_p4, f32, float, (block_cached_backward<float, 4
 // again, fetching each batch's lengths a batch ahead (work.cuh, for_each_group_rows under
 // AHEAD), with the same launch bounds; the list is ladder.cuh's SHORT_ROWS_PREFETCH_LADDER.
 // Variants, until measured.
-#define BWD_ROWS_PREFETCH(SUFFIX, T, G, P, N) BWD_ROWS_INSTANCE(SUFFIX, T, G, P, N, prefetch_, true)
+#define BWD_ROWS_PREFETCH(SUFFIX, T, G, P, N) BWD_ROWS_INSTANCE(SUFFIX, T, G, P, N, prefetch_, Ahead::lengths)
 SHORT_ROWS_PREFETCH_LADDER(BWD_ROWS_PREFETCH, BWD_ROWS_PREFETCH)
+
+// The rows kernels the planner gives rows of 77 to 1024 keys (one row a group of lanes at a
+// time), again, asking the L2 for each warp's next batch of rows (y and dy) and fetching
+// lengths two batches ahead (work.cuh, for_each_group_rows under Ahead::rows), with
+// the same launch bounds; src/plan.rs, KernelKind::prefetch_name lists the same. Variants,
+// until measured.
+#define BWD_ROWS_L2_PREFETCH(SUFFIX, T, G, P, N) BWD_ROWS_INSTANCE(SUFFIX, T, G, P, N, prefetch_, Ahead::rows)
+BWD_ROWS_L2_PREFETCH(f32, float, 8, 4, 4)
+BWD_ROWS_L2_PREFETCH(f32, float, 16, 4, 4)
+BWD_ROWS_L2_PREFETCH(f16, __half, 8, 8, 2)
+BWD_ROWS_L2_PREFETCH(f16, __half, 16, 8, 2)
+BWD_ROWS_L2_PREFETCH(f16, __half, 32, 8, 2)
+BWD_ROWS_L2_PREFETCH(f16, __half, 32, 8, 4)
+BWD_ROWS_L2_PREFETCH(bf16, __nv_bfloat16, 8, 8, 2)
+BWD_ROWS_L2_PREFETCH(bf16, __nv_bfloat16, 16, 8, 2)
+BWD_ROWS_L2_PREFETCH(bf16, __nv_bfloat16, 32, 8, 2)
+BWD_ROWS_L2_PREFETCH(bf16, __nv_bfloat16, 32, 8, 4)

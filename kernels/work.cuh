@@ -502,6 +502,19 @@ __device__ __forceinline__ BatchLengths<Rows, GROUP, R> fetch_batch_lengths(cons
     return l;
 }
 
+// A lane's row r of the batch from `base` (BatchShape::lane_row) with the valid columns
+// `window` worked out from its lengths (emptied for a lane past the last row): for
+// for_each_group_rows under Ahead::rows, which works the windows out a batch ahead.
+template <typename Rows, int GROUP, int R, typename T, int PACK>
+__device__ __forceinline__ GroupRow lane_group_row(const MaskParams& p, const PackShift<T, PACK>& shift, int64_t base,
+                                                   int r, ShortWindow window) {
+    using Row = typename Rows::Row;
+    const int lane = threadIdx.x % WARP;
+    bool active;
+    const Row row = row_or_last<Rows>(p, base, BatchShape<GROUP, R>::lane_row(r, lane), active);
+    return group_row(active, lane % GROUP, none_if(!active, window), Rows::offset(p, active ? row : Row(0)), shift);
+}
+
 // The R rows a lane takes from the batch from `base` (GroupRow, for_each_group_rows), from
 // the lengths fetch_batch_lengths fetched for it, worked out in the arithmetic of Rows.
 template <typename Rows, int GROUP, int R, typename T, int PACK>
@@ -525,6 +538,8 @@ __device__ __forceinline__ void group_rows_of(const MaskParams& p, const Rows& r
             rows[r] = group_row(active, lane % GROUP, window, Rows::offset(p, active ? row : Row(0)), shift);
         }
     } else {
+        // (As lane_group_row does, written out: calling it here moved the registers of
+        // 39 of the planned rows kernels, by -8 to +8.)
 #pragma unroll
         for (int r = 0; r < R; ++r) {
             bool active;
@@ -535,6 +550,28 @@ __device__ __forceinline__ void group_rows_of(const MaskParams& p, const Rows& r
     }
 }
 
+// What the `_prefetch_` instances of the rows kernels fetch ahead (for_each_group_rows;
+// src/plan.rs, KernelKind::prefetch_name): nothing (the planned kernels), each batch's
+// lengths a batch ahead (v14: short rows, several a lane at once), or the next batch's
+// rows asked of the L2 with lengths two batches ahead (v19: a row a group at a time).
+enum class Ahead { none, lengths, rows };
+
+// Under Ahead::rows (a row a group of lanes at a time: R == 1), the leader of each group
+// (member 0) asks the L2 for its row of the batch from `base`: the row's valid scores
+// (`window`, as worked out from its lengths) in `a`, and in `b` if not null (the
+// backward's dy). Rows past the last are not asked for.
+template <int GROUP, typename T>
+__device__ __forceinline__ void prefetch_batch_rows_l2(const MaskParams& p, int64_t base, const ShortWindow& window,
+                                                       const T* a, const T* b) {
+    const int lane = threadIdx.x % WARP;
+    bool active;
+    const uint32_t row = row_or_last<NarrowRows>(p, base, BatchShape<GROUP, 1>::lane_row(0, lane), active);
+    if (!active || lane % GROUP != 0) return;
+    const int64_t offset = NarrowRows::offset(p, row);
+    prefetch_l2_lane(a + offset + window.start, a + offset + window.end);
+    if (b) prefetch_l2_lane(b + offset + window.start, b + offset + window.end);
+}
+
 // Calls body(const GroupRow (&)[R]) for every batch of R rows a lane handles, GROUP lanes
 // per row (32 / GROUP rows per warp), each seen from its frame by `shift`, over a
 // grid-stride loop that is warp-uniform: every lane of a warp makes the same calls, so a
@@ -543,33 +580,59 @@ __device__ __forceinline__ void group_rows_of(const MaskParams& p, const Rows& r
 // worked out two ways, NarrowRows or WideRows, by a test per batch: a body compiled twice
 // took up to 7 registers more, and spilled.)
 //
-// Under AHEAD (the `_prefetch_` instances of the short rows kernels: src/plan.rs,
-// KernelKind::prefetch_name) a narrow_rows_launch fetches each batch's lengths a batch
-// ahead: the next batch's length loads are issued after the current batch's windows are
-// worked out and before the body issues its score loads, so that a short row's two
-// dependent loads (its length, then its scores) overlap the next batch's first instead of
-// taking two memory latencies in turn. The price: three registers a fetched row
-// (NarrowRowLengths) held across the body, and a few instructions a batch; in the forward
-// ptxas no longer hoists the scale's test out of the rows (sm_90 rows_g1_p1x1_f32: 79
-// instructions a row against 67.5; PERFORMANCE.md, v14). (The 64-bit path, for giant
-// launches alone, fetches in turn.)
-template <bool AHEAD, int GROUP, int R, typename T, int PACK, typename Body>
-__device__ __forceinline__ void for_each_group_rows(const MaskParams& p, const PackShift<T, PACK>& shift, Body body) {
+// Under AHEAD (the `_prefetch_` instances of the rows kernels: src/plan.rs,
+// KernelKind::prefetch_name) a narrow_rows_launch fetches ahead, in one of two ways:
+// - Ahead::lengths (v14; short rows, several a lane at once): each batch's lengths a
+//   batch ahead. The next batch's length loads are issued after the current batch's
+//   windows are worked out and before the body issues its score loads, so that a short
+//   row's two dependent loads (its length, then its scores) overlap the next batch's
+//   first instead of taking two memory latencies in turn. The price: three registers a
+//   fetched row (NarrowRowLengths) held across the body, and a few instructions a batch;
+//   in the forward ptxas no longer hoists the scale's test out of the rows (sm_90
+//   rows_g1_p1x1_f32: 79 instructions a row against 67.5; PERFORMANCE.md, v14).
+// - Ahead::rows (v19; 77 to 1024 keys, a row a group at a time): each batch's lengths two
+//   batches ahead, and before the body the next batch's valid scores in `a` (and `b`)
+//   asked of the L2 (prefetch_batch_rows_l2), so that the DRAM fetches a warp's next rows
+//   while it reduces and writes the current ones, and their loads then wait on the L2,
+//   not on DRAM (as the block kernels' for_each_grid_row under PREFETCH).
+// (The 64-bit path, for giant launches alone, fetches in turn.)
+template <Ahead AHEAD, int GROUP, int R, typename T, int PACK, typename Body>
+__device__ __forceinline__ void for_each_group_rows(const MaskParams& p, const PackShift<T, PACK>& shift, const T* a,
+                                                    const T* b, Body body) {
     constexpr int BATCH = BatchShape<GROUP, R>::BATCH;
+    constexpr bool ASK_L2 = AHEAD == Ahead::rows;
+    static_assert(!ASK_L2 || R == 1, "the L2 is asked for a row a group of lanes");
     const bool narrow_launch = narrow_rows_launch(p);
     const int64_t warps_per_block = blockDim.x / WARP;
     const int64_t first_warp = int64_t(blockIdx.x) * warps_per_block + threadIdx.x / WARP;
     const int64_t step = int64_t(gridDim.x) * warps_per_block * BATCH;
     int64_t base = first_warp * BATCH;
-    BatchLengths<NarrowRows, GROUP, R> ahead{};  // AHEAD: the batch's, fetched a batch ahead
-    if (AHEAD && narrow_launch && base < p.rows)
+    // The batch from `from`, or (past the last batch) the last row's again: no branch.
+    const auto fetch_from = [&](int64_t from) {
+        return fetch_batch_lengths<NarrowRows, GROUP, R>(p, NarrowRows{}, from < p.rows ? from : p.rows);
+    };
+    // Ahead::lengths: the batch's, fetched a batch ahead; Ahead::rows: the next batch's,
+    // fetched two ahead.
+    BatchLengths<NarrowRows, GROUP, R> ahead{};
+    ShortWindow window{};  // Ahead::rows: the lane's row's of the batch, worked out a batch ahead
+    if (AHEAD != Ahead::none && narrow_launch && base < p.rows) {
         ahead = fetch_batch_lengths<NarrowRows, GROUP, R>(p, NarrowRows{}, base);
+        if constexpr (ASK_L2) {
+            window = NarrowRows{}.window(p, ahead.of[0]);
+            ahead = fetch_from(base + step);
+        }
+    }
     for (; base < p.rows; base += step) {
         GroupRow rows[R];
         if (narrow_launch) {
-            if constexpr (AHEAD) {
+            if constexpr (ASK_L2) {
+                rows[0] = lane_group_row<NarrowRows, GROUP, R>(p, shift, base, 0, window);
+                const int64_t next = base + step;
+                window = NarrowRows{}.window(p, ahead.of[0]);
+                prefetch_batch_rows_l2<GROUP>(p, next < p.rows ? next : p.rows, window, a, b);
+                ahead = fetch_from(next + step);
+            } else if constexpr (AHEAD == Ahead::lengths) {
                 group_rows_of<NarrowRows, GROUP, R>(p, NarrowRows{}, shift, base, ahead, rows);
-                // The next batch's, or (past the last batch) the last row's again: no branch.
                 const int64_t next = base + step;
                 ahead = fetch_batch_lengths<NarrowRows, GROUP, R>(p, NarrowRows{}, next < p.rows ? next : p.rows);
             } else {

@@ -260,6 +260,24 @@ pub fn vector_pack(dtype: DType) -> u32 {
     16 / dtype.size_in_bytes() as u32
 }
 
+/// What a kernel's `*_prefetch_*` instance ([`KernelKind::prefetch_name`]) fetches ahead
+/// of its planned kernel's work (kernels/work.cuh).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FetchAhead {
+    /// A block kernel holding one row at a time (block_regs, block_cached; v12): warp 0
+    /// asks the L2 for the block's next row but one of its grid stride as it finishes a
+    /// row (`prefetch_row_l2`).
+    NextRow,
+    /// A rows kernel taking several short rows a lane at once (1 to 64 keys; v14): each
+    /// batch's lengths a batch ahead, into registers; no L2 hint.
+    Lengths,
+    /// A rows kernel taking a row a group of lanes at a time (77 to 1024 keys; v19): the
+    /// leader of each group asks the L2 for its row of the warp's next batch before the
+    /// current batch's work, with the lengths fetched two batches ahead
+    /// (`for_each_group_rows` under `Ahead::rows`).
+    NextBatch,
+}
+
 /// Forward (`kernels/masked_softmax.cu`) or backward (`kernels/masked_softmax_backward.cu`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Direction {
@@ -549,68 +567,103 @@ impl KernelKind {
         }
     }
 
-    /// The kind's kernel compiled again to fetch ahead (`*_prefetch_*`), which
-    /// [`CudaSoftmax::set_next_row_prefetch`](crate::cuda::CudaSoftmax::set_next_row_prefetch)
-    /// launches in its place. The same launch as the kind's; the planner never asks for it
-    /// (a variant, until measured). Two kinds of instance:
-    /// - the block kernels the planner gives the large cases (the vector block_regs of
-    ///   each type and direction, f32 block_cached) ask the L2 for the block's next row
-    ///   while they work on the current one (kernels/work.cuh `prefetch_row_l2`;
-    ///   [`asks_l2_ahead`](Self::asks_l2_ahead));
-    /// - the rows kernels the planner gives rows of 1, 7, 32 and 64 keys (kernels/ladder.cuh,
-    ///   SHORT_ROWS_PREFETCH_LADDER) fetch each batch's lengths a batch ahead, into
-    ///   registers (kernels/work.cuh `for_each_group_rows` under AHEAD), so that a short
-    ///   row's length and score loads no longer wait out two memory latencies in turn.
-    pub fn prefetch_name(self, dtype: DType, direction: Direction) -> Option<String> {
+    /// What the kind's kernel compiled again to fetch ahead (`*_prefetch_*`:
+    /// [`prefetch_name`](Self::prefetch_name)) fetches, or `None` where there is no such
+    /// instance (kernels/masked_softmax*.cu list the same set).
+    pub fn fetch_ahead(self, dtype: DType, direction: Direction) -> Option<FetchAhead> {
         let vector = vector_pack(dtype);
         let f32 = dtype == DType::F32;
-        let compiled = match self {
-            KernelKind::BlockRegs { pack, packs } if pack == vector => {
-                packs
-                    == block_regs_16bit_packs(dtype, pack)
-                        .unwrap_or_else(|| block_regs_packs(pack, direction))
+        let forward = direction == Direction::Forward;
+        match self {
+            // The block kernels the planner gives the large cases (v12).
+            KernelKind::BlockRegs { pack, packs } if pack == vector => (packs
+                == block_regs_16bit_packs(dtype, pack)
+                    .unwrap_or_else(|| block_regs_packs(pack, direction)))
+            .then_some(FetchAhead::NextRow),
+            KernelKind::BlockCached { pack } => {
+                (f32 && pack == vector).then_some(FetchAhead::NextRow)
             }
-            KernelKind::BlockCached { pack } => f32 && pack == vector,
-            // One key: a lane a row.
+            // The rows kernels of 1, 7, 32 and 64 keys (v14). One key: a lane a row.
             KernelKind::Rows {
                 group: 1,
                 pack: 1,
                 packs: 1,
-            } => true,
+            } => Some(FetchAhead::Lengths),
             // Seven keys (single elements: rows off 16-byte boundaries): f32 on 8 lanes of
             // one, 16-bit on a lane of 8.
             KernelKind::Rows {
                 group: 8,
                 pack: 1,
                 packs: 1,
-            } => f32,
+            } => f32.then_some(FetchAhead::Lengths),
             KernelKind::Rows {
                 group: 1,
                 pack: 1,
                 packs: 8,
-            } => !f32,
+            } => (!f32).then_some(FetchAhead::Lengths),
             // 32 and 64 keys, 16-byte packs: f32 on 8 lanes of one or two packs; 16-bit on
             // 4 or 8 lanes of one, as f32 keys forward (RowsKeys), raw pairs backward.
             KernelKind::Rows {
                 group: 8,
                 pack,
                 packs: 1 | 2,
-            } if f32 => pack == vector,
+            } if f32 => (pack == vector).then_some(FetchAhead::Lengths),
             KernelKind::Rows {
                 group: 4 | 8,
                 pack,
                 packs: 1,
-            } if !f32 => pack == vector && direction == Direction::Backward,
+            } if !f32 => (pack == vector && !forward).then_some(FetchAhead::Lengths),
             KernelKind::RowsKeys {
                 group: 4 | 8,
                 pack,
                 packs: 1,
-            } => pack == vector,
-            _ => false,
-        };
-        if !compiled {
-            return None;
+            } => (pack == vector).then_some(FetchAhead::Lengths),
+            // The rows kernels of 77 to 1024 keys, a row a group of lanes at a time (v19):
+            // f32 on 8 or 16 lanes of 4 packs, and forward on a warp of 4 or 8; 16-bit
+            // forward as f32 keys on 8 lanes of 2 packs and as raw pairs on 8 to 32 lanes of
+            // 4, backward on 8 to 32 lanes of 2 and a warp of 4.
+            KernelKind::Rows {
+                group: 8 | 16,
+                pack,
+                packs: 4,
+            } if f32 => (pack == vector).then_some(FetchAhead::NextBatch),
+            KernelKind::Rows {
+                group: 32,
+                pack,
+                packs: 4 | 8,
+            } if f32 => (pack == vector && forward).then_some(FetchAhead::NextBatch),
+            KernelKind::RowsKeys {
+                group: 8,
+                pack,
+                packs: 2,
+            } => (pack == vector).then_some(FetchAhead::NextBatch),
+            KernelKind::Rows {
+                group: 8 | 16 | 32,
+                pack,
+                packs: 4,
+            } if forward => (pack == vector).then_some(FetchAhead::NextBatch),
+            KernelKind::Rows {
+                group,
+                pack,
+                packs: 2,
+            } if !f32 && !forward && matches!(group, 8 | 16 | 32) => {
+                (pack == vector).then_some(FetchAhead::NextBatch)
+            }
+            KernelKind::Rows {
+                group: 32,
+                pack,
+                packs: 4,
+            } => (!f32 && pack == vector).then_some(FetchAhead::NextBatch),
+            _ => None,
         }
+    }
+
+    /// The kind's kernel compiled again to fetch ahead (`*_prefetch_*`), which
+    /// [`CudaSoftmax::set_next_row_prefetch`](crate::cuda::CudaSoftmax::set_next_row_prefetch)
+    /// launches in its place. The same launch as the kind's; the planner never asks for it
+    /// (a variant, until measured). What it fetches: [`fetch_ahead`](Self::fetch_ahead).
+    pub fn prefetch_name(self, dtype: DType, direction: Direction) -> Option<String> {
+        self.fetch_ahead(dtype, direction)?;
         // The kind's name with `prefetch_` before the type: `..._p4x4_prefetch_f32`.
         let name = self.name(dtype, direction);
         let stem = name.strip_suffix(dtype.kernel_suffix())?;
@@ -618,12 +671,12 @@ impl KernelKind {
     }
 
     /// Whether the kind's [`prefetch_name`](Self::prefetch_name) instance asks the L2 for
-    /// the block's next row (the block kernels'), rather than fetching the next batch's
-    /// lengths into registers (the rows kernels').
-    pub fn asks_l2_ahead(self) -> bool {
+    /// rows ahead ([`FetchAhead::NextRow`], [`FetchAhead::NextBatch`]), rather than
+    /// fetching the next batch's lengths into registers ([`FetchAhead::Lengths`]).
+    pub fn asks_l2_ahead(self, dtype: DType, direction: Direction) -> bool {
         matches!(
-            self,
-            KernelKind::BlockRegs { .. } | KernelKind::BlockCached { .. }
+            self.fetch_ahead(dtype, direction),
+            Some(FetchAhead::NextRow | FetchAhead::NextBatch)
         )
     }
 
@@ -2156,36 +2209,60 @@ mod tests {
             None
         );
         // Prefetching instances: the vector block_regs of each type and direction and the
-        // f32 block_cached (asking the L2), and the rows kernels of 1, 7, 32 and 64 keys
-        // (lengths a batch ahead), nothing else.
+        // f32 block_cached (asking the L2 for the next row), the rows kernels of 1, 7, 32
+        // and 64 keys (lengths a batch ahead) and those of 77 to 1024 keys (asking the L2
+        // for the next batch), nothing else.
         let prefetching = |dtype, direction| -> Vec<String> {
-            KernelKind::all(dtype, true, direction)
+            let mut names: Vec<String> = KernelKind::all(dtype, true, direction)
                 .into_iter()
                 .filter_map(|k| k.prefetch_name(dtype, direction))
-                .collect()
+                .collect();
+            names.sort();
+            names
+        };
+        let sorted = |mut names: Vec<String>| {
+            names.sort();
+            names
         };
         for direction in [Direction::Forward, Direction::Backward] {
             let d = direction.prefix();
-            let regs = match direction {
-                Direction::Forward => "p4x4",
-                Direction::Backward => "p4x2",
+            let (regs, medium) = match direction {
+                Direction::Forward => ("p4x4", vec!["g32_p4x4", "g32_p4x8"]),
+                Direction::Backward => ("p4x2", vec![]),
             };
-            assert_eq!(
-                prefetching(DType::F32, direction),
-                [
-                    format!("{d}_rows_g8_p4x1_prefetch_f32"),
-                    format!("{d}_rows_g8_p4x2_prefetch_f32"),
-                    format!("{d}_block_regs_{regs}_prefetch_f32"),
-                    format!("{d}_block_cached_p4_prefetch_f32"),
-                    format!("{d}_rows_g1_p1x1_prefetch_f32"),
-                    format!("{d}_rows_g8_p1x1_prefetch_f32"),
-                ]
-            );
+            let mut expected = vec![
+                format!("{d}_rows_g8_p4x1_prefetch_f32"),
+                format!("{d}_rows_g8_p4x2_prefetch_f32"),
+                format!("{d}_block_regs_{regs}_prefetch_f32"),
+                format!("{d}_block_cached_p4_prefetch_f32"),
+                format!("{d}_rows_g1_p1x1_prefetch_f32"),
+                format!("{d}_rows_g8_p1x1_prefetch_f32"),
+                format!("{d}_rows_g8_p4x4_prefetch_f32"),
+                format!("{d}_rows_g16_p4x4_prefetch_f32"),
+            ];
+            expected.extend(medium.iter().map(|m| format!("{d}_rows_{m}_prefetch_f32")));
+            assert_eq!(prefetching(DType::F32, direction), sorted(expected));
             for dtype in [DType::F16, DType::BF16] {
                 let t = dtype.kernel_suffix();
-                let rows = match direction {
-                    Direction::Forward => "rows_keys",
-                    Direction::Backward => "rows",
+                let (rows, medium) = match direction {
+                    Direction::Forward => (
+                        "rows_keys",
+                        vec![
+                            "rows_keys_g8_p8x2",
+                            "rows_g8_p8x4",
+                            "rows_g16_p8x4",
+                            "rows_g32_p8x4",
+                        ],
+                    ),
+                    Direction::Backward => (
+                        "rows",
+                        vec![
+                            "rows_g8_p8x2",
+                            "rows_g16_p8x2",
+                            "rows_g32_p8x2",
+                            "rows_g32_p8x4",
+                        ],
+                    ),
                 };
                 let mut expected = vec![
                     format!("{d}_{rows}_g4_p8x1_prefetch_{t}"),
@@ -2194,20 +2271,36 @@ mod tests {
                     format!("{d}_rows_g1_p1x1_prefetch_{t}"),
                     format!("{d}_rows_g1_p1x8_prefetch_{t}"),
                 ];
-                let mut listed = prefetching(dtype, direction);
-                expected.sort();
-                listed.sort();
-                assert_eq!(listed, expected);
+                expected.extend(medium.iter().map(|m| format!("{d}_{m}_prefetch_{t}")));
+                assert_eq!(prefetching(dtype, direction), sorted(expected));
             }
         }
-        // The instances that ask the L2 are v12's block kernels (kernels/*.cu: the
-        // PREFETCH_KERNEL ones), the others v14's rows kernels (ROWS_PREFETCH).
+        // The instances that ask the L2 for the next row are v12's block kernels
+        // (kernels/*.cu: the PREFETCH_KERNEL ones); the rows kernels' fetch lengths ahead
+        // (v14, ROWS_PREFETCH: several rows a lane) or ask the L2 for the next batch (v19,
+        // ROWS_L2_PREFETCH: a row a group of lanes, up to 32 floats a lane).
         for dtype in DType::ALL {
             for direction in [Direction::Forward, Direction::Backward] {
                 for kind in KernelKind::all(dtype, true, direction) {
-                    if let Some(name) = kind.prefetch_name(dtype, direction) {
-                        assert_eq!(kind.asks_l2_ahead(), name.contains("_block_"), "{name}");
-                        assert_eq!(!kind.asks_l2_ahead(), name.contains("_rows_"), "{name}");
+                    let Some(fetch) = kind.fetch_ahead(dtype, direction) else {
+                        continue;
+                    };
+                    let name = kind.prefetch_name(dtype, direction).unwrap();
+                    assert_eq!(
+                        fetch == FetchAhead::NextRow,
+                        name.contains("_block_"),
+                        "{name}"
+                    );
+                    assert_eq!(
+                        kind.asks_l2_ahead(dtype, direction),
+                        fetch != FetchAhead::Lengths,
+                        "{name}"
+                    );
+                    if fetch == FetchAhead::NextBatch {
+                        assert!(
+                            matches!(kind, KernelKind::Rows { pack, packs, .. } | KernelKind::RowsKeys { pack, packs, .. } if pack > 1 && packs >= 2),
+                            "{name}"
+                        );
                     }
                 }
             }

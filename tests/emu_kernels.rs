@@ -19,7 +19,8 @@ use common::{
 };
 use libtest_mimic::{Arguments, Completion, Trial};
 use masked_softmax::plan::{
-    Buffers, ClusterResidency, DeviceLimits, Direction, KernelKind, MASK_NARROW_ROWS, plan_launch,
+    Buffers, ClusterResidency, DeviceLimits, Direction, FetchAhead, KernelKind, MASK_NARROW_ROWS,
+    plan_launch,
 };
 use masked_softmax::{DType, Element, Lengths, Padding, Shape, Spec, compare, seed};
 use masked_softmax_emu::{Dims, GuardedBuffer, Placement};
@@ -73,7 +74,7 @@ const MAX_ELEMENTS: usize = 1 << 15;
 static LAUNCHED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 /// Every prefetching instance some case saw ask the L2 for a row: the whole matrix must
 /// reach each that asks ([`KernelKind::asks_l2_ahead`]; the every-kernel trials' grids
-/// mostly give a block a single row).
+/// mostly give a block a single row, or a warp a single batch).
 static PREFETCHED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 /// Every block-per-row kernel some case launched in blocks of a whole number of warps other
 /// than a power of two (the planner sizes those blocks in whole warps): the whole matrix
@@ -192,10 +193,31 @@ impl<T: Element> Emulation<'_, T> {
             return Err(format!("{name}: wrote before a buffer"));
         }
         let prefetched = masked_softmax_emu::last_launch_prefetches();
-        // (The rows kernels' instances fetch lengths ahead into registers: no L2 hint.)
-        let expected = match self.prefetch && plan.kernel.asks_l2_ahead() {
-            true => self.expected_prefetches(&ins, plan.grid),
-            false => (0, 0),
+        // The rows a launch takes before any is asked of the L2 (each block's, or each
+        // warp's, first): none where it asks for none (the short rows kernels' instances
+        // fetch lengths ahead into registers; the rows kernels' 64-bit path fetches in turn).
+        let first_asked = match self.prefetch {
+            false => None,
+            true => match plan.kernel.fetch_ahead(T::DTYPE, direction) {
+                Some(FetchAhead::NextRow) => Some(plan.grid as usize),
+                // A warp takes 32 / group rows a batch (a row a group), so the grid's first
+                // batches are grid * block / group rows.
+                Some(FetchAhead::NextBatch) if !self.wide_rows => match plan.kernel {
+                    KernelKind::Rows { group, .. } | KernelKind::RowsKeys { group, .. } => {
+                        Some((plan.grid * plan.block / group) as usize)
+                    }
+                    _ => {
+                        return Err(format!(
+                            "{name}: a next batch to ask for, not a rows kernel"
+                        ));
+                    }
+                },
+                _ => None,
+            },
+        };
+        let expected = match first_asked {
+            Some(first) => self.expected_prefetches(&ins, first),
+            None => (0, 0),
         };
         if prefetched != expected {
             return Err(format!(
@@ -208,14 +230,15 @@ impl<T: Element> Emulation<'_, T> {
         Ok(Some(out_buf.as_slice().to_vec()))
     }
 
-    /// The L2 prefetches a prefetching instance on `grid` blocks makes (kernels/work.cuh,
-    /// prefetch_row_l2): every row from `grid` on (a block's rows after its first) once,
-    /// each input's valid window in the whole 16-byte chunks it holds (io.cuh, prefetch_l2).
-    fn expected_prefetches(&self, ins: &[GuardedBuffer<T>], grid: u32) -> (u64, u64) {
+    /// The L2 prefetches a prefetching instance makes (kernels/work.cuh, prefetch_row_l2
+    /// and prefetch_batch_rows_l2): every row from `first` on (after each block's first
+    /// row, or each warp's first batch) once, each input's valid window in the whole
+    /// 16-byte chunks it holds (io.cuh, L2Chunks).
+    fn expected_prefetches(&self, ins: &[GuardedBuffer<T>], first: usize) -> (u64, u64) {
         let shape = &self.spec.shape;
         let size = T::DTYPE.size_in_bytes();
         let (mut count, mut bytes) = (0, 0);
-        for row in grid as usize..shape.rows().unwrap() {
+        for row in first..shape.rows().unwrap() {
             let w = masked_softmax::mask::window_of_row(self.spec, &self.lengths, row);
             for input in ins {
                 let at = |column: usize| {
@@ -430,7 +453,8 @@ fn prefetch_instances<T: Element>(
     let kinds: Vec<KernelKind> = KernelKind::all(T::DTYPE, false, direction)
         .into_iter()
         .filter(|k| {
-            k.prefetch_name(T::DTYPE, direction).is_some() && k.asks_l2_ahead() == asking_l2
+            k.prefetch_name(T::DTYPE, direction).is_some()
+                && k.asks_l2_ahead(T::DTYPE, direction) == asking_l2
         })
         .collect();
     if kinds.is_empty() {
@@ -736,7 +760,7 @@ fn main() {
         let prefetched = PREFETCHED.lock().unwrap();
         let asking: Vec<String> = kinds
             .iter()
-            .filter(|(k, _, _)| k.asks_l2_ahead())
+            .filter(|&&(k, d, direction)| k.asks_l2_ahead(d, direction))
             .filter_map(|&(k, d, direction)| k.prefetch_name(d, direction))
             .collect();
         let idle: Vec<&String> = asking.iter().filter(|n| !prefetched.contains(*n)).collect();
