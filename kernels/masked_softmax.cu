@@ -748,11 +748,11 @@ PREFETCH_KERNEL(block_cached_p4, f32, float, 512, 2, (block_cached_forward<float
 #define ROWS_KEYS_PREFETCH(SUFFIX, T, G, P, N) ROWS_KEYS_INSTANCE(SUFFIX, T, G, P, N, prefetch_, Ahead::lengths)
 SHORT_ROWS_PREFETCH_LADDER(ROWS_PREFETCH, ROWS_KEYS_PREFETCH)
 
-// The rows kernels the planner gives rows of 77 to 1024 keys (one row a group of lanes at a
-// time), again, asking the L2 for each warp's next batch of rows and fetching lengths two
-// batches ahead (work.cuh, for_each_group_rows under Ahead::rows), with the same
-// launch bounds; src/plan.rs, KernelKind::prefetch_name lists the same. Variants, until
-// measured.
+// The rows kernels of 16-byte packs the planner gives rows of 77 to 1024 keys (one row a
+// group of lanes at a time), again, asking the L2 for each warp's next batch of rows and
+// fetching lengths two batches ahead (work.cuh, for_each_group_rows under Ahead::rows),
+// with the same launch bounds; src/plan.rs, KernelKind::fetch_ahead lists the same.
+// Variants, until measured.
 #define ROWS_L2_PREFETCH(SUFFIX, T, G, P, N) ROWS_INSTANCE(SUFFIX, T, G, P, N, prefetch_, Ahead::rows)
 #define ROWS_KEYS_L2_PREFETCH(SUFFIX, T, G, P, N) ROWS_KEYS_INSTANCE(SUFFIX, T, G, P, N, prefetch_, Ahead::rows)
 ROWS_L2_PREFETCH(f32, float, 8, 4, 4)

@@ -588,11 +588,11 @@ BWD_PREFETCH_KERNEL(block_cached_p4, f32, float, (block_cached_backward<float, 4
 #define BWD_ROWS_PREFETCH(SUFFIX, T, G, P, N) BWD_ROWS_INSTANCE(SUFFIX, T, G, P, N, prefetch_, Ahead::lengths)
 SHORT_ROWS_PREFETCH_LADDER(BWD_ROWS_PREFETCH, BWD_ROWS_PREFETCH)
 
-// The rows kernels the planner gives rows of 77 to 1024 keys (one row a group of lanes at a
-// time), again, asking the L2 for each warp's next batch of rows (y and dy) and fetching
-// lengths two batches ahead (work.cuh, for_each_group_rows under Ahead::rows), with
-// the same launch bounds; src/plan.rs, KernelKind::prefetch_name lists the same. Variants,
-// until measured.
+// The rows kernels of 16-byte packs the planner gives rows of 77 to 1024 keys (one row a
+// group of lanes at a time), again, asking the L2 for each warp's next batch of rows (y
+// and dy) and fetching lengths two batches ahead (work.cuh, for_each_group_rows under
+// Ahead::rows), with the same launch bounds; src/plan.rs, KernelKind::fetch_ahead lists
+// the same. Variants, until measured.
 #define BWD_ROWS_L2_PREFETCH(SUFFIX, T, G, P, N) BWD_ROWS_INSTANCE(SUFFIX, T, G, P, N, prefetch_, Ahead::rows)
 BWD_ROWS_L2_PREFETCH(f32, float, 8, 4, 4)
 BWD_ROWS_L2_PREFETCH(f32, float, 16, 4, 4)

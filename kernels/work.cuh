@@ -552,7 +552,7 @@ __device__ __forceinline__ void group_rows_of(const MaskParams& p, const Rows& r
 
 // What the `_prefetch_` instances of the rows kernels fetch ahead (for_each_group_rows;
 // src/plan.rs, KernelKind::prefetch_name): nothing (the planned kernels), each batch's
-// lengths a batch ahead (v14: short rows, several a lane at once), or the next batch's
+// lengths a batch ahead (v14: the short rows, 1 to 64 keys), or the next batch's
 // rows asked of the L2 with lengths two batches ahead (v19: a row a group at a time).
 enum class Ahead { none, lengths, rows };
 
@@ -582,7 +582,7 @@ __device__ __forceinline__ void prefetch_batch_rows_l2(const MaskParams& p, int6
 //
 // Under AHEAD (the `_prefetch_` instances of the rows kernels: src/plan.rs,
 // KernelKind::prefetch_name) a narrow_rows_launch fetches ahead, in one of two ways:
-// - Ahead::lengths (v14; short rows, several a lane at once): each batch's lengths a
+// - Ahead::lengths (v14; the short rows of 1 to 64 keys): each batch's lengths a
 //   batch ahead. The next batch's length loads are issued after the current batch's
 //   windows are worked out and before the body issues its score loads, so that a short
 //   row's two dependent loads (its length, then its scores) overlap the next batch's

@@ -368,9 +368,9 @@ impl CudaSoftmax {
     /// block's next row while they work on one, so that its loads hit the L2 rather than
     /// wait on DRAM; the rows kernels the planner gives rows of 1, 7, 32 and 64 keys fetch
     /// each batch's lengths a batch ahead, so that a row's length and score loads do not
-    /// wait out two memory latencies in turn; those of 77 to 1024 keys ask the L2 for each
-    /// warp's next batch of rows (lengths two batches ahead). What each kind's does:
-    /// [`KernelKind::fetch_ahead`]. Off by default: it is the benchmark's
+    /// wait out two memory latencies in turn; those of 16-byte packs at 77 to 1024 keys ask
+    /// the L2 for each warp's next batch of rows (lengths two batches ahead). What each
+    /// kind's does: [`KernelKind::fetch_ahead`]. Off by default: it is the benchmark's
     /// `+prefetch` variant until a GPU run says where it helps. Other kinds are launched as
     /// ever.
     ///

@@ -268,12 +268,12 @@ pub enum FetchAhead {
     /// asks the L2 for the block's next row but one of its grid stride as it finishes a
     /// row (`prefetch_row_l2`).
     NextRow,
-    /// A rows kernel taking several short rows a lane at once (1 to 64 keys; v14): each
-    /// batch's lengths a batch ahead, into registers; no L2 hint.
+    /// A rows kernel of the short rows (1 to 64 keys, most taking several a lane at once;
+    /// v14): each batch's lengths a batch ahead, into registers; no L2 hint.
     Lengths,
-    /// A rows kernel taking a row a group of lanes at a time (77 to 1024 keys; v19): the
-    /// leader of each group asks the L2 for its row of the warp's next batch before the
-    /// current batch's work, with the lengths fetched two batches ahead
+    /// A rows kernel of 16-byte packs taking a row a group of lanes at a time (77 to 1024
+    /// keys; v19): the leader of each group asks the L2 for its row of the warp's next
+    /// batch before the current batch's work, with the lengths fetched two batches ahead
     /// (`for_each_group_rows` under `Ahead::rows`).
     NextBatch,
 }
@@ -2277,7 +2277,7 @@ mod tests {
         }
         // The instances that ask the L2 for the next row are v12's block kernels
         // (kernels/*.cu: the PREFETCH_KERNEL ones); the rows kernels' fetch lengths ahead
-        // (v14, ROWS_PREFETCH: several rows a lane) or ask the L2 for the next batch (v19,
+        // (v14, ROWS_PREFETCH: 1 to 64 keys) or ask the L2 for the next batch (v19,
         // ROWS_L2_PREFETCH: a row a group of lanes, up to 32 floats a lane).
         for dtype in DType::ALL {
             for direction in [Direction::Forward, Direction::Backward] {

@@ -525,14 +525,16 @@ fn prefetch_many_rows<T: Element + DeviceRepr>(
         let rows = spec.shape.rows()?;
         // A rows kernel's instance: at least 4 rows a group of lanes, so that each warp
         // takes a whole batch at the most rows a lane takes at once (4), more where fewer;
-        // those that ask the L2 for the next batch take a row a group at a time, so 2.
+        // those that ask the L2 for the next batch take a row a group at a time, so 1.5
+        // (at least half the warps ask for a second batch: at 1000 keys the 16-bit warp
+        // kernels' grids, 4 blocks a multiprocessor, leave 8192 rows 1.9 a group).
         if let KernelKind::Rows { group, .. } | KernelKind::RowsKeys { group, .. } = kind {
             let groups = plan.grid as usize * plan.block as usize / group as usize;
-            let batches = match kind.fetch_ahead(T::DTYPE, direction) {
-                Some(FetchAhead::NextBatch) => 2,
-                _ => 4,
+            let enough = match kind.fetch_ahead(T::DTYPE, direction) {
+                Some(FetchAhead::NextBatch) => 2 * rows >= 3 * groups,
+                _ => rows >= 4 * groups,
             };
-            if rows < batches * groups {
+            if !enough {
                 return Err(format!(
                     "{name}: {groups} groups of lanes for {rows} rows: too few to fetch ahead"
                 )
