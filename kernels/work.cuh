@@ -551,7 +551,7 @@ __device__ __forceinline__ void group_rows_of(const MaskParams& p, const Rows& r
 }
 
 // What the `_prefetch_` instances of the rows kernels fetch ahead (for_each_group_rows;
-// src/plan.rs, KernelKind::prefetch_name): nothing (the planned kernels), each batch's
+// src/plan.rs, KernelKind::fetch_ahead): nothing (the planned kernels), each batch's
 // lengths a batch ahead (v14: the short rows, 1 to 64 keys), or the next batch's
 // rows asked of the L2 with lengths two batches ahead (v19: a row a group at a time).
 enum class Ahead { none, lengths, rows };
@@ -581,7 +581,7 @@ __device__ __forceinline__ void prefetch_batch_rows_l2(const MaskParams& p, int6
 // took up to 7 registers more, and spilled.)
 //
 // Under AHEAD (the `_prefetch_` instances of the rows kernels: src/plan.rs,
-// KernelKind::prefetch_name) a narrow_rows_launch fetches ahead, in one of two ways:
+// KernelKind::fetch_ahead) a narrow_rows_launch fetches ahead, in one of two ways:
 // - Ahead::lengths (v14; the short rows of 1 to 64 keys): each batch's lengths a
 //   batch ahead. The next batch's length loads are issued after the current batch's
 //   windows are worked out and before the body issues its score loads, so that a short
@@ -614,7 +614,7 @@ __device__ __forceinline__ void for_each_group_rows(const MaskParams& p, const P
     // Ahead::lengths: the batch's, fetched a batch ahead; Ahead::rows: the next batch's,
     // fetched two ahead.
     BatchLengths<NarrowRows, GROUP, R> ahead{};
-    ShortWindow window{};  // Ahead::rows: the lane's row's of the batch, worked out a batch ahead
+    ShortWindow window{};  // Ahead::rows: the window of the lane's row, worked out a batch ahead
     if (AHEAD != Ahead::none && narrow_launch && base < p.rows) {
         ahead = fetch_batch_lengths<NarrowRows, GROUP, R>(p, NarrowRows{}, base);
         if constexpr (ASK_L2) {
@@ -633,8 +633,7 @@ __device__ __forceinline__ void for_each_group_rows(const MaskParams& p, const P
                 ahead = fetch_from(next + step);
             } else if constexpr (AHEAD == Ahead::lengths) {
                 group_rows_of<NarrowRows, GROUP, R>(p, NarrowRows{}, shift, base, ahead, rows);
-                const int64_t next = base + step;
-                ahead = fetch_batch_lengths<NarrowRows, GROUP, R>(p, NarrowRows{}, next < p.rows ? next : p.rows);
+                ahead = fetch_from(base + step);
             } else {
                 group_rows_of<NarrowRows, GROUP, R>(p, NarrowRows{}, shift, base,
                                                     fetch_batch_lengths<NarrowRows, GROUP, R>(p, NarrowRows{}, base),

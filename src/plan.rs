@@ -643,12 +643,10 @@ impl KernelKind {
                 packs: 4,
             } if forward => (pack == vector).then_some(FetchAhead::NextBatch),
             KernelKind::Rows {
-                group,
+                group: 8 | 16 | 32,
                 pack,
                 packs: 2,
-            } if !f32 && !forward && matches!(group, 8 | 16 | 32) => {
-                (pack == vector).then_some(FetchAhead::NextBatch)
-            }
+            } if !f32 && !forward => (pack == vector).then_some(FetchAhead::NextBatch),
             KernelKind::Rows {
                 group: 32,
                 pack,
