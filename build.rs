@@ -14,6 +14,8 @@ use std::process::Command;
 
 // Finds nvcc and the CUDA headers; shared with emu/build.rs.
 include!("build_support/toolkit.rs");
+// Reuses PTX across builds when MASKED_SOFTMAX_PTX_CACHE names a folder.
+include!("build_support/ptx_cache.rs");
 
 const DEFAULT_COMPUTE_CAP: usize = 80;
 /// Kernel files with Hopper-only kernels, compiled for sm_90 as well.
@@ -28,6 +30,7 @@ fn main() {
         "CUDA_HOME",
         "CUDA_COMPUTE_CAP",
         "MASKED_SOFTMAX_REQUIRE_KERNELS",
+        "MASKED_SOFTMAX_PTX_CACHE",
     ] {
         println!("cargo:rerun-if-env-changed={var}");
     }
@@ -71,6 +74,9 @@ fn main() {
         env::set_var("PATH", path);
         env::set_var("CUDA_COMPUTE_CAP", base.to_string());
     }
+    let cache = env::var_os("MASKED_SOFTMAX_PTX_CACHE")
+        .filter(|dir| !dir.is_empty())
+        .map(PathBuf::from);
     let mut built = Vec::new();
     for &cap in &targets {
         let files: Vec<PathBuf> = kernels
@@ -88,6 +94,23 @@ fn main() {
         for kernel in &files {
             let _ = fs::remove_file(ptx_path(&dir, kernel));
         }
+        let cached = cache.as_deref().and_then(|cache| {
+            Some((
+                cache,
+                PtxCacheKey::new(&manifest_dir, &toolkit.nvcc, cap, &files)?,
+            ))
+        });
+        if let Some((cache, key)) = &cached {
+            if restore_ptx(cache, key, &dir, &files) {
+                println!(
+                    "masked-softmax: sm_{cap} PTX from {}/{}",
+                    cache.display(),
+                    key.folder()
+                );
+                built.push((cap, dir, files));
+                continue;
+            }
+        }
         let mut builder = bindgen_cuda::Builder::default()
             .compute_cap(cap)
             .out_dir(&dir)
@@ -100,6 +123,9 @@ fn main() {
         builder
             .build_ptx()
             .expect("nvcc failed to compile the kernels");
+        if let Some((cache, key)) = &cached {
+            store_ptx(cache, key, &dir, &files);
+        }
         built.push((cap, dir, files));
     }
     write_bindings(&bindings, &built);

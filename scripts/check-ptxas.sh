@@ -21,13 +21,25 @@ sm_90 masked_softmax_fwd_block_stream_p8_f16 8
 sm_90 masked_softmax_fwd_block_stream_p8_bf16 8
 "
 
+# Every (file, architecture) compiles at once (each nvcc is single-threaded); a failed
+# compile fails the check.
 status=0
+pids=()
+for cu in "$root"/kernels/*.cu; do
+    name="$(basename "$cu" .cu)"
+    for arch in sm_80 sm_90; do
+        "$nvcc" -cubin -arch="$arch" --std=c++17 -Xptxas -v -I"$root/kernels" \
+            "$cu" -o "$out/$name.$arch.cubin" 2>"$out/$name.$arch.txt" &
+        pids+=($!)
+    done
+done
+for pid in "${pids[@]}"; do
+    wait "$pid" || { echo "error: nvcc failed (reports in $out)" >&2; status=1; }
+done
 for cu in "$root"/kernels/*.cu; do
     name="$(basename "$cu" .cu)"
     for arch in sm_80 sm_90; do
         report="$out/$name.$arch.txt"
-        "$nvcc" -cubin -arch="$arch" --std=c++17 -Xptxas -v -I"$root/kernels" \
-            "$cu" -o "$out/$name.$arch.cubin" 2>"$report"
         # ptxas prints the function name, then its stack/spill line, then its registers.
         awk -v arch="$arch" -v allowed="$allowed_spills" '
             BEGIN { n = split(allowed, lines, "\n"); for (i = 1; i <= n; i++) { split(lines[i], f, " "); if (f[1] == arch) most[f[2]] = f[3] } }
