@@ -60,6 +60,12 @@ around a single STG).
 
     e.g. scripts/sass-path.py --loops bc.sass     (bc.sass: the SASS of masked_softmax_fwd_block_cached_p4_f32)
 
+    Not every whole-pack branch has two predicates: where ptxas if-converts the whole
+    pack's code and branches around the edge code on one (`@!P0 BRA` just after the
+    predicated whole-pack instructions: v19's 16-bit forward rows kernels' max, the
+    16-bit backward g32 p8x4's loads), --loops walks the edge code too. Read --trace's
+    not-taken branches and give those as taken (PERFORMANCE.md, v20: 819 was 630).
+
 --trace also prints, in the walk's order, each conditional branch met (its address, the
 instruction and T or N: where to look for the decisions to give) and each global load or
 store, MUFU and shuffle with its place on the path. The count does not say whether a
