@@ -178,6 +178,44 @@ __device__ __forceinline__ void fill_outside(float (&v)[N], I col, I start, I en
     }
 }
 
+// Each 16-bit half of `bits` made all ones where its top bit is set, else zero: one PRMT
+// (bytes 1 and 3 hold the halves' top bits; a selector nibble of 8 + b replicates byte b's).
+__device__ __forceinline__ uint32_t spread_half_tops(uint32_t bits) {
+#ifdef MASKED_SOFTMAX_EMULATION
+    return (bits & 0x8000u ? 0xffffu : 0u) | (bits & 0x80000000u ? 0xffff0000u : 0u);
+#else
+    uint32_t r;
+    asm("prmt.b32 %0, %1, 0, 0xbb99;" : "=r"(r) : "r"(bits));
+    return r;
+#endif
+}
+
+// fill_outside for a fetched 16-bit pack kept as raw pairs (RawPairKeys): `fill2` (one
+// 16-bit value, twice) in each column outside [start, end), five instructions a pair with
+// no branch; a whole pack is left as it is. Half h of pair k is column j = 2k + h of the
+// pack; with lo and hi the window's edges within the pack clamped to [0, N] (one
+// VIADDMNMX each), the half 0x8000 + j - lo has its top bit set iff j >= lo and
+// 0x7fff + hi - j iff j < hi, and neither borrows from the other half. (The whole pack is
+// told by the clamps, not by fetch_window's test: ptxas kept that test's outcome from the
+// loads as bits of a register, some 20 instructions a batch to store and read back.)
+template <typename T, int N>
+__device__ __forceinline__ void fill_outside_pairs(RawPack<T, N>& raw, int32_t col, int32_t start, int32_t end,
+                                                   uint32_t fill2) {
+    static_assert(sizeof(T) == 2 && N % 2 == 0, "16-bit pairs");
+    const int32_t from_start = start - col, to_end = end - col;
+    const int32_t lo = from_start > 0 ? (from_start < N ? from_start : N) : 0;
+    const int32_t hi = to_end > 0 ? (to_end < N ? to_end : N) : 0;
+    if (lo == 0 && hi == N) return;
+    const uint32_t at_least_lo = 0x80008000u - uint32_t(lo) * 0x10001u;
+    const uint32_t below_hi = 0x7fff7fffu + uint32_t(hi) * 0x10001u;
+#pragma unroll
+    for (int k = 0; k < N / 2; ++k) {
+        const uint32_t columns = uint32_t(2 * k) * 0x10001u + 0x10000u;  // 2k low, 2k + 1 high
+        const uint32_t inside = spread_half_tops((at_least_lo + columns) & (below_hi - columns));
+        raw.w[k] = (raw.w[k] & inside) | (fill2 & ~inside);
+    }
+}
+
 // An L2 eviction priority for a load (sm_80+: createpolicy, ld.global.L2::cache_hint): a
 // 64-bit descriptor the compiler keeps in uniform registers (no per-thread register). The
 // kernels that read each valid pack twice ask the L2 to keep the first read's lines for

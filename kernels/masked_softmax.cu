@@ -46,11 +46,15 @@ template <typename T>
 struct RawPairKeys {
     using Pair = typename Pair16<T>::type;
     ScaleMap sm;
-    Pair sign2;  // key_sign, twice
+    Pair sign2;      // key_sign, twice
+    uint32_t fill2;  // the value whose key is -inf (-inf * key_sign), twice: a masked column
 
     __device__ __forceinline__ static RawPairKeys of(float scale) {
         const ScaleMap sm = ScaleMap::of(scale);
-        return RawPairKeys{sm, Pair16<T>::splat(sm.key_sign)};
+        const Pair fill = Pair16<T>::splat(-CUDART_INF_F * sm.key_sign);
+        uint32_t fill2;
+        memcpy(&fill2, static_cast<const void*>(&fill), 4);
+        return RawPairKeys{sm, Pair16<T>::splat(sm.key_sign), fill2};
     }
 
     // Running max of the keys: `pairs` over whole packs, `single` over packs across an edge.
@@ -172,6 +176,74 @@ struct RawPairKeys {
         const float inv_sum = zero_row ? 0.f : 1.f / total;
         if (write) store(out, raw, column, own, w, max_key, inv_sum);
     }
+
+    // softmax_row for the rows kernels, whose warps hold packs inside, across and outside
+    // their rows' windows at once (each group of lanes its own row): softmax_row's
+    // three-way test of each pack in each pass made such a warp run each kind's code in
+    // turn. Here, for the usual scale, every pack takes the same code, with one test of
+    // the whole warp a pack index and no other but the row's own columns in the store:
+    // - a pack index no lane's window reaches (`live`, one vote) is skipped by the whole
+    //   warp, and written as zeros;
+    // - in the others, a pack not wholly inside its window first gets the fill (a key of
+    //   -inf) in its columns outside (fill_outside_pairs: no branch inside); then the
+    //   max takes its pairs, the sum its weights (a fill weighs ex2(-inf) = +0) and the
+    //   store weight * inv_sum (+0.0 in a masked column), with no test.
+    // A row whose sum is NaN (a NaN or +inf key: every weight NaN, the fill's too) writes
+    // through store, which tests the window, so that its masked columns still get +0.0; so
+    // does an unusual scale (softmax_row). Every lane of the warp must call it (the vote).
+    template <int PACK, int PACKS, typename Column, typename ReduceMax, typename ReduceSum>
+    __device__ __forceinline__ void softmax_row_filled(T* out, RawPack<T, PACK> (&raw)[PACKS], Column column,
+                                                       ShortWindow own, const ShortWindow& w, bool write,
+                                                       ReduceMax reduce_max, ReduceSum reduce_sum) const {
+        if (!sm.plain()) {
+            softmax_row(out, raw, column, own, w, write, reduce_max, reduce_sum);
+            return;
+        }
+        bool live[PACKS];
+        Pair m = Pair16<T>::splat(-CUDART_INF_F);
+#pragma unroll
+        for (int i = 0; i < PACKS; ++i) {
+            live[i] = __any_sync(FULL_MASK, pack_overlaps<PACK>(column(i), w.start, w.end));
+            if (!live[i]) continue;
+            fill_outside_pairs<T, PACK>(raw[i], column(i), w.start, w.end, fill2);
+#pragma unroll
+            for (int k = 0; k < PACK / 2; ++k)
+                m = Pair16<T>::max_nan(m, Pair16<T>::mul(raw[i].template pair_at<Pair>(k), sign2));
+        }
+        const float row_max = reduce_max(max_nan(Pair16<T>::low(m), Pair16<T>::high(m)));
+        const bool zero_row = row_max == -CUDART_INF_F;
+        const float max_key = max_to_weigh_against(row_max);
+        float total = 0.f;
+#pragma unroll
+        for (int i = 0; i < PACKS; ++i) {
+            if (!live[i]) continue;
+            float sum = 0.f;
+#pragma unroll
+            for (int j = 0; j < PACK; ++j) sum += weight<true>(raw[i].get(j), max_key);
+            total += sum;
+        }
+        total = reduce_sum(total);
+        if (!write) return;
+        if (total != total) {
+            store(out, raw, column, own, w, max_key, 1.f / total);
+            return;
+        }
+        const float inv_sum = zero_row ? 0.f : 1.f / total;
+#pragma unroll
+        for (int i = 0; i < PACKS; ++i) forget_values(raw[i]);  // see store
+#pragma unroll
+        for (int i = 0; i < PACKS; ++i) {
+            if (column(i) >= own.end) break;
+            float values[PACK] = {};
+            if (live[i]) {
+#pragma unroll
+                for (int j = 0; j < PACK; ++j) values[j] = weight<true>(raw[i].get(j), max_key) * inv_sum;
+                store_values<T, PACK>(out, column(i), own, values);
+            } else {
+                store_values<T, PACK>(out, column(i), own, values);
+            }
+        }
+    }
 };
 
 // The rows kernels' raw-pair form (rows_forward for 16-bit vector packs): the same loop,
@@ -192,8 +264,8 @@ __device__ __forceinline__ void rows_forward_16bit(const T* x, T* y, const MaskP
             const ShortWindow& w = rows[r].window;
             const auto column = [&](int i) { return lane_pack_column<GROUP, PACK>(i, rows[r].member); };
             const ShortWindow own{rows[r].lead, rows[r].lead + k_len};
-            keys.softmax_row(y + rows[r].offset, raw[r], column, own, w, rows[r].active, group_max<GROUP>,
-                             group_sum<GROUP>);
+            keys.softmax_row_filled(y + rows[r].offset, raw[r], column, own, w, rows[r].active, group_max<GROUP>,
+                                    group_sum<GROUP>);
         }
     });
 }

@@ -128,6 +128,13 @@ T __shfl_up_sync(unsigned mask, T value, unsigned delta, int width = 32) {
     return emu_shuffle(mask, value, (src >= 0 && src / width == lane / width) ? src : lane);
 }
 
+// The warp vote, as a butterfly of exchanges (every lane of the warp must reach it).
+inline int __any_sync(unsigned mask, int predicate) {
+    if (mask != 0xffffffffu) emu::fail("vote with a partial mask is not emulated");
+    int any = predicate != 0;
+    for (int offset = 16; offset > 0; offset /= 2) any |= __shfl_xor_sync(mask, any, offset);
+    return any;
+}
 inline float __int_as_float(int v) {
     float f;
     std::memcpy(&f, &v, 4);
