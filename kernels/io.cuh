@@ -155,6 +155,18 @@ __device__ __forceinline__ PackCut pack_cut(I col, I start, I end) {
     return PackCut{lo > 0 ? int(lo) : 0, hi < N ? int(hi) : N};
 }
 
+// The same columns for any pack: [first, last) within it, each clamped to [0, N] (an
+// empty span for a pack outside).
+struct PackSpan {
+    int first, last;
+};
+
+template <int N, typename I>
+__device__ __forceinline__ PackSpan pack_span(I col, I start, I end) {
+    const I lo = start - col, hi = end - col;
+    return PackSpan{lo > 0 ? (lo < N ? int(lo) : N) : 0, hi > 0 ? (hi < N ? int(hi) : N) : 0};
+}
+
 // The same columns as bits (bit j: column col + j inside [start, end)), for any pack: all N
 // for a pack inside, none for a pack outside. On sm_90 two clamps, two shifts and a mask,
 // then one R2P makes the bits predicates, and a select a column applies them.
@@ -162,9 +174,8 @@ template <int N, typename I>
 __device__ __forceinline__ uint32_t pack_bits(I col, I start, I end) {
     static_assert(N < 32, "packs of fewer than 32 elements");
     constexpr uint32_t ALL = (1u << N) - 1;
-    const I lo = start - col, hi = end - col;
-    const int first = lo > 0 ? (lo < N ? int(lo) : N) : 0, last = hi > 0 ? (hi < N ? int(hi) : N) : 0;
-    return (ALL << first) & ~(ALL << last) & ALL;
+    const PackSpan span = pack_span<N>(col, start, end);
+    return (ALL << span.first) & ~(ALL << span.last) & ALL;
 }
 
 // Puts `fill` in the columns of a pack not wholly inside [start, end) that lie outside it
@@ -191,23 +202,21 @@ __device__ __forceinline__ uint32_t spread_half_tops(uint32_t bits) {
 }
 
 // fill_outside for a fetched 16-bit pack kept as raw pairs (RawPairKeys): `fill2` (one
-// 16-bit value, twice) in each column outside [start, end), five instructions a pair with
-// no branch; a whole pack is left as it is. Half h of pair k is column j = 2k + h of the
-// pack; with lo and hi the window's edges within the pack clamped to [0, N] (one
-// VIADDMNMX each), the half 0x8000 + j - lo has its top bit set iff j >= lo and
-// 0x7fff + hi - j iff j < hi, and neither borrows from the other half. (The whole pack is
-// told by the clamps, not by fetch_window's test: ptxas kept that test's outcome from the
+// 16-bit value, twice) in each column outside [start, end). A whole pack is left as it is
+// (a branch of the lane's own); any other takes five instructions a pair with no branch.
+// Half h of pair k is column j = 2k + h of the pack; with [lo, hi) its pack_span, the half
+// 0x8000 + j - lo has its top bit set iff j >= lo and 0x7fff + hi - j iff j < hi, and
+// neither borrows from the other half (lo, hi and j are below 0x7ff8). (The whole pack is
+// told by the span, not by fetch_window's test: ptxas kept that test's outcome from the
 // loads as bits of a register, some 20 instructions a batch to store and read back.)
 template <typename T, int N>
 __device__ __forceinline__ void fill_outside_pairs(RawPack<T, N>& raw, int32_t col, int32_t start, int32_t end,
                                                    uint32_t fill2) {
-    static_assert(sizeof(T) == 2 && N % 2 == 0, "16-bit pairs");
-    const int32_t from_start = start - col, to_end = end - col;
-    const int32_t lo = from_start > 0 ? (from_start < N ? from_start : N) : 0;
-    const int32_t hi = to_end > 0 ? (to_end < N ? to_end : N) : 0;
-    if (lo == 0 && hi == N) return;
-    const uint32_t at_least_lo = 0x80008000u - uint32_t(lo) * 0x10001u;
-    const uint32_t below_hi = 0x7fff7fffu + uint32_t(hi) * 0x10001u;
+    static_assert(sizeof(T) == 2 && N % 2 == 0 && N <= 16, "16-bit pairs, a few of them");
+    const PackSpan span = pack_span<N>(col, start, end);
+    if (span.first == 0 && span.last == N) return;
+    const uint32_t at_least_lo = 0x80008000u - uint32_t(span.first) * 0x10001u;
+    const uint32_t below_hi = 0x7fff7fffu + uint32_t(span.last) * 0x10001u;
 #pragma unroll
     for (int k = 0; k < N / 2; ++k) {
         const uint32_t columns = uint32_t(2 * k) * 0x10001u + 0x10000u;  // 2k low, 2k + 1 high

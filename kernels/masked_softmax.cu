@@ -97,14 +97,22 @@ struct RawPairKeys {
         }
     }
 
+    // The sum of the weights of every column of a pack.
+    template <bool PLAIN, int PACK>
+    __device__ __forceinline__ float whole_pack_sum(const RawPack<T, PACK>& r, float max_key) const {
+        float sum = 0.f;
+#pragma unroll
+        for (int j = 0; j < PACK; ++j) sum += weight<PLAIN>(r.get(j), max_key);
+        return sum;
+    }
+
     // The sum of the weights of the valid columns of the pack at `col`.
     template <bool PLAIN, int PACK>
     __device__ __forceinline__ float pack_sum(const RawPack<T, PACK>& r, int32_t col, const ShortWindow& w,
                                               float max_key) const {
         float sum = 0.f;
         if (col >= w.start && col + PACK <= w.end) {
-#pragma unroll
-            for (int j = 0; j < PACK; ++j) sum += weight<PLAIN>(r.get(j), max_key);
+            sum = whole_pack_sum<PLAIN>(r, max_key);
         } else if (pack_overlaps<PACK>(col, w.start, w.end)) {
             const PackCut cut = pack_cut<PACK>(col, w.start, w.end);
 #pragma unroll
@@ -180,14 +188,14 @@ struct RawPairKeys {
     // softmax_row for the rows kernels, whose warps hold packs inside, across and outside
     // their rows' windows at once (each group of lanes its own row): softmax_row's
     // three-way test of each pack in each pass made such a warp run each kind's code in
-    // turn. Here, for the usual scale, every pack takes the same code, with one test of
-    // the whole warp a pack index and no other but the row's own columns in the store:
-    // - a pack index no lane's window reaches (`live`, one vote) is skipped by the whole
-    //   warp, and written as zeros;
-    // - in the others, a pack not wholly inside its window first gets the fill (a key of
-    //   -inf) in its columns outside (fill_outside_pairs: no branch inside); then the
-    //   max takes its pairs, the sum its weights (a fill weighs ex2(-inf) = +0) and the
-    //   store weight * inv_sum (+0.0 in a masked column), with no test.
+    // turn. Here, for the usual scale, every pack takes the same code: one warp-wide vote
+    // a pack index, and the only other test is the store's, against the row's own columns.
+    // - A pack index no lane's window reaches (`live`) is skipped by the whole warp, and
+    //   written as zeros.
+    // - In the others, a pack not wholly inside its window first gets the fill (a key of
+    //   -inf) in its columns outside (fill_outside_pairs: no branch inside); then the max
+    //   takes its pairs, the sum its weights (a fill weighs ex2(-inf) = +0) and the store
+    //   weight * inv_sum (+0.0 in a masked column), with no test of the window.
     // A row whose sum is NaN (a NaN or +inf key: every weight NaN, the fill's too) writes
     // through store, which tests the window, so that its masked columns still get +0.0; so
     // does an unusual scale (softmax_row). Every lane of the warp must call it (the vote).
@@ -216,11 +224,7 @@ struct RawPairKeys {
         float total = 0.f;
 #pragma unroll
         for (int i = 0; i < PACKS; ++i) {
-            if (!live[i]) continue;
-            float sum = 0.f;
-#pragma unroll
-            for (int j = 0; j < PACK; ++j) sum += weight<true>(raw[i].get(j), max_key);
-            total += sum;
+            if (live[i]) total += whole_pack_sum<true>(raw[i], max_key);
         }
         total = reduce_sum(total);
         if (!write) return;
@@ -234,6 +238,8 @@ struct RawPairKeys {
 #pragma unroll
         for (int i = 0; i < PACKS; ++i) {
             if (column(i) >= own.end) break;
+            // (Two calls: with one after the branch, ptxas moved the zeros in on every path,
+            // 652 instructions a batch for rows_g32_p8x4_f16 against 634.)
             float values[PACK] = {};
             if (live[i]) {
 #pragma unroll
