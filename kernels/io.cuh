@@ -34,6 +34,21 @@ struct RawPack {
         }
         return v;
     }
+    // Element k as f32. In a bf16 pack a value's bits go straight into place, one
+    // instruction (a shift for the low half of a word, a mask for the high one), where
+    // to_f32(get(k)) took two for the high half (shifted down to 16 bits, then back up:
+    // SHF, IMAD.U32 on sm_90). A single element keeps to_f32(get(k)): loaded as 16 bits,
+    // the shift made its kernels longer (sm_90 rows_g1_p1x8_bf16: 610 -> 633 a batch).
+    __device__ __forceinline__ float f32_at(int k) const {
+        if constexpr (std::is_same<T, __nv_bfloat16>::value && N > 1) {
+            const uint32_t bits = k % 2 == 0 ? w[k / 2] << 16 : w[k / 2] & 0xffff0000u;
+            float v;
+            memcpy(&v, &bits, 4);
+            return v;
+        } else {
+            return to_f32(get(k));
+        }
+    }
     // Elements 2k and 2k + 1 of a 16-bit pack, as a __half2 or __nv_bfloat162.
     template <typename Pair>
     __device__ __forceinline__ Pair pair_at(int k) const {
@@ -357,18 +372,18 @@ __device__ __forceinline__ void decode_window(const RawPack<T, N>& raw, I col, I
                                               float (&out)[N]) {
     if constexpr (SELECT_EDGE && N > 1) {
 #pragma unroll
-        for (int i = 0; i < N; ++i) out[i] = valid(to_f32(raw.get(i)));
+        for (int i = 0; i < N; ++i) out[i] = valid(raw.f32_at(i));
         fill_outside<N>(out, col, start, end, fill);
     } else if (col >= start && col + N <= end) {
 #pragma unroll
-        for (int i = 0; i < N; ++i) out[i] = valid(to_f32(raw.get(i)));
+        for (int i = 0; i < N; ++i) out[i] = valid(raw.f32_at(i));
     } else if (N == 1 || !pack_overlaps<N>(col, start, end)) {
 #pragma unroll
         for (int i = 0; i < N; ++i) out[i] = fill;
     } else {
         const PackCut cut = pack_cut<N>(col, start, end);
 #pragma unroll
-        for (int i = 0; i < N; ++i) out[i] = cut.has(i) ? valid(to_f32(raw.get(i))) : fill;
+        for (int i = 0; i < N; ++i) out[i] = cut.has(i) ? valid(raw.f32_at(i)) : fill;
     }
 }
 
@@ -379,7 +394,9 @@ __device__ __forceinline__ void decode_keys(const RawPack<T, N>& raw, I col, I s
     decode_window<SELECT_EDGE, T, N>(raw, col, start, end, -CUDART_INF_F, [&](float v) { return sm.key(v); }, keys);
 }
 
-// The keys of a whole pack of the window (forward): no column to mask.
+// The keys of a whole pack of the window (forward): no column to mask. (Not f32_at: in the
+// bf16 streaming kernels held to 64 registers, cluster_stream_p8 and split_write_p8, it
+// made ptxas spill.)
 template <typename T, int N>
 __device__ __forceinline__ void decode_whole_keys(const RawPack<T, N>& raw, const ScaleMap& sm, float (&keys)[N]) {
 #pragma unroll
@@ -391,7 +408,7 @@ __device__ __forceinline__ void decode_whole_keys(const RawPack<T, N>& raw, cons
 template <typename T, int N>
 __device__ __forceinline__ void decode_values(const RawPack<T, N>& raw, float (&values)[N]) {
 #pragma unroll
-    for (int i = 0; i < N; ++i) values[i] = to_f32(raw.get(i));
+    for (int i = 0; i < N; ++i) values[i] = raw.f32_at(i);
 }
 
 // A pack of y and the pack of dy at the same columns (the backward's unit of work).

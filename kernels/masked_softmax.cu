@@ -78,7 +78,7 @@ struct RawPairKeys {
             const PackCut cut = pack_cut<PACK>(col, w.start, w.end);
 #pragma unroll
             for (int j = 0; j < PACK; ++j)
-                if (cut.has(j)) m.single = max_nan(m.single, sm.key(to_f32(r.get(j))));
+                if (cut.has(j)) m.single = max_nan(m.single, sm.key(r.f32_at(j)));
         }
     }
     __device__ __forceinline__ static float max_of(const Max& m) {
@@ -89,11 +89,11 @@ struct RawPairKeys {
     // column: see weigh_keys), else ScaleMap::weight. `max_key` must not be -inf (a zero
     // row weighs against 0 instead, see below).
     template <bool PLAIN>
-    __device__ __forceinline__ float weight(T v, float max_key) const {
+    __device__ __forceinline__ float weight(float v, float max_key) const {
         if constexpr (PLAIN) {
-            return fast_exp2(fmaf(to_f32(v), sm.key_sign, -max_key) * sm.log2_scale);
+            return fast_exp2(fmaf(v, sm.key_sign, -max_key) * sm.log2_scale);
         } else {
-            return sm.weight(sm.key(to_f32(v)), max_key);
+            return sm.weight(sm.key(v), max_key);
         }
     }
 
@@ -102,7 +102,7 @@ struct RawPairKeys {
     __device__ __forceinline__ float whole_pack_sum(const RawPack<T, PACK>& r, float max_key) const {
         float sum = 0.f;
 #pragma unroll
-        for (int j = 0; j < PACK; ++j) sum += weight<PLAIN>(r.get(j), max_key);
+        for (int j = 0; j < PACK; ++j) sum += weight<PLAIN>(r.f32_at(j), max_key);
         return sum;
     }
 
@@ -117,7 +117,7 @@ struct RawPairKeys {
             const PackCut cut = pack_cut<PACK>(col, w.start, w.end);
 #pragma unroll
             for (int j = 0; j < PACK; ++j)
-                if (cut.has(j)) sum += weight<PLAIN>(r.get(j), max_key);
+                if (cut.has(j)) sum += weight<PLAIN>(r.f32_at(j), max_key);
         }
         return sum;
     }
@@ -154,7 +154,7 @@ struct RawPairKeys {
             for (int i = 0; i < PACKS; ++i) {
                 if (column(i) >= own.end) break;
                 store_window<T, PACK>(out, column(i), own, w.start, w.end,
-                                      [&](int j) { return weight<true>(raw[i].get(j), max_key) * inv_sum; });
+                                      [&](int j) { return weight<true>(raw[i].f32_at(j), max_key) * inv_sum; });
             }
         } else {
 #pragma unroll 1
@@ -162,7 +162,7 @@ struct RawPairKeys {
                 if (column(i) >= own.end) break;
                 const RawPack<T, PACK> r = pick(raw, i);
                 store_window<T, PACK>(out, column(i), own, w.start, w.end,
-                                      [&](int j) { return weight<false>(r.get(j), max_key) * inv_sum; });
+                                      [&](int j) { return weight<false>(r.f32_at(j), max_key) * inv_sum; });
             }
         }
     }
@@ -243,7 +243,7 @@ struct RawPairKeys {
             float values[PACK] = {};
             if (live[i]) {
 #pragma unroll
-                for (int j = 0; j < PACK; ++j) values[j] = weight<true>(raw[i].get(j), max_key) * inv_sum;
+                for (int j = 0; j < PACK; ++j) values[j] = weight<true>(raw[i].f32_at(j), max_key) * inv_sum;
                 store_values<T, PACK>(out, column(i), own, values);
             } else {
                 store_values<T, PACK>(out, column(i), own, values);

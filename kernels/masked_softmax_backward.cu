@@ -73,7 +73,7 @@ __device__ __forceinline__ float raw_pair_dot(const PackPair<T, PACK> (&raw)[PAC
     for (int i = 0; i < PACKS; ++i) {
         if (!pack_overlaps<PACK>(column(i), w.start, w.end)) continue;
 #pragma unroll
-        for (int j = 0; j < PACK; ++j) dot += to_f32(raw[i].y.get(j)) * to_f32(raw[i].dy.get(j));
+        for (int j = 0; j < PACK; ++j) dot += raw[i].y.f32_at(j) * raw[i].dy.f32_at(j);
     }
     return dot;
 }
@@ -82,7 +82,7 @@ __device__ __forceinline__ float raw_pair_dot(const PackPair<T, PACK> (&raw)[PAC
 // the dot product: call forget_pairs on the packs first (see forget_values).
 template <typename T, int PACK>
 __device__ __forceinline__ float raw_pair_grad(const PackPair<T, PACK>& pair, int j, float dot, float scale) {
-    return softmax_grad(to_f32(pair.y.get(j)), to_f32(pair.dy.get(j)), dot, scale);
+    return softmax_grad(pair.y.f32_at(j), pair.dy.f32_at(j), dot, scale);
 }
 template <typename T, int PACK, int PACKS>
 __device__ __forceinline__ void forget_pairs(PackPair<T, PACK> (&raw)[PACKS]) {
