@@ -6,6 +6,8 @@
 //! return `Error::KernelsNotBuilt`; `MASKED_SOFTMAX_REQUIRE_KERNELS=1` makes that a build
 //! error instead. The target is `CUDA_COMPUTE_CAP` if set, else the GPU that `nvidia-smi`
 //! reports, else compute capability 8.0 (whose PTX every supported GPU can JIT).
+//! `MASKED_SOFTMAX_PTX_CACHE=DIR` keeps each target's PTX in DIR for the next build with the
+//! same inputs (build_support/ptx_cache.rs).
 
 use std::env;
 use std::fs;

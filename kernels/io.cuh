@@ -221,7 +221,8 @@ __device__ __forceinline__ uint32_t spread_half_tops(uint32_t bits) {
 // (a branch of the lane's own); any other takes five instructions a pair with no branch.
 // Half h of pair k is column j = 2k + h of the pack; with [lo, hi) its pack_span, the half
 // 0x8000 + j - lo has its top bit set iff j >= lo and 0x7fff + hi - j iff j < hi, and
-// neither borrows from the other half (lo, hi and j are below 0x7ff8). (The whole pack is
+// neither borrows from or carries into the other half (lo, hi <= N and j < N, all small
+// against 0x8000). (The whole pack is
 // told by the span, not by fetch_window's test: ptxas kept that test's outcome from the
 // loads as bits of a register, some 20 instructions a batch to store and read back.)
 template <typename T, int N>
