@@ -78,7 +78,10 @@ fn main() {
     }
     let cache = env::var_os("MASKED_SOFTMAX_PTX_CACHE")
         .filter(|dir| !dir.is_empty())
-        .map(PathBuf::from);
+        .and_then(|dir| {
+            let shared = PtxCacheKey::shared_inputs(&manifest_dir, &toolkit.nvcc)?;
+            Some((PathBuf::from(dir), shared))
+        });
     let mut built = Vec::new();
     for &cap in &targets {
         let files: Vec<PathBuf> = kernels
@@ -96,18 +99,15 @@ fn main() {
         for kernel in &files {
             let _ = fs::remove_file(ptx_path(&dir, kernel));
         }
-        let cached = cache.as_deref().and_then(|cache| {
-            Some((
-                cache,
-                PtxCacheKey::new(&manifest_dir, &toolkit.nvcc, cap, &files)?,
-            ))
-        });
+        let cached = cache
+            .as_ref()
+            .map(|(cache, shared)| (cache, PtxCacheKey::new(shared, cap, &files)));
         if let Some((cache, key)) = &cached {
             if restore_ptx(cache, key, &dir, &files) {
                 println!(
                     "masked-softmax: sm_{cap} PTX from {}/{}",
                     cache.display(),
-                    key.folder()
+                    key.folder
                 );
                 built.push((cap, dir, files));
                 continue;

@@ -9,20 +9,23 @@
 // next to the PTX and compared byte for byte, so a hash collision cannot hand back the
 // wrong PTX; the hash only names the folder.
 
-/// Everything that decides one target's PTX, as bytes.
+/// Everything that decides one target's PTX, as bytes, and the folder it names.
 struct PtxCacheKey {
     text: Vec<u8>,
+    folder: String,
 }
 
 impl PtxCacheKey {
-    fn new(manifest_dir: &Path, nvcc: &Path, cap: usize, files: &[PathBuf]) -> Option<Self> {
+    /// What every target's key shares, read once a build: nvcc's `--version`, the nvcc
+    /// environment variables and the bytes of every input file. None where any of them
+    /// cannot be read (the build then compiles, uncached).
+    fn shared_inputs(manifest_dir: &Path, nvcc: &Path) -> Option<Vec<u8>> {
         let mut text = b"masked-softmax PTX cache 1\n".to_vec();
         let version = Command::new(nvcc).arg("--version").output().ok()?;
         if !version.status.success() {
             return None;
         }
         text.extend_from_slice(&version.stdout);
-        text.extend_from_slice(format!("cap {cap}\n").as_bytes());
         for var in [
             "NVCC_CCBIN",
             "NVCC_PREPEND_FLAGS",
@@ -30,9 +33,6 @@ impl PtxCacheKey {
             "RAYON_NUM_THREADS",
         ] {
             text.extend_from_slice(format!("{var}={:?}\n", env::var_os(var)).as_bytes());
-        }
-        for file in files {
-            text.extend_from_slice(format!("compiles {}\n", file.display()).as_bytes());
         }
         let mut inputs = vec![
             manifest_dir.join("Cargo.toml"),
@@ -52,22 +52,31 @@ impl PtxCacheKey {
             text.extend_from_slice(format!("{} {}\n", input.display(), bytes.len()).as_bytes());
             text.extend_from_slice(&bytes);
         }
-        Some(Self { text })
+        Some(text)
     }
 
-    /// The folder name: FNV-1a of the key's text.
-    fn folder(&self) -> String {
-        let hash = self.text.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
+    /// One target's key: the shared inputs, the compute capability and the files compiled.
+    /// The folder is named by FNV-1a of the key's text.
+    fn new(shared: &[u8], cap: usize, files: &[PathBuf]) -> Self {
+        let mut text = shared.to_vec();
+        text.extend_from_slice(format!("cap {cap}\n").as_bytes());
+        for file in files {
+            text.extend_from_slice(format!("compiles {}\n", file.display()).as_bytes());
+        }
+        let hash = text.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
             (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
         });
-        format!("{hash:016x}")
+        Self {
+            text,
+            folder: format!("{hash:016x}"),
+        }
     }
 }
 
 /// Copies a cached target's PTX into `dir`; false (and nothing trusted) unless the stored
 /// key matches byte for byte and every file is there.
 fn restore_ptx(cache: &Path, key: &PtxCacheKey, dir: &Path, files: &[PathBuf]) -> bool {
-    let entry = cache.join(key.folder());
+    let entry = cache.join(&key.folder);
     if fs::read(entry.join("key")).ok().as_deref() != Some(&key.text[..]) {
         return false;
     }
@@ -81,8 +90,8 @@ fn restore_ptx(cache: &Path, key: &PtxCacheKey, dir: &Path, files: &[PathBuf]) -
 /// it is reported and otherwise ignored; the entry appears whole or not at all (renamed
 /// into place from a private folder).
 fn store_ptx(cache: &Path, key: &PtxCacheKey, dir: &Path, files: &[PathBuf]) {
-    let entry = cache.join(key.folder());
-    let staging = cache.join(format!("{}.{}.tmp", key.folder(), std::process::id()));
+    let entry = cache.join(&key.folder);
+    let staging = cache.join(format!("{}.{}.tmp", key.folder, std::process::id()));
     let stored = (|| -> std::io::Result<()> {
         fs::create_dir_all(&staging)?;
         for kernel in files {
