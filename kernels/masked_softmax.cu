@@ -29,6 +29,47 @@
 #include "reduce.cuh"
 #include "work.cuh"
 
+// The rows kernels' 256-thread blocks (src/plan.rs, ROWS_BLOCK).
+constexpr int ROWS_THREADS = 256;
+
+// A thread's weights of one row (PACKS packs of PACK columns, as f32) kept in dynamic shared
+// memory from softmax_row_filled's sum to its store, which then multiplies each by 1 / sum
+// where it computed it again (a conversion, an FFMA, an FMUL and an ex2 a column: 623 ->
+// 518 instructions a batch for rows_g8_p8x4_f16, PERFORMANCE.md v22). Registers could not
+// hold them: they are what raw pairs save. Slot s (4 floats) of thread t is float4
+// s * ROWS_THREADS + t, so a warp's access to one slot is 512 contiguous bytes (no bank
+// conflict) at an offset known at compile time. Each thread reads back only what it
+// wrote, so no barrier is needed. ROWS_THREADS * PACK * PACKS * 4 bytes a block (32 KiB for
+// p8x4), which the planner gives only where they cost no block a multiprocessor (src/plan.rs,
+// rows_weight_cache_bytes); a launch without them computes the weights twice, as before.
+template <int PACK, int PACKS>
+struct WeightCache {
+    static_assert(PACK % 4 == 0, "packs of whole float4 slots");
+    static constexpr uint32_t BYTES = ROWS_THREADS * PACK * PACKS * 4;
+    float4* own;   // the thread's slot 0
+    bool granted;  // whether the launch gave the block BYTES of dynamic shared memory
+
+    __device__ __forceinline__ static WeightCache of_thread() {
+        return WeightCache{dynamic_shared<float4>() + threadIdx.x,
+                           dynamic_shared_bytes() >= BYTES && blockDim.x <= ROWS_THREADS};
+    }
+    __device__ __forceinline__ void put(int i, const float (&w)[PACK]) const {
+#pragma unroll
+        for (int q = 0; q < PACK / 4; ++q)
+            own[(i * (PACK / 4) + q) * ROWS_THREADS] = make_float4(w[4 * q], w[4 * q + 1], w[4 * q + 2], w[4 * q + 3]);
+    }
+    __device__ __forceinline__ void get(int i, float (&w)[PACK]) const {
+#pragma unroll
+        for (int q = 0; q < PACK / 4; ++q) {
+            const float4 v = own[(i * (PACK / 4) + q) * ROWS_THREADS];
+            w[4 * q] = v.x;
+            w[4 * q + 1] = v.y;
+            w[4 * q + 2] = v.z;
+            w[4 * q + 3] = v.w;
+        }
+    }
+};
+
 // ---------------------------------------------------------------- 16-bit rows as raw pairs
 //
 // The 16-bit register kernels keep their columns as fetched, two to a 32-bit register,
@@ -36,8 +77,10 @@
 // the columns, or a warp twice the rows, and has twice the bytes in flight, for the same
 // register budget. Bytes in flight are what these kernels lack: at the same structure the
 // 16-bit kernels ran at about twice f32's time over floor (v3-v5), moving half the bytes
-// per load. The price: the weights are not kept but computed twice, once for the sum and
-// once to write (about 11 instructions per column where f32 keys take 8.5). The max is
+// per load. The price: the weights do not fit beside them, so they are computed twice,
+// once for the sum and once to write (about 11 instructions per column where f32 keys take
+// 8.5), except in the rows kernels' usual-scale path where the launch grants shared memory
+// to keep them in (WeightCache, softmax_row_filled). The max is
 // taken over 16-bit pairs (exact: the max of 16-bit values is one of them); the weights'
 // arithmetic is the f32 kernels', (k - max) * log2_scale with the key k = x * key_sign,
 // here formed by one FMA in the same rounding.
@@ -97,13 +140,22 @@ struct RawPairKeys {
         }
     }
 
-    // The sum of the weights of every column of a pack.
+    // The weights of every column of a pack, and their sum.
     template <bool PLAIN, int PACK>
-    __device__ __forceinline__ float whole_pack_sum(const RawPack<T, PACK>& r, float max_key) const {
+    __device__ __forceinline__ float whole_pack_weights(const RawPack<T, PACK>& r, float max_key,
+                                                        float (&weights)[PACK]) const {
         float sum = 0.f;
 #pragma unroll
-        for (int j = 0; j < PACK; ++j) sum += weight<PLAIN>(r.f32_at(j), max_key);
+        for (int j = 0; j < PACK; ++j) {
+            weights[j] = weight<PLAIN>(r.f32_at(j), max_key);
+            sum += weights[j];
+        }
         return sum;
+    }
+    template <bool PLAIN, int PACK>
+    __device__ __forceinline__ float whole_pack_sum(const RawPack<T, PACK>& r, float max_key) const {
+        float weights[PACK];
+        return whole_pack_weights<PLAIN>(r, max_key, weights);
     }
 
     // The sum of the weights of the valid columns of the pack at `col`.
@@ -195,18 +247,30 @@ struct RawPairKeys {
     // - In the others, a pack not wholly inside its window first gets the fill (a key of
     //   -inf) in its columns outside (fill_outside_pairs: no branch inside); then the max
     //   takes its pairs, the sum its weights (a fill weighs ex2(-inf) = +0) and the store
-    //   weight * inv_sum (+0.0 in a masked column), with no test of the window.
+    //   writes weight * inv_sum (+0.0 in a masked column), with no test of the window.
+    // - CACHED (the launch gave the block room for `cache`: rows_forward_16bit), the sum
+    //   keeps the weights in `cache` and the store multiplies those; else the store
+    //   computes each weight again.
     // A row whose sum is NaN (a NaN or +inf key: every weight NaN, the fill's too) writes
     // through store, which tests the window, so that its masked columns still get +0.0; so
     // does an unusual scale (softmax_row). Every lane of the warp must call it (the vote).
-    template <int PACK, int PACKS, typename Column, typename ReduceMax, typename ReduceSum>
+    template <bool CACHED, int PACK, int PACKS, typename Column, typename ReduceMax, typename ReduceSum>
     __device__ __forceinline__ void softmax_row_filled(T* out, RawPack<T, PACK> (&raw)[PACKS], Column column,
                                                        ShortWindow own, const ShortWindow& w, bool write,
-                                                       ReduceMax reduce_max, ReduceSum reduce_sum) const {
-        if (!sm.plain()) {
+                                                       ReduceMax reduce_max, ReduceSum reduce_sum,
+                                                       const WeightCache<PACK, PACKS>& cache) const {
+        if (!sm.plain())
             softmax_row(out, raw, column, own, w, write, reduce_max, reduce_sum);
-            return;
-        }
+        else
+            filled_row<CACHED>(out, raw, column, own, w, write, reduce_max, reduce_sum, cache);
+    }
+
+    // softmax_row_filled's usual-scale path, its weights kept in `cache` if CACHED.
+    template <bool CACHED, int PACK, int PACKS, typename Column, typename ReduceMax, typename ReduceSum>
+    __device__ __forceinline__ void filled_row(T* out, RawPack<T, PACK> (&raw)[PACKS], Column column,
+                                               ShortWindow own, const ShortWindow& w, bool write,
+                                               ReduceMax reduce_max, ReduceSum reduce_sum,
+                                               const WeightCache<PACK, PACKS>& cache) const {
         bool live[PACKS];
         Pair m = Pair16<T>::splat(-CUDART_INF_F);
 #pragma unroll
@@ -224,7 +288,11 @@ struct RawPairKeys {
         float total = 0.f;
 #pragma unroll
         for (int i = 0; i < PACKS; ++i) {
-            if (live[i]) total += whole_pack_sum<true>(raw[i], max_key);
+            if (live[i]) {
+                float weights[PACK];
+                total += whole_pack_weights<true>(raw[i], max_key, weights);
+                if constexpr (CACHED) cache.put(i, weights);
+            }
         }
         total = reduce_sum(total);
         if (!write) return;
@@ -233,17 +301,25 @@ struct RawPairKeys {
             return;
         }
         const float inv_sum = zero_row ? 0.f : 1.f / total;
+        if constexpr (!CACHED) {  // (the cached store reads no pairs)
 #pragma unroll
-        for (int i = 0; i < PACKS; ++i) forget_values(raw[i]);  // see store
+            for (int i = 0; i < PACKS; ++i) forget_values(raw[i]);  // see store
+        }
 #pragma unroll
         for (int i = 0; i < PACKS; ++i) {
             if (column(i) >= own.end) break;
             // (Two calls: with one after the branch, ptxas moved the zeros in on every path,
-            // 652 instructions a batch for rows_g32_p8x4_f16 against 634.)
+            // 652 instructions a batch for rows_g32_p8x4_f16 against 634, v20.)
             float values[PACK] = {};
             if (live[i]) {
+                if constexpr (CACHED) {
+                    cache.get(i, values);
 #pragma unroll
-                for (int j = 0; j < PACK; ++j) values[j] = weight<true>(raw[i].f32_at(j), max_key) * inv_sum;
+                    for (int j = 0; j < PACK; ++j) values[j] *= inv_sum;
+                } else {
+#pragma unroll
+                    for (int j = 0; j < PACK; ++j) values[j] = weight<true>(raw[i].f32_at(j), max_key) * inv_sum;
+                }
                 store_values<T, PACK>(out, column(i), own, values);
             } else {
                 store_values<T, PACK>(out, column(i), own, values);
@@ -253,10 +329,12 @@ struct RawPairKeys {
 };
 
 // The rows kernels' raw-pair form (rows_forward for 16-bit vector packs): the same loop,
-// twice the rows at once for the same registers.
-template <typename T, int PACK, int PACKS, int GROUP, Ahead AHEAD = Ahead::none>
-__device__ __forceinline__ void rows_forward_16bit(const T* x, T* y, const MaskParams& p) {
-    static_assert(sizeof(T) == 2 && PACK % 2 == 0, "16-bit vector packs only");
+// twice the rows at once for the same registers. The whole loop is compiled twice, with and
+// without the weight cache, and the launch's grant picks one (a test of the grant in each
+// row's passes kept ptxas's predicates in registers: 30 more instructions a batch).
+template <bool CACHED, typename T, int PACK, int PACKS, int GROUP, Ahead AHEAD>
+__device__ __forceinline__ void rows_forward_16bit_loop(const T* x, T* y, const MaskParams& p,
+                                                        const WeightCache<PACK, PACKS>& cache) {
     constexpr int R = rows_at_once<PACK * PACKS / 2>();  // registers of PACK * PACKS / 2 floats
     const RawPairKeys<T> keys = RawPairKeys<T>::of(p.scale);
     const int32_t k_len = int32_t(p.k_len);
@@ -270,10 +348,20 @@ __device__ __forceinline__ void rows_forward_16bit(const T* x, T* y, const MaskP
             const ShortWindow& w = rows[r].window;
             const auto column = [&](int i) { return lane_pack_column<GROUP, PACK>(i, rows[r].member); };
             const ShortWindow own{rows[r].lead, rows[r].lead + k_len};
-            keys.softmax_row_filled(y + rows[r].offset, raw[r], column, own, w, rows[r].active, group_max<GROUP>,
-                                    group_sum<GROUP>);
+            keys.template softmax_row_filled<CACHED>(y + rows[r].offset, raw[r], column, own, w, rows[r].active,
+                                                     group_max<GROUP>, group_sum<GROUP>, cache);
         }
     });
+}
+
+template <typename T, int PACK, int PACKS, int GROUP, Ahead AHEAD = Ahead::none>
+__device__ __forceinline__ void rows_forward_16bit(const T* x, T* y, const MaskParams& p) {
+    static_assert(sizeof(T) == 2 && PACK % 2 == 0, "16-bit vector packs only");
+    const WeightCache<PACK, PACKS> cache = WeightCache<PACK, PACKS>::of_thread();
+    if (cache.granted)
+        rows_forward_16bit_loop<true, T, PACK, PACKS, GROUP, AHEAD>(x, y, p, cache);
+    else
+        rows_forward_16bit_loop<false, T, PACK, PACKS, GROUP, AHEAD>(x, y, p, cache);
 }
 
 // One block per row, the row's packs across the block as raw pairs (thread t holds packs
@@ -679,7 +767,7 @@ __device__ __forceinline__ void cluster_forward(const T* x, T* y, const MaskPara
 // (ROWS_INSTANCE: TAG empty, or `prefetch_` for the instances fetching each batch's
 // lengths a batch ahead, AHEAD; see the end of this file.)
 #define ROWS_INSTANCE(SUFFIX, T, G, P, N, TAG, AHEAD)                                                    \
-    extern "C" __global__ void __launch_bounds__(256, ROWS_MIN_BLOCKS(T, P, N))                          \
+    extern "C" __global__ void __launch_bounds__(ROWS_THREADS, ROWS_MIN_BLOCKS(T, P, N))                 \
         masked_softmax_fwd_rows_g##G##_p##P##x##N##_##TAG##SUFFIX(const T* x, T* y, MaskParams p) {      \
         if constexpr (RAW_PAIRS(T, P))                                                                  \
             rows_forward_16bit<T, P, N, G, AHEAD>(x, y, p);                                             \
@@ -690,11 +778,11 @@ __device__ __forceinline__ void cluster_forward(const T* x, T* y, const MaskPara
 #define ROWS_KERNEL(SUFFIX, T, G, P, N) ROWS_INSTANCE(SUFFIX, T, G, P, N, , Ahead::none)
 
 // The 16-bit rows kernels with f32 keys (rows_forward) rather than raw pairs: one exp an
-// element where raw pairs take two, half the rows in flight. The planner takes them for
-// rows of up to 2 packs a lane (src/plan.rs, KernelKind::RowsKeys); the wider ones are
-// the benchmark's variants. Register budget as the f32 kernels'.
+// element where raw pairs without the weight cache take two, half the rows in flight. The
+// planner takes them for rows of up to 2 packs a lane (src/plan.rs, KernelKind::RowsKeys);
+// the wider ones are the benchmark's variants. Register budget as the f32 kernels'.
 #define ROWS_KEYS_INSTANCE(SUFFIX, T, G, P, N, TAG, AHEAD)                                               \
-    extern "C" __global__ void __launch_bounds__(256, (P) * (N) <= 16 ? 4 : 1)                          \
+    extern "C" __global__ void __launch_bounds__(ROWS_THREADS, (P) * (N) <= 16 ? 4 : 1)                  \
         masked_softmax_fwd_rows_keys_g##G##_p##P##x##N##_##TAG##SUFFIX(const T* x, T* y, MaskParams p) { \
         rows_forward<T, P, N, G, AHEAD>(x, y, p);                                                       \
     }                                                                                                   \

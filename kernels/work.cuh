@@ -21,6 +21,17 @@ __device__ __forceinline__ T* dynamic_shared() {
 #endif
 }
 
+// The dynamic shared memory the launch gave the block, in bytes.
+__device__ __forceinline__ uint32_t dynamic_shared_bytes() {
+#ifdef MASKED_SOFTMAX_EMULATION
+    return emu::dynamic_shared_bytes();
+#else
+    uint32_t bytes;
+    asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(bytes));
+    return bytes;
+#endif
+}
+
 // The packs [first, last) of a row seen through its window [start, end) of columns, as
 // thread t of `step` visits them: first + t, first + t + step, ... Whole packs (every
 // column inside the window) go to fetch(i, item) and use(i, item), a batch of U in flight

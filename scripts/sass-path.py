@@ -66,6 +66,17 @@ around a single STG).
     16-bit backward g32 p8x4's loads), --loops walks the edge code too. Read --trace's
     not-taken branches and give those as taken (PERFORMANCE.md, v20: 819 was 630).
 
+--rows walks each row loop of a 16-bit forward raw-pair rows kernel (PERFORMANCE.md v20, v22:
+each loop whose back edge an EXIT follows; v22's kernels have two, with and without the
+weight cache) three ways, with no decisions to give: `whole` (every branch on two
+predicates taken, as --loops does, and each live pack's store branch: a branch on one
+positive predicate over a store of zeros, `STG.E.128 ..., RZ`, within the next 45
+instructions), `crossed` (the same, but the fetch's and the fill's branches, those before
+the loop's first shuffle, not taken: every pack index crossed by some row's end) and their
+union. It reproduces v20's hand-found walks (623/895/899 for rows_g8_p8x4_f16 on v21).
+
+    e.g. scripts/sass-path.py --rows g8.sass
+
 --trace also prints, in the walk's order, each conditional branch met (its address, the
 instruction and T or N: where to look for the decisions to give) and each global load or
 store, MUFU and shuffle with its place on the path. The count does not say whether a
@@ -159,10 +170,53 @@ def loops(ins, order, trace):
               f"{len(path)} on the path; {counts}")
 
 
+def rows(ins, order):
+    """--rows: each row loop's whole, crossed and union walks (see the docstring)."""
+    index = {a: n for n, a in enumerate(order)}
+    ends = [a for n, a in enumerate(order[:-1])
+            if (branch_target(ins[a]) or a) < a and a - branch_target(ins[a]) > 0x1000
+            and any("EXIT" in ins[b] for b in order[n + 1:n + 4])]
+    if not ends:
+        sys.exit("no row loop (a back edge before an EXIT)")
+    for end in ends:
+        start = branch_target(ins[end])
+        whole = {}
+        for _ in range(200):  # take one more branch a pass, until none is left to take
+            path, _ = walk(ins, order, start, end, whole, False)
+            more = None
+            for a in path:
+                m = re.match(r"@(!?)P\d BRA (!?P\d, )?(0x[0-9a-f]+)", ins[a])
+                if not m or a in whole or not start <= int(m.group(3), 16) <= end:
+                    continue
+                ahead = [ins[b] for b in order[index[a] + 1:index[a] + 46]]
+                zeros = any(re.search(r"STG\.E\.128 .*, RZ$", t) for t in ahead)
+                if m.group(2) or (zeros and not m.group(1)):
+                    more = a
+                    break
+            if more is None:
+                break
+            whole[more] = True
+        first_shuffle = min((a for a in order if start <= a <= end and "SHFL" in ins[a]), default=end)
+        crossed = {a: t for a, t in whole.items() if a > first_shuffle}
+        path, _ = walk(ins, order, start, end, whole, False)
+        path2, _ = walk(ins, order, start, end, crossed, False)
+        mufu = sum("MUFU" in ins[a] for a in path)
+        lds = sum(re.sub(r"^@!?U?P\w+ ", "", ins[a]).startswith("LDS") for a in path)
+        print(f"row loop {start:#x}..{end:#x}: whole {len(path)}, crossed {len(path2)}, "
+              f"union {len(set(path) | set(path2))}; MUFU {mufu}, LDS {lds} on the whole path")
+
+
 def main():
     argv = sys.argv[1:]
     trace = "--trace" in argv
     argv = [a for a in argv if a != "--trace"]
+    if "--rows" in argv:
+        argv.remove("--rows")
+        if not argv:
+            sys.exit(__doc__)
+        ins, order = parse(argv[0])
+        rows(ins, order)
+        return
     if "--loops" in argv:
         argv.remove("--loops")
         if not argv:

@@ -207,9 +207,10 @@ pub enum KernelKind {
     },
     /// The forward's 16-bit [`KernelKind::Rows`] with the row held as f32 keys (one `exp`
     /// an element, half the rows in flight) where `Rows` keeps 16-bit pairs as fetched
-    /// (two `exp` an element): compiled for short rows of 16-byte packs (the group ladder
-    /// and the forward's split shapes). The planner picks it for 16-bit forward rows of up
-    /// to 2 packs a lane (128 keys), where it measured faster (v11).
+    /// (two `exp` an element until v22; one since, with the weights kept in shared memory):
+    /// compiled for short rows of 16-byte packs (the group ladder and the forward's split
+    /// shapes). The planner picks it for 16-bit forward rows of up to 2 packs a lane (128
+    /// keys), where it measured faster (v11, against the raw pairs' two `exp`).
     RowsKeys {
         /// Lanes per row.
         group: u32,
@@ -385,10 +386,12 @@ fn rows_packs_per_lane(dtype: DType, pack: u32, direction: Direction) -> u32 {
 }
 
 /// Whether the 16-bit forward's short rows take [`KernelKind::RowsKeys`] (f32 keys, one
-/// `exp` an element) over [`KernelKind::Rows`] (raw pairs, two): at up to 2 packs a lane,
-/// where the rows in flight that raw pairs buy matter less than their second `exp`. H200,
-/// v10 variants: k=32, 64 and 128 1.20-1.39x faster with f32 keys (f16 k=64: 2.85x the
-/// floor against 3.76x); at 4 packs a lane (k=256) raw pairs won, 2.62x against 2.90x.
+/// `exp` an element) over [`KernelKind::Rows`] (raw pairs, two before v22): at up to 2
+/// packs a lane, where the rows in flight that raw pairs buy matter less than their second
+/// `exp`. H200, v10 variants: k=32, 64 and 128 1.20-1.39x faster with f32 keys (f16 k=64:
+/// 2.85x the floor against 3.76x); at 4 packs a lane (k=256) raw pairs won, 2.62x against
+/// 2.90x. v22 keeps the raw pairs' weights in shared memory (one `exp` an element): the
+/// variants' next run says whether this crossover still stands.
 fn rows_keys_pay(dtype: DType, pack: u32, direction: Direction, packs: u32) -> bool {
     direction == Direction::Forward && raw_pairs(dtype, pack) && packs <= 2
 }
@@ -932,6 +935,15 @@ impl LaunchPlan {
         let Some(by_threads_and_registers) = occupancy.get(self.block) else {
             return;
         };
+        // The rows kernels' weight cache only where it costs no block: the planner guessed
+        // the registers' blocks (ROWS_BLOCKS_BY_REGISTERS), the driver knows them. Without
+        // it the kernel computes each weight twice (Problem::rows_weight_cache_bytes).
+        if matches!(self.kernel, KernelKind::Rows { .. })
+            && self.shared_bytes > 0
+            && limits.blocks_by_shared(self.shared_bytes as u64) < by_threads_and_registers as u64
+        {
+            self.shared_bytes = 0;
+        }
         let blocks_per_sm = limits
             .blocks_by_shared(self.shared_bytes as u64)
             .min(by_threads_and_registers as u64)
@@ -1006,8 +1018,16 @@ const SPLIT_REGISTERS: u64 = 64;
 /// kernels/work.cuh): 4 packs a thread of a 512-thread block, 32 KiB of 16-byte packs.
 pub const SPLIT_CHUNK_PACKS: u64 = 2048;
 
-/// Threads per block of the [`KernelKind::Rows`] kernels.
+/// Threads per block of the [`KernelKind::Rows`] kernels (`ROWS_THREADS` in
+/// kernels/masked_softmax.cu).
 const ROWS_BLOCK: u32 = 256;
+/// Blocks of a [`KernelKind::Rows`] kernel that its registers let a multiprocessor hold
+/// (`__launch_bounds__(256, 4)`: 64 registers a thread at most, about 56 taken), until
+/// [`LaunchPlan::fit_resident`] knows the driver's count.
+const ROWS_BLOCKS_BY_REGISTERS: u64 = 4;
+/// Dynamic shared memory a kernel may take without the opt-in attribute (src/cuda.rs sets
+/// it for the block_cached and cluster kernels alone).
+const DEFAULT_DYNAMIC_SHARED_BYTES: u64 = 48 * 1024;
 /// Per-warp reduction scratch at the end of a block kernel's shared memory (32 float2).
 const BLOCK_SCRATCH_BYTES: u64 = 32 * 8;
 /// A cluster kernel's shared memory before its cache (kernels/cluster.cuh, ClusterShared):
@@ -1389,6 +1409,27 @@ impl Problem {
         CLUSTER_HEADER_BYTES + self.row_packs(pack).div_ceil(cluster) * pack as u64 * per_column
     }
 
+    /// Dynamic shared memory of a [`KernelKind::Rows`] launch: the forward's 16-bit raw-pair
+    /// kernels keep each thread's weights of a row there between the sum and the store
+    /// (kernels/masked_softmax.cu, WeightCache: `pack * packs` floats a thread, 32 KiB a
+    /// block for p8x4) where a multiprocessor holds as many such blocks as the registers
+    /// let it run: on the H100, H200 and A100. Where it would hold fewer (p8x4 on compute
+    /// capability 8.6 and 8.9, 100 KiB a multiprocessor: 3 blocks where the registers
+    /// allow 4), and for every other kernel, none; the kernel then computes each weight
+    /// twice.
+    fn rows_weight_cache_bytes(&self, kind: KernelKind) -> u64 {
+        let KernelKind::Rows { pack, packs, .. } = kind else {
+            return 0;
+        };
+        if self.direction != Direction::Forward || !raw_pairs(self.dtype, pack) {
+            return 0;
+        }
+        let bytes = ROWS_BLOCK as u64 * (pack * packs) as u64 * 4;
+        let fits = bytes <= self.shared_limit().min(DEFAULT_DYNAMIC_SHARED_BYTES)
+            && self.limits.blocks_by_shared(bytes) >= ROWS_BLOCKS_BY_REGISTERS;
+        if fits { bytes } else { 0 }
+    }
+
     fn shared_limit(&self) -> u64 {
         self.limits.max_shared_per_block as u64
     }
@@ -1426,7 +1467,7 @@ impl Problem {
                 let rows_per_block = (ROWS_BLOCK / WARP_SIZE * (WARP_SIZE / group)) as u64;
                 let resident = sms * (threads_per_sm / ROWS_BLOCK as u64).max(1);
                 let grid = self.rows.div_ceil(rows_per_block).min(resident);
-                Some(plan(grid, ROWS_BLOCK, 0))
+                Some(plan(grid, ROWS_BLOCK, self.rows_weight_cache_bytes(kind)))
             }
             KernelKind::BlockRegs { packs, .. } => {
                 let most = kind.max_block_threads();
@@ -1622,6 +1663,82 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_16_bit_forward_rows_keep_their_weights_in_shared_memory() {
+        // 256 keys: rows_g8_p8x4 (raw pairs), 32 floats of weights a thread, 32 KiB a block.
+        let spec = Spec::new(Shape::matrix(100_000, 256));
+        let consumer = DeviceLimits {
+            max_threads_per_sm: 1536,
+            max_shared_per_block: 99 * 1024,
+            shared_per_sm: 100 * 1024,
+            ..H100
+        };
+        for dtype in [DType::F16, DType::BF16] {
+            let p = plan(&spec, dtype, ALIGNED);
+            let KernelKind::Rows { pack, packs, .. } = p.kernel else {
+                panic!("{dtype:?}: {:?}", p.kernel);
+            };
+            assert_eq!((pack, packs), (8, 4), "{dtype:?}");
+            assert_eq!(p.shared_bytes, 256 * 32 * 4, "{dtype:?}");
+            // The H100 holds 6 such blocks by shared memory, 4 by registers: the grid is
+            // unchanged, 8 blocks a multiprocessor.
+            assert_eq!(p.grid, 132 * 8, "{dtype:?}");
+            // 100 KiB a multiprocessor would hold 3: no cache (the kernel computes each
+            // weight twice), and the grid of the threads.
+            let small = plan_forward(&spec, dtype, consumer, ALIGNED).unwrap();
+            assert_eq!(small.kernel, p.kernel, "{dtype:?}");
+            assert_eq!(small.shared_bytes, 0, "{dtype:?}");
+            assert_eq!(small.grid, 132 * 6, "{dtype:?}");
+            // The backward has no weights to keep.
+            let bwd = plan_backward(&spec, dtype, H100, ALIGNED).unwrap();
+            assert!(
+                matches!(bwd.kernel, KernelKind::Rows { .. }),
+                "{:?}",
+                bwd.kernel
+            );
+            assert_eq!(bwd.shared_bytes, 0, "{dtype:?} backward");
+        }
+        // The driver's count decides once known: 5 blocks by registers would lose one to
+        // the cache on an A100 (164 KiB: 4 of 33 KiB), 4 would not.
+        let a100 = DeviceLimits {
+            shared_per_sm: 164 * 1024,
+            max_shared_per_block: 163 * 1024,
+            ..H100
+        };
+        for (by_registers, kept) in [(4, true), (5, false)] {
+            let mut p = plan_forward(&spec, DType::F16, a100, ALIGNED).unwrap();
+            assert_eq!(p.shared_bytes, 256 * 32 * 4);
+            let mut occupancy = KernelOccupancy::UNKNOWN;
+            occupancy.record(256, by_registers);
+            p.fit_resident(&a100, &occupancy);
+            assert_eq!(
+                p.shared_bytes > 0,
+                kept,
+                "{by_registers} blocks by registers"
+            );
+            assert_eq!(
+                p.grid,
+                132 * by_registers,
+                "{by_registers} blocks by registers"
+            );
+        }
+        // Neither do f32 keys, nor 16-bit rows kept as f32 keys (rows_keys, up to 128 keys).
+        let f32 = plan(&spec, DType::F32, ALIGNED);
+        assert!(
+            matches!(f32.kernel, KernelKind::Rows { .. }),
+            "{:?}",
+            f32.kernel
+        );
+        assert_eq!(f32.shared_bytes, 0);
+        let short = plan(&Spec::new(Shape::matrix(100_000, 128)), DType::F16, ALIGNED);
+        assert!(
+            matches!(short.kernel, KernelKind::RowsKeys { .. }),
+            "{:?}",
+            short.kernel
+        );
+        assert_eq!(short.shared_bytes, 0);
     }
 
     #[test]

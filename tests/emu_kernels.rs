@@ -68,6 +68,15 @@ const TINY_GRID: DeviceLimits = DeviceLimits {
     max_threads_per_sm: 512,
     ..BIG_SHARED
 };
+/// Hopper's threads with 24 KiB of shared memory a multiprocessor: no block of a 16-bit
+/// forward raw-pair rows kernel (256 threads, 8 to 32 KiB of weights) gets its weight
+/// cache, so each runs its loop without (the every-kernel trials, on BIG_SHARED, run the
+/// one with).
+const NO_WEIGHT_CACHE: DeviceLimits = DeviceLimits {
+    max_shared_per_block: 24 << 10,
+    shared_per_sm: 24 << 10,
+    ..BIG_SHARED
+};
 const MAX_ELEMENTS: usize = 1 << 15;
 
 /// Every kernel some case launched: the whole matrix must reach every compiled kernel.
@@ -437,6 +446,58 @@ fn every_kernel_on<T: Element>(
     Ok(())
 }
 
+/// Every 16-bit forward raw-pair rows kernel (`Rows` of 16-byte packs) that can run `case`,
+/// named, on NO_WEIGHT_CACHE, whose plans give it no shared memory: each must match the
+/// reference through the loop that computes each weight twice.
+fn rows_without_weight_cache<T: Element>(case: &Case) -> Result<(), String> {
+    let direction = Direction::Forward;
+    let inputs = case.inputs::<T>(direction);
+    let inputs: Vec<&[T]> = inputs.iter().map(Vec::as_slice).collect();
+    let mut ran = 0;
+    for kind in KernelKind::all(T::DTYPE, false, direction) {
+        if !matches!(kind, KernelKind::Rows { pack, .. } if pack > 1) {
+            continue;
+        }
+        let plan = plan_launch(
+            Some(kind),
+            direction,
+            &case.spec,
+            T::DTYPE,
+            NO_WEIGHT_CACHE,
+            Buffers::default(),
+        )
+        .map_err(|e| e.to_string())?;
+        if let Some(plan) = plan
+            && plan.shared_bytes != 0
+        {
+            return Err(format!(
+                "{}: {} bytes of shared memory",
+                plan.kernel_name(),
+                plan.shared_bytes
+            ));
+        }
+        for (placement, _) in PLACEMENTS {
+            let emulation = Emulation {
+                limits: NO_WEIGHT_CACHE,
+                kind: Some(kind),
+                prefetch: false,
+                wide_rows: false,
+                direction,
+                spec: &case.spec,
+                lengths: case.lengths(),
+                inputs: &inputs,
+                placement,
+            };
+            let name = kind.name(T::DTYPE, direction);
+            ran += usize::from(emulation.check().map_err(|e| format!("{name}: {e}"))?);
+        }
+    }
+    match ran {
+        0 => Err("no raw-pair rows kernel ran".into()),
+        _ => Ok(()),
+    }
+}
+
 /// The prefetching instances of `direction` ([`KernelKind::prefetch_name`]) that can run
 /// `case`, those that ask the L2 or the others as `asking_l2` says, on TINY_GRID, where a block strides over several rows (and a rows kernel's warp
 /// over several batches, each fetching the next's lengths): each must match the reference
@@ -698,6 +759,25 @@ fn main() {
                     }),
                 );
             }
+        }
+    }
+    // The 16-bit forward raw-pair rows kernels without their weight cache, in the modes
+    // that give rows full, empty, cut at both ends and left-padded windows.
+    for (mode, k) in common::MODES
+        .iter()
+        .filter(|m| ["right", "causal_left_q", "window_q"].contains(&m.name))
+        .flat_map(|m| [64, 256, 1001].map(|k| (m, k)))
+    {
+        for dtype in [DType::F16, DType::BF16] {
+            let case = Case::new(*mode, k, MAX_ELEMENTS);
+            add(
+                format!(
+                    "rows_without_weight_cache_{}_{}_k{k}",
+                    mode.name,
+                    dtype.kernel_suffix()
+                ),
+                Box::new(move || dispatch!(dtype, rows_without_weight_cache, &case)),
+            );
         }
     }
     // The special values through the planner's kernels (HOPPERISH: 20 rows of 20000 keys

@@ -57,8 +57,9 @@ void block_barrier();
 uint64_t warp_exchange(uint64_t value, int src_lane);
 // Stops the launch with an error (bad shuffle mask, misaligned vector access, ...).
 [[noreturn]] void fail(const char* what);
-// Dynamic shared memory of the running block.
+// Dynamic shared memory of the running block, and its size in bytes (the launch's).
 void* dynamic_shared_memory();
+unsigned dynamic_shared_bytes();
 // A kernel's L2 prefetch hint of `bytes` bytes at `begin` (whole 16-byte chunks): no effect
 // here but a read of its first and last bytes, counted per launch (emu_last_launch_prefetches).
 void l2_prefetch(const void* begin, size_t bytes);

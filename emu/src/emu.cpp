@@ -9,6 +9,7 @@
 #include <ucontext.h>
 
 #include <cstdio>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <string>
@@ -23,8 +24,10 @@ constexpr size_t kStackBytes = 256 * 1024;
 constexpr unsigned kMaxThreads = 1024;
 constexpr unsigned kMaxCluster = 16;
 // Bytes past a block's dynamic shared memory that must still hold the fill pattern after a
-// launch: a kernel whose layout outgrows what the planner allocated is caught here.
-constexpr size_t kSharedGuardBytes = 1024;
+// launch: a kernel whose layout outgrows what the planner allocated is caught here. As
+// large as the rows kernels' weight cache (32 KiB) and more, so that a launch giving it too
+// little, even none, writes into the guard and not past the vector.
+constexpr size_t kSharedGuardBytes = 64 * 1024;
 
 // A rendezvous point: `expected` fibers arrive, then all of them go on.
 struct Barrier {
@@ -232,8 +235,10 @@ bool run_cluster(Launch& l, unsigned first) {
             return false;
         }
     }
+    static const std::vector<unsigned char> untouched(kSharedGuardBytes, 0xA5);
     for (unsigned r = 0; r < l.cluster; ++r) {
         const std::vector<unsigned char>& shared = l.blocks[r].shared;
+        if (std::memcmp(shared.data() + l.shared_bytes, untouched.data(), kSharedGuardBytes) == 0) continue;
         for (size_t i = l.shared_bytes; i < shared.size(); ++i)
             if (shared[i] != 0xA5) {
                 char what[200];
@@ -288,6 +293,7 @@ void fail(const char* what) {
 }
 
 void* dynamic_shared_memory() { return my_block().shared.data(); }
+unsigned dynamic_shared_bytes() { return g_launch->shared_bytes; }
 
 void l2_prefetch(const void* begin, size_t bytes) {
     if (reinterpret_cast<uintptr_t>(begin) % 16 != 0 || bytes == 0 || bytes % 16 != 0)
