@@ -446,6 +446,34 @@ fn every_kernel_on<T: Element>(
     Ok(())
 }
 
+/// [`Emulation::check`] on `kind` (its prefetching instance if `prefetch`), named, at
+/// each placement: at how many it could run `case`.
+fn check_named<T: Element>(
+    limits: DeviceLimits,
+    kind: KernelKind,
+    prefetch: bool,
+    direction: Direction,
+    case: &Case,
+    inputs: &[&[T]],
+) -> Result<usize, String> {
+    let mut ran = 0;
+    for (placement, _) in PLACEMENTS {
+        let emulation = Emulation {
+            limits,
+            kind: Some(kind),
+            prefetch,
+            wide_rows: false,
+            direction,
+            spec: &case.spec,
+            lengths: case.lengths(),
+            inputs,
+            placement,
+        };
+        ran += usize::from(emulation.check()?);
+    }
+    Ok(ran)
+}
+
 /// Every 16-bit forward raw-pair rows kernel (`Rows` of 16-byte packs) that can run `case`,
 /// named, on NO_WEIGHT_CACHE, whose plans give it no shared memory: each must match the
 /// reference through the loop that computes each weight twice.
@@ -476,21 +504,8 @@ fn rows_without_weight_cache<T: Element>(case: &Case) -> Result<(), String> {
                 plan.shared_bytes
             ));
         }
-        for (placement, _) in PLACEMENTS {
-            let emulation = Emulation {
-                limits: NO_WEIGHT_CACHE,
-                kind: Some(kind),
-                prefetch: false,
-                wide_rows: false,
-                direction,
-                spec: &case.spec,
-                lengths: case.lengths(),
-                inputs: &inputs,
-                placement,
-            };
-            let name = kind.name(T::DTYPE, direction);
-            ran += usize::from(emulation.check().map_err(|e| format!("{name}: {e}"))?);
-        }
+        ran += check_named(NO_WEIGHT_CACHE, kind, false, direction, case, &inputs)
+            .map_err(|e| format!("{}: {e}", kind.name(T::DTYPE, direction)))?;
     }
     match ran {
         0 => Err("no raw-pair rows kernel ran".into()),
@@ -523,20 +538,7 @@ fn prefetch_instances<T: Element>(
     }
     let mut ran = false;
     for kind in kinds {
-        for (placement, _) in PLACEMENTS {
-            let emulation = Emulation {
-                limits: TINY_GRID,
-                kind: Some(kind),
-                prefetch: true,
-                wide_rows: false,
-                direction,
-                spec: &case.spec,
-                lengths: case.lengths(),
-                inputs: &inputs,
-                placement,
-            };
-            ran |= emulation.check()?;
-        }
+        ran |= check_named(TINY_GRID, kind, true, direction, case, &inputs)? > 0;
     }
     match ran {
         true => Ok(()),
