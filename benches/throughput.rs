@@ -263,6 +263,9 @@ fn main() -> Result<()> {
     // the short rows kernels' next batch's lengths).
     let mut prefetch = softmax.share();
     prefetch.set_next_row_prefetch(true);
+    // And the 16-bit forward's raw-pair kernels without their weight cache (v22, v23).
+    let mut no_cache = softmax.share();
+    no_cache.set_weight_cache(false);
     // The planner's kernels again on grids counted by threads alone (before v10).
     let mut unfitted = softmax.share();
     unfitted.set_grid_fitting(false);
@@ -326,6 +329,7 @@ fn main() -> Result<()> {
                 timer: &timer,
                 softmax: &softmax,
                 plain_l2: &plain_l2,
+                no_cache: &no_cache,
                 prefetch: &prefetch,
                 unfitted: &unfitted,
                 baseline: (!args.no_baseline).then_some(&baseline),
@@ -381,6 +385,8 @@ struct Env<'a> {
     plain_l2: &'a CudaSoftmax,
     /// The same kernels with `set_next_row_prefetch(true)`.
     prefetch: &'a CudaSoftmax,
+    /// The same kernels with `set_weight_cache(false)`.
+    no_cache: &'a CudaSoftmax,
     /// The same kernels with `set_grid_fitting(false)`.
     unfitted: &'a CudaSoftmax,
     baseline: Option<&'a Baseline>,
@@ -730,8 +736,10 @@ fn run_case<T: Element + DeviceRepr>(
             _ => spec.shape.k_len > (WARP_SIZE * planned.pack()) as usize,
         });
     // Every other kernel, the streaming ones (the planner's too) again without their L2
-    // priorities (named `<kernel>+plain_l2`), and the kernels compiled to fetch ahead (the
-    // planner's too) again as their `*_prefetch_*` instances (`<kernel>+prefetch`).
+    // priorities (named `<kernel>+plain_l2`), the kernels compiled to fetch ahead (the
+    // planner's too) again as their `*_prefetch_*` instances (`<kernel>+prefetch`), and
+    // those that keep their weights in shared memory (the planner's too) again without
+    // (`<kernel>+no_cache`).
     let streaming = |k: &KernelKind| {
         matches!(
             k,
@@ -742,19 +750,18 @@ fn run_case<T: Element + DeviceRepr>(
     };
     let prefetching = |k: &KernelKind| k.prefetch_name(T::DTYPE, direction).is_some();
     let mut runs: Vec<(KernelKind, &CudaSoftmax)> = Vec::new();
-    if streaming(&planned) {
-        runs.push((planned, env.plain_l2));
-    }
-    if prefetching(&planned) {
-        runs.push((planned, env.prefetch));
-    }
-    for kind in others {
-        runs.push((kind, env.softmax));
+    for kind in std::iter::once(planned).chain(others) {
+        if kind != planned {
+            runs.push((kind, env.softmax));
+        }
         if streaming(&kind) {
             runs.push((kind, env.plain_l2));
         }
         if prefetching(&kind) {
             runs.push((kind, env.prefetch));
+        }
+        if kind.keeps_weights(T::DTYPE, direction) {
+            runs.push((kind, env.no_cache));
         }
     }
     for (kind, softmax) in runs {
@@ -782,6 +789,9 @@ fn run_case<T: Element + DeviceRepr>(
         }
         if softmax.next_row_prefetch() {
             name.push_str(PREFETCH);
+        }
+        if !softmax.weight_cache() {
+            name.push_str(NO_CACHE);
         }
         let host_us = env.timer.host_us.get();
         let launch = softmax.plan(Some(kind), direction, spec, T::DTYPE, buffers)?;
@@ -1006,6 +1016,10 @@ const PLAIN_L2: &str = "+plain_l2";
 /// Suffix of a variant's kernel name timed with `set_next_row_prefetch(true)`: the kind's
 /// `*_prefetch_*` kernel (a candidate for the planner, where the `+plain_l2` runs are not).
 const PREFETCH: &str = "+prefetch";
+/// Suffix of a variant's kernel name timed with `set_weight_cache(false)`: the 16-bit
+/// forward's raw-pair kernels computing each weight twice (not a candidate: the cache
+/// changes no result, and the planner grants it wherever it costs no block).
+const NO_CACHE: &str = "+no_cache";
 /// A call's enqueue time over the GPU's time per launch from which a case's timing counts
 /// as the host's (the benchmark's closing line).
 const HOST_BOUND: f64 = 0.8;
@@ -1018,15 +1032,17 @@ const CROSSOVER_MARGIN: f64 = 1.03;
 /// `+plain_l2` runs (the same kernels without their L2 priorities, which the planner never
 /// picks) are not candidates: the column `vs no L2` is the planner's kernel's own time over
 /// its `+plain_l2` run (below 1: the priorities help). The `+prefetch` runs are candidates,
-/// and the last column is the planner's kernel's own time over its `+prefetch` run (above
-/// 1: its prefetching instance is faster).
+/// and the next column is the planner's kernel's own time over its `+prefetch` run (above
+/// 1: its prefetching instance is faster). Nor are the `+no_cache` runs: the last column is
+/// the planner's kernel's own time over its `+no_cache` run (below 1: the weight cache
+/// helps).
 fn print_crossovers(report: &Report) {
     println!(
         "{} ({}), {}",
         report.gpu, report.compute_capability, report.date_utc
     );
     println!(
-        "{:<30} {:<4} {:<5} {:<38} {:>8} {:<46} {:>8} {:>7} {:>9} {:>9}",
+        "{:<30} {:<4} {:<5} {:<38} {:>8} {:<46} {:>8} {:>7} {:>9} {:>9} {:>9}",
         "case",
         "dir",
         "type",
@@ -1036,7 +1052,8 @@ fn print_crossovers(report: &Report) {
         "x floor",
         "gain",
         "vs no L2",
-        "prefetch"
+        "prefetch",
+        "no cache"
     );
     let short = |k: &str| {
         k.trim_start_matches("masked_softmax_fwd_")
@@ -1054,7 +1071,7 @@ fn print_crossovers(report: &Report) {
             })
         };
         let fastest = variants()
-            .filter(|r| !r.kernel.ends_with(PLAIN_L2))
+            .filter(|r| !r.kernel.ends_with(PLAIN_L2) && !r.kernel.ends_with(NO_CACHE))
             .min_by(|a, b| a.time_us.total_cmp(&b.time_us));
         let Some(fastest) = fastest else { continue };
         let own = |suffix: &str| {
@@ -1064,13 +1081,13 @@ fn print_crossovers(report: &Report) {
                     format!("{:.3}", planned.time_us / r.time_us)
                 })
         };
-        let (own_plain, own_prefetch) = (own(PLAIN_L2), own(PREFETCH));
+        let (own_plain, own_prefetch, own_no_cache) = (own(PLAIN_L2), own(PREFETCH), own(NO_CACHE));
         cases += 1;
         let gain = planned.time_us / fastest.time_us;
         let mark = if gain >= CROSSOVER_MARGIN { "<<" } else { "" };
         marked += usize::from(!mark.is_empty());
         println!(
-            "{:<30} {:<4} {:<5} {:<38} {:>8.3} {:<46} {:>8.3} {:>6.3}x {:>9} {:>9} {mark}",
+            "{:<30} {:<4} {:<5} {:<38} {:>8.3} {:<46} {:>8.3} {:>6.3}x {:>9} {:>9} {:>9} {mark}",
             planned.case,
             &planned.direction[..3],
             planned.dtype,
@@ -1080,7 +1097,8 @@ fn print_crossovers(report: &Report) {
             fastest.over_floor,
             gain,
             own_plain,
-            own_prefetch
+            own_prefetch,
+            own_no_cache
         );
     }
     println!(

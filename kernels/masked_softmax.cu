@@ -9,6 +9,8 @@
 //       N packs of P elements per thread in registers (N * P = 16): one read, one write.
 //       For rows up to 512 * 16 columns. The 16-bit p8x4 keep raw pairs (512 * 32
 //       columns); p8x8 (raw pairs, 64 columns a thread, up to 256 threads) is a variant.
+//       Both keep their weights in shared memory from the sum to the store where the
+//       launch grants it (WeightCache), as the 16-bit raw-pair rows kernels do.
 //   masked_softmax_fwd_block_cached_p<P>_<dtype>    one block per row, keys cached in
 //       dynamic shared memory: one read, one write. For longer rows that fit on chip.
 //   masked_softmax_fwd_block_stream_p<P>_<dtype>    one block per row, any length: an
@@ -32,36 +34,39 @@
 // The rows kernels' 256-thread blocks (src/plan.rs, ROWS_BLOCK).
 constexpr int ROWS_THREADS = 256;
 
+// The block_regs kernels' reduction scratch, at the start of their dynamic shared memory
+// (src/plan.rs, BLOCK_SCRATCH_BYTES: 32 float2); their weight cache follows it.
+constexpr uint32_t BLOCK_SCRATCH_BYTES = 32 * 8;
+
 // A thread's weights of one row (PACKS packs of PACK columns, as f32) kept in dynamic shared
-// memory from softmax_row_filled's sum to its store, which then multiplies each by 1 / sum
-// where it computed it again (a conversion, an FFMA, an FMUL and an ex2 a column: 623 ->
-// 518 instructions a batch for rows_g8_p8x4_f16, PERFORMANCE.md v22). Registers could not
-// hold them: they are what raw pairs save. Slot s (4 floats) of thread t is float4
-// s * ROWS_THREADS + t, so a warp's access to one slot is 512 contiguous bytes (no bank
-// conflict) at an offset known at compile time. Each thread reads back only what it
-// wrote, so no barrier is needed. ROWS_THREADS * PACK * PACKS * 4 bytes a block (32 KiB for
-// p8x4), which the planner gives only where they cost no block a multiprocessor (src/plan.rs,
-// rows_weight_cache_bytes); a launch without them computes the weights twice, as before.
-template <int PACK, int PACKS>
+// memory from the sum to the store, which then multiplies each by 1 / sum where it computed
+// it again (a conversion, an FFMA, an FMUL and an ex2 a column: 623 -> 518 instructions a
+// batch for rows_g8_p8x4_f16, PERFORMANCE.md v22). Registers could not hold them: they are
+// what raw pairs save. A thread's slot s (4 floats) lies STRIDE float4s after its slot
+// s - 1, and a warp's 32 lanes hold 32 consecutive float4s of each slot, so a warp's access
+// to one slot is 512 contiguous bytes (no bank conflict) at an offset known at compile
+// time: the rows kernels (rows_weight_cache) interleave the block's threads (STRIDE =
+// ROWS_THREADS, thread t's slot s at s * 256 + t), block_regs (block_weight_cache, any
+// block size) gives each warp its own run of slots after the reduction scratch (STRIDE = 32). Each thread reads
+// back only what it wrote, so no barrier is needed. The planner grants the bytes only
+// where they cost no block a multiprocessor (src/plan.rs, weight_cache_bytes); a launch
+// without them computes the weights twice, as before.
+template <int PACK, int PACKS, int STRIDE>
 struct WeightCache {
     static_assert(PACK % 4 == 0, "packs of whole float4 slots");
-    static constexpr uint32_t BYTES = ROWS_THREADS * PACK * PACKS * 4;
+    static constexpr int SLOTS = PACK * PACKS / 4;  // float4s a thread
     float4* own;   // the thread's slot 0
-    bool granted;  // whether the launch gave the block BYTES of dynamic shared memory
+    bool granted;  // whether the launch gave the block room for every thread's slots
 
-    __device__ __forceinline__ static WeightCache of_thread() {
-        return WeightCache{dynamic_shared<float4>() + threadIdx.x,
-                           dynamic_shared_bytes() >= BYTES && blockDim.x <= ROWS_THREADS};
-    }
     __device__ __forceinline__ void put(int i, const float (&w)[PACK]) const {
 #pragma unroll
         for (int q = 0; q < PACK / 4; ++q)
-            own[(i * (PACK / 4) + q) * ROWS_THREADS] = make_float4(w[4 * q], w[4 * q + 1], w[4 * q + 2], w[4 * q + 3]);
+            own[(i * (PACK / 4) + q) * STRIDE] = make_float4(w[4 * q], w[4 * q + 1], w[4 * q + 2], w[4 * q + 3]);
     }
     __device__ __forceinline__ void get(int i, float (&w)[PACK]) const {
 #pragma unroll
         for (int q = 0; q < PACK / 4; ++q) {
-            const float4 v = own[(i * (PACK / 4) + q) * ROWS_THREADS];
+            const float4 v = own[(i * (PACK / 4) + q) * STRIDE];
             w[4 * q] = v.x;
             w[4 * q + 1] = v.y;
             w[4 * q + 2] = v.z;
@@ -69,6 +74,24 @@ struct WeightCache {
         }
     }
 };
+template <int PACK, int PACKS>
+using RowsWeightCache = WeightCache<PACK, PACKS, ROWS_THREADS>;
+template <int PACK, int PACKS>
+using BlockWeightCache = WeightCache<PACK, PACKS, 32>;
+
+template <int PACK, int PACKS>
+__device__ __forceinline__ RowsWeightCache<PACK, PACKS> rows_weight_cache() {
+    constexpr uint32_t BYTES = ROWS_THREADS * PACK * PACKS * 4;
+    return {dynamic_shared<float4>() + threadIdx.x, dynamic_shared_bytes() >= BYTES && blockDim.x <= ROWS_THREADS};
+}
+template <int PACK, int PACKS>
+__device__ __forceinline__ BlockWeightCache<PACK, PACKS> block_weight_cache() {
+    constexpr uint32_t SLOTS = BlockWeightCache<PACK, PACKS>::SLOTS;
+    float4* slots = reinterpret_cast<float4*>(dynamic_shared<unsigned char>() + BLOCK_SCRATCH_BYTES);
+    const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const uint32_t warps = (blockDim.x + 31) / 32;
+    return {slots + warp * SLOTS * 32 + lane, dynamic_shared_bytes() >= BLOCK_SCRATCH_BYTES + warps * 32 * SLOTS * 16};
+}
 
 // ---------------------------------------------------------------- 16-bit rows as raw pairs
 //
@@ -79,8 +102,8 @@ struct WeightCache {
 // 16-bit kernels ran at about twice f32's time over floor (v3-v5), moving half the bytes
 // per load. The price: the weights do not fit beside them, so they are computed twice,
 // once for the sum and once to write (about 11 instructions per column where f32 keys take
-// 8.5), except in the rows kernels' usual-scale path where the launch grants shared memory
-// to keep them in (WeightCache, softmax_row_filled). The max is
+// 8.5), except at the usual scale where the launch grants shared memory to keep them in
+// (WeightCache: softmax_row_filled in the rows kernels, softmax_row_kept in block_regs). The max is
 // taken over 16-bit pairs (exact: the max of 16-bit values is one of them); the weights'
 // arithmetic is the f32 kernels', (k - max) * log2_scale with the key k = x * key_sign,
 // here formed by one FMA in the same rounding.
@@ -158,20 +181,33 @@ struct RawPairKeys {
         return whole_pack_weights<PLAIN>(r, max_key, weights);
     }
 
+    // The weights of the valid columns of the pack at `col` (+0 in the others), and their sum.
+    template <bool PLAIN, int PACK>
+    __device__ __forceinline__ float pack_weights(const RawPack<T, PACK>& r, int32_t col, const ShortWindow& w,
+                                                  float max_key, float (&weights)[PACK]) const {
+        if (col >= w.start && col + PACK <= w.end) return whole_pack_weights<PLAIN>(r, max_key, weights);
+        float sum = 0.f;
+#pragma unroll
+        for (int j = 0; j < PACK; ++j) weights[j] = 0.f;
+        if (pack_overlaps<PACK>(col, w.start, w.end)) {
+            const PackCut cut = pack_cut<PACK>(col, w.start, w.end);
+#pragma unroll
+            for (int j = 0; j < PACK; ++j) {
+                if (cut.has(j)) {
+                    weights[j] = weight<PLAIN>(r.f32_at(j), max_key);
+                    sum += weights[j];
+                }
+            }
+        }
+        return sum;
+    }
+
     // The sum of the weights of the valid columns of the pack at `col`.
     template <bool PLAIN, int PACK>
     __device__ __forceinline__ float pack_sum(const RawPack<T, PACK>& r, int32_t col, const ShortWindow& w,
                                               float max_key) const {
-        float sum = 0.f;
-        if (col >= w.start && col + PACK <= w.end) {
-            sum = whole_pack_sum<PLAIN>(r, max_key);
-        } else if (pack_overlaps<PACK>(col, w.start, w.end)) {
-            const PackCut cut = pack_cut<PACK>(col, w.start, w.end);
-#pragma unroll
-            for (int j = 0; j < PACK; ++j)
-                if (cut.has(j)) sum += weight<PLAIN>(r.f32_at(j), max_key);
-        }
-        return sum;
+        float weights[PACK];
+        return pack_weights<PLAIN>(r, col, w, max_key, weights);
     }
 
     // The sum of the weights of a thread's PACKS packs (`column(i)`: pack i's column). An
@@ -237,6 +273,64 @@ struct RawPairKeys {
         if (write) store(out, raw, column, own, w, max_key, inv_sum);
     }
 
+    // pack_sum at the usual scale, the weights kept in slot i of `cache` where the pack
+    // overlaps the window (the store reads back no other).
+    template <int PACK, int PACKS, int STRIDE>
+    __device__ __forceinline__ float kept_pack_sum(const RawPack<T, PACK>& r, int32_t col, const ShortWindow& w,
+                                                   float max_key, const WeightCache<PACK, PACKS, STRIDE>& cache,
+                                                   int i) const {
+        float weights[PACK];
+        const float sum = pack_weights<true>(r, col, w, max_key, weights);
+        if (pack_overlaps<PACK>(col, w.start, w.end)) cache.put(i, weights);
+        return sum;
+    }
+
+    // softmax_row at the usual scale for the block kernels granted a weight cache
+    // (block_regs_forward_16bit): the sum keeps each weight in `cache`, and the store
+    // multiplies those by 1 / sum where it would compute them again. The same weights summed
+    // in the same order: the same results, a NaN sum's included (the store still writes
+    // +0.0 in every masked column).
+    template <int PACK, int PACKS, int STRIDE, typename Column, typename ReduceMax, typename ReduceSum>
+    __device__ __forceinline__ void softmax_row_kept(T* out, const RawPack<T, PACK> (&raw)[PACKS], Column column,
+                                                     ShortWindow own, const ShortWindow& w, ReduceMax reduce_max,
+                                                     ReduceSum reduce_sum,
+                                                     const WeightCache<PACK, PACKS, STRIDE>& cache) const {
+        Max m = max_empty();
+#pragma unroll
+        for (int i = 0; i < PACKS; ++i) fold_max(raw[i], column(i), w, m);
+        const float row_max = reduce_max(max_of(m));
+        const bool zero_row = row_max == -CUDART_INF_F;
+        const float max_key = max_to_weigh_against(row_max);
+        float total = 0.f;
+#pragma unroll
+        for (int i = 0; i < PACKS; ++i) total += kept_pack_sum(raw[i], column(i), w, max_key, cache, i);
+        total = reduce_sum(total);
+        const float inv_sum = zero_row ? 0.f : 1.f / total;
+        // store_window's three cases, each reading its slot where it needs it (through
+        // store_window, a lambda over slots read up front made p8x8 spill: PERFORMANCE.md
+        // v23). Keep the two in step.
+#pragma unroll
+        for (int i = 0; i < PACKS; ++i) {
+            const int32_t col = column(i);
+            if (col >= own.end) break;
+            float values[PACK];
+            if (col >= w.start && col + PACK <= w.end) {
+                cache.get(i, values);
+#pragma unroll
+                for (int j = 0; j < PACK; ++j) values[j] *= inv_sum;
+            } else if (!pack_overlaps<PACK>(col, w.start, w.end)) {
+#pragma unroll
+                for (int j = 0; j < PACK; ++j) values[j] = 0.f;
+            } else {
+                cache.get(i, values);
+                const PackCut cut = pack_cut<PACK>(col, w.start, w.end);
+#pragma unroll
+                for (int j = 0; j < PACK; ++j) values[j] = cut.has(j) ? values[j] * inv_sum : 0.f;
+            }
+            store_values<T, PACK>(out, col, own, values);
+        }
+    }
+
     // softmax_row for the rows kernels, whose warps hold packs inside, across and outside
     // their rows' windows at once (each group of lanes its own row): softmax_row's
     // three-way test of each pack in each pass made such a warp run each kind's code in
@@ -258,7 +352,7 @@ struct RawPairKeys {
     __device__ __forceinline__ void softmax_row_filled(T* out, RawPack<T, PACK> (&raw)[PACKS], Column column,
                                                        ShortWindow own, const ShortWindow& w, bool write,
                                                        ReduceMax reduce_max, ReduceSum reduce_sum,
-                                                       const WeightCache<PACK, PACKS>& cache) const {
+                                                       const RowsWeightCache<PACK, PACKS>& cache) const {
         if (!sm.plain())
             softmax_row(out, raw, column, own, w, write, reduce_max, reduce_sum);
         else
@@ -270,7 +364,7 @@ struct RawPairKeys {
     __device__ __forceinline__ void filled_row(T* out, RawPack<T, PACK> (&raw)[PACKS], Column column,
                                                ShortWindow own, const ShortWindow& w, bool write,
                                                ReduceMax reduce_max, ReduceSum reduce_sum,
-                                               const WeightCache<PACK, PACKS>& cache) const {
+                                               const RowsWeightCache<PACK, PACKS>& cache) const {
         bool live[PACKS];
         Pair m = Pair16<T>::splat(-CUDART_INF_F);
 #pragma unroll
@@ -334,7 +428,7 @@ struct RawPairKeys {
 // row's passes kept ptxas's predicates in registers: 30 more instructions a batch).
 template <bool CACHED, typename T, int PACK, int PACKS, int GROUP, Ahead AHEAD>
 __device__ __forceinline__ void rows_forward_16bit_loop(const T* x, T* y, const MaskParams& p,
-                                                        const WeightCache<PACK, PACKS>& cache) {
+                                                        const RowsWeightCache<PACK, PACKS>& cache) {
     constexpr int R = rows_at_once<PACK * PACKS / 2>();  // registers of PACK * PACKS / 2 floats
     const RawPairKeys<T> keys = RawPairKeys<T>::of(p.scale);
     const int32_t k_len = int32_t(p.k_len);
@@ -357,7 +451,7 @@ __device__ __forceinline__ void rows_forward_16bit_loop(const T* x, T* y, const 
 template <typename T, int PACK, int PACKS, int GROUP, Ahead AHEAD = Ahead::none>
 __device__ __forceinline__ void rows_forward_16bit(const T* x, T* y, const MaskParams& p) {
     static_assert(sizeof(T) == 2 && PACK % 2 == 0, "16-bit vector packs only");
-    const WeightCache<PACK, PACKS> cache = WeightCache<PACK, PACKS>::of_thread();
+    const RowsWeightCache<PACK, PACKS> cache = rows_weight_cache<PACK, PACKS>();
     if (cache.granted)
         rows_forward_16bit_loop<true, T, PACK, PACKS, GROUP, AHEAD>(x, y, p, cache);
     else
@@ -366,11 +460,13 @@ __device__ __forceinline__ void rows_forward_16bit(const T* x, T* y, const MaskP
 
 // One block per row, the row's packs across the block as raw pairs (thread t holds packs
 // t, t + blockDim, ...: PACKS of them, twice the columns of block_regs_forward's f32 keys).
-// Dynamic shared memory: 32 floats of scratch.
-template <typename T, int PACK, int PACKS, bool PREFETCH = false>
-__device__ __forceinline__ void block_regs_forward_16bit(const T* x, T* y, const MaskParams& p) {
-    static_assert(sizeof(T) == 2 && PACK % 2 == 0, "16-bit vector packs only");
-    const RawPairKeys<T> keys = RawPairKeys<T>::of(p.scale);
+// Dynamic shared memory: 32 float2 of scratch, then, if the launch grants it, the block's
+// weight cache (BlockWeightCache: 128 bytes a thread for p8x4). The whole loop is compiled
+// twice, with the cache (usual scale, granted) and without, as rows_forward_16bit's.
+template <bool CACHED, typename T, int PACK, int PACKS, bool PREFETCH>
+__device__ __forceinline__ void block_regs_forward_16bit_loop(const T* x, T* y, const MaskParams& p,
+                                                              const RawPairKeys<T>& keys,
+                                                              const BlockWeightCache<PACK, PACKS>& cache) {
     float* scratch = dynamic_shared<float>();
     const T* none = nullptr;  // a second input to prefetch: the forward has one
     for_each_block_row<PREFETCH>(p, PackShift<T, PACK>::of(x, p), x, none, [&](const BlockRow& row) {
@@ -378,10 +474,24 @@ __device__ __forceinline__ void block_regs_forward_16bit(const T* x, T* y, const
         const auto column = [](int i) { return block_pack_column<PACK>(i); };
         RawPack<T, PACK> raw[PACKS];
         fetch_block_row<T, PACK, PACKS>(x + row.offset, w, raw);
-        keys.softmax_row(
-            y + row.offset, raw, column, row.own, w, true, [&](float v) { return block_max(v, scratch); },
-            [&](float v) { return block_sum(v, scratch); });
+        const auto reduce_max = [&](float v) { return block_max(v, scratch); };
+        const auto reduce_sum = [&](float v) { return block_sum(v, scratch); };
+        if constexpr (CACHED)
+            keys.softmax_row_kept(y + row.offset, raw, column, row.own, w, reduce_max, reduce_sum, cache);
+        else
+            keys.softmax_row(y + row.offset, raw, column, row.own, w, true, reduce_max, reduce_sum);
     });
+}
+
+template <typename T, int PACK, int PACKS, bool PREFETCH = false>
+__device__ __forceinline__ void block_regs_forward_16bit(const T* x, T* y, const MaskParams& p) {
+    static_assert(sizeof(T) == 2 && PACK % 2 == 0, "16-bit vector packs only");
+    const RawPairKeys<T> keys = RawPairKeys<T>::of(p.scale);
+    const BlockWeightCache<PACK, PACKS> cache = block_weight_cache<PACK, PACKS>();
+    if (cache.granted && keys.sm.plain())
+        block_regs_forward_16bit_loop<true, T, PACK, PACKS, PREFETCH>(x, y, p, keys, cache);
+    else
+        block_regs_forward_16bit_loop<false, T, PACK, PACKS, PREFETCH>(x, y, p, keys, cache);
 }
 
 // ---------------------------------------------------------------- rows in registers
@@ -798,14 +908,19 @@ __device__ __forceinline__ void cluster_forward(const T* x, T* y, const MaskPara
     }                                                                                                  \
     REGISTER_KERNEL(masked_softmax_fwd_block_regs_p##P##x##N##_##SUFFIX)
 
-// The 16-bit kernels keeping raw pairs: 32 columns per thread in 64 registers, two 512-thread
-// blocks per multiprocessor (THREADS 512, MIN_BLOCKS 2); and 64 columns per thread (the
+// The 16-bit kernels keeping raw pairs: 32 columns per thread (p8x4) held to 56 registers
+// (BLOCK_REGS_16BIT_BOUNDS: 9 blocks of 128 threads a multiprocessor, at 4096 keys; given
+// (512, 2), 64 at most, ptxas took 62-64 once the weight cache's loop was compiled beside
+// the other, where each alone takes 54-56 with no spill); and 64 columns per thread (the
 // benchmark's variant, src/plan.rs BLOCK_REGS_16BIT_WIDE_PACKS) in blocks of up to 256
-// threads, 3 of them a multiprocessor (85 registers at most: ptxas takes 79, no spills;
+// threads, 3 of them a multiprocessor (85 registers at most: ptxas takes 79-80, no spills;
 // left free it takes 95, at 4 it spills): half the threads a row, so more rows resident.
-#define BLOCK_REGS_16BIT_KERNEL(SUFFIX, T, P, N, THREADS, MIN_BLOCKS)                                  \
-    extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)                                  \
-        masked_softmax_fwd_block_regs_p##P##x##N##_##SUFFIX(const T* x, T* y, MaskParams p) {          \
+// src/plan.rs (block_regs_16bit_registers) counts these registers for the weight cache.
+// (`__maxnreg__` takes nvcc 12.4 or newer; the build pins 13.0.)
+#define BLOCK_REGS_16BIT_BOUNDS __maxnreg__(56)
+#define BLOCK_REGS_16BIT_KERNEL(SUFFIX, T, P, N, BOUNDS)                                               \
+    extern "C" __global__ void BOUNDS masked_softmax_fwd_block_regs_p##P##x##N##_##SUFFIX(const T* x, T* y, \
+                                                                                      MaskParams p) {  \
         block_regs_forward_16bit<T, P, N>(x, y, p);                                                    \
     }                                                                                                  \
     REGISTER_KERNEL(masked_softmax_fwd_block_regs_p##P##x##N##_##SUFFIX)
@@ -881,10 +996,10 @@ __device__ __forceinline__ void cluster_forward(const T* x, T* y, const MaskPara
 TYPE_KERNELS(f32, float, 4, 4, ROWS_WARP_LADDER_8)
 TYPE_KERNELS(f16, __half, 8, 2, ROWS_WARP_LADDER_4)
 TYPE_KERNELS(bf16, __nv_bfloat16, 8, 2, ROWS_WARP_LADDER_4)
-BLOCK_REGS_16BIT_KERNEL(f16, __half, 8, 4, 512, 2)
-BLOCK_REGS_16BIT_KERNEL(bf16, __nv_bfloat16, 8, 4, 512, 2)
-BLOCK_REGS_16BIT_KERNEL(f16, __half, 8, 8, 256, 3)
-BLOCK_REGS_16BIT_KERNEL(bf16, __nv_bfloat16, 8, 8, 256, 3)
+BLOCK_REGS_16BIT_KERNEL(f16, __half, 8, 4, BLOCK_REGS_16BIT_BOUNDS)
+BLOCK_REGS_16BIT_KERNEL(bf16, __nv_bfloat16, 8, 4, BLOCK_REGS_16BIT_BOUNDS)
+BLOCK_REGS_16BIT_KERNEL(f16, __half, 8, 8, __launch_bounds__(256, 3))
+BLOCK_REGS_16BIT_KERNEL(bf16, __nv_bfloat16, 8, 8, __launch_bounds__(256, 3))
 
 ROWS_KEYS_LADDER(ROWS_KEYS_KERNEL, f16, __half, 8)
 ROWS_KEYS_LADDER(ROWS_KEYS_KERNEL, bf16, __nv_bfloat16, 8)
@@ -892,19 +1007,19 @@ ROWS_KEYS_LADDER(ROWS_KEYS_KERNEL, bf16, __nv_bfloat16, 8)
 // The next row's L2 prefetch (work.cuh, prefetch_row_l2): the planner's block kernels of
 // the large cases, again, with the same launch bounds (src/plan.rs,
 // KernelKind::prefetch_name lists them). Variants, until measured.
-#define PREFETCH_KERNEL(NAME, SUFFIX, T, THREADS, MIN_BLOCKS, BODY)                                     \
-    extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)                                   \
-        masked_softmax_fwd_##NAME##_prefetch_##SUFFIX(const T* x, T* y, MaskParams p) {                 \
+#define PREFETCH_KERNEL(NAME, SUFFIX, T, BOUNDS, BODY)                                                  \
+    extern "C" __global__ void BOUNDS masked_softmax_fwd_##NAME##_prefetch_##SUFFIX(const T* x, T* y,      \
+                                                                                  MaskParams p) {      \
         BODY(x, y, p);                                                                                  \
     }                                                                                                   \
     REGISTER_KERNEL(masked_softmax_fwd_##NAME##_prefetch_##SUFFIX)
-PREFETCH_KERNEL(block_regs_p4x4, f32, float, 512, BLOCK_REGS_MIN_BLOCKS(float, 4),
+PREFETCH_KERNEL(block_regs_p4x4, f32, float, __launch_bounds__(512, BLOCK_REGS_MIN_BLOCKS(float, 4)),
                 (block_regs_forward<float, 4, 4, true>))
-PREFETCH_KERNEL(block_regs_p8x4, f16, __half, 512, 2, (block_regs_forward_16bit<__half, 8, 4, true>))
-PREFETCH_KERNEL(block_regs_p8x4, bf16, __nv_bfloat16, 512, 2,
+PREFETCH_KERNEL(block_regs_p8x4, f16, __half, BLOCK_REGS_16BIT_BOUNDS, (block_regs_forward_16bit<__half, 8, 4, true>))
+PREFETCH_KERNEL(block_regs_p8x4, bf16, __nv_bfloat16, BLOCK_REGS_16BIT_BOUNDS,
                 (block_regs_forward_16bit<__nv_bfloat16, 8, 4, true>))
 // (block_cached_p4's with 2 blocks, not CACHED_MIN_BLOCKS' 3: at 40 registers it spills.)
-PREFETCH_KERNEL(block_cached_p4, f32, float, 512, 2, (block_cached_forward<float, 4, true>))
+PREFETCH_KERNEL(block_cached_p4, f32, float, __launch_bounds__(512, 2), (block_cached_forward<float, 4, true>))
 
 // The short rows kernels the planner gives rows of 1, 7, 32 and 64 keys (the sweep's),
 // again, fetching each batch's lengths a batch ahead (work.cuh, for_each_group_rows under

@@ -214,6 +214,9 @@ pub struct CudaSoftmax {
     /// Whether grids are sized by what the device runs at once
     /// ([`set_grid_fitting`](Self::set_grid_fitting)).
     grid_fitting: bool,
+    /// Whether the kernels that keep their weights in shared memory get the room for it
+    /// ([`set_weight_cache`](Self::set_weight_cache)).
+    weight_cache: bool,
     /// Device copy of host lengths; grows, never shrinks.
     staging: Mutex<Option<Staging>>,
     /// The first launch of kinds that take two ([`KernelKind::first_pass_name`]).
@@ -289,8 +292,13 @@ impl CudaSoftmax {
                 for kind in KernelKind::all(dtype, limits.clusters, direction) {
                     let load = |name: &str| -> Result<CudaFunction> {
                         let function = module.load_function(name)?;
-                        if let KernelKind::BlockCached { .. } | KernelKind::Cluster { .. } = kind {
-                            // Above 48 KiB a block's dynamic shared memory needs an opt-in.
+                        if let KernelKind::BlockRegs { .. }
+                        | KernelKind::BlockCached { .. }
+                        | KernelKind::Cluster { .. } = kind
+                        {
+                            // Above 48 KiB a block's dynamic shared memory needs an opt-in
+                            // (block_regs: the 16-bit forward's weight cache, 64 KiB at
+                            // 16384 keys).
                             function.set_attribute(
                                 CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                                 limits.max_shared_per_block as i32,
@@ -328,6 +336,7 @@ impl CudaSoftmax {
             occupancy,
             l2_hints: true,
             grid_fitting: true,
+            weight_cache: true,
             staging: Mutex::new(None),
             first_passes,
             prefetching,
@@ -410,7 +419,9 @@ impl CudaSoftmax {
     /// ([`LaunchPlan::fit_resident`]), the system's shared memory reservation per block,
     /// and the clusters that fit the GPCs ([`ClusterResidency`]). On by default. Turned
     /// off, grids are counted by threads and shared memory alone, as before v10, for the
-    /// benchmark to compare. Every kernel strides over its rows by the grid, so a kernel
+    /// benchmark to compare (a weight cache is then granted by that count too, so it may
+    /// cost a block: an A100's 16-bit forward at 2048 keys runs 17 blocks a multiprocessor
+    /// where its registers allow 18). Every kernel strides over its rows by the grid, so a kernel
     /// computes the same on either grid; but the planner may also choose another kernel
     /// with it off (a cached cluster where it counts more clusters fitting than do), whose
     /// outputs meet the contract as well, not bit for bit the same.
@@ -423,9 +434,36 @@ impl CudaSoftmax {
         self.grid_fitting
     }
 
+    /// Whether the 16-bit forward's raw-pair kernels ([`KernelKind::keeps_weights`]: the
+    /// rows kernels of 256 to 1024 keys, block_regs of 2048 to 16384) get dynamic shared
+    /// memory to keep each row's weights in from the sum to the store, where the device
+    /// has room for it without losing a block a multiprocessor
+    /// ([`LaunchPlan::weight_cache_bytes`]). On by default. Turned off, they compute each
+    /// weight twice, as before v22 (one more `exp` an element), with the same results: for
+    /// the benchmark and the tests to run both loops. Other kernels are launched as ever.
+    ///
+    /// ```no_run
+    /// # fn main() -> masked_softmax::Result<()> {
+    /// let ctx = masked_softmax::cuda::open_device(0)?;
+    /// let mut softmax = masked_softmax::cuda::CudaSoftmax::new(&ctx)?;
+    /// softmax.set_weight_cache(false);
+    /// assert!(!softmax.weight_cache());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn set_weight_cache(&mut self, on: bool) {
+        self.weight_cache = on;
+    }
+
+    /// See [`set_weight_cache`](Self::set_weight_cache).
+    pub fn weight_cache(&self) -> bool {
+        self.weight_cache
+    }
+
     /// The launch this handle makes for a problem: the kernel `kind`, or the planner's if
     /// `None` (`Ok(None)` if `kind` cannot run it), with the grid fitted as
-    /// [`set_grid_fitting`](Self::set_grid_fitting) says. `buffers` are the addresses the
+    /// [`set_grid_fitting`](Self::set_grid_fitting) says and a weight cache as
+    /// [`set_weight_cache`](Self::set_weight_cache) does. `buffers` are the addresses the
     /// launch would take (their offsets against 16-byte boundaries choose the kernels).
     pub fn plan(
         &self,
@@ -451,6 +489,9 @@ impl CudaSoftmax {
         {
             plan.fit_resident(&limits, &occupancy);
         }
+        if !self.weight_cache {
+            plan.drop_weight_cache();
+        }
         Ok(Some(plan))
     }
 
@@ -464,6 +505,7 @@ impl CudaSoftmax {
             occupancy: self.occupancy.clone(),
             l2_hints: self.l2_hints,
             grid_fitting: self.grid_fitting,
+            weight_cache: self.weight_cache,
             staging: Mutex::new(None),
             first_passes: self.first_passes.clone(),
             prefetching: self.prefetching.clone(),

@@ -447,6 +447,14 @@ fn block_regs_16bit_packs(dtype: DType, pack: u32) -> Option<u32> {
 /// of 4096 keys resident a multiprocessor against the 32-column kernel's 9.
 const BLOCK_REGS_16BIT_WIDE_PACKS: u32 = 8;
 
+/// Registers a thread of the 16-bit forward's raw-pair block_regs kernels takes, for their
+/// weight cache's grant (Problem::weight_cache_bytes): p8x4 is held to 56
+/// (`BLOCK_REGS_16BIT_BOUNDS` in kernels/masked_softmax.cu: 9 blocks of 128 threads a
+/// multiprocessor), the wide p8x8 takes 80 (ptxas, sm_80 and sm_90; 85 at most).
+fn block_regs_16bit_registers(pack: u32, packs: u32) -> u64 {
+    if pack * packs > 32 { 80 } else { 56 }
+}
+
 /// Threads of the largest block of the wide raw-pair kernel (`__launch_bounds__(256, 3)`
 /// in kernels/masked_softmax.cu: 85 registers a thread at most): rows up to 16384 keys, as
 /// the 32-column kernel holds.
@@ -681,6 +689,21 @@ impl KernelKind {
         )
     }
 
+    /// Whether the kind's kernel in `dtype` keeps each row's weights in a weight cache of
+    /// dynamic shared memory where its launch grants one (kernels/masked_softmax.cu,
+    /// WeightCache): the 16-bit forward's raw-pair kernels, [`KernelKind::Rows`] of 16-byte
+    /// packs and [`KernelKind::BlockRegs`] of 32 or 64 columns a thread (p8x2 keeps f32
+    /// keys, which need no cache).
+    pub fn keeps_weights(self, dtype: DType, direction: Direction) -> bool {
+        direction == Direction::Forward
+            && raw_pairs(dtype, self.pack())
+            && match self {
+                KernelKind::Rows { .. } => true,
+                KernelKind::BlockRegs { pack, packs } => pack * packs >= 32,
+                _ => false,
+            }
+    }
+
     /// Threads of the largest block the kind's kernel is launched with (its
     /// `__launch_bounds__`): the rows kernels' 256, the wide 16-bit raw-pair block_regs'
     /// 256 (BLOCK_REGS_WIDE_THREADS), every other block kernel's 512.
@@ -890,6 +913,26 @@ impl LaunchPlan {
         self.kernel.name(self.dtype, self.direction)
     }
 
+    /// The part of [`LaunchPlan::shared_bytes`] that is a weight cache, which the kernel
+    /// runs without, computing each weight twice (the forward's 16-bit raw-pair rows and
+    /// block_regs kernels): what is there beyond a block kernel's reduction scratch, all of
+    /// a rows kernel's; 0 for every other kernel.
+    pub fn weight_cache_bytes(&self) -> u32 {
+        match self.kernel {
+            _ if !self.kernel.keeps_weights(self.dtype, self.direction) => 0,
+            KernelKind::BlockRegs { .. } => {
+                self.shared_bytes.saturating_sub(BLOCK_SCRATCH_BYTES as u32)
+            }
+            _ => self.shared_bytes,
+        }
+    }
+
+    /// Launches the kernel without its weight cache (if it has one): it then computes each
+    /// weight twice, with the same results.
+    pub fn drop_weight_cache(&mut self) {
+        self.shared_bytes -= self.weight_cache_bytes();
+    }
+
     /// Cuts the grid of a kernel that loops over its rows (every kind but split, whose two
     /// launches count their own) to the blocks the device runs at once: `occupancy` is the
     /// compiled kernel's (its registers, which the planner cannot know), this plan's shared
@@ -901,7 +944,8 @@ impl LaunchPlan {
     /// still to do: a second wave, which runs the GPU part-empty where it is not a whole one
     /// (H100 sm_90 ptxas: f32 forward block_regs at 2048 keys, 2112 blocks of 128 threads
     /// where 9 a multiprocessor, 1188, fit). Kernels stride over rows by the grid, so fewer
-    /// blocks compute the same. Unknown occupancy changes nothing.
+    /// blocks compute the same. A weight cache ([`LaunchPlan::weight_cache_bytes`]) that
+    /// would cost a block is dropped first. Unknown occupancy changes nothing.
     ///
     /// ```
     /// use masked_softmax::plan::{
@@ -935,14 +979,14 @@ impl LaunchPlan {
         let Some(by_threads_and_registers) = occupancy.get(self.block) else {
             return;
         };
-        // The rows kernels' weight cache only where it costs no block: the planner guessed
-        // the registers' blocks (ROWS_BLOCKS_BY_REGISTERS), the driver knows them. Without
-        // it the kernel computes each weight twice (Problem::rows_weight_cache_bytes).
-        if matches!(self.kernel, KernelKind::Rows { .. })
-            && self.shared_bytes > 0
+        // A weight cache only where it costs no block: the planner guessed the registers'
+        // blocks (ROWS_BLOCKS_BY_REGISTERS, block_regs_16bit_registers), the driver knows
+        // them. Without it the kernel computes each weight twice
+        // (Problem::weight_cache_bytes).
+        if self.weight_cache_bytes() > 0
             && limits.blocks_by_shared(self.shared_bytes as u64) < by_threads_and_registers as u64
         {
-            self.shared_bytes = 0;
+            self.drop_weight_cache();
         }
         let blocks_per_sm = limits
             .blocks_by_shared(self.shared_bytes as u64)
@@ -1026,9 +1070,10 @@ const ROWS_BLOCK: u32 = 256;
 /// [`LaunchPlan::fit_resident`] knows the driver's count.
 const ROWS_BLOCKS_BY_REGISTERS: u64 = 4;
 /// Dynamic shared memory a kernel may take without the opt-in attribute (src/cuda.rs sets
-/// it for the block_cached and cluster kernels alone).
+/// it for the block_regs, block_cached and cluster kernels alone).
 const DEFAULT_DYNAMIC_SHARED_BYTES: u64 = 48 * 1024;
-/// Per-warp reduction scratch at the end of a block kernel's shared memory (32 float2).
+/// Per-warp reduction scratch in a block kernel's shared memory (32 float2): at its start in
+/// block_regs (whose weight cache follows it) and block_stream, at its end in block_cached.
 const BLOCK_SCRATCH_BYTES: u64 = 32 * 8;
 /// A cluster kernel's shared memory before its cache (kernels/cluster.cuh, ClusterShared):
 /// published statistics (8 bytes, padded to 16 so the cache is 16-byte aligned) + scratch.
@@ -1409,24 +1454,49 @@ impl Problem {
         CLUSTER_HEADER_BYTES + self.row_packs(pack).div_ceil(cluster) * pack as u64 * per_column
     }
 
-    /// Dynamic shared memory of a [`KernelKind::Rows`] launch: the forward's 16-bit raw-pair
-    /// kernels keep each thread's weights of a row there between the sum and the store
-    /// (kernels/masked_softmax.cu, WeightCache: `pack * packs` floats a thread, 32 KiB a
-    /// block for p8x4) where a multiprocessor holds as many such blocks as the registers
-    /// let it run: on the H100, H200 and A100. Where it would hold fewer (p8x4 on compute
-    /// capability 8.6 and 8.9, 100 KiB a multiprocessor: 3 blocks where the registers
-    /// allow 4), and for every other kernel, none; the kernel then computes each weight
-    /// twice.
-    fn rows_weight_cache_bytes(&self, kind: KernelKind) -> u64 {
-        let KernelKind::Rows { pack, packs, .. } = kind else {
-            return 0;
-        };
-        if self.direction != Direction::Forward || !raw_pairs(self.dtype, pack) {
+    /// Dynamic shared memory for the weight cache of a launch of `kind` in blocks of `block`
+    /// threads: the kernels that keep their weights ([`KernelKind::keeps_weights`]: the
+    /// forward's 16-bit raw-pair rows and block_regs) keep each thread's weights of a row
+    /// there between the sum and the store (kernels/masked_softmax.cu, WeightCache: `pack *
+    /// packs` floats a thread, 32 KiB a rows block of p8x4, 128 bytes a thread of block_regs
+    /// p8x4, after its reduction scratch), where a multiprocessor holds as many such blocks
+    /// as the kernel's registers let it run (the rows kernels' ROWS_BLOCKS_BY_REGISTERS,
+    /// block_regs_16bit_registers). So:
+    /// - H100 and H200: every kernel, every size;
+    /// - A100 (164 KiB a multiprocessor): the rows kernels, block_regs p8x4 from 96 threads
+    ///   (at 64, rows of up to 2048 keys, 17 blocks fit where the registers run 18), not the
+    ///   wide p8x8 (80 registers);
+    /// - compute capability 8.6 and 8.9 (100 KiB): the rows kernels' p8x1 and p8x2 alone
+    ///   (p8x4: 3 blocks where the registers allow 4; block_regs: none).
+    ///
+    /// Elsewhere, none; the kernel then computes each weight twice.
+    /// [`LaunchPlan::fit_resident`] checks again against the driver's count of blocks.
+    fn weight_cache_bytes(&self, kind: KernelKind, block: u32) -> u64 {
+        if !kind.keeps_weights(self.dtype, self.direction) {
             return 0;
         }
-        let bytes = ROWS_BLOCK as u64 * (pack * packs) as u64 * 4;
-        let fits = bytes <= self.shared_limit().min(DEFAULT_DYNAMIC_SHARED_BYTES)
-            && self.limits.blocks_by_shared(bytes) >= ROWS_BLOCKS_BY_REGISTERS;
+        let (columns, before, limit, blocks_by_registers) = match kind {
+            KernelKind::Rows { pack, packs, .. } => (
+                pack * packs,
+                0,
+                self.shared_limit().min(DEFAULT_DYNAMIC_SHARED_BYTES),
+                ROWS_BLOCKS_BY_REGISTERS,
+            ),
+            KernelKind::BlockRegs { pack, packs } => {
+                let registers = block as u64 * block_regs_16bit_registers(pack, packs);
+                let by_threads = self.threads_per_sm() / block as u64;
+                (
+                    pack * packs,
+                    BLOCK_SCRATCH_BYTES,
+                    self.shared_limit(),
+                    (REGISTERS_PER_SM / registers).min(by_threads),
+                )
+            }
+            _ => return 0,
+        };
+        let bytes = block as u64 * columns as u64 * 4;
+        let fits = before + bytes <= limit
+            && self.limits.blocks_by_shared(before + bytes) >= blocks_by_registers;
         if fits { bytes } else { 0 }
     }
 
@@ -1467,7 +1537,11 @@ impl Problem {
                 let rows_per_block = (ROWS_BLOCK / WARP_SIZE * (WARP_SIZE / group)) as u64;
                 let resident = sms * (threads_per_sm / ROWS_BLOCK as u64).max(1);
                 let grid = self.rows.div_ceil(rows_per_block).min(resident);
-                Some(plan(grid, ROWS_BLOCK, self.rows_weight_cache_bytes(kind)))
+                Some(plan(
+                    grid,
+                    ROWS_BLOCK,
+                    self.weight_cache_bytes(kind, ROWS_BLOCK),
+                ))
             }
             KernelKind::BlockRegs { packs, .. } => {
                 let most = kind.max_block_threads();
@@ -1477,7 +1551,8 @@ impl Problem {
                 let block =
                     whole_warps(row_packs.div_ceil(packs as u64)).clamp(64, most as u64) as u32;
                 let grid = self.rows.min(sms * (threads_per_sm / block as u64).max(1));
-                Some(plan(grid, block, BLOCK_SCRATCH_BYTES))
+                let shared = BLOCK_SCRATCH_BYTES + self.weight_cache_bytes(kind, block);
+                Some(plan(grid, block, shared))
             }
             KernelKind::BlockCached { .. } => {
                 let cached_bytes =
@@ -1739,6 +1814,99 @@ mod tests {
             short.kernel
         );
         assert_eq!(short.shared_bytes, 0);
+    }
+
+    #[test]
+    fn the_16_bit_forward_block_regs_keep_their_weights_after_the_scratch() {
+        // The H100's 132 multiprocessors with an A100's shared memory.
+        let a100 = DeviceLimits {
+            shared_per_sm: 164 * 1024,
+            max_shared_per_block: 163 * 1024,
+            ..H100
+        };
+        // (keys, threads a row, whether an A100 grants the cache): 128 bytes a thread after
+        // the reduction scratch, 64 KiB at 16384 keys (past the 48 KiB that need the
+        // opt-in). At 2048 keys an A100 holds 17 blocks of 8 KiB where the registers run 18.
+        for (k_len, block, on_a100) in [
+            (2048, 64, false),
+            (4096, 128, true),
+            (8192, 256, true),
+            (16384, 512, true),
+        ] {
+            let spec = Spec::new(Shape::matrix(20_000, k_len));
+            for dtype in [DType::F16, DType::BF16] {
+                let p = plan(&spec, dtype, ALIGNED);
+                assert_eq!(
+                    (p.kernel, p.block),
+                    (KernelKind::BlockRegs { pack: 8, packs: 4 }, block),
+                    "{dtype:?} {k_len}"
+                );
+                let cache = block as u64 * 32 * 4;
+                assert_eq!(p.shared_bytes as u64, BLOCK_SCRATCH_BYTES + cache);
+                let on = plan_forward(&spec, dtype, a100, ALIGNED).unwrap();
+                assert_eq!(
+                    on.shared_bytes as u64,
+                    BLOCK_SCRATCH_BYTES + if on_a100 { cache } else { 0 },
+                    "{dtype:?} {k_len} on an A100"
+                );
+                // No weights to keep backward, none kept for f32 keys.
+                let bwd = plan_backward(&spec, dtype, H100, ALIGNED).unwrap();
+                assert_eq!(
+                    bwd.shared_bytes as u64, BLOCK_SCRATCH_BYTES,
+                    "{:?}",
+                    bwd.kernel
+                );
+            }
+            let f32 = plan(&spec, DType::F32, ALIGNED);
+            if let KernelKind::BlockRegs { .. } = f32.kernel {
+                assert_eq!(f32.shared_bytes as u64, BLOCK_SCRATCH_BYTES);
+            }
+        }
+        // Few rows take p8x2, which keeps f32 keys: no cache.
+        for dtype in [DType::F16, DType::BF16] {
+            let p = plan(&Spec::new(Shape::matrix(100, 4096)), dtype, ALIGNED);
+            assert_eq!(p.kernel, KernelKind::BlockRegs { pack: 8, packs: 2 });
+            assert_eq!(p.shared_bytes as u64, BLOCK_SCRATCH_BYTES);
+            assert_eq!(p.weight_cache_bytes(), 0);
+        }
+        // The wide variant p8x8 (80 registers): an H100 grants it at every size, an A100
+        // at none (at 4096 keys, 64 threads: 9 blocks by shared memory where 12 run).
+        let wide = KernelKind::BlockRegs { pack: 8, packs: 8 };
+        for (k_len, block) in [(4096, 64), (16384, 256)] {
+            let spec = Spec::new(Shape::matrix(20_000, k_len));
+            let on = |limits| {
+                plan_launch(
+                    Some(wide),
+                    Direction::Forward,
+                    &spec,
+                    DType::F16,
+                    limits,
+                    ALIGNED,
+                )
+                .unwrap()
+                .unwrap()
+            };
+            let h100 = on(H100);
+            assert_eq!(h100.block, block);
+            assert_eq!(h100.weight_cache_bytes(), block * 64 * 4, "{k_len}");
+            assert_eq!(on(a100).weight_cache_bytes(), 0, "{k_len} on an A100");
+        }
+        // The driver's count decides once known: at 4096 keys an A100 holds 9 blocks of
+        // 16.25 KiB (+1 KiB), so 9 blocks by registers keep the cache and 10 do not (the
+        // scratch stays, the grid follows the registers).
+        let spec = Spec::new(Shape::matrix(20_000, 4096));
+        for (by_registers, kept) in [(9, true), (10, false)] {
+            let mut p = plan_forward(&spec, DType::F16, a100, ALIGNED).unwrap();
+            let mut occupancy = KernelOccupancy::UNKNOWN;
+            occupancy.record(128, by_registers);
+            p.fit_resident(&a100, &occupancy);
+            let expected = BLOCK_SCRATCH_BYTES + if kept { 128 * 32 * 4 } else { 0 };
+            assert_eq!(
+                p.shared_bytes as u64, expected,
+                "{by_registers} by registers"
+            );
+            assert_eq!(p.grid, 132 * by_registers, "{by_registers} by registers");
+        }
     }
 
     #[test]

@@ -69,9 +69,10 @@ const TINY_GRID: DeviceLimits = DeviceLimits {
     ..BIG_SHARED
 };
 /// Hopper's threads with 24 KiB of shared memory a multiprocessor: no block of a 16-bit
-/// forward raw-pair rows kernel (256 threads, 8 to 32 KiB of weights) gets its weight
-/// cache, so each runs its loop without (the every-kernel trials, on BIG_SHARED, run the
-/// one with).
+/// forward raw-pair kernel gets its weight cache (rows: 256 threads, 8 to 32 KiB of
+/// weights; block_regs: at least 64 threads of 128 bytes, 2 blocks where the registers run
+/// 18), so each runs its loop without (the every-kernel trials, on BIG_SHARED, run the one
+/// with).
 const NO_WEIGHT_CACHE: DeviceLimits = DeviceLimits {
     max_shared_per_block: 24 << 10,
     shared_per_sm: 24 << 10,
@@ -474,16 +475,17 @@ fn check_named<T: Element>(
     Ok(ran)
 }
 
-/// Every 16-bit forward raw-pair rows kernel (`Rows` of 16-byte packs) that can run `case`,
-/// named, on NO_WEIGHT_CACHE, whose plans give it no shared memory: each must match the
-/// reference through the loop that computes each weight twice.
-fn rows_without_weight_cache<T: Element>(case: &Case) -> Result<(), String> {
+/// Every 16-bit forward raw-pair kernel that keeps its weights where granted
+/// ([`KernelKind::keeps_weights`]: `Rows` of 16-byte packs, `BlockRegs` p8x4 and p8x8) that
+/// can run `case`, named, on NO_WEIGHT_CACHE, whose plans give it no weight cache: each must
+/// match the reference through the loop that computes each weight twice.
+fn without_weight_cache<T: Element>(case: &Case) -> Result<(), String> {
     let direction = Direction::Forward;
     let inputs = case.inputs::<T>(direction);
     let inputs: Vec<&[T]> = inputs.iter().map(Vec::as_slice).collect();
     let mut ran = 0;
     for kind in KernelKind::all(T::DTYPE, false, direction) {
-        if !matches!(kind, KernelKind::Rows { pack, .. } if pack > 1) {
+        if !kind.keeps_weights(T::DTYPE, direction) {
             continue;
         }
         let plan = plan_launch(
@@ -496,19 +498,19 @@ fn rows_without_weight_cache<T: Element>(case: &Case) -> Result<(), String> {
         )
         .map_err(|e| e.to_string())?;
         if let Some(plan) = plan
-            && plan.shared_bytes != 0
+            && plan.weight_cache_bytes() != 0
         {
             return Err(format!(
-                "{}: {} bytes of shared memory",
+                "{}: a weight cache of {} bytes",
                 plan.kernel_name(),
-                plan.shared_bytes
+                plan.weight_cache_bytes()
             ));
         }
         ran += check_named(NO_WEIGHT_CACHE, kind, false, direction, case, &inputs)
             .map_err(|e| format!("{}: {e}", kind.name(T::DTYPE, direction)))?;
     }
     match ran {
-        0 => Err("no raw-pair rows kernel ran".into()),
+        0 => Err("no raw-pair kernel ran".into()),
         _ => Ok(()),
     }
 }
@@ -763,8 +765,8 @@ fn main() {
             }
         }
     }
-    // The 16-bit forward raw-pair rows kernels without their weight cache, in the modes
-    // that give rows full, empty, cut at both ends and left-padded windows.
+    // The 16-bit forward raw-pair kernels without their weight cache, in the modes that
+    // give rows full, empty, cut at both ends and left-padded windows.
     for (mode, k) in common::MODES
         .iter()
         .filter(|m| ["right", "causal_left_q", "window_q"].contains(&m.name))
@@ -774,11 +776,11 @@ fn main() {
             let case = Case::new(*mode, k, MAX_ELEMENTS);
             add(
                 format!(
-                    "rows_without_weight_cache_{}_{}_k{k}",
+                    "without_weight_cache_{}_{}_k{k}",
                     mode.name,
                     dtype.kernel_suffix()
                 ),
-                Box::new(move || dispatch!(dtype, rows_without_weight_cache, &case)),
+                Box::new(move || dispatch!(dtype, without_weight_cache, &case)),
             );
         }
     }

@@ -32,6 +32,10 @@ struct Gpu {
     /// The same kernels with `set_next_row_prefetch(true)` (the block kernels' prefetching
     /// instances).
     prefetch: CudaSoftmax,
+    /// The same kernels with `set_weight_cache(false)` (the 16-bit forward raw-pair
+    /// kernels' loop that computes each weight twice, which an H100 or H200 grants no
+    /// planned launch).
+    no_cache: CudaSoftmax,
 }
 
 fn open_gpu() -> Result<Gpu, String> {
@@ -44,11 +48,14 @@ fn open_gpu() -> Result<Gpu, String> {
     plain_l2.set_l2_hints(false);
     let mut prefetch = softmax.share();
     prefetch.set_next_row_prefetch(true);
+    let mut no_cache = softmax.share();
+    no_cache.set_weight_cache(false);
     Ok(Gpu {
         ctx,
         softmax,
         plain_l2,
         prefetch,
+        no_cache,
     })
 }
 
@@ -362,7 +369,8 @@ fn every_kernel_special<T: Element + DeviceRepr>(g: &Gpu, t: SpecialTrial) -> Te
 /// Every compiled kernel of `direction` that can run the problem, each into a poisoned
 /// output (`inputs`: `[x]` forward, `[y, dy]` backward); the streaming kernels also
 /// without their L2 priorities (`set_l2_hints(false)`), the block kernels compiled for it
-/// also with the next row's prefetch (`set_next_row_prefetch(true)`).
+/// also with the next row's prefetch (`set_next_row_prefetch(true)`), those that keep
+/// their weights in shared memory also without (`set_weight_cache(false)`).
 fn every_kernel_on<T: Element + DeviceRepr>(
     g: &Gpu,
     direction: Direction,
@@ -394,9 +402,11 @@ fn every_kernel_on<T: Element + DeviceRepr>(
                     | KernelKind::Cluster { cached: false, .. }
             );
             let prefetch = kind.prefetch_name(T::DTYPE, direction).is_some();
+            let keeps_weights = kind.keeps_weights(T::DTYPE, direction);
             std::iter::once((kind, &g.softmax))
                 .chain(streaming.then_some((kind, &g.plain_l2)))
                 .chain(prefetch.then_some((kind, &g.prefetch)))
+                .chain(keeps_weights.then_some((kind, &g.no_cache)))
         });
     for (kind, softmax) in runs {
         let mut out = stream.clone_htod(&poison)?;
@@ -427,9 +437,14 @@ fn every_kernel_on<T: Element + DeviceRepr>(
         } else {
             " (plain L2)"
         };
+        let cache = if softmax.weight_cache() {
+            ""
+        } else {
+            " (no weight cache)"
+        };
         report
             .into_result()
-            .map_err(|e| format!("{name}{hints}: {e}"))?;
+            .map_err(|e| format!("{name}{hints}{cache}: {e}"))?;
     }
     if ran == 0 {
         return Err("no kernel ran".into());
@@ -880,7 +895,7 @@ fn kernel_occupancy(g: &Gpu) -> TestResult {
                     .occupancy(direction, kind, dtype)
                     .ok_or(format!("{name}: not loaded"))?;
                 let function = module.load_function(&name)?;
-                if let KernelKind::BlockCached { .. } = kind {
+                if let KernelKind::BlockRegs { .. } | KernelKind::BlockCached { .. } = kind {
                     // As the handle loads it (its dynamic shared memory's opt-in).
                     function.set_attribute(
                         cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,

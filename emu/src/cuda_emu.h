@@ -27,6 +27,7 @@
 #undef __forceinline__
 #undef __noinline__
 #undef __launch_bounds__
+#undef __maxnreg__
 #undef __shared__
 #define __global__
 #define __device__
@@ -34,6 +35,7 @@
 #define __forceinline__ inline
 #define __noinline__
 #define __launch_bounds__(...)
+#define __maxnreg__(...)
 // One block runs at a time on each OS thread, so a function-local thread_local static is
 // exactly one block's copy (launches on other threads have theirs).
 #define __shared__ static thread_local
