@@ -255,6 +255,20 @@ struct RawPairKeys {
         }
     }
 
+    // The key a row's weights are weighed against (max_to_weigh_against) from the max of a
+    // thread's PACKS packs, combined across the row's threads by reduce_max; `zero_row` says
+    // whether the row had no finite or +inf key (every valid key -inf, or none valid).
+    template <int PACK, int PACKS, typename Column, typename ReduceMax>
+    __device__ __forceinline__ float row_max_key(const RawPack<T, PACK> (&raw)[PACKS], Column column,
+                                                 const ShortWindow& w, ReduceMax reduce_max, bool& zero_row) const {
+        Max m = max_empty();
+#pragma unroll
+        for (int i = 0; i < PACKS; ++i) fold_max(raw[i], column(i), w, m);
+        const float row_max = reduce_max(max_of(m));
+        zero_row = row_max == -CUDART_INF_F;
+        return max_to_weigh_against(row_max);
+    }
+
     // A row from a thread's PACKS packs: their max and weights, combined across the row's
     // threads by reduce_max and reduce_sum, then written at `out` if `write` (threads with
     // no row still take part in the reductions).
@@ -262,12 +276,8 @@ struct RawPairKeys {
     __device__ __forceinline__ void softmax_row(T* out, RawPack<T, PACK> (&raw)[PACKS], Column column, ShortWindow own,
                                                 const ShortWindow& w, bool write, ReduceMax reduce_max,
                                                 ReduceSum reduce_sum) const {
-        Max m = max_empty();
-#pragma unroll
-        for (int i = 0; i < PACKS; ++i) fold_max(raw[i], column(i), w, m);
-        const float row_max = reduce_max(max_of(m));
-        const bool zero_row = row_max == -CUDART_INF_F;
-        const float max_key = max_to_weigh_against(row_max);
+        bool zero_row;
+        const float max_key = row_max_key(raw, column, w, reduce_max, zero_row);
         const float total = reduce_sum(sum(raw, column, w, max_key));
         const float inv_sum = zero_row ? 0.f : 1.f / total;
         if (write) store(out, raw, column, own, w, max_key, inv_sum);
@@ -295,12 +305,8 @@ struct RawPairKeys {
                                                      ShortWindow own, const ShortWindow& w, ReduceMax reduce_max,
                                                      ReduceSum reduce_sum,
                                                      const WeightCache<PACK, PACKS, STRIDE>& cache) const {
-        Max m = max_empty();
-#pragma unroll
-        for (int i = 0; i < PACKS; ++i) fold_max(raw[i], column(i), w, m);
-        const float row_max = reduce_max(max_of(m));
-        const bool zero_row = row_max == -CUDART_INF_F;
-        const float max_key = max_to_weigh_against(row_max);
+        bool zero_row;
+        const float max_key = row_max_key(raw, column, w, reduce_max, zero_row);
         float total = 0.f;
 #pragma unroll
         for (int i = 0; i < PACKS; ++i) total += kept_pack_sum(raw[i], column(i), w, max_key, cache, i);
