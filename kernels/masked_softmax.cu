@@ -31,9 +31,6 @@
 #include "reduce.cuh"
 #include "work.cuh"
 
-// The rows kernels' 256-thread blocks (src/plan.rs, ROWS_BLOCK).
-constexpr int ROWS_THREADS = 256;
-
 // The block_regs kernels' reduction scratch, at the start of their dynamic shared memory
 // (src/plan.rs, BLOCK_SCRATCH_BYTES: 32 float2); their weight cache follows it.
 constexpr uint32_t BLOCK_SCRATCH_BYTES = 32 * 8;

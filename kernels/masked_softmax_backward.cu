@@ -460,8 +460,8 @@ __device__ __forceinline__ void cluster_backward(const T* y, const T* dy, T* dx,
 
 #define BWD_SIGNATURE(T) (const T* y, const T* dy, T* dx, MaskParams p)
 
-// 256-thread blocks; 4 per multiprocessor (64 registers) when a lane holds 8 or fewer
-// elements of y and of dy (32 of each as 16-bit raw pairs: g32_p8x4, 64 registers without
+// Blocks of ROWS_THREADS (256); 4 per multiprocessor (64 registers) when a lane holds 8 or
+// fewer elements of y and of dy (32 of each as 16-bit raw pairs: g32_p8x4, 64 registers without
 // spills on sm_90, where ptxas left alone takes 80); 3 (80 registers) for f32 packs of 16
 // elements (p4x4: g8 and g16 took 80 on sm_90 until v13's narrow rows, 83 after, one block
 // fewer; g32 took 82, 2 blocks; held to 3 blocks they fit without spills); 6 (40
@@ -475,7 +475,7 @@ __device__ __forceinline__ void cluster_backward(const T* y, const T* dy, T* dx,
 // (BWD_ROWS_INSTANCE: TAG empty, or `prefetch_` for the instances fetching each batch's
 // lengths a batch ahead, AHEAD; see the end of this file.)
 #define BWD_ROWS_INSTANCE(SUFFIX, T, G, P, N, TAG, AHEAD)                                           \
-    extern "C" __global__ void __launch_bounds__(256, BWD_ROWS_MIN_BLOCKS(T, G, P, N))              \
+    extern "C" __global__ void __launch_bounds__(ROWS_THREADS, BWD_ROWS_MIN_BLOCKS(T, G, P, N))     \
         masked_softmax_bwd_rows_g##G##_p##P##x##N##_##TAG##SUFFIX BWD_SIGNATURE(T) {                \
         if constexpr (RAW_PAIRS(T, P))                                                             \
             rows_backward_16bit<T, P, N, G, AHEAD>(y, dy, dx, p);                                  \

@@ -10,6 +10,10 @@ __device__ __forceinline__ int64_t packs_in(int64_t k_len) {
     return (k_len + PACK - 1) / PACK;
 }
 
+// Threads of a rows kernel's block (src/plan.rs, ROWS_BLOCK), forward and backward: their
+// launch bounds, and the forward's weight cache's layout.
+constexpr int ROWS_THREADS = 256;
+
 // The block's dynamic shared memory, as an array of T.
 template <typename T>
 __device__ __forceinline__ T* dynamic_shared() {

@@ -421,10 +421,10 @@ impl CudaSoftmax {
     /// off, grids are counted by threads and shared memory alone, as before v10, for the
     /// benchmark to compare (a weight cache is then granted by that count too, so it may
     /// cost a block: an A100's 16-bit forward at 2048 keys runs 17 blocks a multiprocessor
-    /// where its registers allow 18). Every kernel strides over its rows by the grid, so a kernel
-    /// computes the same on either grid; but the planner may also choose another kernel
-    /// with it off (a cached cluster where it counts more clusters fitting than do), whose
-    /// outputs meet the contract as well, not bit for bit the same.
+    /// where its registers allow 18). Every kernel strides over its rows by the grid, so a
+    /// kernel computes the same on either grid; but the planner may also choose another
+    /// kernel with it off (a cached cluster where it counts more clusters fitting than do),
+    /// whose outputs meet the contract as well, not bit for bit the same.
     pub fn set_grid_fitting(&mut self, on: bool) {
         self.grid_fitting = on;
     }

@@ -1063,7 +1063,7 @@ const SPLIT_REGISTERS: u64 = 64;
 pub const SPLIT_CHUNK_PACKS: u64 = 2048;
 
 /// Threads per block of the [`KernelKind::Rows`] kernels (`ROWS_THREADS` in
-/// kernels/masked_softmax.cu).
+/// kernels/work.cuh).
 const ROWS_BLOCK: u32 = 256;
 /// Blocks of a [`KernelKind::Rows`] kernel that its registers let a multiprocessor hold
 /// (`__launch_bounds__(256, 4)`: 64 registers a thread at most, about 56 taken), until

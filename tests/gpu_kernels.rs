@@ -33,8 +33,8 @@ struct Gpu {
     /// instances).
     prefetch: CudaSoftmax,
     /// The same kernels with `set_weight_cache(false)` (the 16-bit forward raw-pair
-    /// kernels' loop that computes each weight twice, which an H100 or H200 grants no
-    /// planned launch).
+    /// kernels' loop that computes each weight twice, which no planned launch on an H100
+    /// or H200 runs at the usual scale).
     no_cache: CudaSoftmax,
 }
 
