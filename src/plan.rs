@@ -1629,6 +1629,13 @@ mod tests {
         reserved_shared_per_block: 1024,
         cluster_residency: ClusterResidency::of_gpcs(&H100_GPCS),
     };
+    /// The H100's 132 multiprocessors with an A100's shared memory (164 KiB each, 163 a
+    /// block): where the weight caches' grants differ from the H100's.
+    const A100_SHARED: DeviceLimits = DeviceLimits {
+        shared_per_sm: 164 * 1024,
+        max_shared_per_block: 163 * 1024,
+        ..H100
+    };
     const H100_CLUSTERS: DeviceLimits = DeviceLimits {
         clusters: true,
         ..H100
@@ -1777,17 +1784,12 @@ mod tests {
         }
         // The driver's count decides once known: 5 blocks by registers would lose one to
         // the cache on an A100 (164 KiB: 4 of 33 KiB), 4 would not.
-        let a100 = DeviceLimits {
-            shared_per_sm: 164 * 1024,
-            max_shared_per_block: 163 * 1024,
-            ..H100
-        };
         for (by_registers, kept) in [(4, true), (5, false)] {
-            let mut p = plan_forward(&spec, DType::F16, a100, ALIGNED).unwrap();
+            let mut p = plan_forward(&spec, DType::F16, A100_SHARED, ALIGNED).unwrap();
             assert_eq!(p.shared_bytes, 256 * 32 * 4);
             let mut occupancy = KernelOccupancy::UNKNOWN;
             occupancy.record(256, by_registers);
-            p.fit_resident(&a100, &occupancy);
+            p.fit_resident(&A100_SHARED, &occupancy);
             assert_eq!(
                 p.shared_bytes > 0,
                 kept,
@@ -1818,12 +1820,6 @@ mod tests {
 
     #[test]
     fn the_16_bit_forward_block_regs_keep_their_weights_after_the_scratch() {
-        // The H100's 132 multiprocessors with an A100's shared memory.
-        let a100 = DeviceLimits {
-            shared_per_sm: 164 * 1024,
-            max_shared_per_block: 163 * 1024,
-            ..H100
-        };
         // (keys, threads a row, whether an A100 grants the cache): 128 bytes a thread after
         // the reduction scratch, 64 KiB at 16384 keys (past the 48 KiB that need the
         // opt-in). At 2048 keys an A100 holds 17 blocks of 8 KiB where the registers run 18.
@@ -1843,7 +1839,7 @@ mod tests {
                 );
                 let cache = block as u64 * 32 * 4;
                 assert_eq!(p.shared_bytes as u64, BLOCK_SCRATCH_BYTES + cache);
-                let on = plan_forward(&spec, dtype, a100, ALIGNED).unwrap();
+                let on = plan_forward(&spec, dtype, A100_SHARED, ALIGNED).unwrap();
                 assert_eq!(
                     on.shared_bytes as u64,
                     BLOCK_SCRATCH_BYTES + if on_a100 { cache } else { 0 },
@@ -1889,17 +1885,21 @@ mod tests {
             let h100 = on(H100);
             assert_eq!(h100.block, block);
             assert_eq!(h100.weight_cache_bytes(), block * 64 * 4, "{k_len}");
-            assert_eq!(on(a100).weight_cache_bytes(), 0, "{k_len} on an A100");
+            assert_eq!(
+                on(A100_SHARED).weight_cache_bytes(),
+                0,
+                "{k_len} on an A100"
+            );
         }
         // The driver's count decides once known: at 4096 keys an A100 holds 9 blocks of
         // 16.25 KiB (+1 KiB), so 9 blocks by registers keep the cache and 10 do not (the
         // scratch stays, the grid follows the registers).
         let spec = Spec::new(Shape::matrix(20_000, 4096));
         for (by_registers, kept) in [(9, true), (10, false)] {
-            let mut p = plan_forward(&spec, DType::F16, a100, ALIGNED).unwrap();
+            let mut p = plan_forward(&spec, DType::F16, A100_SHARED, ALIGNED).unwrap();
             let mut occupancy = KernelOccupancy::UNKNOWN;
             occupancy.record(128, by_registers);
-            p.fit_resident(&a100, &occupancy);
+            p.fit_resident(&A100_SHARED, &occupancy);
             let expected = BLOCK_SCRATCH_BYTES + if kept { 128 * 32 * 4 } else { 0 };
             assert_eq!(
                 p.shared_bytes as u64, expected,
