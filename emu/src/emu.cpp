@@ -3,9 +3,11 @@
 // on the calling OS thread, switching fibers only at barriers and shuffles.
 // Deterministic: the same launch always interleaves the same way.
 //
-// Fibers switch with a few instructions of assembly on x86-64 (swapcontext makes a system
-// call per switch and setjmp/longjmp walk cleanup handlers; a test run switches millions of
-// times), with swapcontext elsewhere.
+// A fiber that waits hands over straight to the next fiber in order, not through a
+// scheduler, and a shuffle is one rendezvous: a test run switches about a hundred million
+// times, and the switches were most of its time. Fibers switch with a few instructions of
+// assembly on x86-64 (swapcontext makes a system call per switch and setjmp/longjmp walk
+// cleanup handlers), with swapcontext elsewhere.
 #include <ucontext.h>
 
 #include <cstdio>
@@ -38,7 +40,8 @@ struct Barrier {
 
 // Saves the callee-saved state on the current stack, stores the stack pointer in *from and
 // continues on the stack `to` (which a previous switch saved, or make_stack prepared).
-#if defined(__x86_64__)
+// (EMU_PORTABLE_SWITCH: swapcontext on x86-64 too, to test that path.)
+#if defined(__x86_64__) && !defined(EMU_PORTABLE_SWITCH)
 #define EMU_ASM_SWITCH 1
 extern "C" void emu_switch_context(void** from, void* to);
 asm(R"(
@@ -72,8 +75,11 @@ emu_switch_context:
 #endif
 
 struct Fiber {
-    void* sp = nullptr;  // saved stack pointer (asm switch)
-    ucontext_t context;  // saved context (portable switch)
+#ifdef EMU_ASM_SWITCH
+    void* sp = nullptr;  // saved stack pointer
+#else
+    ucontext_t context;  // saved context (a kilobyte: kept out of the asm build's fibers)
+#endif
     std::unique_ptr<char[]> stack;
     Index3 index{0, 0, 0};   // threadIdx
     unsigned rank = 0;       // block within the cluster
@@ -85,7 +91,7 @@ struct Fiber {
 struct BlockState {
     Index3 index{0, 0, 0};
     std::vector<Barrier> warp_barriers;
-    std::vector<uint64_t> warp_slots;  // 32 per warp
+    std::vector<uint64_t> warp_slots;  // two sets of 32 per warp (warp_exchange)
     Barrier barrier;
     std::vector<unsigned char> shared;
 };
@@ -99,10 +105,22 @@ struct Launch {
     std::vector<Fiber> fibers;
     std::vector<BlockState> blocks;  // `cluster` of them
     Barrier cluster_barrier;
+#ifdef EMU_ASM_SWITCH
     void* scheduler_sp = nullptr;
+#else
     ucontext_t scheduler_context;
+#endif
+    // The running cluster's fibers: how many, how many have not finished, which one runs,
+    // and the order they take turns in (odd clusters backwards: run_cluster).
+    unsigned first_block = 0;  // of the cluster, in the linearised grid
+    unsigned fiber_count = 0;
+    unsigned remaining = 0;
     unsigned current = 0;
-    uint64_t progress = 0;  // arrivals and exits: a round without any is a deadlock
+    bool reversed = false;
+    // Arrivals and exits, and their count when the turn order last wrapped around: a whole
+    // round of turns without any is a deadlock.
+    uint64_t progress = 0;
+    uint64_t progress_at_wrap = 0;
     std::string error;
     uint64_t prefetches = 0;        // l2_prefetch calls of the launch
     uint64_t prefetched_bytes = 0;  // and the bytes they asked for
@@ -119,7 +137,8 @@ std::map<std::string, Invoker>& registry() {
 Fiber& me() { return g_launch->fibers[g_launch->current]; }
 BlockState& my_block() { return g_launch->blocks[me().rank]; }
 
-void yield_to_scheduler() {
+// Back to run_cluster, from the running fiber: the cluster finished, failed or deadlocked.
+void switch_to_scheduler() {
 #ifdef EMU_ASM_SWITCH
     emu_switch_context(&me().sp, g_launch->scheduler_sp);
 #else
@@ -127,13 +146,36 @@ void yield_to_scheduler() {
 #endif
 }
 
-// Runs fiber `t` until it yields, finishes or fails.
-void resume(Launch& l, unsigned t) {
+// From the running fiber to the next one in turn that has not finished, or back to the
+// scheduler when none is left or none moved for a whole round (a deadlock). Returns when
+// the running fiber's turn comes again.
+void switch_to_next() {
+    Launch& l = *g_launch;
+    if (l.remaining == 0) switch_to_scheduler();
+    const unsigned from = l.current;
+    unsigned t = from;
+    do {
+        const bool wrapped = l.reversed ? t == 0 : t + 1 == l.fiber_count;
+        t = l.reversed ? (wrapped ? l.fiber_count : t) - 1 : (wrapped ? 0 : t + 1);
+        if (wrapped) {
+            if (l.progress == l.progress_at_wrap) {
+                char what[200];
+                std::snprintf(what, sizeof what,
+                              "deadlock in the cluster of block %u: %u threads wait at a barrier or "
+                              "shuffle that threads which exited or diverged never reach",
+                              l.first_block, l.remaining);
+                l.error = what;
+                switch_to_scheduler();
+            }
+            l.progress_at_wrap = l.progress;
+        }
+    } while (l.fibers[t].done);
+    if (t == from) return;  // the only fiber left goes on
     l.current = t;
 #ifdef EMU_ASM_SWITCH
-    emu_switch_context(&l.scheduler_sp, l.fibers[t].sp);
+    emu_switch_context(&l.fibers[from].sp, l.fibers[t].sp);
 #else
-    swapcontext(&l.scheduler_context, &l.fibers[t].context);
+    swapcontext(&l.fibers[from].context, &l.fibers[t].context);
 #endif
 }
 
@@ -146,7 +188,7 @@ void arrive_and_wait(Barrier& barrier) {
         ++barrier.generation;
         return;
     }
-    while (barrier.generation == generation) yield_to_scheduler();
+    while (barrier.generation == generation) switch_to_next();
 }
 
 void fiber_main() {
@@ -154,7 +196,8 @@ void fiber_main() {
     l.invoke(l.params);
     me().done = true;
     ++l.progress;
-    yield_to_scheduler();  // never resumed
+    --l.remaining;
+    switch_to_next();  // never resumed
     __builtin_unreachable();
 }
 
@@ -195,7 +238,7 @@ bool run_cluster(Launch& l, unsigned first) {
         b.index = Index3{id % l.grid.x, (id / l.grid.x) % l.grid.y, id / (l.grid.x * l.grid.y)};
         b.warp_barriers.assign(warps, Barrier{});
         for (unsigned w = 0; w < warps; ++w) b.warp_barriers[w].expected = std::min(32u, per_block - 32 * w);
-        b.warp_slots.assign(32 * warps, 0);
+        b.warp_slots.assign(2 * 32 * warps, 0);
         b.barrier = Barrier{per_block, 0, 0};
         // Garbage, as on a GPU, and a guard band past the end that must stay untouched.
         b.shared.assign(l.shared_bytes + kSharedGuardBytes, 0xA5);
@@ -214,27 +257,20 @@ bool run_cluster(Launch& l, unsigned first) {
     // writes a missing barrier hides: a thread that reads shared memory another wrote sees
     // the write only if the writer ran first. Odd clusters run their threads in reverse
     // order, so that every launch of two clusters or more tries both orders.
-    const bool reversed = (first / l.cluster) % 2 == 1;
-    unsigned remaining = n;
-    while (remaining > 0) {
-        const uint64_t before = l.progress;
-        for (unsigned i = 0; i < n; ++i) {
-            const unsigned t = reversed ? n - 1 - i : i;
-            if (l.fibers[t].done) continue;
-            resume(l, t);
-            if (!l.error.empty()) return false;
-            if (l.fibers[t].done) --remaining;
-        }
-        if (remaining > 0 && l.progress == before) {
-            char what[200];
-            std::snprintf(what, sizeof what,
-                          "deadlock in the cluster of block %u: %u threads wait at a barrier or shuffle "
-                          "that threads which exited or diverged never reach",
-                          first, remaining);
-            l.error = what;
-            return false;
-        }
-    }
+    l.reversed = (first / l.cluster) % 2 == 1;
+    l.first_block = first;
+    l.fiber_count = n;
+    l.remaining = n;
+    l.current = l.reversed ? n - 1 : 0;
+    l.progress_at_wrap = l.progress;
+    // The fibers take their turns among themselves (switch_to_next) and come back here at
+    // the end, on a failure or on a deadlock.
+#ifdef EMU_ASM_SWITCH
+    emu_switch_context(&l.scheduler_sp, l.fibers[l.current].sp);
+#else
+    swapcontext(&l.scheduler_context, &l.fibers[l.current].context);
+#endif
+    if (!l.error.empty()) return false;
     static const std::vector<unsigned char> untouched(kSharedGuardBytes, 0xA5);
     for (unsigned r = 0; r < l.cluster; ++r) {
         const std::vector<unsigned char>& shared = l.blocks[r].shared;
@@ -270,15 +306,19 @@ void* cluster_shared_memory(unsigned rank) {
     return g_launch->blocks[rank].shared.data();
 }
 
+// One rendezvous a shuffle: the slot set alternates with the barrier's generation, so a
+// lane that leaves this rendezvous first writes its next shuffle's value into the other
+// set while the others still read this one; this set is written again only after the
+// next rendezvous, which every lane reaches after its read.
 uint64_t warp_exchange(uint64_t value, int src_lane) {
     BlockState& b = my_block();
     const unsigned t = me().linear, warp = t / 32;
-    if (b.warp_barriers[warp].expected != 32) fail("shuffle in a partial warp");
-    b.warp_slots[t] = value;
-    warp_barrier();
-    const uint64_t out = b.warp_slots[warp * 32 + unsigned(src_lane)];
-    warp_barrier();
-    return out;
+    Barrier& barrier = b.warp_barriers[warp];
+    if (barrier.expected != 32) fail("shuffle in a partial warp");
+    uint64_t* slots = &b.warp_slots[(2 * warp + barrier.generation % 2) * 32];
+    slots[t % 32] = value;
+    arrive_and_wait(barrier);
+    return slots[unsigned(src_lane)];
 }
 
 void fail(const char* what) {
@@ -288,7 +328,7 @@ void fail(const char* what) {
     std::snprintf(where, sizeof where, " (block (%u,%u,%u), thread %u)", b.x, b.y, b.z, me().linear);
     l.error = std::string(what) + where;
     // Never resumed: the launch ends here and the fiber's stack is reused.
-    yield_to_scheduler();
+    switch_to_scheduler();
     __builtin_unreachable();
 }
 

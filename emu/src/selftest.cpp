@@ -2,14 +2,16 @@
 // shared memory, and the faults it must report instead of hiding.
 #include <cstdint>
 
-// Each lane writes what __shfl_xor_sync / __shfl_down_sync / __shfl_sync bring it.
+// Each lane writes what __shfl_xor_sync / __shfl_down_sync / __shfl_up_sync /
+// __shfl_sync bring it. Each shuffle sends other values (lane * 10 + k), so a lane that
+// leaves one shuffle early and overwrites what the others have yet to read shows.
 extern "C" __global__ void selftest_shuffles(int32_t* out, int width) {
     const int t = threadIdx.x;
     const int lane = t % 32;
     out[4 * t + 0] = __shfl_xor_sync(0xffffffffu, lane * 10, 1, width);
-    out[4 * t + 1] = __shfl_down_sync(0xffffffffu, lane * 10, 3, width);
-    out[4 * t + 2] = __shfl_up_sync(0xffffffffu, lane * 10, 2, width);
-    out[4 * t + 3] = __shfl_sync(0xffffffffu, lane * 10, 5, width);
+    out[4 * t + 1] = __shfl_down_sync(0xffffffffu, lane * 10 + 1, 3, width);
+    out[4 * t + 2] = __shfl_up_sync(0xffffffffu, lane * 10 + 2, 2, width);
+    out[4 * t + 3] = __shfl_sync(0xffffffffu, lane * 10 + 3, 5, width);
 }
 EMU_REGISTER_KERNEL(selftest_shuffles)
 

@@ -66,9 +66,9 @@ fn shuffles_follow_the_ptx_rules() {
             };
             let want = [
                 in_seg(lane ^ 1) * 10,
-                in_seg(lane + 3) * 10,
-                in_seg(lane - 2) * 10,
-                (seg + 5 % width) * 10,
+                in_seg(lane + 3) * 10 + 1,
+                in_seg(lane - 2) * 10 + 2,
+                (seg + 5 % width) * 10 + 3,
             ];
             assert_eq!(
                 &out.as_slice()[4 * t..4 * t + 4],
