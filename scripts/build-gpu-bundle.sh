@@ -27,6 +27,10 @@ import json, os, shutil, sys
 dest = sys.argv[1]
 for line in sys.stdin:
     msg = json.loads(line)
+    if msg.get("reason") == "build-script-executed" and "#masked-softmax@" in msg["package_id"]:
+        # The PTX the binaries embed: sm_80/ and sm_90/ of this OUT_DIR.
+        with open(os.path.join(dest, "..", "ptx", "OUT_DIR"), "w") as f:
+            f.write(msg["out_dir"])
     exe = msg.get("executable") if msg.get("reason") == "compiler-artifact" else None
     if not exe:
         continue
@@ -46,8 +50,13 @@ for line in sys.stdin:
     shutil.copy2(exe, os.path.join(dest, name))
     print("bundled", name)
 ' "$bundle/bin"
-cp target/release/build/masked-softmax-*/out/*.ptx "$bundle/ptx/" 2>/dev/null || true
-scripts/check-ptxas.sh "$bundle/ptxas" >"$bundle/ptxas/summary.txt" 2>&1 || {
+out_dir="$(cat "$bundle/ptx/OUT_DIR")"
+for arch in sm_80 sm_90; do
+    mkdir -p "$bundle/ptx/$arch"
+    cp "$out_dir/$arch"/*.ptx "$bundle/ptx/$arch/"
+done
+# ptxas on that PTX, as the driver compiles it (no second nvcc compile from source).
+scripts/check-ptxas.sh "$bundle/ptxas" "$bundle/ptx" >"$bundle/ptxas/summary.txt" 2>&1 || {
     cat "$bundle/ptxas/summary.txt"
     exit 1
 }

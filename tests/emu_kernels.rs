@@ -713,9 +713,8 @@ fn main() {
                     Box::new(move || dispatch!(dtype, backward_case, A100ISH, &c, placement)),
                 );
             }
-            // Long rows on a GPU with clusters, in three mask modes (each emulated cluster
-            // is thousands of fibers: the whole matrix would triple the run time).
-            if k_len > 1024 && ["right", "causal_left_q", "window_q"].contains(&mode.name) {
+            // Long rows on a GPU with clusters, in every mask mode.
+            if k_len > 1024 {
                 for (placement, p) in PLACEMENTS {
                     let c = case.clone();
                     add(
