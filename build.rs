@@ -82,6 +82,14 @@ fn main() {
             let shared = PtxCacheKey::shared_inputs(&manifest_dir, &toolkit.nvcc)?;
             Some((PathBuf::from(dir), shared))
         });
+    // bindgen_cuda recompiles a kernel only when its .ptx is older than the .cu, so a changed
+    // header would leave stale PTX, and a changed base target another target's PTX beside
+    // this build's (scripts/check-ptxas.sh reads these folders): every rerun starts with none.
+    for entry in fs::read_dir(&out_dir).expect("OUT_DIR").flatten() {
+        if entry.file_name().to_string_lossy().starts_with("sm_") && entry.path().is_dir() {
+            fs::remove_dir_all(entry.path()).expect("remove old PTX folder");
+        }
+    }
     let mut built = Vec::new();
     for &cap in &targets {
         let files: Vec<PathBuf> = kernels
@@ -93,12 +101,6 @@ fn main() {
             .collect();
         let dir = out_dir.join(format!("sm_{cap}"));
         fs::create_dir_all(&dir).expect("create PTX directory");
-        // bindgen_cuda recompiles a kernel only when its .ptx is older than the .cu; a
-        // changed header or target would leave stale PTX, so start clean whenever this
-        // script reruns.
-        for kernel in &files {
-            let _ = fs::remove_file(ptx_path(&dir, kernel));
-        }
         let cached = cache
             .as_ref()
             .map(|(cache, shared)| (cache, PtxCacheKey::new(shared, cap, &files)));

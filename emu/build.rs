@@ -38,9 +38,9 @@ fn main() {
         return;
     };
 
-    // Lint and docs never link the emulator: CI sets this for `cargo clippy` and `cargo doc`,
-    // which would otherwise compile its C++ (a minute on two cores) once each for nothing.
-    // A build that links with it set fails on the missing symbols.
+    // For builds that never call into the emulator: CI sets this for `cargo clippy`, `cargo
+    // doc` and the candle steps, which would otherwise compile its C++ (a minute on two
+    // cores) for nothing. A binary that does call it fails to link with this set.
     if env::var("MASKED_SOFTMAX_EMU_CHECK_ONLY").is_ok_and(|v| v == "1") {
         println!("cargo:rustc-cfg=emu_kernels");
         return;

@@ -23,11 +23,12 @@ mkdir -p "$bundle/bin" "$bundle/ptxas"
 # Every test target and example, release profile; cargo prints each executable's path.
 cargo build --release --tests --examples --benches --message-format=json-render-diagnostics |
     python3 -c '
-import json, os, shutil, sys
+import json, os, re, shutil, sys
 dest = sys.argv[1]
 for line in sys.stdin:
     msg = json.loads(line)
-    if msg.get("reason") == "build-script-executed" and "#masked-softmax@" in msg["package_id"]:
+    # "path+file:///dir#masked-softmax@0.1.0", or "...masked-softmax#0.1.0" in a folder of that name
+    if msg.get("reason") == "build-script-executed" and re.search(r"[#/]masked-softmax[@#]", msg["package_id"]):
         # The PTX the binaries embed: sm_80/ and sm_90/ of this OUT_DIR.
         with open(os.path.join(dest, "..", "ptxas", "OUT_DIR"), "w") as f:
             f.write(msg["out_dir"])

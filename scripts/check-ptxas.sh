@@ -5,10 +5,12 @@
 #
 #   scripts/check-ptxas.sh [report-dir] [ptx-dir]
 #
-# report-dir defaults to target/ptxas. With ptx-dir (a build's OUT_DIR, holding sm_80/ and
-# sm_90/ PTX) ptxas reads the PTX the crate embeds, as the driver does: sm_90 from
-# sm_90/ where the file has Hopper PTX, else from sm_80/. That skips nvcc's front end, more
-# than half of each compile (CI passes it); without it, every file compiles from source.
+# report-dir defaults to target/ptxas. Without ptx-dir every file compiles from source
+# (nvcc). With ptx-dir (a build's OUT_DIR: sm_<cap>/ folders of the PTX the crate embeds)
+# ptxas compiles, for each file and architecture, the PTX the driver would load there: the
+# highest target at or below it (on sm_90, a base-80 build's Hopper files from sm_90/, the
+# others from sm_80/). That skips nvcc's front end, more than half of each compile (CI and
+# the GPU bundle pass it); a build with no PTX for sm_80 (a base of 90) is an error.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 out="${1:-$root/target/ptxas}"
@@ -28,18 +30,40 @@ sm_90 masked_softmax_fwd_block_stream_p8_f16 8
 sm_90 masked_softmax_fwd_block_stream_p8_bf16 8
 "
 
-# Every (file, architecture) compiles at once (each nvcc is single-threaded); a failed
-# compile fails the check.
+# The PTX of kernel file $1 that a device of compute capability $2 (80, 90) loads: the
+# highest sm_<cap>/ of ptx_dir at or below it that has the file; empty if none.
+ptx_for() {
+    local best="" best_cap=0 folder cap
+    for folder in "$ptx_dir"/sm_*/; do
+        cap="$(basename "$folder")"
+        cap="${cap#sm_}"
+        if [[ "$cap" =~ ^[0-9]+$ && -f "$folder$1.ptx" ]] && ((cap <= $2 && cap > best_cap)); then
+            best="$folder$1.ptx"
+            best_cap=$cap
+        fi
+    done
+    echo "$best"
+}
+if [[ -n "$ptx_dir" ]]; then
+    for cu in "$root"/kernels/*.cu; do
+        name="$(basename "$cu" .cu)"
+        for cap in 80 90; do
+            [[ -n "$(ptx_for "$name" "$cap")" ]] ||
+                { echo "error: no PTX of $name for sm_$cap in $ptx_dir" >&2; exit 1; }
+        done
+    done
+fi
+
+# Every (file, architecture) compiles at once (each nvcc or ptxas is single-threaded); a
+# failed compile fails the check.
 status=0
 pids=()
 for cu in "$root"/kernels/*.cu; do
     name="$(basename "$cu" .cu)"
     for arch in sm_80 sm_90; do
         if [[ -n "$ptx_dir" ]]; then
-            ptx="$ptx_dir/$arch/$name.ptx"
-            [[ -f "$ptx" ]] || ptx="$ptx_dir/sm_80/$name.ptx"
-            [[ -f "$ptx" ]] || { echo "error: no PTX of $name in $ptx_dir" >&2; exit 1; }
-            "$ptxas" -arch="$arch" -v "$ptx" -o "$out/$name.$arch.cubin" 2>"$out/$name.$arch.txt" &
+            "$ptxas" -arch="$arch" -v "$(ptx_for "$name" "${arch#sm_}")" \
+                -o "$out/$name.$arch.cubin" 2>"$out/$name.$arch.txt" &
         else
             "$nvcc" -cubin -arch="$arch" --std=c++17 -Xptxas -v -I"$root/kernels" \
                 "$cu" -o "$out/$name.$arch.cubin" 2>"$out/$name.$arch.txt" &
@@ -48,7 +72,7 @@ for cu in "$root"/kernels/*.cu; do
     done
 done
 for pid in "${pids[@]}"; do
-    wait "$pid" || { echo "error: nvcc failed (reports in $out)" >&2; status=1; }
+    wait "$pid" || { echo "error: a compile failed (reports in $out)" >&2; status=1; }
 done
 for cu in "$root"/kernels/*.cu; do
     name="$(basename "$cu" .cu)"

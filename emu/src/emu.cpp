@@ -36,6 +36,10 @@ struct Barrier {
     unsigned expected = 0;
     unsigned arrived = 0;
     uint64_t generation = 0;
+    // What the first arrival of this generation came for: a warp's shuffles and __syncwarp
+    // share its barrier, and lanes meeting at different ones (undefined on a GPU) must fail
+    // here, not exchange stale slots.
+    const char* operation = nullptr;
 };
 
 // Saves the callee-saved state on the current stack, stores the stack pointer in *from and
@@ -179,7 +183,12 @@ void switch_to_next() {
 #endif
 }
 
-void arrive_and_wait(Barrier& barrier) {
+void arrive_and_wait(Barrier& barrier, const char* operation) {
+    if (barrier.arrived == 0) {
+        barrier.operation = operation;
+    } else if (barrier.operation != operation) {
+        fail("the lanes of a warp meet at different operations (a shuffle and __syncwarp)");
+    }
     Launch& l = *g_launch;
     const uint64_t generation = barrier.generation;
     ++l.progress;
@@ -295,9 +304,9 @@ const Index3& block_index() { return my_block().index; }
 const Index3& block_dim() { return g_launch->block; }
 const Index3& grid_dim() { return g_launch->grid; }
 
-void warp_barrier() { arrive_and_wait(my_block().warp_barriers[me().linear / 32]); }
-void block_barrier() { arrive_and_wait(my_block().barrier); }
-void cluster_barrier() { arrive_and_wait(g_launch->cluster_barrier); }
+void warp_barrier() { arrive_and_wait(my_block().warp_barriers[me().linear / 32], "__syncwarp"); }
+void block_barrier() { arrive_and_wait(my_block().barrier, "__syncthreads"); }
+void cluster_barrier() { arrive_and_wait(g_launch->cluster_barrier, "cluster barrier"); }
 unsigned cluster_rank() { return me().rank; }
 unsigned cluster_size() { return g_launch->cluster; }
 
@@ -317,7 +326,7 @@ uint64_t warp_exchange(uint64_t value, int src_lane) {
     if (barrier.expected != 32) fail("shuffle in a partial warp");
     uint64_t* slots = &b.warp_slots[(2 * warp + barrier.generation % 2) * 32];
     slots[t % 32] = value;
-    arrive_and_wait(barrier);
+    arrive_and_wait(barrier, "shuffle");
     return slots[unsigned(src_lane)];
 }
 

@@ -45,6 +45,18 @@ extern "C" __global__ void selftest_divergent_shuffle(int32_t* out) {
 }
 EMU_REGISTER_KERNEL(selftest_divergent_shuffle)
 
+// Lanes 0..15 shuffle while lanes 16..31 wait at __syncwarp: undefined on a GPU.
+extern "C" __global__ void selftest_shuffle_meets_syncwarp(int32_t* out) {
+    int v = int(threadIdx.x);
+    if (threadIdx.x % 32 < 16) {
+        v = __shfl_xor_sync(0xffffffffu, v, 1);
+    } else {
+        __syncwarp();
+    }
+    out[threadIdx.x] = v;
+}
+EMU_REGISTER_KERNEL(selftest_shuffle_meets_syncwarp)
+
 // A 16-byte vector load from an address that is only 4-byte aligned.
 extern "C" __global__ void selftest_misaligned(const float* in, float* out) {
     emu_check_aligned(in + 1, 16);

@@ -136,6 +136,23 @@ fn a_shuffle_that_half_the_warp_skips_is_a_deadlock() {
 }
 
 #[test]
+fn lanes_at_a_shuffle_and_at_syncwarp_are_an_error() {
+    require_emulator!();
+    let out = GuardedBuffer::from_slice(&[0i32; 32], Placement::Start);
+    let mut o = out.addr();
+    let err = unsafe {
+        launch(
+            "selftest_shuffle_meets_syncwarp",
+            dims(1, 32),
+            &mut [arg(&mut o)],
+        )
+    }
+    .unwrap_err();
+    assert!(err.contains("different operations"), "{err}");
+    block_barriers_order_shared_memory();
+}
+
+#[test]
 fn misaligned_vector_access_is_reported() {
     require_emulator!();
     let input = GuardedBuffer::from_slice(&[1.0f32; 8], Placement::Start);
