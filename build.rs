@@ -1,13 +1,14 @@
-//! Compiles every `kernels/*.cu` to PTX with bindgen_cuda and embeds it.
+//! Compiles every `kernels/*.cu` to PTX with bindgen_cuda, that PTX to SASS with ptxas, and
+//! embeds both as one compressed fatbin a file and target (`build_images`).
 //!
 //! nvcc is looked for on PATH, then under CUDA_PATH, CUDA_HOME, /usr/local/cuda and the
 //! project-local toolchain that `scripts/install-cuda-toolchain.sh` installs. Without nvcc
 //! the crate still builds for CPU use (a cargo warning says so) and its GPU entry points
 //! return `Error::KernelsNotBuilt`; `MASKED_SOFTMAX_REQUIRE_KERNELS=1` makes that a build
 //! error instead. The target is `CUDA_COMPUTE_CAP` if set, else the GPU that `nvidia-smi`
-//! reports, else compute capability 8.0 (whose PTX every supported GPU can JIT).
-//! `MASKED_SOFTMAX_PTX_CACHE=DIR` keeps each target's PTX in DIR for the next build with the
-//! same inputs (build_support/ptx_cache.rs).
+//! reports, else compute capability 8.0 (whose SASS every 8.x GPU runs and whose PTX any
+//! newer one can JIT). `MASKED_SOFTMAX_PTX_CACHE=DIR` keeps each target's PTX and fatbins in
+//! DIR for the next build with the same inputs (build_support/ptx_cache.rs).
 
 use std::env;
 use std::fs;
@@ -91,6 +92,7 @@ fn main() {
         }
     }
     let mut built = Vec::new();
+    let mut fresh = Vec::new();
     for &cap in &targets {
         let files: Vec<PathBuf> = kernels
             .iter()
@@ -107,7 +109,7 @@ fn main() {
         if let Some((cache, key)) = &cached {
             if restore_ptx(cache, key, &dir, &files) {
                 println!(
-                    "masked-softmax: sm_{cap} PTX from {}/{}",
+                    "masked-softmax: sm_{cap} PTX and images from {}/{}",
                     cache.display(),
                     key.folder
                 );
@@ -127,10 +129,19 @@ fn main() {
         builder
             .build_ptx()
             .expect("nvcc failed to compile the kernels");
-        if let Some((cache, key)) = &cached {
-            store_ptx(cache, key, &dir, &files);
-        }
+        fresh.push((cap, dir.clone(), files.clone(), cached));
         built.push((cap, dir, files));
+    }
+    // Every fresh target's SASS at once (ptxas runs one thread a file), then its cache entry.
+    let fresh_targets: Vec<(usize, &Path, &[PathBuf])> = fresh
+        .iter()
+        .map(|(cap, dir, files, _)| (*cap, dir.as_path(), files.as_slice()))
+        .collect();
+    build_images(&toolkit, &fresh_targets);
+    for (_, dir, files, cached) in &fresh {
+        if let Some((cache, key)) = cached {
+            store_ptx(cache, key, dir, files);
+        }
     }
     write_bindings(&bindings, &built);
     let names: Vec<String> = targets.iter().map(|c| format!("sm_{c}")).collect();
@@ -176,22 +187,118 @@ fn ptx_path(out_dir: &Path, kernel: &Path) -> PathBuf {
         .with_extension("ptx")
 }
 
-/// `MODULES`: every kernel file's stem, PTX target and PTX (empty without nvcc).
-fn write_bindings(path: &Path, built: &[(usize, PathBuf, Vec<PathBuf>)]) {
-    let modules: Vec<String> = built
+/// What build.rs leaves in a target's folder for each kernel file, beside the PTX: the
+/// fatbin the crate embeds, and ptxas's `-v` report on its SASS (registers, spills: what
+/// scripts/check-ptxas.sh reads).
+fn image_path(dir: &Path, kernel: &Path) -> PathBuf {
+    ptx_path(dir, kernel).with_extension("fatbin")
+}
+
+fn report_path(dir: &Path, kernel: &Path) -> PathBuf {
+    ptx_path(dir, kernel).with_extension("ptxas.txt")
+}
+
+/// Every file build.rs makes for `kernel` in a target's folder (what the cache keeps).
+fn built_files(dir: &Path, kernel: &Path) -> [PathBuf; 3] {
+    [
+        ptx_path(dir, kernel),
+        image_path(dir, kernel),
+        report_path(dir, kernel),
+    ]
+}
+
+/// Compiles each fresh target's PTX to SASS for that architecture and packs both into one
+/// compressed fatbin a kernel file. The driver runs the SASS on the target's architecture
+/// and on later minor versions of it (sm_80's on 8.6 and 8.9) with no JIT compile at load
+/// (the PTX alone took ptxas about a minute of CPU on sm_90 at v23), and JIT-compiles the
+/// PTX only on a newer major architecture. Compressed, both take a fifth of the PTX alone.
+fn build_images(toolkit: &Toolkit, targets: &[(usize, &Path, &[PathBuf])]) {
+    let jobs: Vec<(usize, &Path, &PathBuf)> = targets
         .iter()
-        .flat_map(|(cap, dir, files)| {
-            files.iter().map(move |kernel| {
-                let stem = kernel.file_stem().unwrap().to_string_lossy();
-                format!(
-                    "({stem:?}, {cap}, include_str!({:?}))",
-                    ptx_path(dir, kernel)
-                )
-            })
+        .flat_map(|&(cap, dir, files)| files.iter().map(move |k| (cap, dir, k)))
+        .collect();
+    let children: Vec<_> = jobs
+        .iter()
+        .map(|&(cap, dir, kernel)| {
+            let report = fs::File::create(report_path(dir, kernel)).expect("create ptxas report");
+            Command::new(toolkit.bin.join("ptxas"))
+                .arg(format!("-arch=sm_{cap}"))
+                .args(["-lineinfo", "-v", "-o"])
+                .arg(ptx_path(dir, kernel).with_extension("cubin"))
+                .arg(ptx_path(dir, kernel))
+                .stderr(report)
+                .spawn()
+                .expect("start ptxas")
         })
         .collect();
+    for (mut child, &(cap, dir, kernel)) in children.into_iter().zip(&jobs) {
+        let status = child.wait().expect("wait for ptxas");
+        let report = fs::read_to_string(report_path(dir, kernel)).unwrap_or_default();
+        assert!(
+            status.success(),
+            "ptxas failed on {} for sm_{cap}:\n{report}",
+            ptx_path(dir, kernel).display()
+        );
+    }
+    for &(cap, dir, kernel) in &jobs {
+        // In the target's folder, by file name: fatbinary's image lists are comma-separated.
+        let stem = kernel.file_stem().unwrap().to_string_lossy();
+        let pack = |compress_all: bool| {
+            Command::new(toolkit.bin.join("fatbinary"))
+                .current_dir(dir)
+                .arg("-64")
+                .arg(format!("--create={stem}.fatbin"))
+                .arg(format!("--image3=kind=elf,sm={cap},file={stem}.cubin"))
+                .arg(format!("--image3=kind=ptx,sm={cap},file={stem}.ptx"))
+                .args(compress_all.then_some("--compress-all"))
+                .status()
+                .is_ok_and(|status| status.success())
+        };
+        // A fatbinary older than CUDA 12.4's compresses the PTX alone.
+        assert!(
+            pack(true) || pack(false),
+            "fatbinary failed on {stem}.cubin in {}",
+            dir.display()
+        );
+        // The fatbin holds it (cuobjdump -sass reads the fatbin).
+        fs::remove_file(dir.join(format!("{stem}.cubin"))).expect("remove cubin");
+    }
+}
+
+/// The kernel names a PTX file defines (its `.entry` lines).
+fn ptx_entries(ptx: &Path) -> Vec<String> {
+    let text = fs::read_to_string(ptx).expect("read PTX");
+    text.lines()
+        .filter_map(|line| {
+            let rest = line.trim_start().trim_start_matches(".visible ");
+            let name = rest.strip_prefix(".entry ")?;
+            Some(name.split('(').next()?.trim().to_string())
+        })
+        .collect()
+}
+
+/// `MODULES`: for every kernel file and target, its stem, the compute capability, the
+/// fatbin (16-byte aligned, as the driver reads it) and its kernels' names (empty without
+/// nvcc).
+fn write_bindings(path: &Path, built: &[(usize, PathBuf, Vec<PathBuf>)]) {
+    let mut statics = String::new();
+    let mut modules = Vec::new();
+    for (cap, dir, files) in built {
+        for kernel in files {
+            let index = modules.len();
+            let stem = kernel.file_stem().unwrap().to_string_lossy();
+            statics.push_str(&format!(
+                "static IMAGE_{index}: &Aligned<[u8]> = &Aligned(*include_bytes!({:?}));\n",
+                image_path(dir, kernel)
+            ));
+            modules.push(format!(
+                "Module {{ stem: {stem:?}, cap: {cap}, image: &IMAGE_{index}.0, entries: &{:?} }}",
+                ptx_entries(&ptx_path(dir, kernel))
+            ));
+        }
+    }
     let text = format!(
-        "// Generated by build.rs.\n/// (kernel file stem, compute capability targeted, PTX) for every kernels/*.cu and target.\npub const MODULES: &[(&str, u32, &str)] = &[{}];\n",
+        "// Generated by build.rs.\n{statics}/// Every kernels/*.cu and target: its compiled image and kernel names.\npub const MODULES: &[Module] = &[{}];\n",
         modules.join(", ")
     );
     fs::write(path, text).expect("write kernel bindings");

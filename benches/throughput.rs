@@ -34,7 +34,7 @@ use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
-use masked_softmax::cuda::{CudaSoftmax, DeviceLengths, module_ptx, open_device};
+use masked_softmax::cuda::{CudaSoftmax, DeviceLengths, module_image, open_device};
 use masked_softmax::plan::{
     Buffers, ClusterResidency, DeviceLimits, Direction, KernelKind, LaunchPlan, MASK_SHIFTED_PACKS,
     WARP_SIZE, plan_launch,
@@ -1266,8 +1266,8 @@ struct Baseline {
 
 impl Baseline {
     fn load(ctx: &Arc<CudaContext>) -> Result<Self> {
-        let ptx = module_ptx("baseline").ok_or("this build has no baseline kernels")?;
-        let module = ctx.load_module(Ptx::from_src(ptx))?;
+        let image = module_image("baseline").ok_or("this build has no baseline kernels")?;
+        let module = ctx.load_module(Ptx::from_binary(image.to_vec()))?;
         let mut functions = BTreeMap::new();
         for name in ["baseline_build_mask", "baseline_empty"]
             .into_iter()

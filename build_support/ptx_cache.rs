@@ -2,7 +2,8 @@
 //
 // Every cargo build that changes a feature, profile or lint wrapper reruns build.rs, and each
 // rerun compiled the kernels again (about 90 s on two cores; CI did it six times). With
-// `MASKED_SOFTMAX_PTX_CACHE=DIR` set, build.rs keeps each target's PTX under DIR, keyed by
+// `MASKED_SOFTMAX_PTX_CACHE=DIR` set, build.rs keeps each target's PTX (with the fatbins and
+// ptxas reports it makes from it) under DIR, keyed by
 // everything that goes into it: the bytes of every file in kernels/, of build.rs and
 // build_support/, of Cargo.toml (bindgen_cuda's pinned version), nvcc's `--version`, the
 // compute capability and the nvcc environment variables. The key's full text is stored
@@ -20,7 +21,7 @@ impl PtxCacheKey {
     /// environment variables and the bytes of every input file. None where any of them
     /// cannot be read (the build then compiles, uncached).
     fn shared_inputs(manifest_dir: &Path, nvcc: &Path) -> Option<Vec<u8>> {
-        let mut text = b"masked-softmax PTX cache 1\n".to_vec();
+        let mut text = b"masked-softmax PTX cache 2\n".to_vec();
         let version = Command::new(nvcc).arg("--version").output().ok()?;
         if !version.status.success() {
             return None;
@@ -81,8 +82,9 @@ fn restore_ptx(cache: &Path, key: &PtxCacheKey, dir: &Path, files: &[PathBuf]) -
         return false;
     }
     files.iter().all(|kernel| {
-        let name = ptx_path(Path::new(""), kernel);
-        fs::copy(entry.join(&name), dir.join(&name)).is_ok()
+        built_files(Path::new(""), kernel)
+            .iter()
+            .all(|name| fs::copy(entry.join(name), dir.join(name)).is_ok())
     })
 }
 
@@ -95,8 +97,9 @@ fn store_ptx(cache: &Path, key: &PtxCacheKey, dir: &Path, files: &[PathBuf]) {
     let stored = (|| -> std::io::Result<()> {
         fs::create_dir_all(&staging)?;
         for kernel in files {
-            let name = ptx_path(Path::new(""), kernel);
-            fs::copy(dir.join(&name), staging.join(&name))?;
+            for name in built_files(Path::new(""), kernel) {
+                fs::copy(dir.join(&name), staging.join(&name))?;
+            }
         }
         fs::write(staging.join("key"), &key.text)?;
         if fs::read(entry.join("key")).ok().as_deref() == Some(&key.text[..]) {

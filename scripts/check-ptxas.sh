@@ -10,7 +10,11 @@
 # ptxas compiles, for each file and architecture, the PTX the driver would load there: the
 # highest target at or below it (on sm_90, a base-80 build's Hopper files from sm_90/, the
 # others from sm_80/). That skips nvcc's front end, more than half of each compile (CI and
-# the GPU bundle pass it); a build with no PTX for sm_80 (a base of 90) is an error.
+# the GPU bundle pass it); a build with no PTX for sm_80 (a base of 90) is an error. Where
+# build.rs compiled that very PTX for that architecture (the SASS it embeds), its ptxas
+# report beside the PTX is taken as it is, and nothing compiles: the report is of the SASS
+# the crate ships. (cuobjdump reads SASS from the build's .fatbin files beside the PTX;
+# without ptx-dir, from the cubins this writes.)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 out="${1:-$root/target/ptxas}"
@@ -62,8 +66,12 @@ for cu in "$root"/kernels/*.cu; do
     name="$(basename "$cu" .cu)"
     for arch in sm_80 sm_90; do
         if [[ -n "$ptx_dir" ]]; then
-            "$ptxas" -arch="$arch" -v "$(ptx_for "$name" "${arch#sm_}")" \
-                -o "$out/$name.$arch.cubin" 2>"$out/$name.$arch.txt" &
+            ptx="$(ptx_for "$name" "${arch#sm_}")"
+            if [[ "$(basename "$(dirname "$ptx")")" == "$arch" && -f "${ptx%.ptx}.ptxas.txt" ]]; then
+                cp "${ptx%.ptx}.ptxas.txt" "$out/$name.$arch.txt"
+                continue
+            fi
+            "$ptxas" -arch="$arch" -v "$ptx" -o "$out/$name.$arch.cubin" 2>"$out/$name.$arch.txt" &
         else
             "$nvcc" -cubin -arch="$arch" --std=c++17 -Xptxas -v -I"$root/kernels" \
                 "$cu" -o "$out/$name.$arch.cubin" 2>"$out/$name.$arch.txt" &

@@ -5,7 +5,7 @@
 #
 # Writes to OUT_DIR: summary.txt (GPU, commit, one line per step with its exit status and
 # seconds), tests.log (every test binary; GPU tests must run, not skip:
-# MASKED_SOFTMAX_REQUIRE_GPU=1), demo.log; with --sanitize one sanitize-<tool>.log per
+# MASKED_SOFTMAX_REQUIRE_GPU=1), demo.log (the examples, JIT cache off); with --sanitize one sanitize-<tool>.log per
 # compute-sanitizer tool (memcheck, racecheck, initcheck, synccheck) over the GPU tests'
 # sanitizer subset (MASKED_SOFTMAX_GPU_SUBSET=sanitize: every kernel class and type, fewer
 # sizes); with --bench bench.log and bench/ (results.json, results.csv, bandwidth.svg;
@@ -70,10 +70,15 @@ step() { # step NAME LOG CAP CMD...: runs CMD for at most CAP seconds (and withi
 for test in "$here"/bin/test-*; do
     step "$(basename "$test")" "$out/tests.log" "${TEST_TIMEOUT:-300}" "$test"
 done
+# With the driver's JIT cache off, each example's time includes its kernels' load as a
+# fresh machine or container pays it: the embedded SASS, nothing compiled (the PTX alone
+# cost the first process on a machine about 20-40 s; scripts/gpu-session.sh times that).
 for example in "$here"/bin/*; do
     case "$(basename "$example")" in test-* | bench-*) continue ;; esac
-    step "$(basename "$example")" "$out/demo.log" "${EXAMPLE_TIMEOUT:-60}" "$example"
+    step "$(basename "$example") (no JIT cache)" "$out/demo.log" "${EXAMPLE_TIMEOUT:-60}" \
+        env CUDA_CACHE_DISABLE=1 "$example"
 done
+grep -h "kernels loaded" "$out/demo.log" 2>/dev/null | sed 's/^/    demo: /' >>"$summary"
 
 if [[ $sanitize -eq 1 ]]; then
     sanitizer="$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)"

@@ -16,7 +16,8 @@
 #   PROFILE_SPECS="f16:262144:forward:block_stream_p8 ..."  profile.sh (Nsight Compute) on
 #                                                      these kernels (into profile/)
 # DEADLINE (seconds, as run.sh reads it) bounds them too: a step is skipped with less
-# than 30 s left. At the end, with --bench, predictions.txt checks results/predictions.json
+# than 30 s left. Then, with 100 s left, the demo with the PTX JIT forced (its time in
+# summary.txt against the examples' lines: what the embedded SASS saves). With --bench, predictions.txt checks results/predictions.json
 # (PERFORMANCE.md's predictions) against the run, and grid-fit.txt lists each case's time
 # on the grid counted before v10 over its time on the fitted one.
 set -uo pipefail
@@ -24,9 +25,18 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 args=("$@")
 out="${args[-1]}"
 unset 'args[-1]'
-if [[ -f "$root/target/gpu-pack/gpu-bundle.tgz" ]]; then
+pack="$root/target/gpu-pack/gpu-bundle.tar.xz"
+if [[ -f "$pack" ]]; then
     rm -rf "$root/target/gpu-bundle"
-    tar xzf "$root/target/gpu-pack/gpu-bundle.tgz" -C "$root/target"
+    # Python's tarfile where the machine has no xz for tar.
+    tar xJf "$pack" -C "$root/target" 2>/dev/null || python3 - "$pack" "$root/target" <<'PY'
+import sys, tarfile
+with tarfile.open(sys.argv[1]) as pack:
+    try:
+        pack.extractall(sys.argv[2], filter="tar")
+    except TypeError:  # a Python without extraction filters
+        pack.extractall(sys.argv[2])
+PY
 fi
 work="$(mktemp -d)"
 "$root/target/gpu-bundle/run.sh" "${args[@]}" "$work"
@@ -64,6 +74,17 @@ if [[ -n "${PROFILE_SPECS:-}" ]]; then
     else
         echo "profile                                  SKIPPED (deadline)" >>"$work/summary.txt"
     fi
+fi
+# What the embedded SASS saves: the demo once more, the driver made to ignore the SASS and
+# compile the PTX (as a PTX-only build, before v23.1, made every fresh machine do), with no
+# JIT cache. Last, as it costs most of a minute and decides nothing else.
+if [[ -x "$bundle/bin/demo" && $(left) -ge 100 ]]; then
+    start=$SECONDS
+    timeout -k 5 90 env CUDA_CACHE_DISABLE=1 CUDA_FORCE_PTX_JIT=1 "$bundle/bin/demo" \
+        >"$work/demo-ptx-jit.log" 2>&1
+    rc=$?
+    printf '%-40s rc=%d %4ds\n' "demo (PTX JIT forced, no cache)" "$rc" $((SECONDS - start)) >>"$work/summary.txt"
+    grep -h "kernels loaded" "$work/demo-ptx-jit.log" | sed 's/^/    demo: /' >>"$work/summary.txt"
 fi
 # PERFORMANCE.md's predictions against this run (results/predictions.json, no GPU needed).
 if [[ -f "$root/results/predictions.json" && -f "$work/bench/results.json" ]]; then

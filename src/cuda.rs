@@ -56,43 +56,66 @@ use crate::plan::{
     LaunchPlan, MASK_PLAIN_STREAM, plan_launch,
 };
 
-/// The PTX built from `kernels/*.cu` by build.rs (no modules when built without nvcc).
-mod ptx {
+/// The kernels built from `kernels/*.cu` by build.rs (no modules when built without nvcc).
+mod images {
+    /// Bytes the driver reads aligned (a fatbin's header holds 64-bit fields).
+    #[repr(C, align(16))]
+    pub struct Aligned<B: ?Sized>(pub B);
+
+    /// One kernel file compiled for one target.
+    pub struct Module {
+        /// The file's stem: `kernels/<stem>.cu`.
+        pub stem: &'static str,
+        /// The compute capability its SASS and PTX target (80: 8.0).
+        pub cap: u32,
+        /// A compressed fatbin: SASS for `cap` and PTX for `cap`.
+        pub image: &'static [u8],
+        /// The names of the kernels it defines (the tests check them against the planner).
+        #[cfg_attr(not(test), allow(dead_code))]
+        pub entries: &'static [&'static str],
+    }
+
     include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 }
 
-/// The architecture and nvcc the embedded PTX was built with, if it was.
+/// The architectures and nvcc the embedded kernels were built with, if they were.
 pub const PTX_TARGET: Option<&str> = option_env!("MASKED_SOFTMAX_PTX_TARGET");
 
 /// True if this build carries the CUDA kernels.
 pub fn kernels_built() -> bool {
-    module_ptx("masked_softmax").is_some()
+    module_image("masked_softmax").is_some()
 }
 
-/// The embedded PTX of `kernels/<name>.cu` (e.g. `"masked_softmax"`, or `"baseline"`, the
-/// unfused mask-fill-softmax kernels the benchmark compares against) for the base target,
-/// which every supported GPU can load, for loading with cudarc yourself. `None` if there
-/// is no such file or the build has no kernels.
-pub fn module_ptx(name: &str) -> Option<&'static str> {
-    ptx::MODULES
+/// The embedded image of `kernels/<name>.cu` (e.g. `"masked_softmax"`, or `"baseline"`,
+/// the unfused mask-fill-softmax kernels the benchmark compares against) for the base
+/// target, which every supported GPU can load, for loading with cudarc yourself:
+/// `ctx.load_module(Ptx::from_binary(image.to_vec()))`. It is a compressed fatbin with SASS
+/// for the base target (which the driver runs on that architecture's later minor versions
+/// too) and PTX for it (which the driver compiles on any newer architecture). `None` if
+/// there is no such file or the build has no kernels.
+pub fn module_image(name: &str) -> Option<&'static [u8]> {
+    images::MODULES
         .iter()
-        .filter(|(stem, _, _)| *stem == name)
-        .min_by_key(|(_, cap, _)| *cap)
-        .map(|(_, _, ptx)| *ptx)
+        .filter(|m| m.stem == name)
+        .min_by_key(|m| m.cap)
+        .map(|m| m.image)
 }
 
-/// The PTX of `kernels/<name>.cu` best suited to a device of compute capability
-/// `major.minor`: the highest target it can run. Hopper's (9.0) also holds the
-/// thread-block-cluster kernels.
-pub fn module_ptx_for(name: &str, major: i32, minor: i32) -> Option<(u32, &'static str)> {
+/// The image of `kernels/<name>.cu` best suited to a device of compute capability
+/// `major.minor`, with its target: the highest target it can run. Hopper's (9.0) also
+/// holds the thread-block-cluster kernels.
+pub fn module_image_for(name: &str, major: i32, minor: i32) -> Option<(u32, &'static [u8])> {
+    module_for(name, major, minor).map(|m| (m.cap, m.image))
+}
+
+fn module_for(name: &str, major: i32, minor: i32) -> Option<&'static images::Module> {
     let device = (major.max(0) as u32)
         .saturating_mul(10)
         .saturating_add(minor.max(0) as u32);
-    ptx::MODULES
+    images::MODULES
         .iter()
-        .filter(|(stem, cap, _)| *stem == name && *cap <= device)
-        .max_by_key(|(_, cap, _)| *cap)
-        .map(|(_, cap, ptx)| (*cap, *ptx))
+        .filter(|m| m.stem == name && m.cap <= device)
+        .max_by_key(|m| m.cap)
 }
 
 /// The PTX target the kernels load from on a device of compute capability `major.minor`:
@@ -101,7 +124,7 @@ pub fn ptx_target_for(major: i32, minor: i32) -> Result<u32> {
     if !kernels_built() {
         return Err(Error::KernelsNotBuilt);
     }
-    module_ptx_for(Direction::Forward.module(), major, minor)
+    module_image_for(Direction::Forward.module(), major, minor)
         .filter(|_| major >= 8)
         .map(|(target, _)| target)
         .ok_or(Error::UnsupportedDevice { major, minor })
@@ -285,9 +308,9 @@ impl CudaSoftmax {
         let mut first_passes = HashMap::new();
         let mut prefetching = HashMap::new();
         for direction in [Direction::Forward, Direction::Backward] {
-            let (_, ptx) = module_ptx_for(direction.module(), major, minor)
+            let (_, image) = module_image_for(direction.module(), major, minor)
                 .ok_or(Error::UnsupportedDevice { major, minor })?;
-            let module = ctx.load_module(Ptx::from_src(ptx))?;
+            let module = ctx.load_module(Ptx::from_binary(image.to_vec()))?;
             for dtype in DType::ALL {
                 for kind in KernelKind::all(dtype, limits.clusters, direction) {
                     let load = |name: &str| -> Result<CudaFunction> {
@@ -1130,22 +1153,24 @@ mod tests {
     /// every kernel the launcher loads.
     #[test]
     fn modules_are_found_by_name_and_target() {
-        assert_eq!(module_ptx("no_such_file"), None);
+        assert_eq!(module_image("no_such_file"), None);
         if kernels_built() {
-            assert!(module_ptx("baseline").is_some_and(|p| p.contains(".entry baseline_empty")));
+            assert!(
+                module_for("baseline", 8, 0).is_some_and(|m| m.entries.contains(&"baseline_empty"))
+            );
             assert_eq!(
-                module_ptx_for("masked_softmax", 8, 6).map(|m| m.0),
+                module_image_for("masked_softmax", 8, 6).map(|m| m.0),
                 Some(80)
             );
             assert_eq!(
-                module_ptx_for("masked_softmax", 9, 0).map(|m| m.0),
+                module_image_for("masked_softmax", 9, 0).map(|m| m.0),
                 Some(90)
             );
             assert_eq!(
-                module_ptx_for("masked_softmax", 12, 0).map(|m| m.0),
+                module_image_for("masked_softmax", 12, 0).map(|m| m.0),
                 Some(90)
             );
-            assert_eq!(module_ptx_for("masked_softmax", 7, 5), None);
+            assert_eq!(module_image_for("masked_softmax", 7, 5), None);
         }
     }
 
@@ -1210,16 +1235,19 @@ mod tests {
         if !kernels_built() {
             assert!(
                 !required,
-                "MASKED_SOFTMAX_REQUIRE_KERNELS=1 but no PTX is embedded"
+                "MASKED_SOFTMAX_REQUIRE_KERNELS=1 but no kernels are embedded"
             );
             return;
         }
         assert!(PTX_TARGET.is_some());
-        // Every target's PTX holds every kernel the launcher loads there, and no more
+        // Every target's module holds every kernel the launcher loads there, and no more
         // kernels than that.
         for direction in [Direction::Forward, Direction::Backward] {
-            let modules = ptx::MODULES.iter().filter(|m| m.0 == direction.module());
-            for &(_, target, ptx) in modules {
+            let modules = images::MODULES
+                .iter()
+                .filter(|m| m.stem == direction.module());
+            for module in modules {
+                let target = module.cap;
                 let mut expected = 0;
                 for dtype in DType::ALL {
                     for kind in KernelKind::all(dtype, target >= 90, direction) {
@@ -1228,14 +1256,28 @@ mod tests {
                             .chain(kind.prefetch_name(dtype, direction));
                         for name in names {
                             assert!(
-                                ptx.contains(&format!(".entry {name}(")),
-                                "sm_{target} PTX lacks kernel {name}"
+                                module.entries.contains(&name.as_str()),
+                                "sm_{target} module lacks kernel {name}"
                             );
                             expected += 1;
                         }
                     }
                 }
-                let entries = ptx.matches(".entry masked_softmax_").count();
+                // What the driver loads: a whole fatbin (its header: magic, version, header
+                // size, then the size of what follows).
+                let image = module.image;
+                assert!(
+                    image.starts_with(&[0x50, 0xed, 0x55, 0xba]),
+                    "sm_{target}: not a fatbin"
+                );
+                let size = u64::from_le_bytes(image[8..16].try_into().unwrap());
+                assert_eq!(size + 16, image.len() as u64, "sm_{target}: a cut fatbin");
+                assert_eq!(image.as_ptr() as usize % 16, 0, "sm_{target}: unaligned");
+                let entries = module
+                    .entries
+                    .iter()
+                    .filter(|e| e.starts_with("masked_softmax_"))
+                    .count();
                 assert_eq!(
                     entries, expected,
                     "sm_{target}: kernels the planner does not know"

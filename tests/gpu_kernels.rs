@@ -867,9 +867,11 @@ fn kernel_occupancy(g: &Gpu) -> TestResult {
         // The kernels as this test loads them itself, to ask the driver about each by name:
         // a handle that fell back to the plain kernel's numbers for a prefetching instance
         // (CudaSoftmax::occupancy) would differ where their registers do.
-        let (_, ptx) = masked_softmax::cuda::module_ptx_for(direction.module(), major, minor)
-            .ok_or("no PTX for this device")?;
-        let module = g.ctx.load_module(cudarc::nvrtc::Ptx::from_src(ptx))?;
+        let (_, image) = masked_softmax::cuda::module_image_for(direction.module(), major, minor)
+            .ok_or("no kernels for this device")?;
+        let module = g
+            .ctx
+            .load_module(cudarc::nvrtc::Ptx::from_binary(image.to_vec()))?;
         for dtype in DType::ALL {
             let kinds = KernelKind::all(dtype, limits.clusters, direction);
             let prefetching = kinds.iter().filter_map(|&kind| {
