@@ -21,8 +21,6 @@ include!("build_support/toolkit.rs");
 include!("build_support/ptx_cache.rs");
 
 const DEFAULT_COMPUTE_CAP: usize = 80;
-/// Kernel files with Hopper-only kernels, compiled for sm_90 as well.
-const HOPPER_FILES: &[&str] = &["masked_softmax", "masked_softmax_backward"];
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
@@ -58,9 +56,9 @@ fn main() {
     };
 
     // The base target (CUDA_COMPUTE_CAP, else the local GPU, else 8.0) runs everywhere from
-    // there up; Hopper (9.0) gets its own PTX of the files with Hopper-only kernels
-    // (thread-block clusters), HOPPER_FILES; the launcher loads the highest target a device
-    // runs.
+    // there up (its PTX; its SASS on its major version); every file is compiled for Hopper
+    // (9.0) as well, which adds the thread-block-cluster kernels and gives Hopper SASS of
+    // everything; the launcher loads the highest target a device runs.
     let base = compute_cap();
     let mut targets = vec![base];
     if base < 90 {
@@ -94,13 +92,7 @@ fn main() {
     let mut built = Vec::new();
     let mut fresh = Vec::new();
     for &cap in &targets {
-        let files: Vec<PathBuf> = kernels
-            .iter()
-            .filter(|k| {
-                cap == base || HOPPER_FILES.contains(&k.file_stem().unwrap().to_str().unwrap())
-            })
-            .cloned()
-            .collect();
+        let files = kernels.clone();
         let dir = out_dir.join(format!("sm_{cap}"));
         fs::create_dir_all(&dir).expect("create PTX directory");
         let cached = cache
@@ -187,15 +179,23 @@ fn ptx_path(out_dir: &Path, kernel: &Path) -> PathBuf {
         .with_extension("ptx")
 }
 
-/// What build.rs leaves in a target's folder for each kernel file, beside the PTX: the
-/// fatbin the crate embeds, and ptxas's `-v` report on its SASS (registers, spills: what
-/// scripts/check-ptxas.sh reads).
-fn image_path(dir: &Path, kernel: &Path) -> PathBuf {
-    ptx_path(dir, kernel).with_extension("fatbin")
+/// A file build.rs makes in a target's folder for `kernel`, beside its PTX: `<stem>.<ext>`.
+fn sibling(dir: &Path, kernel: &Path, ext: &str) -> PathBuf {
+    dir.join(format!(
+        "{}.{ext}",
+        kernel.file_stem().unwrap().to_string_lossy()
+    ))
 }
 
+/// The fatbin the crate embeds.
+fn image_path(dir: &Path, kernel: &Path) -> PathBuf {
+    sibling(dir, kernel, "fatbin")
+}
+
+/// ptxas's `-v` report on the embedded SASS (registers, spills: what
+/// scripts/check-ptxas.sh reads).
 fn report_path(dir: &Path, kernel: &Path) -> PathBuf {
-    ptx_path(dir, kernel).with_extension("ptxas.txt")
+    sibling(dir, kernel, "ptxas.txt")
 }
 
 /// Every file build.rs makes for `kernel` in a target's folder (what the cache keeps).
@@ -217,39 +217,52 @@ fn build_images(toolkit: &Toolkit, targets: &[(usize, &Path, &[PathBuf])]) {
         .iter()
         .flat_map(|&(cap, dir, files)| files.iter().map(move |k| (cap, dir, k)))
         .collect();
-    let children: Vec<_> = jobs
-        .iter()
-        .map(|&(cap, dir, kernel)| {
-            let report = fs::File::create(report_path(dir, kernel)).expect("create ptxas report");
+    let mut children = Vec::new();
+    for &(cap, dir, kernel) in &jobs {
+        let started = fs::File::create(report_path(dir, kernel)).and_then(|report| {
             Command::new(toolkit.bin.join("ptxas"))
                 .arg(format!("-arch=sm_{cap}"))
                 .args(["-lineinfo", "-v", "-o"])
-                .arg(ptx_path(dir, kernel).with_extension("cubin"))
+                .arg(sibling(dir, kernel, "cubin"))
                 .arg(ptx_path(dir, kernel))
                 .stderr(report)
                 .spawn()
-                .expect("start ptxas")
-        })
-        .collect();
-    for (mut child, &(cap, dir, kernel)) in children.into_iter().zip(&jobs) {
-        let status = child.wait().expect("wait for ptxas");
+        });
+        match started {
+            Ok(child) => children.push(child),
+            Err(err) => {
+                for mut child in children {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+                panic!("cannot start ptxas from {}: {err}", toolkit.bin.display());
+            }
+        }
+    }
+    // Every ptxas ends before any failure is reported: none is left writing into OUT_DIR.
+    let statuses: Vec<_> = children.iter_mut().map(|child| child.wait()).collect();
+    for (status, &(cap, dir, kernel)) in statuses.into_iter().zip(&jobs) {
         let report = fs::read_to_string(report_path(dir, kernel)).unwrap_or_default();
         assert!(
-            status.success(),
+            status.is_ok_and(|s| s.success()),
             "ptxas failed on {} for sm_{cap}:\n{report}",
             ptx_path(dir, kernel).display()
         );
     }
     for &(cap, dir, kernel) in &jobs {
         // In the target's folder, by file name: fatbinary's image lists are comma-separated.
-        let stem = kernel.file_stem().unwrap().to_string_lossy();
+        let name = |path: PathBuf| path.file_name().unwrap().to_string_lossy().into_owned();
+        let cubin = name(sibling(dir, kernel, "cubin"));
         let pack = |compress_all: bool| {
             Command::new(toolkit.bin.join("fatbinary"))
                 .current_dir(dir)
                 .arg("-64")
-                .arg(format!("--create={stem}.fatbin"))
-                .arg(format!("--image3=kind=elf,sm={cap},file={stem}.cubin"))
-                .arg(format!("--image3=kind=ptx,sm={cap},file={stem}.ptx"))
+                .arg(format!("--create={}", name(image_path(dir, kernel))))
+                .arg(format!("--image3=kind=elf,sm={cap},file={cubin}"))
+                .arg(format!(
+                    "--image3=kind=ptx,sm={cap},file={}",
+                    name(ptx_path(dir, kernel))
+                ))
                 .args(compress_all.then_some("--compress-all"))
                 .status()
                 .is_ok_and(|status| status.success())
@@ -257,11 +270,11 @@ fn build_images(toolkit: &Toolkit, targets: &[(usize, &Path, &[PathBuf])]) {
         // A fatbinary older than CUDA 12.4's compresses the PTX alone.
         assert!(
             pack(true) || pack(false),
-            "fatbinary failed on {stem}.cubin in {}",
+            "fatbinary failed on {cubin} in {}",
             dir.display()
         );
         // The fatbin holds it (cuobjdump -sass reads the fatbin).
-        fs::remove_file(dir.join(format!("{stem}.cubin"))).expect("remove cubin");
+        fs::remove_file(dir.join(&cubin)).expect("remove cubin");
     }
 }
 
@@ -278,8 +291,8 @@ fn ptx_entries(ptx: &Path) -> Vec<String> {
 }
 
 /// `MODULES`: for every kernel file and target, its stem, the compute capability, the
-/// fatbin (16-byte aligned, as the driver reads it) and its kernels' names (empty without
-/// nvcc).
+/// fatbin (in a 16-byte aligned static, so that it can be handed to the driver as it is)
+/// and its kernels' names (empty without nvcc).
 fn write_bindings(path: &Path, built: &[(usize, PathBuf, Vec<PathBuf>)]) {
     let mut statics = String::new();
     let mut modules = Vec::new();

@@ -69,7 +69,7 @@ git status --short >>"$bundle/COMMIT" 2>/dev/null || true
 du -sh "$bundle"
 # The device tool carries at most 64 MiB. Each binary is mostly the same compressed fatbins
 # (about 23 MB), which gzip cannot shrink (about 90 MB packed); xz with a dictionary that
-# spans the binaries stores them once: about 24 MB, in about 30 s. Carry target/gpu-pack;
+# spans the binaries stores them once: about 23 MB, in about 30 s. Carry target/gpu-pack;
 # scripts/gpu-session.sh unpacks it.
 mkdir -p "$root/target/gpu-pack"
 rm -f "$root/target/gpu-pack/gpu-bundle.tgz"

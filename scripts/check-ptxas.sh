@@ -8,8 +8,7 @@
 # report-dir defaults to target/ptxas. Without ptx-dir every file compiles from source
 # (nvcc). With ptx-dir (a build's OUT_DIR: sm_<cap>/ folders of the PTX the crate embeds)
 # ptxas compiles, for each file and architecture, the PTX the driver would load there: the
-# highest target at or below it (on sm_90, a base-80 build's Hopper files from sm_90/, the
-# others from sm_80/). That skips nvcc's front end, more than half of each compile (CI and
+# highest target at or below it (on sm_90, a base-80 build's sm_90/). That skips nvcc's front end, more than half of each compile (CI and
 # the GPU bundle pass it); a build with no PTX for sm_80 (a base of 90) is an error. Where
 # build.rs compiled that very PTX for that architecture (the SASS it embeds), its ptxas
 # report beside the PTX is taken as it is, and nothing compiles: the report is of the SASS
@@ -67,7 +66,10 @@ for cu in "$root"/kernels/*.cu; do
     for arch in sm_80 sm_90; do
         if [[ -n "$ptx_dir" ]]; then
             ptx="$(ptx_for "$name" "${arch#sm_}")"
-            if [[ "$(basename "$(dirname "$ptx")")" == "$arch" && -f "${ptx%.ptx}.ptxas.txt" ]]; then
+            # (The fatbin is written after every ptxas of the build succeeded: a report without
+            # it is from a build that stopped.)
+            if [[ "$(basename "$(dirname "$ptx")")" == "$arch" && -f "${ptx%.ptx}.ptxas.txt" &&
+                -f "${ptx%.ptx}.fatbin" ]]; then
                 cp "${ptx%.ptx}.ptxas.txt" "$out/$name.$arch.txt"
                 continue
             fi

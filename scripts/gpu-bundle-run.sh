@@ -78,7 +78,7 @@ for example in "$here"/bin/*; do
     step "$(basename "$example") (no JIT cache)" "$out/demo.log" "${EXAMPLE_TIMEOUT:-60}" \
         env CUDA_CACHE_DISABLE=1 "$example"
 done
-grep -h "kernels loaded" "$out/demo.log" 2>/dev/null | sed 's/^/    demo: /' >>"$summary"
+awk '/^=== / { name = $2 } /kernels loaded/ { print "    " name ": " $0 }' "$out/demo.log" >>"$summary"
 
 if [[ $sanitize -eq 1 ]]; then
     sanitizer="$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)"

@@ -29,7 +29,7 @@ pack="$root/target/gpu-pack/gpu-bundle.tar.xz"
 if [[ -f "$pack" ]]; then
     rm -rf "$root/target/gpu-bundle"
     # Python's tarfile where the machine has no xz for tar.
-    tar xJf "$pack" -C "$root/target" 2>/dev/null || python3 - "$pack" "$root/target" <<'PY'
+    tar xJf "$pack" -C "$root/target" || python3 - "$pack" "$root/target" <<'PY'
 import sys, tarfile
 with tarfile.open(sys.argv[1]) as pack:
     try:

@@ -58,7 +58,9 @@ use crate::plan::{
 
 /// The kernels built from `kernels/*.cu` by build.rs (no modules when built without nvcc).
 mod images {
-    /// Bytes the driver reads aligned (a fatbin's header holds 64-bit fields).
+    /// 16-byte aligned bytes, so that they can go to the driver where they are (a fatbin's
+    /// header holds 64-bit fields). cudarc's `Ptx::from_binary` copies them into a heap
+    /// buffer, which the system allocator aligns to 16 bytes on 64-bit targets.
     #[repr(C, align(16))]
     pub struct Aligned<B: ?Sized>(pub B);
 
@@ -1149,15 +1151,21 @@ unsafe fn launch_raw(
 mod tests {
     use super::*;
 
-    /// CI sets MASKED_SOFTMAX_REQUIRE_KERNELS=1: there the PTX must be embedded and hold
-    /// every kernel the launcher loads.
+    /// CI sets MASKED_SOFTMAX_REQUIRE_KERNELS=1: there the kernels must be embedded, every
+    /// one the launcher loads.
     #[test]
     fn modules_are_found_by_name_and_target() {
         assert_eq!(module_image("no_such_file"), None);
         if kernels_built() {
+            let baseline = images::MODULES.iter().filter(|m| m.stem == "baseline");
+            assert!(baseline.clone().count() >= 1);
             assert!(
-                module_for("baseline", 8, 0).is_some_and(|m| m.entries.contains(&"baseline_empty"))
+                baseline
+                    .clone()
+                    .all(|m| m.entries.contains(&"baseline_empty"))
             );
+            // Every file for every target: Hopper loads none from the base target's PTX.
+            assert_eq!(module_image_for("baseline", 9, 0).map(|m| m.0), Some(90));
             assert_eq!(
                 module_image_for("masked_softmax", 8, 6).map(|m| m.0),
                 Some(80)
@@ -1272,7 +1280,11 @@ mod tests {
                 );
                 let size = u64::from_le_bytes(image[8..16].try_into().unwrap());
                 assert_eq!(size + 16, image.len() as u64, "sm_{target}: a cut fatbin");
-                assert_eq!(image.as_ptr() as usize % 16, 0, "sm_{target}: unaligned");
+                assert_eq!(
+                    image.as_ptr() as usize % 16,
+                    0,
+                    "sm_{target}: unaligned static"
+                );
                 let entries = module
                     .entries
                     .iter()
