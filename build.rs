@@ -32,6 +32,7 @@ fn main() {
         "CUDA_COMPUTE_CAP",
         "MASKED_SOFTMAX_REQUIRE_KERNELS",
         "MASKED_SOFTMAX_PTX_CACHE",
+        "MASKED_SOFTMAX_EMBED",
     ] {
         println!("cargo:rerun-if-env-changed={var}");
     }
@@ -51,7 +52,7 @@ fn main() {
             "cargo:warning=masked-softmax: nvcc not found; building without CUDA kernels (CPU reference only). \
              Run scripts/install-cuda-toolchain.sh to get nvcc 13.0, then rebuild."
         );
-        write_bindings(&bindings, &[]);
+        write_bindings(&bindings, &[], Embed::Fatbin);
         return;
     };
 
@@ -135,11 +136,19 @@ fn main() {
             store_ptx(cache, key, dir, files);
         }
     }
-    write_bindings(&bindings, &built);
+    // MASKED_SOFTMAX_EMBED=ptx: the PTX alone, as before v23.1 (the driver compiles it at
+    // load), for a driver that refuses the fatbins; the GPU bundle carries such a build.
+    let embed = match env::var("MASKED_SOFTMAX_EMBED").as_deref() {
+        Ok("ptx") => Embed::Ptx,
+        Ok("fatbin") | Err(_) => Embed::Fatbin,
+        Ok(other) => panic!("MASKED_SOFTMAX_EMBED={other:?}: use fatbin (the default) or ptx"),
+    };
+    write_bindings(&bindings, &built, embed);
     let names: Vec<String> = targets.iter().map(|c| format!("sm_{c}")).collect();
     println!(
-        "cargo:rustc-env=MASKED_SOFTMAX_PTX_TARGET={} (nvcc {})",
+        "cargo:rustc-env=MASKED_SOFTMAX_PTX_TARGET={} {} (nvcc {})",
         names.join("+"),
+        embed.name(),
         toolkit.nvcc.display()
     );
 }
@@ -290,19 +299,40 @@ fn ptx_entries(ptx: &Path) -> Vec<String> {
         .collect()
 }
 
+/// What the crate embeds of each kernel file and target.
+#[derive(Clone, Copy)]
+enum Embed {
+    /// The compressed fatbin: SASS and PTX (the default).
+    Fatbin,
+    /// The PTX text alone.
+    Ptx,
+}
+
+impl Embed {
+    fn name(self) -> &'static str {
+        match self {
+            Embed::Fatbin => "fatbin",
+            Embed::Ptx => "ptx",
+        }
+    }
+}
+
 /// `MODULES`: for every kernel file and target, its stem, the compute capability, the
-/// fatbin (in a 16-byte aligned static, so that it can be handed to the driver as it is)
+/// image (in a 16-byte aligned static, so that it can be handed to the driver as it is)
 /// and its kernels' names (empty without nvcc).
-fn write_bindings(path: &Path, built: &[(usize, PathBuf, Vec<PathBuf>)]) {
+fn write_bindings(path: &Path, built: &[(usize, PathBuf, Vec<PathBuf>)], embed: Embed) {
     let mut statics = String::new();
     let mut modules = Vec::new();
     for (cap, dir, files) in built {
         for kernel in files {
             let index = modules.len();
             let stem = kernel.file_stem().unwrap().to_string_lossy();
+            let image = match embed {
+                Embed::Fatbin => image_path(dir, kernel),
+                Embed::Ptx => ptx_path(dir, kernel),
+            };
             statics.push_str(&format!(
-                "static IMAGE_{index}: &Aligned<[u8]> = &Aligned(*include_bytes!({:?}));\n",
-                image_path(dir, kernel)
+                "static IMAGE_{index}: &Aligned<[u8]> = &Aligned(*include_bytes!({image:?}));\n"
             ));
             modules.push(format!(
                 "Module {{ stem: {stem:?}, cap: {cap}, image: &IMAGE_{index}.0, entries: &{:?} }}",

@@ -33,8 +33,9 @@ use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg,
 };
-use cudarc::nvrtc::Ptx;
-use masked_softmax::cuda::{CudaSoftmax, DeviceLengths, module_image, open_device};
+use masked_softmax::cuda::{
+    CudaSoftmax, DeviceLengths, load_module_image, module_image, open_device,
+};
 use masked_softmax::plan::{
     Buffers, ClusterResidency, DeviceLimits, Direction, KernelKind, LaunchPlan, MASK_SHIFTED_PACKS,
     WARP_SIZE, plan_launch,
@@ -1267,7 +1268,7 @@ struct Baseline {
 impl Baseline {
     fn load(ctx: &Arc<CudaContext>) -> Result<Self> {
         let image = module_image("baseline").ok_or("this build has no baseline kernels")?;
-        let module = ctx.load_module(Ptx::from_binary(image.to_vec()))?;
+        let module = load_module_image(ctx, image)?;
         let mut functions = BTreeMap::new();
         for name in ["baseline_build_mask", "baseline_empty"]
             .into_iter()

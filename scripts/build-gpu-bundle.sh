@@ -19,7 +19,23 @@ command -v nvcc >/dev/null || scripts/install-cuda-toolchain.sh >/dev/null
 export MASKED_SOFTMAX_REQUIRE_KERNELS=1
 
 rm -rf "$bundle"
-mkdir -p "$bundle/bin" "$bundle/ptxas"
+mkdir -p "$bundle/bin" "$bundle/bin-ptx" "$bundle/ptxas"
+# First, the GPU tests and the benchmark embedding the PTX alone (MASKED_SOFTMAX_EMBED=ptx):
+# run.sh switches to them only if the fatbin build's kernels do not load on the device
+# (v23.1 is the first fatbin build; a GPU session is too rare to lose to it). Then the
+# fatbin build, which leaves target/release as other builds expect it.
+MASKED_SOFTMAX_EMBED=ptx cargo build --release --tests --benches --message-format=json-render-diagnostics |
+    python3 -c '
+import json, shutil, sys
+for line in sys.stdin:
+    msg = json.loads(line)
+    exe = msg.get("executable") if msg.get("reason") == "compiler-artifact" else None
+    name = msg["target"]["name"].replace("-", "_") if exe else ""
+    if exe and msg["target"]["kind"][0] == "bench" and name == "throughput":
+        shutil.copy2(exe, sys.argv[1] + "/bench-throughput")
+    elif exe and msg["profile"]["test"] and name.startswith("gpu"):
+        shutil.copy2(exe, sys.argv[1] + "/test-" + name)
+' "$bundle/bin-ptx"
 # Every test target and example, release profile; cargo prints each executable's path.
 cargo build --release --tests --examples --benches --message-format=json-render-diagnostics |
     python3 -c '
@@ -68,8 +84,9 @@ git rev-parse HEAD >"$bundle/COMMIT" 2>/dev/null || echo "uncommitted" >"$bundle
 git status --short >>"$bundle/COMMIT" 2>/dev/null || true
 du -sh "$bundle"
 # The device tool carries at most 64 MiB. Each binary is mostly the same compressed fatbins
-# (about 23 MB), which gzip cannot shrink (about 90 MB packed); xz with a dictionary that
-# spans the binaries stores them once: about 23 MB, in about 30 s. Carry target/gpu-pack;
+# (about 23 MB), which gzip cannot shrink (about 90 MB packed without bin-ptx); xz with a
+# dictionary that spans the binaries stores them once, and bin-ptx's PTX compresses well:
+# about 28 MB in all, in about 1.5 min. Carry target/gpu-pack;
 # scripts/gpu-session.sh unpacks it.
 mkdir -p "$root/target/gpu-pack"
 rm -f "$root/target/gpu-pack/gpu-bundle.tgz"

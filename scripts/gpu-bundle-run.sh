@@ -67,6 +67,20 @@ step() { # step NAME LOG CAP CMD...: runs CMD for at most CAP seconds (and withi
     [[ $rc -eq 0 ]] || status=1
 }
 
+# Preflight: one GPU test. Should the fatbin build's kernels not load here where the
+# PTX-only build's do, everything below runs the PTX-only build (bin-ptx: the GPU tests and
+# the benchmark), and the summary says so.
+if [[ -d "$here/bin-ptx" ]] && ! timeout 120 "$here/bin/test-gpu_kernels" --exact seed_example_f32 \
+    >"$out/preflight.log" 2>&1; then
+    if timeout 180 "$here/bin-ptx/test-gpu_kernels" --exact seed_example_f32 >>"$out/preflight.log" 2>&1; then
+        echo "PREFLIGHT: the fatbin build failed where the PTX build passed; running the PTX build" |
+            tee -a "$summary"
+        grep -m 5 -iE "error|panicked" "$out/preflight.log" | cut -c1-300 | sed 's/^/    /' | tee -a "$summary"
+        cp "$here"/bin-ptx/* "$here/bin/"
+    else
+        echo "PREFLIGHT: both builds fail seed_example_f32 (preflight.log)" | tee -a "$summary"
+    fi
+fi
 for test in "$here"/bin/test-*; do
     step "$(basename "$test")" "$out/tests.log" "${TEST_TIMEOUT:-300}" "$test"
 done

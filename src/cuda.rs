@@ -43,8 +43,8 @@ use std::sync::{Arc, Mutex};
 use cudarc::driver::sys::CUstreamCaptureStatus;
 use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
 use cudarc::driver::{
-    CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut,
-    DeviceRepr,
+    CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr,
+    DevicePtrMut, DeviceRepr,
 };
 use cudarc::nvrtc::Ptx;
 
@@ -70,7 +70,8 @@ mod images {
         pub stem: &'static str,
         /// The compute capability its SASS and PTX target (80: 8.0).
         pub cap: u32,
-        /// A compressed fatbin: SASS for `cap` and PTX for `cap`.
+        /// A compressed fatbin: SASS for `cap` and PTX for `cap` (or, built with
+        /// `MASKED_SOFTMAX_EMBED=ptx`, the PTX text alone).
         pub image: &'static [u8],
         /// The names of the kernels it defines (the tests check them against the planner).
         #[cfg_attr(not(test), allow(dead_code))]
@@ -80,7 +81,8 @@ mod images {
     include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 }
 
-/// The architectures and nvcc the embedded kernels were built with, if they were.
+/// The architectures, the form (`fatbin`, or `ptx` where built with
+/// `MASKED_SOFTMAX_EMBED=ptx`) and the nvcc of the embedded kernels, if there are any.
 pub const PTX_TARGET: Option<&str> = option_env!("MASKED_SOFTMAX_PTX_TARGET");
 
 /// True if this build carries the CUDA kernels.
@@ -90,11 +92,11 @@ pub fn kernels_built() -> bool {
 
 /// The embedded image of `kernels/<name>.cu` (e.g. `"masked_softmax"`, or `"baseline"`,
 /// the unfused mask-fill-softmax kernels the benchmark compares against) for the base
-/// target, which every supported GPU can load, for loading with cudarc yourself:
-/// `ctx.load_module(Ptx::from_binary(image.to_vec()))`. It is a compressed fatbin with SASS
-/// for the base target (which the driver runs on that architecture's later minor versions
-/// too) and PTX for it (which the driver compiles on any newer architecture). `None` if
-/// there is no such file or the build has no kernels.
+/// target, which every supported GPU can load, for loading with cudarc yourself
+/// ([`load_module_image`]). It is a compressed fatbin with SASS for the base target (which
+/// the driver runs on that architecture's later minor versions too) and PTX for it (which
+/// the driver compiles on any newer architecture); built with `MASKED_SOFTMAX_EMBED=ptx`,
+/// the PTX text alone. `None` if there is no such file or the build has no kernels.
 pub fn module_image(name: &str) -> Option<&'static [u8]> {
     images::MODULES
         .iter()
@@ -108,6 +110,22 @@ pub fn module_image(name: &str) -> Option<&'static [u8]> {
 /// holds the thread-block-cluster kernels.
 pub fn module_image_for(name: &str, major: i32, minor: i32) -> Option<(u32, &'static [u8])> {
     module_for(name, major, minor).map(|m| (m.cap, m.image))
+}
+
+/// Loads an image of [`module_image`] or [`module_image_for`] into `ctx`: a fatbin as it
+/// is, PTX as text.
+pub fn load_module_image(ctx: &Arc<CudaContext>, image: &[u8]) -> Result<Arc<CudaModule>> {
+    let code = if is_fatbin(image) {
+        Ptx::from_binary(image.to_vec())
+    } else {
+        Ptx::from_src(String::from_utf8_lossy(image))
+    };
+    Ok(ctx.load_module(code)?)
+}
+
+/// A fatbin starts with its magic number, 0xBA55ED50, little-endian.
+fn is_fatbin(image: &[u8]) -> bool {
+    image.starts_with(&[0x50, 0xed, 0x55, 0xba])
 }
 
 fn module_for(name: &str, major: i32, minor: i32) -> Option<&'static images::Module> {
@@ -312,7 +330,7 @@ impl CudaSoftmax {
         for direction in [Direction::Forward, Direction::Backward] {
             let (_, image) = module_image_for(direction.module(), major, minor)
                 .ok_or(Error::UnsupportedDevice { major, minor })?;
-            let module = ctx.load_module(Ptx::from_binary(image.to_vec()))?;
+            let module = load_module_image(ctx, image)?;
             for dtype in DType::ALL {
                 for kind in KernelKind::all(dtype, limits.clusters, direction) {
                     let load = |name: &str| -> Result<CudaFunction> {
@@ -1272,14 +1290,18 @@ mod tests {
                     }
                 }
                 // What the driver loads: a whole fatbin (its header: magic, version, header
-                // size, then the size of what follows).
+                // size, then the size of what follows), or the PTX where the build asked.
                 let image = module.image;
-                assert!(
-                    image.starts_with(&[0x50, 0xed, 0x55, 0xba]),
-                    "sm_{target}: not a fatbin"
-                );
-                let size = u64::from_le_bytes(image[8..16].try_into().unwrap());
-                assert_eq!(size + 16, image.len() as u64, "sm_{target}: a cut fatbin");
+                if PTX_TARGET.unwrap().contains(" ptx ") {
+                    assert!(
+                        image.starts_with(b"//") && !is_fatbin(image),
+                        "sm_{target}: not PTX"
+                    );
+                } else {
+                    assert!(is_fatbin(image), "sm_{target}: not a fatbin");
+                    let size = u64::from_le_bytes(image[8..16].try_into().unwrap());
+                    assert_eq!(size + 16, image.len() as u64, "sm_{target}: a cut fatbin");
+                }
                 assert_eq!(
                     image.as_ptr() as usize % 16,
                     0,

@@ -869,9 +869,7 @@ fn kernel_occupancy(g: &Gpu) -> TestResult {
         // (CudaSoftmax::occupancy) would differ where their registers do.
         let (_, image) = masked_softmax::cuda::module_image_for(direction.module(), major, minor)
             .ok_or("no kernels for this device")?;
-        let module = g
-            .ctx
-            .load_module(cudarc::nvrtc::Ptx::from_binary(image.to_vec()))?;
+        let module = masked_softmax::cuda::load_module_image(&g.ctx, image)?;
         for dtype in DType::ALL {
             let kinds = KernelKind::all(dtype, limits.clusters, direction);
             let prefetching = kinds.iter().filter_map(|&kind| {
