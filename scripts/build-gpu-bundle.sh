@@ -20,32 +20,19 @@ export MASKED_SOFTMAX_REQUIRE_KERNELS=1
 
 rm -rf "$bundle"
 mkdir -p "$bundle/bin" "$bundle/bin-ptx" "$bundle/ptxas"
-# First, the GPU tests and the benchmark embedding the PTX alone (MASKED_SOFTMAX_EMBED=ptx):
-# run.sh switches to them only if the fatbin build's kernels do not load on the device
-# (v23.1 is the first fatbin build; a GPU session is too rare to lose to it). Then the
-# fatbin build, which leaves target/release as other builds expect it.
-MASKED_SOFTMAX_EMBED=ptx cargo build --release --tests --benches --message-format=json-render-diagnostics |
-    python3 -c '
-import json, shutil, sys
-for line in sys.stdin:
-    msg = json.loads(line)
-    exe = msg.get("executable") if msg.get("reason") == "compiler-artifact" else None
-    name = msg["target"]["name"].replace("-", "_") if exe else ""
-    if exe and msg["target"]["kind"][0] == "bench" and name == "throughput":
-        shutil.copy2(exe, sys.argv[1] + "/bench-throughput")
-    elif exe and msg["profile"]["test"] and name.startswith("gpu"):
-        shutil.copy2(exe, sys.argv[1] + "/test-" + name)
-' "$bundle/bin-ptx"
-# Every test target and example, release profile; cargo prints each executable's path.
-cargo build --release --tests --examples --benches --message-format=json-render-diagnostics |
-    python3 -c '
+# build_into DEST CARGO_BUILD_ARGS...: a release build; copies into DEST the GPU tests, the
+# GPU benchmark and any example it built (cargo prints each executable's path), and notes
+# the crate's OUT_DIR (the PTX, fatbins and ptxas reports) in ptxas/OUT_DIR.
+build_into() {
+    local dest="$1"
+    shift
+    cargo build --release "$@" --message-format=json-render-diagnostics | python3 -c '
 import json, os, re, shutil, sys
 dest = sys.argv[1]
 for line in sys.stdin:
     msg = json.loads(line)
     # "path+file:///dir#masked-softmax@0.1.0", or "...masked-softmax#0.1.0" in a folder of that name
     if msg.get("reason") == "build-script-executed" and re.search(r"[#/]masked-softmax[@#]", msg["package_id"]):
-        # The PTX the binaries embed: sm_80/ and sm_90/ of this OUT_DIR.
         with open(os.path.join(dest, "..", "ptxas", "OUT_DIR"), "w") as f:
             f.write(msg["out_dir"])
     exe = msg.get("executable") if msg.get("reason") == "compiler-artifact" else None
@@ -65,8 +52,15 @@ for line in sys.stdin:
     elif kind != "example":
         continue
     shutil.copy2(exe, os.path.join(dest, name))
-    print("bundled", name)
-' "$bundle/bin"
+    print("bundled", os.path.basename(dest) + "/" + name)
+' "$dest"
+}
+# First, the GPU tests and the benchmark embedding the PTX alone (MASKED_SOFTMAX_EMBED=ptx):
+# run.sh switches to them only if the fatbin build's kernels do not load on the device
+# (v23.1 is the first fatbin build; a GPU session is too rare to lose to it). Then the
+# fatbin build, which leaves target/release as other builds expect it.
+MASKED_SOFTMAX_EMBED=ptx build_into "$bundle/bin-ptx" --tests --benches
+build_into "$bundle/bin" --tests --examples --benches
 # The ptxas reports of the SASS the binaries embed (build.rs's, beside the PTX in OUT_DIR;
 # the PTX itself stays out of the bundle, which holds it in each binary's fatbins).
 out_dir="$(cat "$bundle/ptxas/OUT_DIR")"

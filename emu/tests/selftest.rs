@@ -117,19 +117,17 @@ fn odd_blocks_run_their_threads_in_reverse_so_a_missing_barrier_shows() {
     assert_eq!(out.as_slice()[1] as u32, 0xA5A5_A5A5);
 }
 
+/// The error of one warp running `kernel(int* out)`, a self-test kernel that must fail.
+fn one_warp_launch_error(kernel: &str) -> String {
+    let out = GuardedBuffer::from_slice(&[0i32; 32], Placement::Start);
+    let mut o = out.addr();
+    unsafe { launch(kernel, dims(1, 32), &mut [arg(&mut o)]) }.unwrap_err()
+}
+
 #[test]
 fn a_shuffle_that_half_the_warp_skips_is_a_deadlock() {
     require_emulator!();
-    let out = GuardedBuffer::from_slice(&[0i32; 32], Placement::Start);
-    let mut o = out.addr();
-    let err = unsafe {
-        launch(
-            "selftest_divergent_shuffle",
-            dims(1, 32),
-            &mut [arg(&mut o)],
-        )
-    }
-    .unwrap_err();
+    let err = one_warp_launch_error("selftest_divergent_shuffle");
     assert!(err.contains("deadlock"), "{err}");
     // The emulator recovers: the next launch runs normally.
     block_barriers_order_shared_memory();
@@ -138,16 +136,7 @@ fn a_shuffle_that_half_the_warp_skips_is_a_deadlock() {
 #[test]
 fn lanes_at_a_shuffle_and_at_syncwarp_are_an_error() {
     require_emulator!();
-    let out = GuardedBuffer::from_slice(&[0i32; 32], Placement::Start);
-    let mut o = out.addr();
-    let err = unsafe {
-        launch(
-            "selftest_shuffle_meets_syncwarp",
-            dims(1, 32),
-            &mut [arg(&mut o)],
-        )
-    }
-    .unwrap_err();
+    let err = one_warp_launch_error("selftest_shuffle_meets_syncwarp");
     assert!(err.contains("different operations"), "{err}");
     block_barriers_order_shared_memory();
 }
